@@ -1,0 +1,82 @@
+// CPU reference kernels: exact int8 GEMM with int32 accumulation, the fused
+// epilogue, and requantization. Single-threaded; the torch layer splits work
+// across threads by rows.
+#include <cstring>
+
+#include "../epilogue_math.h"
+#include "../requantize_math.h"
+#include "torch_int8/kernels.h"
+
+namespace torch_int8::kernels {
+namespace {
+
+// Both operands are K-contiguous, so the inner loop is a dot product that
+// compilers vectorize (widening int8 -> int32 multiply-add).
+int32_t dot_s8(const int8_t* a, const int8_t* b, int64_t k) {
+  int32_t acc = 0;
+  for (int64_t i = 0; i < k; ++i) acc += static_cast<int32_t>(a[i]) * static_cast<int32_t>(b[i]);
+  return acc;
+}
+
+uint16_t float_to_bf16_rne(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  if (std::isnan(v)) return static_cast<uint16_t>((bits >> 16) | 0x40);
+  bits += 0x7FFF + ((bits >> 16) & 1);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+uint16_t float_to_fp16_rne(float v) {
+  // _Float16 is IEEE binary16 with round-to-nearest-even conversion on gcc/clang.
+  const _Float16 h = static_cast<_Float16>(v);
+  uint16_t bits;
+  std::memcpy(&bits, &h, sizeof(bits));
+  return bits;
+}
+
+void store(const GemmProblem& p, const Epilogue& e, int64_t bi, int64_t m, int64_t n, int32_t acc) {
+  const int64_t off = bi * p.batch_stride_d + m * p.ldd + n;
+  if (p.out_type == OutType::kInt32) {
+    static_cast<int32_t*>(p.d)[off] = acc;
+    return;
+  }
+  const float v = detail::epilogue_value(e, acc, m, n);
+  switch (p.out_type) {
+    case OutType::kFloat32: static_cast<float*>(p.d)[off] = v; break;
+    case OutType::kBFloat16: static_cast<uint16_t*>(p.d)[off] = float_to_bf16_rne(v); break;
+    case OutType::kFloat16: static_cast<uint16_t*>(p.d)[off] = float_to_fp16_rne(v); break;
+    case OutType::kInt8: static_cast<int8_t*>(p.d)[off] = detail::float_to_int8_sat(v); break;
+    case OutType::kInt32: break;
+  }
+}
+
+}  // namespace
+
+const char* status_string(Status s) {
+  switch (s) {
+    case Status::kSuccess: return "success";
+    case Status::kInvalidArgument: return "invalid argument";
+    case Status::kNoKernel: return "no kernel was built for this GPU";
+    case Status::kCudaError: return "CUDA error";
+  }
+  return "unknown status";
+}
+
+Status gemm_cpu(const GemmProblem& p, const Epilogue& e) {
+  if (p.m < 0 || p.n < 0 || p.k < 0 || p.k > kMaxK || p.batch < 1) return Status::kInvalidArgument;
+  for (int64_t bi = 0; bi < p.batch; ++bi) {
+    const int8_t* a = p.a + bi * p.batch_stride_a;
+    const int8_t* b = p.b + bi * p.batch_stride_b;
+    for (int64_t m = 0; m < p.m; ++m)
+      for (int64_t n = 0; n < p.n; ++n) store(p, e, bi, m, n, dot_s8(a + m * p.lda, b + n * p.ldb, p.k));
+  }
+  return Status::kSuccess;
+}
+
+Status requantize_cpu(const Requantize& r) {
+  if ((r.scale == nullptr) == (r.multiplier == nullptr)) return Status::kInvalidArgument;
+  for (int64_t i = 0; i < r.rows * r.cols; ++i) r.out[i] = detail::requantize_element(r, i);
+  return Status::kSuccess;
+}
+
+}  // namespace torch_int8::kernels

@@ -1,0 +1,53 @@
+// Pieces shared by every CUDA GEMM family: the element type of each OutType,
+// status conversion, and the run-one-CUTLASS-operator helper.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cutlass/bfloat16.h>
+#include <cutlass/cutlass.h>
+#include <cutlass/half.h>
+
+#include "torch_int8/kernels.h"
+
+namespace torch_int8::kernels::detail {
+
+template <class T>
+struct TypeTag {
+  using type = T;
+};
+
+// Calls f(TypeTag<ElementD>{}) with the CUTLASS element type of t.
+template <class F>
+Status visit_out_type(OutType t, F&& f) {
+  switch (t) {
+    case OutType::kInt32: return f(TypeTag<int32_t>{});
+    case OutType::kInt8: return f(TypeTag<int8_t>{});
+    case OutType::kFloat16: return f(TypeTag<cutlass::half_t>{});
+    case OutType::kBFloat16: return f(TypeTag<cutlass::bfloat16_t>{});
+    case OutType::kFloat32: return f(TypeTag<float>{});
+  }
+  return Status::kInvalidArgument;
+}
+
+// Checks, sizes the workspace for, and runs one CUTLASS device-level operator.
+// GEMMs with a fused epilogue need no workspace (no split-K here yet).
+template <class DeviceOp>
+Status run_cutlass(typename DeviceOp::Arguments const& args, cudaStream_t stream) {
+  DeviceOp op;
+  if (op.can_implement(args) != cutlass::Status::kSuccess) return Status::kInvalidArgument;
+  if (DeviceOp::get_workspace_size(args) != 0) return Status::kInvalidArgument;
+  if (op.initialize(args, nullptr, stream) != cutlass::Status::kSuccess) return Status::kCudaError;
+  return op.run(stream) == cutlass::Status::kSuccess ? Status::kSuccess : Status::kCudaError;
+}
+
+// Requirements every tensor-core family shares (kernels.h documents them).
+inline bool meets_alignment(const GemmProblem& p, int out_bytes) {
+  auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
+  return p.k % 16 == 0 && p.lda % 16 == 0 && p.ldb % 16 == 0 && (p.ldd * out_bytes) % 16 == 0 &&
+         aligned(p.a) && aligned(p.b) && aligned(p.d) &&
+         (p.batch == 1 || (p.batch_stride_a % 16 == 0 && p.batch_stride_b % 16 == 0 &&
+                           (p.batch_stride_d * out_bytes) % 16 == 0));
+}
+
+}  // namespace torch_int8::kernels::detail

@@ -1,0 +1,9 @@
+// Turing kernel family (sm_75): CUTLASS 2.x, mma.sync m8n8k16.
+#include "families.h"
+#include "gemm_sm8x.cuh"
+
+namespace torch_int8::kernels::detail {
+Status gemm_sm75(const GemmProblem& p, const Epilogue& e, cudaStream_t stream) {
+  return gemm_sm8x<Sm75Config>(p, e, stream);
+}
+}  // namespace torch_int8::kernels::detail

@@ -1,0 +1,94 @@
+// torch_int8 kernel layer: framework-free (no torch), raw pointers and a stream.
+//
+// Deployment code that has no PyTorch links torch_int8::core and calls these.
+// The torch ops (torch_int8.h) are a thin layer over exactly these functions.
+#pragma once
+
+#include <cstdint>
+
+namespace torch_int8::kernels {
+
+// Largest K for which an int32 accumulator cannot overflow:
+// 131071 * (-128) * (-128) = 2^31 - 16384 < 2^31.
+constexpr int64_t kMaxK = 131071;
+
+enum class OutType { kInt32, kInt8, kFloat16, kBFloat16, kFloat32 };
+
+enum class Status {
+  kSuccess,
+  kInvalidArgument,   // a requirement below is not met
+  kNoKernel,          // no kernel family for this GPU was built in
+  kCudaError,         // a CUDA call failed; see cudaGetLastError
+};
+const char* status_string(Status s);
+
+// D[b] = epilogue(A[b] @ B[b]) for b < batch.
+//   A: row-major M x K int8 (element (m,k) at a[m*lda + k]).
+//   B: column-major K x N int8, i.e. K-contiguous (element (k,n) at b[n*ldb + k]).
+//   D: row-major M x N of out_type (element (m,n) at d[m*ldd + n]).
+// GPU requirements (the torch layer pads or copies to meet them):
+//   K % 16 == 0, lda % 16 == 0, ldb % 16 == 0, a/b/d 16-byte aligned,
+//   ldd * sizeof(out) % 16 == 0, and D writable up to column round_up(N, 16)
+//   of each row (vector stores may touch columns in [N, ldd)).
+struct GemmProblem {
+  int64_t m = 0, n = 0, k = 0, batch = 1;
+  const int8_t* a = nullptr;
+  int64_t lda = 0, batch_stride_a = 0;
+  const int8_t* b = nullptr;
+  int64_t ldb = 0, batch_stride_b = 0;
+  void* d = nullptr;
+  int64_t ldd = 0, batch_stride_d = 0;
+  OutType out_type = OutType::kInt32;
+};
+
+// Fused epilogue for every out_type but kInt32 (which stores the accumulator):
+//   v = fma(row_offset[m], col_sum[n], float(acc))    zero-point correction
+//   v = v * row_scale[m]
+//   v = fma(v, col_scale[n], col_bias[n])
+//   D = convert<out_type>(v)   (round to nearest even; int8 saturates, NaN -> 0)
+// All vectors are float32; a null pointer reads as 0 (offset, sum, bias) or
+// 1 (scales). Row vectors have M entries, column vectors N, each readable up
+// to round_up(N, 16). Requantizing to int8 with output scale s and zero point z
+// is col_scale / s and col_bias / s + z, folded by the caller.
+// Only batch == 1 is supported with an epilogue.
+struct Epilogue {
+  const float* row_scale = nullptr;
+  const float* col_scale = nullptr;
+  const float* row_offset = nullptr;
+  const float* col_sum = nullptr;
+  const float* col_bias = nullptr;
+};
+
+// Which kernel family serves a GPU of compute capability cc (e.g. 90):
+// "sm90", "sm80", "sm75", or nullptr when none was built for it.
+// TORCH_INT8_GEMM_BACKEND (sm90 | sm80 | sm75) forces one.
+const char* gemm_backend(int cc);
+// Kernel families compiled into this library, with their architectures,
+// e.g. "sm80:80;86;89 sm90:90a".
+const char* built_gemm_families();
+
+// CPU reference implementation (exact int32 accumulation; same epilogue
+// arithmetic as the GPU, so int8 outputs agree bit for bit).
+Status gemm_cpu(const GemmProblem& p, const Epilogue& e);
+// GPU implementation on the current device, enqueued on `stream` (a cudaStream_t).
+Status gemm_cuda(const GemmProblem& p, const Epilogue& e, void* stream);
+
+// int32 -> int8 requantization of a rows x cols row-major matrix.
+// Float mode (multiplier == nullptr): q = rint(float(acc) * scale[c]) + zero_point.
+// Fixed-point mode (scale == nullptr): gemmlowp/TFLite
+//   q = RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(acc << max(shift,0), multiplier), max(-shift,0)) + zero_point
+// q is then clamped to [-128, 127]. Channel c = column when per_channel, else 0.
+struct Requantize {
+  const int32_t* acc = nullptr;
+  int8_t* out = nullptr;
+  int64_t rows = 0, cols = 0;
+  bool per_channel = false;
+  const float* scale = nullptr;
+  const int32_t* multiplier = nullptr;
+  const int32_t* shift = nullptr;
+  int32_t zero_point = 0;
+};
+Status requantize_cpu(const Requantize& r);
+Status requantize_cuda(const Requantize& r, void* stream);
+
+}  // namespace torch_int8::kernels

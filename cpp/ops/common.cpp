@@ -1,0 +1,42 @@
+#include "common.h"
+
+#include <cstdlib>
+#include <limits>
+
+namespace torch_int8::ops {
+
+bool poison_enabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("TORCH_INT8_POISON");
+    return v && *v && std::string(v) != "0";
+  }();
+  return enabled;
+}
+
+at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  at::Tensor out = at::empty(sizes, options);
+  if (poison_enabled() && out.numel() > 0) {
+    if (at::isFloatingType(out.scalar_type()))
+      out.fill_(std::numeric_limits<float>::quiet_NaN());
+    else
+      out.fill_(out.scalar_type() == at::kChar ? -0x5B : -0x5A5A5A5B);
+  }
+  return out;
+}
+
+void check_status(kernels::Status s, const char* op) {
+  TORCH_CHECK(s != kernels::Status::kNoKernel, op,
+              ": no kernel in this build runs on this GPU; rebuild with TORCH_CUDA_ARCH_LIST including its "
+              "compute capability (built: ", kernels::built_gemm_families(), ")");
+  TORCH_CHECK(s == kernels::Status::kSuccess, op, ": kernel failed: ", kernels::status_string(s));
+}
+
+void* current_stream(const at::Device& device) {
+#ifdef TORCH_INT8_WITH_CUDA
+  return c10::cuda::getCurrentCUDAStream(device.index()).stream();
+#else
+  TORCH_CHECK(false, "torch_int8 was built without CUDA");
+#endif
+}
+
+}  // namespace torch_int8::ops

@@ -1,0 +1,270 @@
+// int8::gemm and int8::scaled_gemm: schema, CPU / CUDA / Meta kernels.
+//
+// Both ops lay their operands out the way every kernel family takes them
+// (A row-major, B column-major, i.e. both K-contiguous), copying only when the
+// caller's tensors are not already so, and on the GPU padding K with zeros to
+// a multiple of 16 (exact: zeros add nothing) and output rows to 16 elements.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "common.h"
+
+namespace torch_int8::ops {
+namespace {
+
+using kernels::Epilogue;
+using kernels::GemmProblem;
+using kernels::OutType;
+
+constexpr int64_t kGpuAlign = 16;
+
+// A K-contiguous int8 operand [batch, rows, K_padded] and its strides.
+struct KMajor {
+  at::Tensor t;
+  int64_t ld, batch_stride;
+};
+
+KMajor k_major(const at::Tensor& t, int64_t k_pad, int64_t align) {
+  const int64_t k = t.size(2);
+  at::Tensor r = t;
+  if (k_pad != k) {
+    r = at::constant_pad_nd(t, {0, k_pad - k}, 0);
+  } else {
+    const bool rows_ok = t.size(1) == 1 || (t.stride(1) >= k && t.stride(1) % align == 0);
+    const bool batch_ok = t.size(0) == 1 || t.stride(0) % align == 0;
+    const bool ptr_ok = reinterpret_cast<uintptr_t>(t.data_ptr()) % align == 0;
+    if (t.stride(2) != 1 || !rows_ok || !batch_ok || !ptr_ok) r = t.contiguous();
+  }
+  const int64_t ld = r.size(1) == 1 ? k_pad : r.stride(1);
+  return {r, ld, r.size(0) == 1 ? 0 : r.stride(0)};
+}
+
+OutType out_type_of(at::ScalarType t) {
+  switch (t) {
+    case at::kInt: return OutType::kInt32;
+    case at::kChar: return OutType::kInt8;
+    case at::kHalf: return OutType::kFloat16;
+    case at::kBFloat16: return OutType::kBFloat16;
+    case at::kFloat: return OutType::kFloat32;
+    default: TORCH_CHECK_TYPE(false, "scaled_gemm: out_dtype must be bfloat16, float16, float32 or int8, got ", t);
+  }
+}
+
+// The GEMM of a [batch, M, K] and b [batch, N, K] (both any strides) into a
+// fresh [batch, M, N] tensor of out_dtype, with epilogue e.
+// `vectors` keeps the epilogue's tensors alive until the kernel is enqueued.
+at::Tensor run_gemm(const at::Tensor& a, const at::Tensor& b, at::ScalarType out_dtype, const Epilogue& e) {
+  const bool cuda = a.is_cuda();
+  const int64_t align = cuda ? kGpuAlign : 1;
+  const int64_t batch = a.size(0), m = a.size(1), n = b.size(1), k = a.size(2);
+  const int64_t k_pad = round_up(k, align), ldd = round_up(n, align);
+  const KMajor ka = k_major(a, k_pad, align), kb = k_major(b, k_pad, align);
+  at::Tensor out = new_output({batch, m, ldd}, a.options().dtype(out_dtype));
+
+  GemmProblem p;
+  p.m = m, p.n = n, p.k = k_pad, p.batch = batch;
+  p.a = ka.t.const_data_ptr<int8_t>(), p.lda = ka.ld, p.batch_stride_a = ka.batch_stride;
+  p.b = kb.t.const_data_ptr<int8_t>(), p.ldb = kb.ld, p.batch_stride_b = kb.batch_stride;
+  p.d = out.data_ptr(), p.ldd = ldd, p.batch_stride_d = m * ldd;
+  p.out_type = out_type_of(out_dtype);
+
+  if (cuda) {
+    c10::DeviceGuard guard(a.device());
+    check_status(kernels::gemm_cuda(p, e, current_stream(a.device())), "int8 gemm");
+  } else {
+    // Rows split across threads; each thread runs the reference kernel on its slice.
+    const int64_t out_bytes = out.element_size();
+    at::parallel_for(0, batch * m, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, n * k / 64)),
+                     [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end;) {
+        const int64_t bi = row / m, m0 = row % m, m1 = std::min(m, m0 + (end - row));
+        GemmProblem s = p;
+        s.batch = 1, s.m = m1 - m0;
+        s.a = p.a + bi * p.batch_stride_a + m0 * p.lda;
+        s.b = p.b + bi * p.batch_stride_b;
+        s.d = static_cast<char*>(p.d) + (bi * p.batch_stride_d + m0 * ldd) * out_bytes;
+        Epilogue se = e;
+        if (se.row_scale) se.row_scale += m0;
+        if (se.row_offset) se.row_offset += m0;
+        check_status(kernels::gemm_cpu(s, se), "int8 gemm");
+        row += m1 - m0;
+      }
+    });
+  }
+  return ldd == n ? out : out.narrow(2, 0, n).contiguous();
+}
+
+void check_k(int64_t k, const char* op) {
+  TORCH_CHECK_VALUE(k <= kernels::kMaxK, op, ": K = ", k, " exceeds ", kernels::kMaxK,
+                    ", beyond which the int32 accumulator can overflow (K * 128 * 128 >= 2^31)");
+}
+
+void check_nonempty(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK_VALUE(t.numel() > 0, op, ": ", name, " is empty (shape ", t.sizes(), ")");
+}
+
+// --- int8::gemm ---------------------------------------------------------------
+
+// Validates and returns the output shape of gemm(a, b).
+std::vector<int64_t> gemm_shape(const at::Tensor& a, const at::Tensor& b) {
+  check_dtype(a, at::kChar, "gemm", "a");
+  check_dtype(b, at::kChar, "gemm", "b");
+  check_same_device(b, a, "gemm", "b");
+  TORCH_CHECK_VALUE(a.dim() == 2 || a.dim() == 3, "gemm: a must be [M, K] or [B, M, K], got shape ", a.sizes());
+  TORCH_CHECK_VALUE(b.dim() == 2 || (b.dim() == 3 && a.dim() == 3),
+                    "gemm: b must be [K, N], or [B, K, N] when a is [B, M, K]; got a ", a.sizes(), ", b ", b.sizes());
+  TORCH_CHECK_VALUE(a.size(-1) == b.size(-2), "gemm: shape mismatch, a ", a.sizes(), " @ b ", b.sizes(),
+                    " (K ", a.size(-1), " != ", b.size(-2), ")");
+  TORCH_CHECK_VALUE(b.dim() == 2 || a.size(0) == b.size(0), "gemm: batch sizes differ, a ", a.sizes(), ", b ",
+                    b.sizes());
+  check_nonempty(a, "gemm", "a");
+  check_nonempty(b, "gemm", "b");
+  check_k(a.size(-1), "gemm");
+  std::vector<int64_t> shape(a.sizes().begin(), a.sizes().end() - 1);
+  shape.push_back(b.size(-1));
+  return shape;
+}
+
+at::Tensor gemm_kernel(const at::Tensor& a, const at::Tensor& b) {
+  const auto shape = gemm_shape(a, b);
+  const int64_t k = a.size(-1);
+  // A shared [K, N] operand folds the batch of a into its rows.
+  const at::Tensor a3 = b.dim() == 2 ? a.reshape({1, -1, k}) : a;
+  const at::Tensor b3 = (b.dim() == 2 ? b.unsqueeze(0) : b).transpose(1, 2);
+  return run_gemm(a3, b3, at::kInt, Epilogue{}).view(shape);
+}
+
+at::Tensor gemm_meta(const at::Tensor& a, const at::Tensor& b) {
+  return at::empty(gemm_shape(a, b), a.options().dtype(at::kInt));
+}
+
+// --- int8::scaled_gemm --------------------------------------------------------
+
+// A float32 vector of `len` entries (broadcasting a single value), padded with
+// zeros up to `padded` entries so vector loads past the last column stay in bounds.
+at::Tensor epilogue_vector(const at::Tensor& v, int64_t len, int64_t padded) {
+  at::Tensor r = at::zeros({padded}, v.options().dtype(at::kFloat));
+  r.narrow(0, 0, len).copy_(v.reshape({-1}).expand({len}));
+  return r;
+}
+
+void check_vector(const at::Tensor& v, int64_t len, const at::Tensor& ref, const char* name, const char* what) {
+  check_same_device(v, ref, "scaled_gemm", name);
+  TORCH_CHECK_VALUE(v.numel() == 1 || (v.dim() == 1 && v.numel() == len), "scaled_gemm: ", name,
+                    " must have one element or ", len, " (", what, "), got shape ", v.sizes());
+}
+
+std::vector<int64_t> scaled_gemm_shape(const at::Tensor& a, const at::Tensor& b, const at::Tensor& scale_a,
+                                       const at::Tensor& scale_b, const std::optional<at::Tensor>& zero_point_a,
+                                       const std::optional<at::Tensor>& bias, at::ScalarType out_dtype,
+                                       double out_scale, int64_t out_zero_point) {
+  check_dtype(a, at::kChar, "scaled_gemm", "a");
+  check_dtype(b, at::kChar, "scaled_gemm", "b");
+  check_same_device(b, a, "scaled_gemm", "b");
+  TORCH_CHECK_VALUE(a.dim() >= 2, "scaled_gemm: a must be [..., M, K], got shape ", a.sizes());
+  TORCH_CHECK_VALUE(b.dim() == 2, "scaled_gemm: b must be [K, N], got shape ", b.sizes());
+  TORCH_CHECK_VALUE(a.size(-1) == b.size(0), "scaled_gemm: shape mismatch, a ", a.sizes(), " @ b ", b.sizes());
+  check_nonempty(a, "scaled_gemm", "a");
+  check_nonempty(b, "scaled_gemm", "b");
+  check_k(b.size(0), "scaled_gemm");
+  out_type_of(out_dtype);
+  const int64_t m = a.numel() / a.size(-1), n = b.size(1);
+  check_dtype(scale_a, at::kFloat, "scaled_gemm", "scale_a");
+  check_dtype(scale_b, at::kFloat, "scaled_gemm", "scale_b");
+  check_vector(scale_a, m, a, "scale_a", "per tensor or per row of a");
+  check_vector(scale_b, n, a, "scale_b", "per tensor or per column of b");
+  if (zero_point_a) {
+    check_dtype(*zero_point_a, at::kInt, "scaled_gemm", "zero_point_a");
+    check_vector(*zero_point_a, m, a, "zero_point_a", "per tensor or per row of a");
+  }
+  if (bias) {
+    TORCH_CHECK_TYPE(at::isFloatingType(bias->scalar_type()), "scaled_gemm: bias must be a float tensor, got ",
+                     bias->scalar_type());
+    check_same_device(*bias, a, "scaled_gemm", "bias");
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->numel() == n, "scaled_gemm: bias must be [N] = [", n, "], got ",
+                      bias->sizes());
+  }
+  if (out_dtype == at::kChar) {
+    TORCH_CHECK_VALUE(std::isfinite(out_scale) && out_scale > 0, "scaled_gemm: out_scale must be finite and > 0 for ",
+                      "int8 output, got ", out_scale);
+    TORCH_CHECK_VALUE(out_zero_point >= -128 && out_zero_point <= 127,
+                      "scaled_gemm: out_zero_point must be in [-128, 127], got ", out_zero_point);
+  }
+  std::vector<int64_t> shape(a.sizes().begin(), a.sizes().end() - 1);
+  shape.push_back(n);
+  return shape;
+}
+
+at::Tensor scaled_gemm_kernel(const at::Tensor& a, const at::Tensor& b, const at::Tensor& scale_a,
+                              const at::Tensor& scale_b, const std::optional<at::Tensor>& zero_point_a,
+                              const std::optional<at::Tensor>& bias, at::ScalarType out_dtype, double out_scale,
+                              int64_t out_zero_point) {
+  const auto shape =
+      scaled_gemm_shape(a, b, scale_a, scale_b, zero_point_a, bias, out_dtype, out_scale, out_zero_point);
+  const int64_t k = b.size(0), n = b.size(1);
+  const at::Tensor a3 = a.reshape({1, -1, k});
+  const int64_t m = a3.size(1);
+  const int64_t n_pad = round_up(n, kGpuAlign);
+  // Requantizing to int8 folds 1/out_scale and the output zero point into the
+  // column vectors: round(v / s + z) = round(fma(t, col_scale / s, bias / s + z)).
+  const bool requant = out_dtype == at::kChar;
+  const double inv = requant ? 1.0 / out_scale : 1.0;
+  const at::Tensor col_scale = epilogue_vector(scale_b, n, n_pad).mul_(inv);
+  const at::Tensor row_scale = epilogue_vector(scale_a, m, m);
+  std::optional<at::Tensor> col_bias;
+  if (bias) col_bias = epilogue_vector(*bias, n, n_pad).mul_(inv);
+  if (requant && out_zero_point != 0) {
+    if (!col_bias) col_bias = at::zeros({n_pad}, row_scale.options());
+    col_bias->add_(static_cast<double>(out_zero_point));
+  }
+  // An asymmetric a: sum_k (a - z) b = acc - z * colsum(b).
+  std::optional<at::Tensor> row_offset, col_sum;
+  if (zero_point_a) {
+    row_offset = epilogue_vector(*zero_point_a, m, m).neg_();
+    col_sum = epilogue_vector(b.sum({0}, false, at::kInt), n, n_pad);
+  }
+  auto ptr = [](const std::optional<at::Tensor>& t) { return t ? t->const_data_ptr<float>() : nullptr; };
+  Epilogue e;
+  e.row_scale = row_scale.const_data_ptr<float>();
+  e.col_scale = col_scale.const_data_ptr<float>();
+  e.row_offset = ptr(row_offset);
+  e.col_sum = ptr(col_sum);
+  e.col_bias = ptr(col_bias);
+  return run_gemm(a3, b.t().unsqueeze(0), out_dtype, e).view(shape);
+}
+
+at::Tensor scaled_gemm_meta(const at::Tensor& a, const at::Tensor& b, const at::Tensor& scale_a,
+                            const at::Tensor& scale_b, const std::optional<at::Tensor>& zero_point_a,
+                            const std::optional<at::Tensor>& bias, at::ScalarType out_dtype, double out_scale,
+                            int64_t out_zero_point) {
+  return at::empty(scaled_gemm_shape(a, b, scale_a, scale_b, zero_point_a, bias, out_dtype, out_scale, out_zero_point),
+                   a.options().dtype(out_dtype));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(int8, m) {
+  m.def("gemm(Tensor a, Tensor b) -> Tensor");
+  m.def(
+      "scaled_gemm(Tensor a, Tensor b, Tensor scale_a, Tensor scale_b, Tensor? zero_point_a=None, "
+      "Tensor? bias=None, ScalarType out_dtype=bfloat16, float out_scale=1.0, int out_zero_point=0) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(int8, CPU, m) {
+  m.impl("gemm", gemm_kernel);
+  m.impl("scaled_gemm", scaled_gemm_kernel);
+}
+
+#ifdef TORCH_INT8_WITH_CUDA
+TORCH_LIBRARY_IMPL(int8, CUDA, m) {
+  m.impl("gemm", gemm_kernel);
+  m.impl("scaled_gemm", scaled_gemm_kernel);
+}
+#endif
+
+TORCH_LIBRARY_IMPL(int8, Meta, m) {
+  m.impl("gemm", gemm_meta);
+  m.impl("scaled_gemm", scaled_gemm_meta);
+}
+
+}  // namespace torch_int8::ops

@@ -1,0 +1,117 @@
+// int8::quantize and int8::dequantize: absmax quantization, per tensor or per
+// channel, nearest or stochastic rounding. Written with ATen ops, so one
+// implementation (CompositeExplicitAutograd) serves CPU, CUDA and Meta.
+#include <torch/library.h>
+
+#include <limits>
+
+#include "common.h"
+
+namespace torch_int8::ops {
+namespace {
+
+// The dimensions reduced to find each channel's range: all but `dim`.
+std::vector<int64_t> reduced_dims(const at::Tensor& x, std::optional<int64_t> dim) {
+  std::vector<int64_t> dims;
+  for (int64_t d = 0; d < x.dim(); ++d)
+    if (!dim || d != *dim) dims.push_back(d);
+  return dims;
+}
+
+// t reduced over dims with keepdim; no reduction at all when dims is empty
+// (ATen would read an empty list as "every dimension").
+template <class Reduction>
+at::Tensor reduce(const at::Tensor& t, const std::vector<int64_t>& dims, Reduction r) {
+  return dims.empty() ? t.clone() : r(t, at::IntArrayRef(dims));
+}
+const auto kAll = [](const at::Tensor& t, at::IntArrayRef d) { return t.all(d, true); };
+const auto kAmax = [](const at::Tensor& t, at::IntArrayRef d) { return t.amax(d, true); };
+const auto kAmin = [](const at::Tensor& t, at::IntArrayRef d) { return t.amin(d, true); };
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize(const at::Tensor& x, std::optional<int64_t> dim,
+                                                        bool symmetric, c10::string_view rounding,
+                                                        std::optional<at::Generator> generator) {
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "quantize: x must be a float tensor, got ",
+                   x.scalar_type());
+  TORCH_CHECK_VALUE(x.numel() > 0, "quantize: x is empty (shape ", x.sizes(), ")");
+  TORCH_CHECK_VALUE(rounding == "nearest" || rounding == "stochastic",
+                    "quantize: rounding must be 'nearest' or 'stochastic', got '", rounding, "'");
+  if (dim) {
+    TORCH_CHECK_VALUE(x.dim() > 0 && *dim >= -x.dim() && *dim < x.dim(), "quantize: dim ", *dim,
+                      " is out of range for a tensor of shape ", x.sizes());
+    dim = c10::maybe_wrap_dim(*dim, x.dim());
+  }
+  const std::vector<int64_t> channel_shape = dim ? std::vector<int64_t>{x.size(*dim)} : std::vector<int64_t>{};
+  const at::Tensor xf = x.to(at::kFloat);
+  const auto dims = reduced_dims(xf, dim);
+  // A slice holding inf or NaN gets scale NaN, so everything dequantized from
+  // it is NaN: non-finite input propagates instead of turning finite.
+  const at::Tensor finite = reduce(xf.isfinite(), dims, kAll);
+  const at::Tensor x0 = at::where(finite, xf, 0.0);
+  // Asymmetric ranges include 0 so that zero stays exactly representable.
+  const at::Tensor lo = symmetric ? at::Tensor() : reduce(x0, dims, kAmin).clamp_max_(0);
+  at::Tensor scale = symmetric ? reduce(x0.abs(), dims, kAmax).div_(127.f)
+                               : (reduce(x0, dims, kAmax).clamp_min_(0) - lo).div_(255.f);
+  scale.masked_fill_(scale == 0, 1.f);
+
+  at::Tensor y = x0 / scale;
+  if (rounding == "stochastic") {
+    // floor(y + u), u ~ U[0, 1): E[result] = y, so the rounding is unbiased.
+    y = (y + at::rand(y.sizes(), generator, y.options())).floor_();
+  } else {
+    y = y.round();  // half to even
+  }
+  at::Tensor q, zero_point;
+  if (symmetric) {
+    q = y.clamp_(-127, 127).to(at::kChar);
+    zero_point = at::empty({0}, x.options().dtype(at::kInt));
+  } else {
+    const at::Tensor zp = (lo / scale).neg_().sub_(128).round_().clamp_(-128, 127);
+    q = y.add_(zp).clamp_(-128, 127).to(at::kChar);
+    zero_point = zp.to(at::kInt).reshape(channel_shape);
+  }
+  scale.masked_fill_(finite.logical_not(), std::numeric_limits<float>::quiet_NaN());
+  return {q, scale.reshape(channel_shape), zero_point};
+}
+
+// Shapes a per-channel vector to broadcast along `dim` of a tensor of rank `rank`.
+at::Tensor along(const at::Tensor& v, std::optional<int64_t> dim, int64_t rank) {
+  if (!dim || v.dim() == 0) return v;
+  std::vector<int64_t> shape(rank, 1);
+  shape[c10::maybe_wrap_dim(*dim, rank)] = -1;
+  return v.reshape(shape);
+}
+
+at::Tensor dequantize(const at::Tensor& data, const at::Tensor& scale, const std::optional<at::Tensor>& zero_point,
+                      std::optional<int64_t> dim, at::ScalarType dtype) {
+  check_dtype(data, at::kChar, "dequantize", "data");
+  check_dtype(scale, at::kFloat, "dequantize", "scale");
+  TORCH_CHECK_TYPE(at::isFloatingType(dtype), "dequantize: dtype must be a float type, got ", dtype);
+  const int64_t channels = dim ? data.size(c10::maybe_wrap_dim(*dim, data.dim())) : 1;
+  TORCH_CHECK_VALUE(scale.numel() == channels, "dequantize: scale has ", scale.numel(), " elements, expected ",
+                    channels);
+  at::Tensor v = data.to(at::kFloat);
+  if (zero_point && zero_point->numel() > 0) {
+    check_dtype(*zero_point, at::kInt, "dequantize", "zero_point");
+    TORCH_CHECK_VALUE(zero_point->numel() == channels, "dequantize: zero_point has ", zero_point->numel(),
+                      " elements, expected ", channels);
+    v = v - along(*zero_point, dim, data.dim());
+  }
+  return (v * along(scale, dim, data.dim())).to(dtype);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(int8, m) {
+  m.def(
+      "quantize(Tensor x, int? dim=None, bool symmetric=True, str rounding='nearest', Generator? generator=None) "
+      "-> (Tensor data, Tensor scale, Tensor zero_point)");
+  m.def("dequantize(Tensor data, Tensor scale, Tensor? zero_point=None, int? dim=None, ScalarType dtype=float) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(int8, CompositeExplicitAutograd, m) {
+  m.impl("quantize", quantize);
+  m.impl("dequantize", dequantize);
+}
+
+}  // namespace torch_int8::ops

@@ -1,0 +1,38 @@
+// torch_int8._C: what is not an op — build information and backend queries.
+// Importing it loads libtorch_int8_ops, whose static initializers register
+// the torch.ops.int8.* ops.
+#include <pybind11/pybind11.h>
+
+#include "torch_int8/kernels.h"
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "torch_int8 native module: build information and backend queries";
+  m.def("build_info", [] {
+    py::dict info;
+    info["version"] = TORCH_INT8_VERSION;
+#ifdef TORCH_INT8_WITH_CUDA
+    info["cuda"] = true;
+    info["cuda_arch_list"] = TORCH_INT8_CUDA_ARCH_LIST;
+    info["gemm_families"] = torch_int8::kernels::built_gemm_families();
+#else
+    info["cuda"] = false;
+    info["cuda_arch_list"] = "";
+    info["gemm_families"] = "";
+#endif
+    return info;
+  });
+  m.def(
+      "gemm_backend",
+      [](int cc) -> py::object {
+#ifdef TORCH_INT8_WITH_CUDA
+        const char* name = torch_int8::kernels::gemm_backend(cc);
+        if (name) return py::str(name);
+#endif
+        return py::none();
+      },
+      py::arg("compute_capability"),
+      "Kernel family that serves a GPU of this compute capability (e.g. 90), or None.");
+  m.attr("max_k") = torch_int8::kernels::kMaxK;
+}

@@ -1,0 +1,16 @@
+"""torch_int8: INT8 GEMM and quantization for PyTorch on NVIDIA GPUs (and the CPU).
+
+The native ops are torch.ops.int8.*; this package wraps them with a Python API.
+"""
+from pathlib import Path
+
+import torch
+
+from . import _C  # noqa: F401  (loads libtorch_int8_ops, which registers torch.ops.int8.*)
+from .functional import QTensor, dequantize, gemm, quantize, requantize, scaled_gemm
+
+__version__ = _C.build_info()["version"]
+# For C++ projects: find_package(torch_int8) with this on CMAKE_PREFIX_PATH.
+cmake_prefix_path = str(Path(__file__).resolve().parent / "lib" / "cmake")
+
+__all__ = ["QTensor", "gemm", "quantize", "dequantize", "scaled_gemm", "requantize", "cmake_prefix_path"]

@@ -1,0 +1,111 @@
+"""The Python API over torch.ops.int8.*: QTensor and the functions on it."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+_ops = torch.ops.int8
+
+
+@dataclass
+class QTensor:
+    """A quantized tensor: float value = (data - zero_point) * scale.
+
+    data: int8 values. scale: float32, 0-d (per tensor) or 1-D of size
+    data.shape[dim] (per channel along dim). zero_point: int32 shaped like
+    scale, or None when symmetric. dim: the channel dimension, or None.
+    """
+
+    data: torch.Tensor
+    scale: torch.Tensor
+    zero_point: Optional[torch.Tensor]
+    dim: Optional[int]
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.data.shape
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return dequantize(self, dtype)
+
+
+def gemm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Exact int8 GEMM: [M,K] @ [K,N] (or batched [B,M,K] @ [B,K,N] / [K,N]) -> int32."""
+    return _ops.gemm(a, b)
+
+
+def quantize(
+    x: torch.Tensor,
+    dim: Optional[int] = None,
+    *,
+    symmetric: bool = True,
+    rounding: str = "nearest",
+    generator: Optional[torch.Generator] = None,
+) -> QTensor:
+    """Absmax quantization to int8, per tensor (dim=None) or per channel along dim.
+
+    Slices holding inf or NaN get scale NaN, so their dequantized values are NaN.
+    """
+    data, scale, zero_point = _ops.quantize(x, dim, symmetric, rounding, generator)
+    if dim is not None:
+        dim = dim % x.dim()
+    return QTensor(data, scale, None if symmetric else zero_point, dim)
+
+
+def dequantize(q: QTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(data - zero_point) * scale as a float tensor of dtype."""
+    return _ops.dequantize(q.data, q.scale, q.zero_point, q.dim, dtype)
+
+
+def _channel_count(q: QTensor, name: str, allowed_dim: int, what: str) -> None:
+    if q.dim is not None and q.dim % q.data.dim() != allowed_dim % q.data.dim():
+        raise ValueError(f"scaled_gemm: {name} must be quantized per tensor (dim=None) or {what}, got dim={q.dim}")
+
+
+def scaled_gemm(
+    a: QTensor,
+    b: QTensor,
+    bias: Optional[torch.Tensor] = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+    out_scale: Optional[float] = None,
+    out_zero_point: int = 0,
+) -> torch.Tensor:
+    """Dequantizing int8 GEMM with the rescale, zero point and bias fused in the epilogue.
+
+    a: [..., M, K] per tensor or per row (dim=-2 / 0 for 2-D), symmetric or not.
+    b: [K, N], symmetric, per tensor or per column (dim=1).
+    out_dtype: bfloat16, float16, float32, or int8 (then out_scale is required).
+    """
+    _channel_count(a, "a", -2, "per row (dim=0)")
+    _channel_count(b, "b", 1, "per column (dim=1)")
+    if b.zero_point is not None:
+        raise ValueError("scaled_gemm: b must be quantized symmetrically (zero_point None)")
+    if out_dtype == torch.int8:
+        if out_scale is None:
+            raise ValueError("scaled_gemm: out_dtype=torch.int8 needs out_scale")
+    elif out_scale is not None:
+        raise ValueError("scaled_gemm: out_scale is only used with out_dtype=torch.int8")
+    out_scale = 1.0 if out_scale is None else float(out_scale)
+    if not math.isfinite(out_scale) or out_scale <= 0:
+        raise ValueError(f"scaled_gemm: out_scale must be finite and > 0, got {out_scale}")
+    return _ops.scaled_gemm(
+        a.data, b.data, a.scale, b.scale, a.zero_point, bias, out_dtype, out_scale, int(out_zero_point)
+    )
+
+
+def requantize(
+    acc: torch.Tensor, scale, zero_point: int = 0, *, mode: str = "float"
+) -> torch.Tensor:
+    """int32 -> int8: clamp(round(acc * scale) + zero_point).
+
+    scale: a float, or a float32 tensor with one element or one per channel of
+    the last dimension. mode="float" rounds a float32 product half to even;
+    mode="fixed_point" uses gemmlowp/TFLite integer arithmetic (int32
+    multiplier and rounding shift), bit-identical on CPU and GPU.
+    """
+    if not isinstance(scale, torch.Tensor):
+        scale = torch.tensor(float(scale), dtype=torch.float32, device=acc.device)
+    return _ops.requantize(acc, scale, int(zero_point), mode)

@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# Build, test (and optionally sanitize and benchmark) torch_int8 on a GPU machine without internet.
+#
+# usage: scripts/gpu_check.sh OUTDIR
+#
+# environment:
+#   TORCH_CUDA_ARCH_LIST  default 9.0a (H100/H200)
+#   MAX_JOBS              default 16 (parallel compile jobs)
+#   SANITIZE=1            also run compute-sanitizer memcheck + racecheck over the CUDA tests
+#   BENCH=1               also run `python3 -m torch_int8.bench gemm` (BENCH_SHAPES=quick|full, default full)
+#
+# Prerequisites on the machine: python3 with torch (CUDA), pytest, pybind11, cmake, ninja, numpy,
+# matplotlib. Wheels that are missing there (nvidia-cutlass) are taken from ./.whl/*.whl if that
+# folder exists (installed offline into /tmp/site, put on PYTHONPATH).
+#
+# Everything lands directly in OUTDIR (at most 8 files):
+#   build.log info.txt pytest.log pytest.xml [sanitizer.log] [bench.log gemm_h200.json gemm_h200.png]
+# Test, sanitizer and benchmark failures do not stop the script; the exit status is 0 only if every
+# stage that ran passed.
+set -euo pipefail
+
+if [[ $# -ne 1 ]]; then
+    echo "usage: $0 OUTDIR" >&2
+    exit 2
+fi
+mkdir -p "$1"
+OUTDIR=$(cd "$1" && pwd)
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+
+now() { date +%s.%N; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
+
+STAGES=()   # "name|status|seconds" rows for the summary
+FAILED=0
+record() {  # record NAME RC SECONDS
+    local status=ok
+    if [[ $2 -ne 0 ]]; then status="FAILED (rc=$2)"; FAILED=1; fi
+    STAGES+=("$1|$status|$3")
+    echo ">>> $1: $status in $3 s"
+}
+summary() {
+    echo
+    echo "================ summary ================"
+    printf '%-12s %-16s %10s\n' stage status seconds
+    local row name status sec
+    for row in "${STAGES[@]}"; do
+        IFS='|' read -r name status sec <<<"$row"
+        printf '%-12s %-16s %10s\n' "$name" "$status" "$sec"
+    done
+    printf '%-12s %-16s %10s\n' total "" "$(secs "$T_ALL" "$(now)")"
+    echo "outputs in $OUTDIR:"
+    ls -l "$OUTDIR"
+}
+T_ALL=$(now)
+
+echo "== machine"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+python3 --version
+python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "gpu", torch.cuda.is_available())' || true
+echo "repo $REPO  commit $(git rev-parse HEAD 2>/dev/null || echo "${TORCH_INT8_COMMIT:-unknown}")"
+
+# ---- (a) offline wheels ------------------------------------------------------------------------
+if [[ -d .whl ]]; then
+    echo "== wheels from .whl/"
+    t=$(now)
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || { echo "installing .whl/*.whl failed" >&2; exit 1; }
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    record wheels 0 "$(secs "$t" "$(now)")"
+fi
+
+# ---- (b) build ---------------------------------------------------------------------------------
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0a} MAX_JOBS=${MAX_JOBS:-16}
+# the machine's python3 may be an "externally managed" (PEP 668) system python; the machine is
+# throw-away, so allow pip to install into it
+export PIP_BREAK_SYSTEM_PACKAGES=1
+echo "== build (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST MAX_JOBS=$MAX_JOBS), log: $OUTDIR/build.log"
+t=$(now)
+rc=0
+python3 -m pip install --no-build-isolation --no-deps -v . >"$OUTDIR/build.log" 2>&1 || rc=$?
+build_s=$(secs "$t" "$(now)")
+echo "build: ${build_s} s (rc=$rc)"
+record build "$rc" "$build_s"
+if [[ $rc -ne 0 ]]; then
+    echo "---- last 60 lines of build.log"
+    tail -n 60 "$OUTDIR/build.log"
+    summary
+    exit 1
+fi
+
+# Everything below runs in the repo root; it has no top-level torch_int8/ (the package sources live
+# in python/), so `python3 -m torch_int8` and the tests import the build installed above.
+
+# ---- (c) info ----------------------------------------------------------------------------------
+echo "== python3 -m torch_int8 info"
+t=$(now)
+set +e
+python3 -m torch_int8 info 2>&1 | tee "$OUTDIR/info.txt"
+rc=${PIPESTATUS[0]}
+set -e
+record info "$rc" "$(secs "$t" "$(now)")"
+
+# ---- (d) tests ---------------------------------------------------------------------------------
+echo "== pytest"
+t=$(now)
+set +e
+python3 -m pytest -q -x tests -rs --junitxml="$OUTDIR/pytest.xml" 2>&1 | tee "$OUTDIR/pytest.log"
+rc=${PIPESTATUS[0]}
+set -e
+record pytest "$rc" "$(secs "$t" "$(now)")"
+
+# ---- (e1) compute-sanitizer ---------------------------------------------------------------------
+if [[ "${SANITIZE:-0}" == 1 ]]; then
+    SAN=$(command -v compute-sanitizer || true)
+    if [[ -z "$SAN" && -x /usr/local/cuda/bin/compute-sanitizer ]]; then
+        SAN=/usr/local/cuda/bin/compute-sanitizer
+    fi
+    if [[ -z "$SAN" ]]; then
+        echo "== SANITIZE=1 but compute-sanitizer was not found: skipped"
+        record sanitizer 127 0
+    else
+        : >"$OUTDIR/sanitizer.log"
+        for tool in memcheck racecheck; do
+            echo "== compute-sanitizer --tool $tool (log: $OUTDIR/sanitizer.log)"
+            t=$(now)
+            tmp=/tmp/gpu_check_$tool.log
+            # memcheck: no caching allocator, so out-of-bounds accesses hit unallocated memory
+            # (set only for memcheck: torch versions differ on whether a value of 0 counts as set)
+            envs=()
+            if [[ $tool == memcheck ]]; then envs=(PYTORCH_NO_CUDA_MEMORY_CACHING=1); fi
+            set +e
+            env "${envs[@]}" "$SAN" --tool "$tool" --target-processes all --error-exitcode 99 \
+                python3 -m pytest -q tests -m cuda -k "not compile" >"$tmp" 2>&1
+            rc=$?
+            set -e
+            { echo "######## compute-sanitizer --tool $tool (rc=$rc; 99 = sanitizer errors)"; cat "$tmp"; } \
+                >>"$OUTDIR/sanitizer.log"
+            grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$tmp" | sed "s/^/[$tool] /" \
+                || echo "[$tool] no ERROR SUMMARY line (see sanitizer.log)"
+            tail -n 3 "$tmp"
+            # belt and braces, in case --error-exitcode was not honoured
+            if [[ $rc -eq 0 ]] && grep -qE "ERROR SUMMARY: [1-9]|\([1-9][0-9]* errors" "$tmp"; then rc=1; fi
+            rm -f "$tmp"
+            record "$tool" "$rc" "$(secs "$t" "$(now)")"
+        done
+    fi
+fi
+
+# ---- (e2) benchmark ----------------------------------------------------------------------------
+if [[ "${BENCH:-0}" == 1 ]]; then
+    echo "== benchmark (shapes ${BENCH_SHAPES:-full})"
+    t=$(now)
+    set +e
+    python3 -m torch_int8.bench gemm --shapes "${BENCH_SHAPES:-full}" \
+        --json "$OUTDIR/gemm_h200.json" --plot "$OUTDIR/gemm_h200.png" 2>&1 | tee "$OUTDIR/bench.log"
+    rc=${PIPESTATUS[0]}
+    set -e
+    record bench "$rc" "$(secs "$t" "$(now)")"
+fi
+
+summary
+exit "$FAILED"

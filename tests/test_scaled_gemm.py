@@ -1,0 +1,373 @@
+"""torch_int8.scaled_gemm: int8 GEMM with a fused fp32 dequantize / bias / (re)quantize epilogue."""
+
+import math
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import pytest
+import torch
+
+import torch_int8
+from conftest import CUDA_ONLY, DEVICE_PARAMS, make_gen, rand_int8
+
+QTensor = torch_int8.QTensor
+
+# relative rounding error of the output dtype (round to nearest: half an ulp)
+REL = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11, torch.float32: 1e-6}
+
+# (M, K, N)
+SHAPES = [(1, 64, 40), (5, 3, 7), (37, 91, 53), (128, 512, 256)]
+A_MODES = ["tensor-sym", "row-sym", "tensor-asym", "row-asym"]
+B_MODES = ["tensor", "col"]
+OUT = [
+    pytest.param(torch.bfloat16, 0, id="bf16"),
+    pytest.param(torch.float16, 0, id="fp16"),
+    pytest.param(torch.float32, 0, id="fp32"),
+    pytest.param(torch.int8, 0, id="int8-zp0"),
+    pytest.param(torch.int8, 5, id="int8-zp5"),
+]
+
+
+def f32(v: float) -> float:
+    """v rounded to the nearest float32 (so that float32/float64 handling of a Python float agree)."""
+    return float(torch.tensor(v, dtype=torch.float32))
+
+
+def make_a(M, K, mode, seed, device, col_major=False):
+    per, sym = mode.split("-")
+    g = make_gen(seed)
+    symmetric = sym == "sym"
+    low = -127 if symmetric else -128
+    if col_major:
+        data = torch.randint(low, 128, (K, M), dtype=torch.int8, generator=g).t()
+    else:
+        data = torch.randint(low, 128, (M, K), dtype=torch.int8, generator=g)
+    n = () if per == "tensor" else (M,)
+    scale = torch.rand(n, generator=g) * 0.01 + 0.005
+    zp = None if symmetric else torch.randint(-128, 128, n, dtype=torch.int32, generator=g)
+    dim = None if per == "tensor" else 0
+    return QTensor(
+        data=data.to(device), scale=scale.to(device), zero_point=None if zp is None else zp.to(device), dim=dim
+    )
+
+
+def make_b(K, N, mode, seed, device, col_major=True):
+    g = make_gen(seed)
+    if col_major:  # w.t() of an [N, K] weight, the nn.Linear layout
+        data = torch.randint(-127, 128, (N, K), dtype=torch.int8, generator=g).t()
+    else:
+        data = torch.randint(-127, 128, (K, N), dtype=torch.int8, generator=g)
+    n = () if mode == "tensor" else (N,)
+    scale = torch.rand(n, generator=g) * 0.01 + 0.005
+    dim = None if mode == "tensor" else 1
+    return QTensor(data=data.to(device), scale=scale.to(device), zero_point=None, dim=dim)
+
+
+def ref_scaled_gemm(a, b, bias):
+    """float64 reference value and a bound on the magnitude of the fp32 epilogue's intermediates."""
+    ad = a.data.cpu().double()
+    bd = b.data.cpu().double()
+    M, N = ad.shape[0], bd.shape[1]
+    zp = torch.zeros(()) if a.zero_point is None else a.zero_point.cpu().double()
+    zp = zp.reshape(-1, 1) if zp.dim() == 1 else zp
+    sa = a.scale.cpu().double()
+    sa = sa.reshape(-1, 1) if sa.dim() == 1 else sa
+    sb = b.scale.cpu().double()
+    sb = sb.reshape(1, -1) if sb.dim() == 1 else sb
+    raw = ad @ bd
+    acc = (ad - zp) @ bd
+    ref = acc * sa * sb
+    mag = (raw.abs() + (zp * bd.sum(0, keepdim=True)).abs() + acc.abs()) * sa * sb
+    if bias is not None:
+        ref = ref + bias.cpu().double()
+        mag = mag + bias.cpu().double().abs()
+    assert ref.shape == (M, N)
+    return ref, mag
+
+
+def float_tol(ref, mag, dtype):
+    slack = 1e-6 * max(float(mag.max()), float(ref.abs().max()))
+    return REL[dtype] * ref.abs() + slack + (1e-7 if dtype == torch.float16 else 0.0)
+
+
+def check_float_out(out, ref, mag, dtype):
+    assert out.dtype == dtype
+    assert tuple(out.shape) == tuple(ref.shape)
+    o = out.cpu().double()
+    assert torch.isfinite(o).all()
+    err = (o - ref).abs()
+    tol = float_tol(ref, mag, dtype)
+    assert (err <= tol).all(), f"max err {float(err.max())}, max err/tol {float((err / tol).max())}"
+
+
+def check_int8_out(out, ref, mag, out_scale, out_zp):
+    assert out.dtype == torch.int8
+    assert tuple(out.shape) == tuple(ref.shape)
+    v = ref / out_scale
+    expected = torch.clamp(torch.round(v) + out_zp, -128, 127)  # torch.round: half to even
+    diff = (out.cpu().double() - expected).abs()
+    # fp32-epilogue error in output units, plus 1e-3: an off-by-one is allowed only next to a .5 tie
+    window = 1e-3 + float_tol(ref, mag, torch.float32) / out_scale
+    near_tie = ((v - torch.floor(v)) - 0.5).abs() <= window
+    ok = (diff == 0) | ((diff <= 1) & near_tie)
+    assert ok.all(), f"{int((~ok).sum())} wrong entries, max |diff| {float(diff.max())}"
+    return expected
+
+
+def pick_out_scale(ref):
+    # about 120 steps over the largest value: with zero point 5 a few values clamp at 127
+    return f32(float(ref.abs().max()) / 120.0)
+
+
+def make_bias(N, seed, magnitude, device):
+    g = make_gen(seed)
+    return (torch.randn(N, generator=g) * magnitude).to(device)
+
+
+# ------------------------------------------------------------------------------------------------
+# against the float64 reference
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("M,K,N", SHAPES)
+@pytest.mark.parametrize("a_mode", A_MODES)
+@pytest.mark.parametrize("b_mode", B_MODES)
+@pytest.mark.parametrize("with_bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize("out_dtype,out_zp", OUT)
+def test_scaled_gemm_reference(device, M, K, N, a_mode, b_mode, with_bias, out_dtype, out_zp):
+    seed = M * 1000 + K * 10 + N
+    a = make_a(M, K, a_mode, seed, device)
+    b = make_b(K, N, b_mode, seed + 1, device)
+    ref0, _ = ref_scaled_gemm(a, b, None)
+    bias = make_bias(N, seed + 2, 0.5 * float(ref0.abs().max()) + 1e-3, device) if with_bias else None
+    ref, mag = ref_scaled_gemm(a, b, bias)
+
+    if out_dtype == torch.int8:
+        out_scale = pick_out_scale(ref)
+        out = torch_int8.scaled_gemm(a, b, bias=bias, out_dtype=torch.int8, out_scale=out_scale, out_zero_point=out_zp)
+        assert out.device.type == torch.device(device).type
+        expected = check_int8_out(out, ref, mag, out_scale, out_zp)
+        # the data do use the int8 range (the test is not vacuous)
+        assert int(expected.max()) - int(expected.min()) > 100
+    else:
+        out = torch_int8.scaled_gemm(a, b, bias=bias, out_dtype=out_dtype)
+        assert out.device.type == torch.device(device).type
+        check_float_out(out, ref, mag, out_dtype)
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+def test_default_out_dtype_is_bf16(device):
+    a = make_a(9, 33, "row-sym", 1, device)
+    b = make_b(33, 17, "col", 2, device)
+    out = torch_int8.scaled_gemm(a, b)
+    ref, mag = ref_scaled_gemm(a, b, None)
+    check_float_out(out, ref, mag, torch.bfloat16)
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("a_col", [False, True], ids=["a_row", "a_col"])
+@pytest.mark.parametrize("b_col", [False, True], ids=["b_row", "b_col"])
+@pytest.mark.parametrize("a_mode", ["row-sym", "row-asym"])
+def test_layouts(device, a_col, b_col, a_mode):
+    M, K, N = 45, 77, 29
+    a = make_a(M, K, a_mode, 5, device, col_major=a_col)
+    b = make_b(K, N, "col", 6, device, col_major=b_col)
+    bias = make_bias(N, 7, 1.0, device)
+    ref, mag = ref_scaled_gemm(a, b, bias)
+    out = torch_int8.scaled_gemm(a, b, bias=bias, out_dtype=torch.float32)
+    check_float_out(out, ref, mag, torch.float32)
+    # sliced (non-contiguous) data and scales
+    big = torch.randint(-127, 128, (M, 2 * K), dtype=torch.int8, generator=make_gen(8)).to(device)
+    scale_big = (torch.rand(2 * M, generator=make_gen(9)) * 0.01 + 0.005).to(device)
+    a2 = QTensor(data=big[:, 1::2], scale=scale_big[::2], zero_point=None, dim=0)
+    ref2, mag2 = ref_scaled_gemm(a2, b, bias)
+    check_float_out(torch_int8.scaled_gemm(a2, b, bias=bias, out_dtype=torch.float32), ref2, mag2, torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+def test_int8_out_clamps_and_rounds_half_even(device):
+    # a per-tensor, b per-tensor, scales 1: the value is the integer sum itself, out_scale 2 -> ties
+    M, K, N = 4, 3, 6
+    a_data = torch.tensor([[1, 0, 0], [3, 0, 0], [5, 0, 0], [-3, 0, 0]], dtype=torch.int8)
+    b_data = torch.tensor([[1, 2, 100, -100, 127, 0]] + [[0] * N] * (K - 1), dtype=torch.int8)
+    one = torch.tensor(1.0)
+    a = QTensor(data=a_data.to(device), scale=one.to(device), zero_point=None, dim=None)
+    b = QTensor(data=b_data.to(device), scale=one.to(device), zero_point=None, dim=None)
+    out = torch_int8.scaled_gemm(a, b, out_dtype=torch.int8, out_scale=2.0, out_zero_point=3).cpu()
+    ref = a_data.double() @ b_data.double()  # exact
+    expected = torch.clamp(torch.round(ref / 2.0) + 3, -128, 127).to(torch.int8)
+    assert torch.equal(out, expected), (out, expected)
+    # e.g. 1/2 -> 0, 3/2 -> 2, 5/2 -> 2, -3/2 -> -2 (half to even); 3*127/2 clamps
+    assert out[0, 0] == 3 and out[1, 0] == 5 and out[2, 0] == 5 and out[3, 0] == 1
+    assert out[2, 4] == 127 and out[2, 3] == -128
+
+
+# ------------------------------------------------------------------------------------------------
+# against dequantize(a) @ dequantize(b) + bias, with quantize() producing the operands
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("a_dim", [None, 0])
+@pytest.mark.parametrize("a_sym", [True, False], ids=["sym", "asym"])
+@pytest.mark.parametrize("b_dim", [None, 1])
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("M,K,N", [(1, 128, 64), (37, 91, 53), (64, 256, 96)])
+def test_matches_dequantized_matmul(device, a_dim, a_sym, b_dim, out_dtype, M, K, N):
+    g = make_gen(M + K + N)
+    x = (torch.randn(M, K, generator=g) * (torch.rand(M, 1, generator=g) * 3 + 0.2) + 0.3).to(device)
+    w = (torch.randn(K, N, generator=g) * 0.05).to(device)
+    bias = (torch.randn(N, generator=g) * 0.1).to(device)
+    qa = torch_int8.quantize(x, a_dim, symmetric=a_sym)
+    qb = torch_int8.quantize(w, b_dim, symmetric=True)
+    out = torch_int8.scaled_gemm(qa, qb, bias=bias, out_dtype=out_dtype)
+    da = torch_int8.dequantize(qa).double().cpu()
+    db = torch_int8.dequantize(qb).double().cpu()
+    ref = da @ db + bias.double().cpu()
+    mag = da.abs() @ db.abs() + bias.double().cpu().abs()
+    check_float_out(out, ref, mag, out_dtype)
+    # and it approximates the float product (quantization error only)
+    exact = x.double().cpu() @ w.double().cpu() + bias.double().cpu()
+    rel = float((out.double().cpu() - exact).norm() / exact.norm())
+    assert rel < 0.05
+
+
+# ------------------------------------------------------------------------------------------------
+# errors
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+def test_error_b_asymmetric(device):
+    a = make_a(4, 8, "row-sym", 1, device)
+    b = make_b(8, 5, "col", 2, device)
+    b_asym = QTensor(data=b.data, scale=b.scale, zero_point=torch.zeros(5, dtype=torch.int32, device=device), dim=1)
+    with pytest.raises(ValueError):
+        torch_int8.scaled_gemm(a, b_asym)
+    b_asym0 = QTensor(data=b.data, scale=b.scale[0], zero_point=torch.tensor(3, dtype=torch.int32, device=device), dim=None)
+    with pytest.raises(ValueError):
+        torch_int8.scaled_gemm(a, b_asym0)
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+def test_error_b_per_row(device):
+    a = make_a(4, 8, "row-sym", 1, device)
+    b = make_b(8, 5, "col", 2, device)
+    b_rows = QTensor(data=b.data, scale=torch.full((8,), 0.01, device=device), zero_point=None, dim=0)
+    with pytest.raises(ValueError):
+        torch_int8.scaled_gemm(a, b_rows)
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+def test_error_a_per_column(device):
+    a = make_a(4, 8, "row-sym", 1, device)
+    b = make_b(8, 5, "col", 2, device)
+    a_cols = QTensor(data=a.data, scale=torch.full((8,), 0.01, device=device), zero_point=None, dim=1)
+    with pytest.raises(ValueError):
+        torch_int8.scaled_gemm(a_cols, b)
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+def test_error_scale_size(device):
+    a = make_a(4, 8, "row-sym", 1, device)
+    b = make_b(8, 5, "col", 2, device)
+    with pytest.raises(ValueError):
+        torch_int8.scaled_gemm(QTensor(data=a.data, scale=a.scale[:3], zero_point=None, dim=0), b)
+    with pytest.raises(ValueError):
+        torch_int8.scaled_gemm(a, QTensor(data=b.data, scale=torch.ones(6, device=device), zero_point=None, dim=1))
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("bias_shape", [(4,), (6,)])
+def test_error_bias_size(device, bias_shape):
+    a = make_a(4, 8, "row-sym", 1, device)
+    b = make_b(8, 5, "col", 2, device)
+    with pytest.raises(ValueError):
+        torch_int8.scaled_gemm(a, b, bias=torch.zeros(bias_shape, device=device))
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+def test_error_k_mismatch(device):
+    a = make_a(4, 8, "row-sym", 1, device)
+    b = make_b(9, 5, "col", 2, device)
+    with pytest.raises(ValueError):
+        torch_int8.scaled_gemm(a, b)
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+def test_error_data_dtype(device):
+    a = make_a(4, 8, "row-sym", 1, device)
+    b = make_b(8, 5, "col", 2, device)
+    with pytest.raises(TypeError):
+        torch_int8.scaled_gemm(QTensor(data=a.data.to(torch.int32), scale=a.scale, zero_point=None, dim=0), b)
+    with pytest.raises(TypeError):
+        torch_int8.scaled_gemm(a, QTensor(data=b.data.float(), scale=b.scale, zero_point=None, dim=1))
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("out_dtype", [torch.int32, torch.float64, torch.int64, torch.uint8], ids=str)
+def test_error_out_dtype(device, out_dtype):
+    a = make_a(4, 8, "row-sym", 1, device)
+    b = make_b(8, 5, "col", 2, device)
+    with pytest.raises((TypeError, ValueError)):
+        torch_int8.scaled_gemm(a, b, out_dtype=out_dtype, out_scale=1.0)
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+def test_error_int8_out_needs_out_scale(device):
+    a = make_a(4, 8, "row-sym", 1, device)
+    b = make_b(8, 5, "col", 2, device)
+    with pytest.raises(ValueError):
+        torch_int8.scaled_gemm(a, b, out_dtype=torch.int8)
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("out_scale", [math.nan, math.inf, -math.inf])
+def test_error_non_finite_out_scale(device, out_scale):
+    a = make_a(4, 8, "row-sym", 1, device)
+    b = make_b(8, 5, "col", 2, device)
+    with pytest.raises(ValueError):
+        torch_int8.scaled_gemm(a, b, out_dtype=torch.int8, out_scale=out_scale)
+
+
+@pytest.mark.parametrize("device", CUDA_ONLY)
+def test_error_device_mismatch(device):
+    a = make_a(4, 8, "row-sym", 1, device)
+    b = make_b(8, 5, "col", 2, "cpu")
+    with pytest.raises(ValueError):
+        torch_int8.scaled_gemm(a, b)
+    b = make_b(8, 5, "col", 2, device)
+    with pytest.raises(ValueError):
+        torch_int8.scaled_gemm(a, b, bias=torch.zeros(5))
+
+
+# ------------------------------------------------------------------------------------------------
+# meta tensors
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16, torch.float32, torch.int8], ids=str)
+@pytest.mark.parametrize("a_mode", ["tensor-sym", "row-asym"])
+def test_meta(out_dtype, a_mode):
+    M, K, N = 7, 24, 10
+    per, sym = a_mode.split("-")
+    n = () if per == "tensor" else (M,)
+    a = QTensor(
+        data=torch.empty((M, K), dtype=torch.int8, device="meta"),
+        scale=torch.empty(n, device="meta"),
+        zero_point=None if sym == "sym" else torch.empty(n, dtype=torch.int32, device="meta"),
+        dim=None if per == "tensor" else 0,
+    )
+    b = QTensor(
+        data=torch.empty((N, K), dtype=torch.int8, device="meta").t(),
+        scale=torch.empty((N,), device="meta"),
+        zero_point=None,
+        dim=1,
+    )
+    bias = torch.empty((N,), device="meta")
+    kw = {"out_scale": 0.5, "out_zero_point": 1} if out_dtype == torch.int8 else {}
+    out = torch_int8.scaled_gemm(a, b, bias=bias, out_dtype=out_dtype, **kw)
+    assert out.device.type == "meta" and out.dtype == out_dtype and tuple(out.shape) == (M, N)
