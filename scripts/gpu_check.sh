@@ -4,7 +4,9 @@
 # usage: scripts/gpu_check.sh OUTDIR
 #
 # environment:
-#   TORCH_CUDA_ARCH_LIST  default 9.0a (H100/H200)
+#   TORCH_CUDA_ARCH_LIST  default "7.5+PTX;8.0+PTX;9.0a": the Hopper kernels, plus the Turing and
+#                         Ampere families as PTX so the tests can force and check them on an H100/H200
+#   SANITIZE_TESTS        pytest selection run under compute-sanitizer (default tests/test_backends.py)
 #   MAX_JOBS              default 16 (parallel compile jobs)
 #   SANITIZE=1            also run compute-sanitizer memcheck + racecheck over the CUDA tests
 #   BENCH=1               also run `python3 -m torch_int8.bench gemm` (BENCH_SHAPES=quick|full, default full)
@@ -71,7 +73,7 @@ if [[ -d .whl ]]; then
 fi
 
 # ---- (b) build ---------------------------------------------------------------------------------
-export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0a} MAX_JOBS=${MAX_JOBS:-16}
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-7.5+PTX;8.0+PTX;9.0a} MAX_JOBS=${MAX_JOBS:-16}
 # the machine's python3 may be an "externally managed" (PEP 668) system python; the machine is
 # throw-away, so allow pip to install into it
 export PIP_BREAK_SYSTEM_PACKAGES=1
@@ -105,7 +107,7 @@ record info "$rc" "$(secs "$t" "$(now)")"
 echo "== pytest"
 t=$(now)
 set +e
-python3 -m pytest -q -x tests -rs --junitxml="$OUTDIR/pytest.xml" 2>&1 | tee "$OUTDIR/pytest.log"
+python3 -m pytest -q tests -rs --junitxml="$OUTDIR/pytest.xml" 2>&1 | tee "$OUTDIR/pytest.log"
 rc=${PIPESTATUS[0]}
 set -e
 record pytest "$rc" "$(secs "$t" "$(now)")"
@@ -131,7 +133,7 @@ if [[ "${SANITIZE:-0}" == 1 ]]; then
             if [[ $tool == memcheck ]]; then envs=(PYTORCH_NO_CUDA_MEMORY_CACHING=1); fi
             set +e
             env "${envs[@]}" "$SAN" --tool "$tool" --target-processes all --error-exitcode 99 \
-                python3 -m pytest -q tests -m cuda -k "not compile" >"$tmp" 2>&1
+                python3 -m pytest -q ${SANITIZE_TESTS:-tests/test_backends.py} -m cuda -k "not compile" >"$tmp" 2>&1
             rc=$?
             set -e
             { echo "######## compute-sanitizer --tool $tool (rc=$rc; 99 = sanitizer errors)"; cat "$tmp"; } \

@@ -11,9 +11,14 @@ this directory on ``sys.path`` first, so that works under any ``--import-mode``)
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
+
+# Every output buffer the ops allocate starts as garbage (NaN / 0xA5...), so an
+# element a kernel forgets to write cannot pass as a correct zero.
+os.environ.setdefault("TORCH_INT8_POISON", "1")
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -103,17 +108,24 @@ def _amin(x, *dims, keepdim=False):
     return x.amin(*dims, keepdim=keepdim) if dims else x.amin()
 
 
-def ref_quantize(x: torch.Tensor, dim=None, symmetric: bool = True):
+def ref_quantize(x: torch.Tensor, dim=None, symmetric: bool = True, scale=None):
     """Reference nearest-rounding quantization of a finite float32 tensor (on the CPU).
 
     Returns (data int8, scale float32 with the shape the API gives, zero_point int32 or None), where
-    scale is 0-d for dim=None and 1-D [x.shape[dim]] otherwise.
+    scale is 0-d for dim=None and 1-D [x.shape[dim]] otherwise. With ``scale`` given (in that shape),
+    the zero point and the data are computed from it instead of from the range of x.
     """
     x = x.detach().cpu().float()
+    given = None
+    if scale is not None:
+        given = scale.detach().cpu().float()
+        given = given.reshape([1] * x.dim()) if dim is None else bcast(given, x.dim(), dim)
     if symmetric:
         amax = _reduce_keep(x.abs(), dim, _amax)
         scale = amax / torch.tensor(127.0, dtype=torch.float32)
         scale = torch.where(amax == 0, torch.ones_like(scale), scale)
+        if given is not None:
+            scale = given
         data = torch.clamp(torch.round(x / scale), -127, 127).to(torch.int8)
         zp = None
     else:
@@ -121,6 +133,8 @@ def ref_quantize(x: torch.Tensor, dim=None, symmetric: bool = True):
         mn = torch.clamp(_reduce_keep(x, dim, _amin), max=0.0)
         scale = (mx - mn) / torch.tensor(255.0, dtype=torch.float32)
         scale = torch.where(mx == mn, torch.ones_like(scale), scale)
+        if given is not None:
+            scale = given
         zpf = torch.clamp(torch.round(torch.tensor(-128.0) - mn / scale), -128, 127)
         data = torch.clamp(torch.round(x / scale) + zpf, -128, 127).to(torch.int8)
         zp = zpf.to(torch.int32)
@@ -131,6 +145,27 @@ def ref_quantize(x: torch.Tensor, dim=None, symmetric: bool = True):
         scale = scale.reshape(-1)
         zp = None if zp is None else zp.reshape(-1)
     return data, scale, zp
+
+
+def check_quantize_against_reference(q, x: torch.Tensor, dim, symmetric: bool):
+    """q = quantize(x, dim, symmetric=symmetric) (nearest rounding, finite float32 x) vs ref_quantize.
+
+    On the CPU the scale must be bit-identical to amax/127 resp. (max-min)/255. On a GPU, ATen's
+    division by a scalar is a multiplication by its reciprocal, so there the scale may be one ulp
+    off. Zero point and data must then be exactly what that scale gives.
+    """
+    _, ref_scale, _ = ref_quantize(x, dim, symmetric)
+    got_scale = q.scale.detach().cpu()
+    assert got_scale.dtype == torch.float32 and got_scale.shape == ref_scale.shape
+    if q.scale.device.type == "cpu":
+        assert torch.equal(got_scale, ref_scale), (got_scale, ref_scale)
+    else:
+        torch.testing.assert_close(got_scale, ref_scale, rtol=2.0**-23, atol=0)
+    data, _, zp = ref_quantize(x, dim, symmetric, scale=got_scale)
+    if not symmetric:
+        assert torch.equal(q.zero_point.detach().cpu(), zp), (q.zero_point, zp)
+    got = q.data.detach().cpu()
+    assert torch.equal(got, data), f"{int((got != data).sum())} of {data.numel()} data entries differ"
 
 
 def bcast(v: torch.Tensor, ndim: int, dim):

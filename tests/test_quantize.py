@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import torch_int8
-from conftest import DEVICE_PARAMS, bcast, make_gen, ref_quantize
+from conftest import DEVICE_PARAMS, bcast, check_quantize_against_reference, make_gen
 
 FLOAT_DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
@@ -150,12 +150,24 @@ def test_matches_reference_float32(device, shape, dim, symmetric):
         x.select(dim, 1).zero_()  # an all-zero slice: scale 1
     x = x.to(device)
     q = torch_int8.quantize(x, dim, symmetric=symmetric)
-    data, scale, zp = ref_quantize(x, dim, symmetric)
     check_qtensor_meta(q, x, dim, symmetric, device)
-    assert torch.equal(q.scale.cpu(), scale), (q.scale, scale)
-    if not symmetric:
-        assert torch.equal(q.zero_point.cpu(), zp), (q.zero_point, zp)
-    assert torch.equal(q.data.cpu(), data), f"{int((q.data.cpu() != data).sum())} entries differ"
+    check_quantize_against_reference(q, x, dim, symmetric)
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("dim", [None, 0])
+def test_round_half_even(device, dim):
+    # scale exactly 1 (symmetric: amax 127; asymmetric: min -128, max 127 -> zero point 0), so x/scale
+    # is exact and these values are exact ties
+    x_sym = torch.tensor([[127.0, 0.5, 1.5, 2.5, -0.5, -2.5, 126.5, -3.5]])
+    q = torch_int8.quantize(x_sym.to(device), dim)
+    assert torch.equal(q.scale.cpu().reshape(-1), torch.ones(1))
+    assert q.data.cpu().tolist() == [[127, 0, 2, 2, 0, -2, 126, -4]]
+    x_asym = torch.tensor([[-128.0, 127.0, 0.5, 1.5, 2.5, -1.5, -126.5, 125.5]])
+    q = torch_int8.quantize(x_asym.to(device), dim, symmetric=False)
+    assert torch.equal(q.scale.cpu().reshape(-1), torch.ones(1))
+    assert torch.equal(q.zero_point.cpu().reshape(-1), torch.zeros(1, dtype=torch.int32))
+    assert q.data.cpu().tolist() == [[-128, 127, 0, 2, 2, -2, -126, 126]]
 
 
 @pytest.mark.parametrize("device", DEVICE_PARAMS)
@@ -170,8 +182,7 @@ def test_noncontiguous_input(device, dim, symmetric):
         assert torch.equal(q.scale, qc.scale)
         if not symmetric:
             assert torch.equal(q.zero_point, qc.zero_point)
-        data, scale, _ = ref_quantize(x, dim, symmetric)
-        assert torch.equal(q.data.cpu(), data) and torch.equal(q.scale.cpu(), scale)
+        check_quantize_against_reference(q, x, dim, symmetric)
 
 
 @pytest.mark.parametrize("device", DEVICE_PARAMS)
@@ -313,9 +324,13 @@ def test_non_finite_rows(device, symmetric, dtype, rounding):
     lim = 0.5 if rounding == "nearest" else 1.0
     assert ((deq[good_rows] - xf[good_rows]).abs() <= s * (lim + 1e-4) + 1e-6 * xf[good_rows].abs()).all()
     if dtype == torch.float32 and rounding == "nearest":
-        data, ref_scale, _ = ref_quantize(xf[good_rows], 0, symmetric)
-        assert torch.equal(scale[good_rows], ref_scale)
-        assert torch.equal(q.data.cpu()[good_rows], data)
+        q_good = torch_int8.QTensor(
+            data=q.data[good_rows],
+            scale=q.scale[good_rows],
+            zero_point=None if symmetric else q.zero_point[good_rows],
+            dim=0,
+        )
+        check_quantize_against_reference(q_good, xf[good_rows], 0, symmetric)
 
     # per column: columns 0, 3 and 15 are affected
     qc = torch_int8.quantize(x, 1, symmetric=symmetric, rounding=rounding)

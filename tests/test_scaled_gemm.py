@@ -188,20 +188,22 @@ def test_layouts(device, a_col, b_col, a_mode):
 
 
 @pytest.mark.parametrize("device", DEVICE_PARAMS)
-def test_int8_out_clamps_and_rounds_half_even(device):
-    # a per-tensor, b per-tensor, scales 1: the value is the integer sum itself, out_scale 2 -> ties
+@pytest.mark.parametrize("out_zp", [0, 4, -6])
+def test_int8_out_clamps_and_rounds_half_even(device, out_zp):
+    # a per-tensor, b per-tensor, scales 1: the value is the integer sum itself, out_scale 2 -> exact ties.
+    # (Even zero points only: with an odd one, round(v/s) + zp and round(v/s + zp) differ at ties.)
     M, K, N = 4, 3, 6
     a_data = torch.tensor([[1, 0, 0], [3, 0, 0], [5, 0, 0], [-3, 0, 0]], dtype=torch.int8)
     b_data = torch.tensor([[1, 2, 100, -100, 127, 0]] + [[0] * N] * (K - 1), dtype=torch.int8)
     one = torch.tensor(1.0)
     a = QTensor(data=a_data.to(device), scale=one.to(device), zero_point=None, dim=None)
     b = QTensor(data=b_data.to(device), scale=one.to(device), zero_point=None, dim=None)
-    out = torch_int8.scaled_gemm(a, b, out_dtype=torch.int8, out_scale=2.0, out_zero_point=3).cpu()
+    out = torch_int8.scaled_gemm(a, b, out_dtype=torch.int8, out_scale=2.0, out_zero_point=out_zp).cpu()
     ref = a_data.double() @ b_data.double()  # exact
-    expected = torch.clamp(torch.round(ref / 2.0) + 3, -128, 127).to(torch.int8)
+    expected = torch.clamp(torch.round(ref / 2.0) + out_zp, -128, 127).to(torch.int8)
     assert torch.equal(out, expected), (out, expected)
-    # e.g. 1/2 -> 0, 3/2 -> 2, 5/2 -> 2, -3/2 -> -2 (half to even); 3*127/2 clamps
-    assert out[0, 0] == 3 and out[1, 0] == 5 and out[2, 0] == 5 and out[3, 0] == 1
+    # 1/2 -> 0, 3/2 -> 2, 5/2 -> 2, -3/2 -> -2 (half to even); 5*127/2 and -5*100/2 clamp
+    assert out[:, 0].tolist() == [out_zp, 2 + out_zp, 2 + out_zp, -2 + out_zp]
     assert out[2, 4] == 127 and out[2, 3] == -128
 
 
@@ -312,8 +314,9 @@ def test_error_data_dtype(device):
 def test_error_out_dtype(device, out_dtype):
     a = make_a(4, 8, "row-sym", 1, device)
     b = make_b(8, 5, "col", 2, device)
+    # (no out_scale: that alone may be refused for a non-int8 out_dtype)
     with pytest.raises((TypeError, ValueError)):
-        torch_int8.scaled_gemm(a, b, out_dtype=out_dtype, out_scale=1.0)
+        torch_int8.scaled_gemm(a, b, out_dtype=out_dtype)
 
 
 @pytest.mark.parametrize("device", DEVICE_PARAMS)

@@ -18,10 +18,11 @@ inline float epilogue_value(const Epilogue& e, int32_t acc, int64_t m, int64_t n
   return std::fma(v, load_or(e.col_scale, n, 1.f), load_or(e.col_bias, n, 0.f));
 }
 
-// Round half to even and saturate, NaN -> 0: what cvt.rni.sat.s8.f32 does.
-inline int8_t float_to_int8_sat(float v) {
+// rint(v) + zero_point, saturated, NaN -> 0: what the GPU trees compute
+// (RoundThenAdd, then cvt.rni.sat.s8.f32).
+inline int8_t requantize_value(float v, int32_t zero_point) {
   if (std::isnan(v)) return 0;
-  const float r = std::nearbyint(v);
+  const float r = std::nearbyint(v) + static_cast<float>(zero_point);
   return static_cast<int8_t>(r < -128.f ? -128.f : (r > 127.f ? 127.f : r));
 }
 

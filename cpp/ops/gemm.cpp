@@ -94,34 +94,36 @@ at::Tensor run_gemm(const at::Tensor& a, const at::Tensor& b, at::ScalarType out
   return ldd == n ? out : out.narrow(2, 0, n).contiguous();
 }
 
-void check_k(int64_t k, const char* op) {
+void check_k(const c10::SymInt& k, const char* op) {
   TORCH_CHECK_VALUE(k <= kernels::kMaxK, op, ": K = ", k, " exceeds ", kernels::kMaxK,
                     ", beyond which the int32 accumulator can overflow (K * 128 * 128 >= 2^31)");
 }
 
 void check_nonempty(const at::Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK_VALUE(t.numel() > 0, op, ": ", name, " is empty (shape ", t.sizes(), ")");
+  TORCH_CHECK_VALUE(t.sym_numel() > 0, op, ": ", name, " is empty (shape ", t.sym_sizes(), ")");
 }
 
 // --- int8::gemm ---------------------------------------------------------------
 
-// Validates and returns the output shape of gemm(a, b).
-std::vector<int64_t> gemm_shape(const at::Tensor& a, const at::Tensor& b) {
+// Validates and returns the output shape of gemm(a, b). SymInt throughout,
+// so the same checks serve the Meta kernel under torch.compile's dynamic shapes.
+std::vector<c10::SymInt> gemm_shape(const at::Tensor& a, const at::Tensor& b) {
   check_dtype(a, at::kChar, "gemm", "a");
   check_dtype(b, at::kChar, "gemm", "b");
   check_same_device(b, a, "gemm", "b");
-  TORCH_CHECK_VALUE(a.dim() == 2 || a.dim() == 3, "gemm: a must be [M, K] or [B, M, K], got shape ", a.sizes());
+  TORCH_CHECK_VALUE(a.dim() == 2 || a.dim() == 3, "gemm: a must be [M, K] or [B, M, K], got shape ", a.sym_sizes());
   TORCH_CHECK_VALUE(b.dim() == 2 || (b.dim() == 3 && a.dim() == 3),
-                    "gemm: b must be [K, N], or [B, K, N] when a is [B, M, K]; got a ", a.sizes(), ", b ", b.sizes());
-  TORCH_CHECK_VALUE(a.size(-1) == b.size(-2), "gemm: shape mismatch, a ", a.sizes(), " @ b ", b.sizes(),
-                    " (K ", a.size(-1), " != ", b.size(-2), ")");
-  TORCH_CHECK_VALUE(b.dim() == 2 || a.size(0) == b.size(0), "gemm: batch sizes differ, a ", a.sizes(), ", b ",
-                    b.sizes());
+                    "gemm: b must be [K, N], or [B, K, N] when a is [B, M, K]; got a ", a.sym_sizes(), ", b ",
+                    b.sym_sizes());
+  TORCH_CHECK_VALUE(a.sym_size(-1) == b.sym_size(-2), "gemm: shape mismatch, a ", a.sym_sizes(), " @ b ",
+                    b.sym_sizes(), " (K ", a.sym_size(-1), " != ", b.sym_size(-2), ")");
+  TORCH_CHECK_VALUE(b.dim() == 2 || a.sym_size(0) == b.sym_size(0), "gemm: batch sizes differ, a ", a.sym_sizes(),
+                    ", b ", b.sym_sizes());
   check_nonempty(a, "gemm", "a");
   check_nonempty(b, "gemm", "b");
-  check_k(a.size(-1), "gemm");
-  std::vector<int64_t> shape(a.sizes().begin(), a.sizes().end() - 1);
-  shape.push_back(b.size(-1));
+  check_k(a.sym_size(-1), "gemm");
+  std::vector<c10::SymInt> shape(a.sym_sizes().begin(), a.sym_sizes().end() - 1);
+  shape.push_back(b.sym_size(-1));
   return shape;
 }
 
@@ -131,11 +133,11 @@ at::Tensor gemm_kernel(const at::Tensor& a, const at::Tensor& b) {
   // A shared [K, N] operand folds the batch of a into its rows.
   const at::Tensor a3 = b.dim() == 2 ? a.reshape({1, -1, k}) : a;
   const at::Tensor b3 = (b.dim() == 2 ? b.unsqueeze(0) : b).transpose(1, 2);
-  return run_gemm(a3, b3, at::kInt, Epilogue{}).view(shape);
+  return run_gemm(a3, b3, at::kInt, Epilogue{}).view_symint(shape);
 }
 
 at::Tensor gemm_meta(const at::Tensor& a, const at::Tensor& b) {
-  return at::empty(gemm_shape(a, b), a.options().dtype(at::kInt));
+  return at::empty_symint(gemm_shape(a, b), a.options().dtype(at::kInt));
 }
 
 // --- int8::scaled_gemm --------------------------------------------------------
@@ -148,27 +150,31 @@ at::Tensor epilogue_vector(const at::Tensor& v, int64_t len, int64_t padded) {
   return r;
 }
 
-void check_vector(const at::Tensor& v, int64_t len, const at::Tensor& ref, const char* name, const char* what) {
+void check_vector(const at::Tensor& v, const c10::SymInt& len, const at::Tensor& ref, const char* name,
+                  const char* what) {
   check_same_device(v, ref, "scaled_gemm", name);
-  TORCH_CHECK_VALUE(v.numel() == 1 || (v.dim() == 1 && v.numel() == len), "scaled_gemm: ", name,
-                    " must have one element or ", len, " (", what, "), got shape ", v.sizes());
+  TORCH_CHECK_VALUE(v.sym_numel() == 1 || (v.dim() == 1 && v.sym_numel() == len), "scaled_gemm: ", name,
+                    " must have one element or ", len, " (", what, "), got shape ", v.sym_sizes());
 }
 
-std::vector<int64_t> scaled_gemm_shape(const at::Tensor& a, const at::Tensor& b, const at::Tensor& scale_a,
+std::vector<c10::SymInt> scaled_gemm_shape(const at::Tensor& a, const at::Tensor& b, const at::Tensor& scale_a,
                                        const at::Tensor& scale_b, const std::optional<at::Tensor>& zero_point_a,
                                        const std::optional<at::Tensor>& bias, at::ScalarType out_dtype,
                                        double out_scale, int64_t out_zero_point) {
   check_dtype(a, at::kChar, "scaled_gemm", "a");
   check_dtype(b, at::kChar, "scaled_gemm", "b");
   check_same_device(b, a, "scaled_gemm", "b");
-  TORCH_CHECK_VALUE(a.dim() >= 2, "scaled_gemm: a must be [..., M, K], got shape ", a.sizes());
-  TORCH_CHECK_VALUE(b.dim() == 2, "scaled_gemm: b must be [K, N], got shape ", b.sizes());
-  TORCH_CHECK_VALUE(a.size(-1) == b.size(0), "scaled_gemm: shape mismatch, a ", a.sizes(), " @ b ", b.sizes());
+  TORCH_CHECK_VALUE(a.dim() >= 2, "scaled_gemm: a must be [..., M, K], got shape ", a.sym_sizes());
+  TORCH_CHECK_VALUE(b.dim() == 2, "scaled_gemm: b must be [K, N], got shape ", b.sym_sizes());
+  TORCH_CHECK_VALUE(a.sym_size(-1) == b.sym_size(0), "scaled_gemm: shape mismatch, a ", a.sym_sizes(), " @ b ",
+                    b.sym_sizes());
   check_nonempty(a, "scaled_gemm", "a");
   check_nonempty(b, "scaled_gemm", "b");
-  check_k(b.size(0), "scaled_gemm");
+  check_k(b.sym_size(0), "scaled_gemm");
+  TORCH_CHECK_TYPE(out_dtype != at::kInt, "scaled_gemm: out_dtype must be bfloat16, float16, float32 or int8 ",
+                   "(int32 results come from gemm), got ", out_dtype);
   out_type_of(out_dtype);
-  const int64_t m = a.numel() / a.size(-1), n = b.size(1);
+  const c10::SymInt m = a.sym_numel() / a.sym_size(-1), n = b.sym_size(1);
   check_dtype(scale_a, at::kFloat, "scaled_gemm", "scale_a");
   check_dtype(scale_b, at::kFloat, "scaled_gemm", "scale_b");
   check_vector(scale_a, m, a, "scale_a", "per tensor or per row of a");
@@ -181,8 +187,8 @@ std::vector<int64_t> scaled_gemm_shape(const at::Tensor& a, const at::Tensor& b,
     TORCH_CHECK_TYPE(at::isFloatingType(bias->scalar_type()), "scaled_gemm: bias must be a float tensor, got ",
                      bias->scalar_type());
     check_same_device(*bias, a, "scaled_gemm", "bias");
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->numel() == n, "scaled_gemm: bias must be [N] = [", n, "], got ",
-                      bias->sizes());
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->sym_numel() == n, "scaled_gemm: bias must be [N] = [", n,
+                      "], got ", bias->sym_sizes());
   }
   if (out_dtype == at::kChar) {
     TORCH_CHECK_VALUE(std::isfinite(out_scale) && out_scale > 0, "scaled_gemm: out_scale must be finite and > 0 for ",
@@ -190,7 +196,7 @@ std::vector<int64_t> scaled_gemm_shape(const at::Tensor& a, const at::Tensor& b,
     TORCH_CHECK_VALUE(out_zero_point >= -128 && out_zero_point <= 127,
                       "scaled_gemm: out_zero_point must be in [-128, 127], got ", out_zero_point);
   }
-  std::vector<int64_t> shape(a.sizes().begin(), a.sizes().end() - 1);
+  std::vector<c10::SymInt> shape(a.sym_sizes().begin(), a.sym_sizes().end() - 1);
   shape.push_back(n);
   return shape;
 }
@@ -205,18 +211,13 @@ at::Tensor scaled_gemm_kernel(const at::Tensor& a, const at::Tensor& b, const at
   const at::Tensor a3 = a.reshape({1, -1, k});
   const int64_t m = a3.size(1);
   const int64_t n_pad = round_up(n, kGpuAlign);
-  // Requantizing to int8 folds 1/out_scale and the output zero point into the
-  // column vectors: round(v / s + z) = round(fma(t, col_scale / s, bias / s + z)).
-  const bool requant = out_dtype == at::kChar;
-  const double inv = requant ? 1.0 / out_scale : 1.0;
+  // Requantizing to int8 folds 1/out_scale into the column vectors:
+  // v / s = fma(t, col_scale / s, bias / s); the kernel adds the zero point after rounding.
+  const double inv = out_dtype == at::kChar ? 1.0 / out_scale : 1.0;
   const at::Tensor col_scale = epilogue_vector(scale_b, n, n_pad).mul_(inv);
   const at::Tensor row_scale = epilogue_vector(scale_a, m, m);
   std::optional<at::Tensor> col_bias;
   if (bias) col_bias = epilogue_vector(*bias, n, n_pad).mul_(inv);
-  if (requant && out_zero_point != 0) {
-    if (!col_bias) col_bias = at::zeros({n_pad}, row_scale.options());
-    col_bias->add_(static_cast<double>(out_zero_point));
-  }
   // An asymmetric a: sum_k (a - z) b = acc - z * colsum(b).
   std::optional<at::Tensor> row_offset, col_sum;
   if (zero_point_a) {
@@ -230,15 +231,17 @@ at::Tensor scaled_gemm_kernel(const at::Tensor& a, const at::Tensor& b, const at
   e.row_offset = ptr(row_offset);
   e.col_sum = ptr(col_sum);
   e.col_bias = ptr(col_bias);
-  return run_gemm(a3, b.t().unsqueeze(0), out_dtype, e).view(shape);
+  e.out_zero_point = static_cast<int32_t>(out_zero_point);
+  return run_gemm(a3, b.t().unsqueeze(0), out_dtype, e).view_symint(shape);
 }
 
 at::Tensor scaled_gemm_meta(const at::Tensor& a, const at::Tensor& b, const at::Tensor& scale_a,
                             const at::Tensor& scale_b, const std::optional<at::Tensor>& zero_point_a,
                             const std::optional<at::Tensor>& bias, at::ScalarType out_dtype, double out_scale,
                             int64_t out_zero_point) {
-  return at::empty(scaled_gemm_shape(a, b, scale_a, scale_b, zero_point_a, bias, out_dtype, out_scale, out_zero_point),
-                   a.options().dtype(out_dtype));
+  return at::empty_symint(
+      scaled_gemm_shape(a, b, scale_a, scale_b, zero_point_a, bias, out_dtype, out_scale, out_zero_point),
+      a.options().dtype(out_dtype));
 }
 
 }  // namespace

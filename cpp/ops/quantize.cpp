@@ -33,15 +33,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize(const at::Tensor& x, std
                                                         std::optional<at::Generator> generator) {
   TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "quantize: x must be a float tensor, got ",
                    x.scalar_type());
-  TORCH_CHECK_VALUE(x.numel() > 0, "quantize: x is empty (shape ", x.sizes(), ")");
+  TORCH_CHECK_VALUE(x.sym_numel() > 0, "quantize: x is empty (shape ", x.sym_sizes(), ")");
   TORCH_CHECK_VALUE(rounding == "nearest" || rounding == "stochastic",
                     "quantize: rounding must be 'nearest' or 'stochastic', got '", rounding, "'");
   if (dim) {
     TORCH_CHECK_VALUE(x.dim() > 0 && *dim >= -x.dim() && *dim < x.dim(), "quantize: dim ", *dim,
-                      " is out of range for a tensor of shape ", x.sizes());
+                      " is out of range for a tensor of shape ", x.sym_sizes());
     dim = c10::maybe_wrap_dim(*dim, x.dim());
   }
-  const std::vector<int64_t> channel_shape = dim ? std::vector<int64_t>{x.size(*dim)} : std::vector<int64_t>{};
+  const std::vector<c10::SymInt> channel_shape =
+      dim ? std::vector<c10::SymInt>{x.sym_size(*dim)} : std::vector<c10::SymInt>{};
   const at::Tensor xf = x.to(at::kFloat);
   const auto dims = reduced_dims(xf, dim);
   // A slice holding inf or NaN gets scale NaN, so everything dequantized from
@@ -57,7 +58,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize(const at::Tensor& x, std
   at::Tensor y = x0 / scale;
   if (rounding == "stochastic") {
     // floor(y + u), u ~ U[0, 1): E[result] = y, so the rounding is unbiased.
-    y = (y + at::rand(y.sizes(), generator, y.options())).floor_();
+    y = (y + at::rand_symint(y.sym_sizes(), generator, y.options())).floor_();
   } else {
     y = y.round();  // half to even
   }
@@ -68,10 +69,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize(const at::Tensor& x, std
   } else {
     const at::Tensor zp = (lo / scale).neg_().sub_(128).round_().clamp_(-128, 127);
     q = y.add_(zp).clamp_(-128, 127).to(at::kChar);
-    zero_point = zp.to(at::kInt).reshape(channel_shape);
+    zero_point = zp.to(at::kInt).reshape_symint(channel_shape);
   }
   scale.masked_fill_(finite.logical_not(), std::numeric_limits<float>::quiet_NaN());
-  return {q, scale.reshape(channel_shape), zero_point};
+  return {q, scale.reshape_symint(channel_shape), zero_point};
 }
 
 // Shapes a per-channel vector to broadcast along `dim` of a tensor of rank `rank`.
@@ -79,7 +80,7 @@ at::Tensor along(const at::Tensor& v, std::optional<int64_t> dim, int64_t rank) 
   if (!dim || v.dim() == 0) return v;
   std::vector<int64_t> shape(rank, 1);
   shape[c10::maybe_wrap_dim(*dim, rank)] = -1;
-  return v.reshape(shape);
+  return v.reshape(shape);  // -1 keeps this free of symbolic sizes
 }
 
 at::Tensor dequantize(const at::Tensor& data, const at::Tensor& scale, const std::optional<at::Tensor>& zero_point,
@@ -87,14 +88,14 @@ at::Tensor dequantize(const at::Tensor& data, const at::Tensor& scale, const std
   check_dtype(data, at::kChar, "dequantize", "data");
   check_dtype(scale, at::kFloat, "dequantize", "scale");
   TORCH_CHECK_TYPE(at::isFloatingType(dtype), "dequantize: dtype must be a float type, got ", dtype);
-  const int64_t channels = dim ? data.size(c10::maybe_wrap_dim(*dim, data.dim())) : 1;
-  TORCH_CHECK_VALUE(scale.numel() == channels, "dequantize: scale has ", scale.numel(), " elements, expected ",
-                    channels);
+  const c10::SymInt channels = dim ? data.sym_size(c10::maybe_wrap_dim(*dim, data.dim())) : c10::SymInt(1);
+  TORCH_CHECK_VALUE(scale.sym_numel() == channels, "dequantize: scale has ", scale.sym_numel(),
+                    " elements, expected ", channels);
   at::Tensor v = data.to(at::kFloat);
-  if (zero_point && zero_point->numel() > 0) {
+  if (zero_point && zero_point->sym_numel() > 0) {
     check_dtype(*zero_point, at::kInt, "dequantize", "zero_point");
-    TORCH_CHECK_VALUE(zero_point->numel() == channels, "dequantize: zero_point has ", zero_point->numel(),
-                      " elements, expected ", channels);
+    TORCH_CHECK_VALUE(zero_point->sym_numel() == channels, "dequantize: zero_point has ",
+                      zero_point->sym_numel(), " elements, expected ", channels);
     v = v - along(*zero_point, dim, data.dim());
   }
   return (v * along(scale, dim, data.dim())).to(dtype);

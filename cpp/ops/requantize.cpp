@@ -13,10 +13,10 @@ void check_requantize(const at::Tensor& acc, const at::Tensor& scale, int64_t ze
   check_same_device(scale, acc, "requantize", "scale");
   TORCH_CHECK_VALUE(mode == "float" || mode == "fixed_point",
                     "requantize: mode must be 'float' or 'fixed_point', got '", mode, "'");
-  const int64_t cols = acc.dim() == 0 ? 1 : acc.size(-1);
-  TORCH_CHECK_VALUE(scale.numel() == 1 || (scale.dim() == 1 && scale.numel() == cols),
+  const c10::SymInt cols = acc.dim() == 0 ? c10::SymInt(1) : acc.sym_size(-1);
+  TORCH_CHECK_VALUE(scale.sym_numel() == 1 || (scale.dim() == 1 && scale.sym_numel() == cols),
                     "requantize: scale must have one element or one per channel of the last dimension (", cols,
-                    "), got shape ", scale.sizes());
+                    "), got shape ", scale.sym_sizes());
   TORCH_CHECK_VALUE(zero_point >= -128 && zero_point <= 127, "requantize: zero_point must be in [-128, 127], got ",
                     zero_point);
 }
@@ -65,7 +65,7 @@ at::Tensor requantize_kernel(const at::Tensor& acc, const at::Tensor& scale, int
 
 at::Tensor requantize_meta(const at::Tensor& acc, const at::Tensor& scale, int64_t zero_point, c10::string_view mode) {
   check_requantize(acc, scale, zero_point, mode);
-  return at::empty(acc.sizes(), acc.options().dtype(at::kChar));
+  return at::empty_symint(acc.sym_sizes(), acc.options().dtype(at::kChar));
 }
 
 }  // namespace

@@ -45,7 +45,7 @@ void store(const GemmProblem& p, const Epilogue& e, int64_t bi, int64_t m, int64
     case OutType::kFloat32: static_cast<float*>(p.d)[off] = v; break;
     case OutType::kBFloat16: static_cast<uint16_t*>(p.d)[off] = float_to_bf16_rne(v); break;
     case OutType::kFloat16: static_cast<uint16_t*>(p.d)[off] = float_to_fp16_rne(v); break;
-    case OutType::kInt8: static_cast<int8_t*>(p.d)[off] = detail::float_to_int8_sat(v); break;
+    case OutType::kInt8: static_cast<int8_t*>(p.d)[off] = detail::requantize_value(v, e.out_zero_point); break;
     case OutType::kInt32: break;
   }
 }

@@ -6,6 +6,7 @@
 
 #include <cutlass/bfloat16.h>
 #include <cutlass/cutlass.h>
+#include <cutlass/array.h>
 #include <cutlass/half.h>
 
 #include "torch_int8/kernels.h"
@@ -29,6 +30,22 @@ Status visit_out_type(OutType t, F&& f) {
   }
   return Status::kInvalidArgument;
 }
+
+// rint(v) + z for the int8 output: requantized values are rounded before the
+// output zero point is added (TFLite semantics; folding z into the bias would
+// round ties differently).
+template <class T>
+struct RoundThenAdd;
+template <int N>
+struct RoundThenAdd<cutlass::Array<float, N>> {
+  CUTLASS_HOST_DEVICE cutlass::Array<float, N> operator()(cutlass::Array<float, N> const& v,
+                                                         cutlass::Array<float, N> const& z) const {
+    cutlass::Array<float, N> r;
+    CUTLASS_PRAGMA_UNROLL
+    for (int i = 0; i < N; ++i) r[i] = rintf(v[i]) + z[i];
+    return r;
+  }
+};
 
 // Checks, sizes the workspace for, and runs one CUTLASS device-level operator.
 // GEMMs with a fused epilogue need no workspace (no split-K here yet).

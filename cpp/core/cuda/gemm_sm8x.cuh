@@ -10,7 +10,7 @@
 #include <cutlass/epilogue/threadblock/fusion/visitors.hpp>
 #include <cutlass/gemm/kernel/default_gemm_universal_with_visitor.h>
 
-#include "gemm_common.cuh"
+#include "epilogue_tree.cuh"
 
 namespace torch_int8::kernels::detail {
 
@@ -27,6 +27,20 @@ using Sm75Config = Sm8xConfig<cutlass::arch::Sm75, cutlass::gemm::GemmShape<8, 8
 // Ampere/Ada: mma.sync m16n8k32, multistage cp.async pipeline.
 using Sm80Config = Sm8xConfig<cutlass::arch::Sm80, cutlass::gemm::GemmShape<16, 8, 32>, 4>;
 
+// CUTLASS 2.x epilogue visitor nodes for EpilogueTree. CUTLASS names a
+// per-row vector a "column broadcast" and vice versa.
+template <class ThreadMap>
+struct Sm80Nodes {
+  using Acc = cutlass::epilogue::threadblock::VisitorAccFetch;
+  using RowVec = cutlass::epilogue::threadblock::VisitorColBroadcast<ThreadMap, float, cute::Stride<cute::_1, cute::_0, int64_t>>;
+  using ColVec = cutlass::epilogue::threadblock::VisitorRowBroadcast<ThreadMap, float, cute::Stride<cute::_0, cute::_1, int64_t>>;
+  using Scalar = cutlass::epilogue::threadblock::VisitorScalarBroadcast<float>;
+  template <template <class> class Op, class Out>
+  using Compute = cutlass::epilogue::threadblock::VisitorCompute<Op, Out, float, cutlass::FloatRoundStyle::round_to_nearest>;
+  template <class... Nodes>
+  using EVT = cutlass::epilogue::threadblock::Sm80EVT<Nodes...>;
+};
+
 template <class Config, class ElementD>
 struct Sm8xGemm {
   static constexpr bool kStoresAccumulator = std::is_same_v<ElementD, int32_t>;
@@ -34,23 +48,11 @@ struct Sm8xGemm {
   using ThreadMap = cutlass::epilogue::threadblock::OutputTileThreadLayout<
       typename Config::ThreadblockShape, typename Config::WarpShape, ElementD, kAlignD, 1>;
 
-  // The fused epilogue of kernels.h, as a tree:
-  //   D = fma(fma(row_offset, col_sum, acc) * row_scale, col_scale, col_bias)
-  // CUTLASS calls a per-row vector a "column broadcast" and vice versa.
-  using Acc = cutlass::epilogue::threadblock::VisitorAccFetch;
-  using RowVec = cutlass::epilogue::threadblock::VisitorColBroadcast<ThreadMap, float, cute::Stride<cute::_1, cute::_0, int64_t>>;
-  using ColVec = cutlass::epilogue::threadblock::VisitorRowBroadcast<ThreadMap, float, cute::Stride<cute::_0, cute::_1, int64_t>>;
-  template <template <class> class Op, class Out>
-  using Compute = cutlass::epilogue::threadblock::VisitorCompute<Op, Out, float, cutlass::FloatRoundStyle::round_to_nearest>;
-  template <class... Nodes>
-  using EVT = cutlass::epilogue::threadblock::Sm80EVT<Nodes...>;
-
-  using ZeroPoint = EVT<Compute<cutlass::homogeneous_multiply_add, float>, RowVec, ColVec, Acc>;
-  using RowScaled = EVT<Compute<cutlass::multiplies, float>, ZeroPoint, RowVec>;
-  using Dequant = EVT<Compute<cutlass::homogeneous_multiply_add, ElementD>, RowScaled, ColVec, ColVec>;
   using Store = cutlass::epilogue::threadblock::VisitorAuxStore<
       ThreadMap, ElementD, cutlass::FloatRoundStyle::round_to_nearest, cute::Stride<int64_t, cute::_1, int64_t>>;
-  using Tree = std::conditional_t<kStoresAccumulator, EVT<Store, Acc>, EVT<Store, Dequant>>;
+  using Fused = EpilogueTree<Sm80Nodes<ThreadMap>, ElementD>;
+  using Tree = typename Sm80Nodes<ThreadMap>::template EVT<
+      Store, std::conditional_t<kStoresAccumulator, typename Sm80Nodes<ThreadMap>::Acc, typename Fused::Output>>;
 
   using Kernel = typename cutlass::gemm::kernel::DefaultGemmWithVisitor<
       int8_t, cutlass::layout::RowMajor, cutlass::ComplexTransform::kNone, 16,
@@ -67,11 +69,7 @@ struct Sm8xGemm {
     if constexpr (kStoresAccumulator) {
       return {{}, store};
     } else {
-      auto row = [](const float* v, float fallback) { return typename RowVec::Arguments{v, fallback, {}}; };
-      auto col = [](const float* v, float fallback) { return typename ColVec::Arguments{v, fallback, {}}; };
-      return {{{{row(e.row_offset, 0.f), col(e.col_sum, 0.f), {}, {}}, row(e.row_scale, 1.f), {}},
-               col(e.col_scale, 1.f), col(e.col_bias, 0.f), {}},
-              store};
+      return {Fused::args(e), store};
     }
   }
 

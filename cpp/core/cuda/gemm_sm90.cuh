@@ -10,7 +10,7 @@
 #include <cutlass/gemm/device/gemm_universal_adapter.h>
 #include <cutlass/gemm/kernel/gemm_universal.hpp>
 
-#include "gemm_common.cuh"
+#include "epilogue_tree.cuh"
 
 namespace torch_int8::kernels::detail {
 
@@ -28,6 +28,20 @@ using Sm90Pingpong128 = Sm90TileConfig<128, 128, 128, 2, 1,
                                        cutlass::gemm::KernelTmaWarpSpecializedPingpong,
                                        cutlass::epilogue::TmaWarpSpecialized>;
 
+// CUTLASS 3.x (sm90) epilogue visitor nodes for EpilogueTree. CUTLASS names a
+// per-row vector a "column broadcast" and vice versa.
+template <class TileShape>
+struct Sm90Nodes {
+  using Acc = cutlass::epilogue::fusion::Sm90AccFetch;
+  using RowVec = cutlass::epilogue::fusion::Sm90ColBroadcast<0, TileShape, float, float, cute::Stride<cute::_1, cute::_0, int64_t>>;
+  using ColVec = cutlass::epilogue::fusion::Sm90RowBroadcast<0, TileShape, float, float, cute::Stride<cute::_0, cute::_1, int64_t>>;
+  using Scalar = cutlass::epilogue::fusion::Sm90ScalarBroadcast<float>;
+  template <template <class> class Op, class Out>
+  using Compute = cutlass::epilogue::fusion::Sm90Compute<Op, Out, float, cutlass::FloatRoundStyle::round_to_nearest>;
+  template <class... Nodes>
+  using EVT = cutlass::epilogue::fusion::Sm90EVT<Nodes...>;
+};
+
 template <class Tile, class ElementD>
 struct Sm90Gemm {
   static constexpr bool kStoresAccumulator = std::is_same_v<ElementD, int32_t>;
@@ -35,21 +49,12 @@ struct Sm90Gemm {
   using TileShape = typename Tile::TileShape;
   static constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
 
-  // D = fma(fma(row_offset, col_sum, acc) * row_scale, col_scale, col_bias)
-  // (CUTLASS names a per-row vector a column broadcast and vice versa.)
-  using Acc = cutlass::epilogue::fusion::Sm90AccFetch;
-  using RowVec = cutlass::epilogue::fusion::Sm90ColBroadcast<0, TileShape, float, float, cute::Stride<cute::_1, cute::_0, int64_t>>;
-  using ColVec = cutlass::epilogue::fusion::Sm90RowBroadcast<0, TileShape, float, float, cute::Stride<cute::_0, cute::_1, int64_t>>;
-  template <template <class> class Op, class Out>
-  using Compute = cutlass::epilogue::fusion::Sm90Compute<Op, Out, float, kRound>;
-  template <class... Nodes>
-  using EVT = cutlass::epilogue::fusion::Sm90EVT<Nodes...>;
-
-  using ZeroPoint = EVT<Compute<cutlass::homogeneous_multiply_add, float>, RowVec, ColVec, Acc>;
-  using RowScaled = EVT<Compute<cutlass::multiplies, float>, ZeroPoint, RowVec>;
-  using Dequant = EVT<Compute<cutlass::homogeneous_multiply_add, ElementD>, RowScaled, ColVec, ColVec>;
-  using Identity = EVT<cutlass::epilogue::fusion::Sm90Compute<cutlass::epilogue::thread::Identity, int32_t, int32_t, kRound>, Acc>;
-  using Tree = std::conditional_t<kStoresAccumulator, Identity, Dequant>;
+  using Nodes = Sm90Nodes<TileShape>;
+  using Identity = typename Nodes::template EVT<
+      cutlass::epilogue::fusion::Sm90Compute<cutlass::epilogue::thread::Identity, int32_t, int32_t, kRound>,
+      typename Nodes::Acc>;
+  using Fused = EpilogueTree<Nodes, ElementD>;
+  using Tree = std::conditional_t<kStoresAccumulator, Identity, typename Fused::Output>;
 
   using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, typename Tile::ClusterShape,
@@ -73,10 +78,7 @@ struct Sm90Gemm {
     if constexpr (kStoresAccumulator) {
       return {};
     } else {
-      auto row = [](const float* v, float fallback) { return typename RowVec::Arguments{v, fallback, {}}; };
-      auto col = [](const float* v, float fallback) { return typename ColVec::Arguments{v, fallback, {}}; };
-      return {{{row(e.row_offset, 0.f), col(e.col_sum, 0.f), {}, {}}, row(e.row_scale, 1.f), {}},
-              col(e.col_scale, 1.f), col(e.col_bias, 0.f), {}};
+      return Fused::args(e);
     }
   }
 

@@ -45,18 +45,20 @@ struct GemmProblem {
 //   v = fma(row_offset[m], col_sum[n], float(acc))    zero-point correction
 //   v = v * row_scale[m]
 //   v = fma(v, col_scale[n], col_bias[n])
-//   D = convert<out_type>(v)   (round to nearest even; int8 saturates, NaN -> 0)
+//   D = convert<out_type>(v)                          float outputs (round to nearest even)
+//   D = saturate_int8(rint(v) + out_zero_point)       int8 output (NaN -> 0)
 // All vectors are float32; a null pointer reads as 0 (offset, sum, bias) or
 // 1 (scales). Row vectors have M entries, column vectors N, each readable up
-// to round_up(N, 16). Requantizing to int8 with output scale s and zero point z
-// is col_scale / s and col_bias / s + z, folded by the caller.
-// Only batch == 1 is supported with an epilogue.
+// to round_up(N, 16). Requantizing to int8 with output scale s is col_scale / s
+// and col_bias / s, folded by the caller; the zero point is added after
+// rounding, as TFLite does. Only batch == 1 is supported with an epilogue.
 struct Epilogue {
   const float* row_scale = nullptr;
   const float* col_scale = nullptr;
   const float* row_offset = nullptr;
   const float* col_sum = nullptr;
   const float* col_bias = nullptr;
+  int32_t out_zero_point = 0;  // int8 output only
 };
 
 // Which kernel family serves a GPU of compute capability cc (e.g. 90):
