@@ -1,6 +1,5 @@
 """torch_int8.quantize / dequantize / QTensor."""
 
-import math
 import os
 import sys
 
