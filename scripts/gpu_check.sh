@@ -4,8 +4,9 @@
 # usage: scripts/gpu_check.sh OUTDIR
 #
 # environment:
-#   TORCH_CUDA_ARCH_LIST  default "7.5+PTX;8.0+PTX;9.0a": the Hopper kernels, plus the Turing and
-#                         Ampere families as PTX so the tests can force and check them on an H100/H200
+#   GPU_CHECK_ARCHS       TORCH_CUDA_ARCH_LIST for the build (default "7.5+PTX;8.0+PTX;9.0a": the Hopper
+#                         kernels, plus the Turing and Ampere families as PTX so that the tests can force
+#                         and check them on an H100/H200). The machine's own TORCH_CUDA_ARCH_LIST is ignored.
 #   SANITIZE_TESTS        pytest selection run under compute-sanitizer (default tests/test_backends.py)
 #   MAX_JOBS              default 16 (parallel compile jobs)
 #   SANITIZE=1            also run compute-sanitizer memcheck + racecheck over the CUDA tests
@@ -73,7 +74,7 @@ if [[ -d .whl ]]; then
 fi
 
 # ---- (b) build ---------------------------------------------------------------------------------
-export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-7.5+PTX;8.0+PTX;9.0a} MAX_JOBS=${MAX_JOBS:-16}
+export TORCH_CUDA_ARCH_LIST=${GPU_CHECK_ARCHS:-7.5+PTX;8.0+PTX;9.0a} MAX_JOBS=${MAX_JOBS:-16}
 # the machine's python3 may be an "externally managed" (PEP 668) system python; the machine is
 # throw-away, so allow pip to install into it
 export PIP_BREAK_SYSTEM_PACKAGES=1

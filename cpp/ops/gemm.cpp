@@ -18,19 +18,22 @@ using kernels::OutType;
 
 constexpr int64_t kGpuAlign = 16;
 
-// A K-contiguous int8 operand [batch, rows, K_padded] and its strides.
+// A K-contiguous int8 operand [batch, rows_pad, k_pad] and its strides.
 struct KMajor {
   at::Tensor t;
   int64_t ld, batch_stride;
 };
 
-KMajor k_major(const at::Tensor& t, int64_t k_pad, int64_t align) {
-  const int64_t k = t.size(2);
+// t is [batch, rows, K] with any strides. Padding (zeros: exact) happens only
+// for ragged sizes; an operand that is already K-contiguous and aligned is
+// used in place, and anything else is copied once.
+KMajor k_major(const at::Tensor& t, int64_t rows_pad, int64_t k_pad, int64_t align) {
+  const int64_t rows = t.size(1), k = t.size(2);
   at::Tensor r = t;
-  if (k_pad != k) {
-    r = at::constant_pad_nd(t, {0, k_pad - k}, 0);
+  if (k_pad != k || rows_pad != rows) {
+    r = at::constant_pad_nd(t, {0, k_pad - k, 0, rows_pad - rows}, 0);
   } else {
-    const bool rows_ok = t.size(1) == 1 || (t.stride(1) >= k && t.stride(1) % align == 0);
+    const bool rows_ok = rows == 1 || (t.stride(1) >= k && t.stride(1) % align == 0);
     const bool batch_ok = t.size(0) == 1 || t.stride(0) % align == 0;
     const bool ptr_ok = reinterpret_cast<uintptr_t>(t.data_ptr()) % align == 0;
     if (t.stride(2) != 1 || !rows_ok || !batch_ok || !ptr_ok) r = t.contiguous();
@@ -51,18 +54,20 @@ OutType out_type_of(at::ScalarType t) {
 }
 
 // The GEMM of a [batch, M, K] and b [batch, N, K] (both any strides) into a
-// fresh [batch, M, N] tensor of out_dtype, with epilogue e.
-// `vectors` keeps the epilogue's tensors alive until the kernel is enqueued.
+// fresh [batch, M, N] tensor of out_dtype, with epilogue e (whose column
+// vectors hold round_up(N, 16) entries). On the GPU a ragged N runs as
+// round_up(N, 16) columns (zero rows of b) and is sliced off afterwards:
+// TMA epilogues need 16-byte aligned output rows.
 at::Tensor run_gemm(const at::Tensor& a, const at::Tensor& b, at::ScalarType out_dtype, const Epilogue& e) {
   const bool cuda = a.is_cuda();
   const int64_t align = cuda ? kGpuAlign : 1;
   const int64_t batch = a.size(0), m = a.size(1), n = b.size(1), k = a.size(2);
   const int64_t k_pad = round_up(k, align), ldd = round_up(n, align);
-  const KMajor ka = k_major(a, k_pad, align), kb = k_major(b, k_pad, align);
+  const KMajor ka = k_major(a, m, k_pad, align), kb = k_major(b, ldd, k_pad, align);
   at::Tensor out = new_output({batch, m, ldd}, a.options().dtype(out_dtype));
 
   GemmProblem p;
-  p.m = m, p.n = n, p.k = k_pad, p.batch = batch;
+  p.m = m, p.n = ldd, p.k = k_pad, p.batch = batch;
   p.a = ka.t.const_data_ptr<int8_t>(), p.lda = ka.ld, p.batch_stride_a = ka.batch_stride;
   p.b = kb.t.const_data_ptr<int8_t>(), p.ldb = kb.ld, p.batch_stride_b = kb.batch_stride;
   p.d = out.data_ptr(), p.ldd = ldd, p.batch_stride_d = m * ldd;
@@ -142,9 +147,11 @@ at::Tensor gemm_meta(const at::Tensor& a, const at::Tensor& b) {
 
 // --- int8::scaled_gemm --------------------------------------------------------
 
-// A float32 vector of `len` entries (broadcasting a single value), padded with
-// zeros up to `padded` entries so vector loads past the last column stay in bounds.
+// A contiguous float32 vector of `len` entries (broadcasting a single value),
+// zero-padded to `padded` entries. The caller's tensor is used as it is when
+// it already has that form; otherwise this is one small copy.
 at::Tensor epilogue_vector(const at::Tensor& v, int64_t len, int64_t padded) {
+  if (v.scalar_type() == at::kFloat && v.dim() == 1 && v.numel() == padded && v.is_contiguous()) return v;
   at::Tensor r = at::zeros({padded}, v.options().dtype(at::kFloat));
   r.narrow(0, 0, len).copy_(v.reshape({-1}).expand({len}));
   return r;
@@ -213,11 +220,15 @@ at::Tensor scaled_gemm_kernel(const at::Tensor& a, const at::Tensor& b, const at
   const int64_t n_pad = round_up(n, kGpuAlign);
   // Requantizing to int8 folds 1/out_scale into the column vectors:
   // v / s = fma(t, col_scale / s, bias / s); the kernel adds the zero point after rounding.
-  const double inv = out_dtype == at::kChar ? 1.0 / out_scale : 1.0;
-  const at::Tensor col_scale = epilogue_vector(scale_b, n, n_pad).mul_(inv);
+  const bool requant = out_dtype == at::kChar;
   const at::Tensor row_scale = epilogue_vector(scale_a, m, m);
+  at::Tensor col_scale = epilogue_vector(scale_b, n, n_pad);
   std::optional<at::Tensor> col_bias;
-  if (bias) col_bias = epilogue_vector(*bias, n, n_pad).mul_(inv);
+  if (bias) col_bias = epilogue_vector(*bias, n, n_pad);
+  if (requant) {
+    col_scale = col_scale.div(out_scale);
+    if (col_bias) col_bias = col_bias->div(out_scale);
+  }
   // An asymmetric a: sum_k (a - z) b = acc - z * colsum(b).
   std::optional<at::Tensor> row_offset, col_sum;
   if (zero_point_a) {
