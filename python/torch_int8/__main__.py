@@ -36,11 +36,43 @@ def info() -> None:
         print(f"{key:<{width}}  {value}")
 
 
+def selfcheck() -> bool:
+    """gemm against an int64 reference on every device; GPU requantize against the CPU bit for bit."""
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and _C.build_info()["cuda"] else [])
+    g = torch.Generator().manual_seed(0)
+    ok = True
+    for device in devices:
+        for m, n, k in [(1, 1, 1), (17, 33, 65), (128, 256, 512), (300, 200, 1000)]:
+            a = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=g)
+            w = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=g)
+            got = torch_int8.gemm(a.to(device), w.to(device).t()).cpu()
+            exact = torch.equal(got.long(), a.long() @ w.long().t())
+            ok &= exact
+            print(f"gemm {device:4} {m}x{n}x{k}: {'exact' if exact else 'WRONG'}")
+        if device == "cpu":
+            continue  # the GPU requantize is checked against the CPU one
+        acc = torch.randint(-(2**31), 2**31 - 1, (64, 64), dtype=torch.int32, generator=g)
+        same = torch.equal(
+            torch_int8.requantize(acc.to(device), 1e-4, 3, mode="fixed_point").cpu(),
+            torch_int8.requantize(acc, 1e-4, 3, mode="fixed_point"),
+        )
+        ok &= same
+        print(f"requantize {device:4} fixed point matches the CPU: {'yes' if same else 'NO'}")
+    print("self-check passed" if ok else "self-check FAILED")
+    return ok
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m torch_int8")
-    parser.add_argument("command", choices=["info"], help="info: print build and backend information")
-    parser.parse_args()
-    info()
+    parser.add_argument(
+        "command", choices=["info", "selfcheck"],
+        help="info: build and backend information; selfcheck: exactness on every device",
+    )
+    args = parser.parse_args()
+    if args.command == "info":
+        info()
+    elif not selfcheck():
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,15 @@ struct Sm90TileConfig {
 };
 
 // 128x128x128 tiles, two consumer warpgroups ping-ponging between tiles so one
-// runs its epilogue while the other runs wgmma.
+// runs its epilogue while the other runs wgmma: best while tiles are few.
 using Sm90Pingpong128 = Sm90TileConfig<128, 128, 128, 2, 1,
                                        cutlass::gemm::KernelTmaWarpSpecializedPingpong,
                                        cutlass::epilogue::TmaWarpSpecialized>;
+// 256x128x128 tiles, both consumer warpgroups on one tile: half the operand
+// traffic per MAC of the 128x128 tile, for GEMMs with many tiles.
+using Sm90Cooperative256 = Sm90TileConfig<256, 128, 128, 2, 1,
+                                          cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+                                          cutlass::epilogue::TmaWarpSpecializedCooperative>;
 
 // CUTLASS 3.x (sm90) epilogue visitor nodes for EpilogueTree. CUTLASS names a
 // per-row vector a "column broadcast" and vice versa.
