@@ -24,6 +24,17 @@ at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
   return out;
 }
 
+std::string sym_str(const c10::SymInt& s) {
+  if (auto v = s.maybe_as_int()) return std::to_string(*v);
+  return "s?";
+}
+
+std::string shape_str(const at::Tensor& t) {
+  std::string r = "[";
+  for (int64_t d = 0; d < t.dim(); ++d) r += (d ? ", " : "") + sym_str(t.sym_size(d));
+  return r + "]";
+}
+
 void check_status(kernels::Status s, const char* op) {
   TORCH_CHECK(s != kernels::Status::kNoKernel, op,
               ": no kernel in this build runs on this GPU; rebuild with TORCH_CUDA_ARCH_LIST including its "

@@ -28,6 +28,12 @@ inline void check_same_device(const at::Tensor& t, const at::Tensor& ref, const 
 bool poison_enabled();
 at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options);
 
+// Sizes for error messages, as plain integers (symbolic ones by name). Error
+// messages never stream c10::SymInt itself: that crashed inside libc10 with
+// torch 2.11 on the GPU machine.
+std::string sym_str(const c10::SymInt& s);
+std::string shape_str(const at::Tensor& t);
+
 inline int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
 
 // Throws a clear error for a kernel-layer status other than success.

@@ -100,12 +100,12 @@ at::Tensor run_gemm(const at::Tensor& a, const at::Tensor& b, at::ScalarType out
 }
 
 void check_k(const c10::SymInt& k, const char* op) {
-  TORCH_CHECK_VALUE(k <= kernels::kMaxK, op, ": K = ", k, " exceeds ", kernels::kMaxK,
+  TORCH_CHECK_VALUE(k <= kernels::kMaxK, op, ": K = ", sym_str(k), " exceeds ", kernels::kMaxK,
                     ", beyond which the int32 accumulator can overflow (K * 128 * 128 >= 2^31)");
 }
 
 void check_nonempty(const at::Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK_VALUE(t.sym_numel() > 0, op, ": ", name, " is empty (shape ", t.sym_sizes(), ")");
+  TORCH_CHECK_VALUE(t.sym_numel() > 0, op, ": ", name, " is empty (shape ", shape_str(t), ")");
 }
 
 // --- int8::gemm ---------------------------------------------------------------
@@ -116,14 +116,14 @@ std::vector<c10::SymInt> gemm_shape(const at::Tensor& a, const at::Tensor& b) {
   check_dtype(a, at::kChar, "gemm", "a");
   check_dtype(b, at::kChar, "gemm", "b");
   check_same_device(b, a, "gemm", "b");
-  TORCH_CHECK_VALUE(a.dim() == 2 || a.dim() == 3, "gemm: a must be [M, K] or [B, M, K], got shape ", a.sym_sizes());
+  TORCH_CHECK_VALUE(a.dim() == 2 || a.dim() == 3, "gemm: a must be [M, K] or [B, M, K], got shape ", shape_str(a));
   TORCH_CHECK_VALUE(b.dim() == 2 || (b.dim() == 3 && a.dim() == 3),
-                    "gemm: b must be [K, N], or [B, K, N] when a is [B, M, K]; got a ", a.sym_sizes(), ", b ",
-                    b.sym_sizes());
-  TORCH_CHECK_VALUE(a.sym_size(-1) == b.sym_size(-2), "gemm: shape mismatch, a ", a.sym_sizes(), " @ b ",
-                    b.sym_sizes(), " (K ", a.sym_size(-1), " != ", b.sym_size(-2), ")");
-  TORCH_CHECK_VALUE(b.dim() == 2 || a.sym_size(0) == b.sym_size(0), "gemm: batch sizes differ, a ", a.sym_sizes(),
-                    ", b ", b.sym_sizes());
+                    "gemm: b must be [K, N], or [B, K, N] when a is [B, M, K]; got a ", shape_str(a), ", b ",
+                    shape_str(b));
+  TORCH_CHECK_VALUE(a.sym_size(-1) == b.sym_size(-2), "gemm: shape mismatch, a ", shape_str(a), " @ b ",
+                    shape_str(b), " (K ", sym_str(a.sym_size(-1)), " != ", sym_str(b.sym_size(-2)), ")");
+  TORCH_CHECK_VALUE(b.dim() == 2 || a.sym_size(0) == b.sym_size(0), "gemm: batch sizes differ, a ", shape_str(a),
+                    ", b ", shape_str(b));
   check_nonempty(a, "gemm", "a");
   check_nonempty(b, "gemm", "b");
   check_k(a.sym_size(-1), "gemm");
@@ -161,7 +161,7 @@ void check_vector(const at::Tensor& v, const c10::SymInt& len, const at::Tensor&
                   const char* what) {
   check_same_device(v, ref, "scaled_gemm", name);
   TORCH_CHECK_VALUE(v.sym_numel() == 1 || (v.dim() == 1 && v.sym_numel() == len), "scaled_gemm: ", name,
-                    " must have one element or ", len, " (", what, "), got shape ", v.sym_sizes());
+                    " must have one element or ", sym_str(len), " (", what, "), got shape ", shape_str(v));
 }
 
 std::vector<c10::SymInt> scaled_gemm_shape(const at::Tensor& a, const at::Tensor& b, const at::Tensor& scale_a,
@@ -171,10 +171,10 @@ std::vector<c10::SymInt> scaled_gemm_shape(const at::Tensor& a, const at::Tensor
   check_dtype(a, at::kChar, "scaled_gemm", "a");
   check_dtype(b, at::kChar, "scaled_gemm", "b");
   check_same_device(b, a, "scaled_gemm", "b");
-  TORCH_CHECK_VALUE(a.dim() >= 2, "scaled_gemm: a must be [..., M, K], got shape ", a.sym_sizes());
-  TORCH_CHECK_VALUE(b.dim() == 2, "scaled_gemm: b must be [K, N], got shape ", b.sym_sizes());
-  TORCH_CHECK_VALUE(a.sym_size(-1) == b.sym_size(0), "scaled_gemm: shape mismatch, a ", a.sym_sizes(), " @ b ",
-                    b.sym_sizes());
+  TORCH_CHECK_VALUE(a.dim() >= 2, "scaled_gemm: a must be [..., M, K], got shape ", shape_str(a));
+  TORCH_CHECK_VALUE(b.dim() == 2, "scaled_gemm: b must be [K, N], got shape ", shape_str(b));
+  TORCH_CHECK_VALUE(a.sym_size(-1) == b.sym_size(0), "scaled_gemm: shape mismatch, a ", shape_str(a), " @ b ",
+                    shape_str(b));
   check_nonempty(a, "scaled_gemm", "a");
   check_nonempty(b, "scaled_gemm", "b");
   check_k(b.sym_size(0), "scaled_gemm");
@@ -194,8 +194,8 @@ std::vector<c10::SymInt> scaled_gemm_shape(const at::Tensor& a, const at::Tensor
     TORCH_CHECK_TYPE(at::isFloatingType(bias->scalar_type()), "scaled_gemm: bias must be a float tensor, got ",
                      bias->scalar_type());
     check_same_device(*bias, a, "scaled_gemm", "bias");
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->sym_numel() == n, "scaled_gemm: bias must be [N] = [", n,
-                      "], got ", bias->sym_sizes());
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->sym_numel() == n, "scaled_gemm: bias must be [N] = [", sym_str(n),
+                      "], got ", shape_str(*bias));
   }
   if (out_dtype == at::kChar) {
     TORCH_CHECK_VALUE(std::isfinite(out_scale) && out_scale > 0, "scaled_gemm: out_scale must be finite and > 0 for ",

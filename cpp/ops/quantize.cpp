@@ -33,12 +33,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize(const at::Tensor& x, std
                                                         std::optional<at::Generator> generator) {
   TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "quantize: x must be a float tensor, got ",
                    x.scalar_type());
-  TORCH_CHECK_VALUE(x.sym_numel() > 0, "quantize: x is empty (shape ", x.sym_sizes(), ")");
+  TORCH_CHECK_VALUE(x.sym_numel() > 0, "quantize: x is empty (shape ", shape_str(x), ")");
   TORCH_CHECK_VALUE(rounding == "nearest" || rounding == "stochastic",
                     "quantize: rounding must be 'nearest' or 'stochastic', got '", rounding, "'");
   if (dim) {
     TORCH_CHECK_VALUE(x.dim() > 0 && *dim >= -x.dim() && *dim < x.dim(), "quantize: dim ", *dim,
-                      " is out of range for a tensor of shape ", x.sym_sizes());
+                      " is out of range for a tensor of shape ", shape_str(x));
     dim = c10::maybe_wrap_dim(*dim, x.dim());
   }
   const std::vector<c10::SymInt> channel_shape =
@@ -89,13 +89,13 @@ at::Tensor dequantize(const at::Tensor& data, const at::Tensor& scale, const std
   check_dtype(scale, at::kFloat, "dequantize", "scale");
   TORCH_CHECK_TYPE(at::isFloatingType(dtype), "dequantize: dtype must be a float type, got ", dtype);
   const c10::SymInt channels = dim ? data.sym_size(c10::maybe_wrap_dim(*dim, data.dim())) : c10::SymInt(1);
-  TORCH_CHECK_VALUE(scale.sym_numel() == channels, "dequantize: scale has ", scale.sym_numel(),
-                    " elements, expected ", channels);
+  TORCH_CHECK_VALUE(scale.sym_numel() == channels, "dequantize: scale has ", sym_str(scale.sym_numel()),
+                    " elements, expected ", sym_str(channels));
   at::Tensor v = data.to(at::kFloat);
   if (zero_point && zero_point->sym_numel() > 0) {
     check_dtype(*zero_point, at::kInt, "dequantize", "zero_point");
     TORCH_CHECK_VALUE(zero_point->sym_numel() == channels, "dequantize: zero_point has ",
-                      zero_point->sym_numel(), " elements, expected ", channels);
+                      sym_str(zero_point->sym_numel()), " elements, expected ", sym_str(channels));
     v = v - along(*zero_point, dim, data.dim());
   }
   return (v * along(scale, dim, data.dim())).to(dtype);

@@ -15,8 +15,9 @@ void check_requantize(const at::Tensor& acc, const at::Tensor& scale, int64_t ze
                     "requantize: mode must be 'float' or 'fixed_point', got '", mode, "'");
   const c10::SymInt cols = acc.dim() == 0 ? c10::SymInt(1) : acc.sym_size(-1);
   TORCH_CHECK_VALUE(scale.sym_numel() == 1 || (scale.dim() == 1 && scale.sym_numel() == cols),
-                    "requantize: scale must have one element or one per channel of the last dimension (", cols,
-                    "), got shape ", scale.sym_sizes());
+                    "requantize: scale must have one element or one per channel of the last dimension (",
+                    sym_str(cols),
+                    "), got shape ", shape_str(scale));
   TORCH_CHECK_VALUE(zero_point >= -128 && zero_point <= 127, "requantize: zero_point must be in [-128, 127], got ",
                     zero_point);
 }
