@@ -99,8 +99,10 @@ at::Tensor run_gemm(const at::Tensor& a, const at::Tensor& b, at::ScalarType out
   return ldd == n ? out : out.narrow(2, 0, n).contiguous();
 }
 
+// A symbolic K (torch.compile, dynamic shapes) is checked when the kernel runs.
 void check_k(const c10::SymInt& k, const char* op) {
-  TORCH_CHECK_VALUE(k <= kernels::kMaxK, op, ": K = ", sym_str(k), " exceeds ", kernels::kMaxK,
+  const auto v = k.maybe_as_int();
+  TORCH_CHECK_VALUE(!v || *v <= kernels::kMaxK, op, ": K = ", sym_str(k), " exceeds ", kernels::kMaxK,
                     ", beyond which the int32 accumulator can overflow (K * 128 * 128 >= 2^31)");
 }
 
