@@ -20,7 +20,10 @@ from torch_int8 import QTensor, _C  # noqa: E402
 
 FAMILIES = [f.split(":")[0] for f in _C.build_info()["gemm_families"].split()]
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="no GPU")]
-SHAPES = [(1, 16, 16), (1, 4096, 4096), (7, 33, 5), (17, 129, 100), (128, 256, 512), (257, 383, 1000), (1000, 64, 576)]
+# Includes shapes for every sm90 tile rule: few tiles with long K (split K),
+# many tiles (256x128), and the rest (128x128 ping-pong).
+SHAPES = [(1, 16, 16), (1, 4096, 4096), (7, 33, 5), (17, 129, 100), (128, 256, 512), (257, 383, 1000),
+          (1000, 64, 576), (64, 1000, 8200), (4096, 4096, 256)]
 
 
 @pytest.fixture(params=FAMILIES)
@@ -66,7 +69,7 @@ def _cuda(q):
     return QTensor(q.data.cuda(), q.scale.cuda(), None if q.zero_point is None else q.zero_point.cuda(), q.dim)
 
 
-@pytest.mark.parametrize("M,N,K", [(1, 64, 128), (37, 53, 91), (256, 384, 640)])
+@pytest.mark.parametrize("M,N,K", [(1, 64, 128), (37, 53, 91), (256, 384, 640), (16, 250, 4100)])
 @pytest.mark.parametrize("out_zero_point", [0, -7])
 def test_int8_epilogue_matches_cpu_bit_for_bit(family, M, N, K, out_zero_point):
     a, b, bias = _qtensors(M, N, K, seed=M + N)

@@ -75,6 +75,11 @@ at::Tensor run_gemm(const at::Tensor& a, const at::Tensor& b, at::ScalarType out
 
   if (cuda) {
     c10::DeviceGuard guard(a.device());
+    at::Tensor workspace;  // split-K partial sums, from torch's caching allocator
+    if (const size_t bytes = kernels::gemm_cuda_workspace_size(p); bytes > 0) {
+      workspace = at::empty({static_cast<int64_t>(bytes)}, a.options().dtype(at::kByte));
+      p.workspace = workspace.data_ptr(), p.workspace_bytes = bytes;
+    }
     check_status(kernels::gemm_cuda(p, e, current_stream(a.device())), "int8 gemm");
   } else {
     // Rows split across threads; each thread runs the reference kernel on its slice.
