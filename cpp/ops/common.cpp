@@ -24,14 +24,17 @@ at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
   return out;
 }
 
-std::string sym_str(const c10::SymInt& s) {
-  if (auto v = s.maybe_as_int()) return std::to_string(*v);
-  return "s?";
+std::string int_str(int64_t v) { return std::to_string(v); }
+
+std::string int_str(const c10::SymInt& v) {
+  const auto known = v.maybe_as_int();
+  return known ? std::to_string(*known) : "s?";
 }
 
 std::string shape_str(const at::Tensor& t) {
+  const bool sym = symbolic(t);
   std::string r = "[";
-  for (int64_t d = 0; d < t.dim(); ++d) r += (d ? ", " : "") + sym_str(t.sym_size(d));
+  for (int64_t d = 0; d < t.dim(); ++d) r += (d ? ", " : "") + (sym ? int_str(t.sym_size(d)) : int_str(t.size(d)));
   return r + "]";
 }
 

@@ -28,10 +28,42 @@ inline void check_same_device(const at::Tensor& t, const at::Tensor& ref, const 
 bool poison_enabled();
 at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options);
 
-// Sizes for error messages, as plain integers (symbolic ones by name). Error
-// messages never stream c10::SymInt itself: that crashed inside libc10 with
-// torch 2.11 on the GPU machine.
-std::string sym_str(const c10::SymInt& s);
+// Size access for the shape checks that the real kernels and the Meta kernels
+// share: plain int64 for the CPU / CUDA kernels, c10::SymInt for the Meta
+// kernels (torch.compile with dynamic shapes). Eager code stays clear of
+// SymInt: with torch 2.11 on the GPU machine, SymInt comparisons and printing
+// in our build crashed or answered wrongly.
+template <bool kSymbolic>
+struct Shape {
+  using Int = std::conditional_t<kSymbolic, c10::SymInt, int64_t>;
+  static Int size(const at::Tensor& t, int64_t d) {
+    if constexpr (kSymbolic) return t.sym_size(d); else return t.size(d);
+  }
+  static Int numel(const at::Tensor& t) {
+    if constexpr (kSymbolic) return t.sym_numel(); else return t.numel();
+  }
+  static std::vector<Int> sizes(const at::Tensor& t) {
+    std::vector<Int> r;
+    for (int64_t d = 0; d < t.dim(); ++d) r.push_back(size(t, d));
+    return r;
+  }
+  // The value when it is known now (symbolic sizes are checked when the kernel runs).
+  static std::optional<int64_t> known(const Int& v) {
+    if constexpr (kSymbolic) return v.maybe_as_int(); else return v;
+  }
+};
+
+// Whether t has symbolic sizes (a fake tensor under torch.compile).
+inline bool symbolic(const at::Tensor& t) { return t.unsafeGetTensorImpl()->has_symbolic_sizes_strides(); }
+
+// numel, or nullopt when it is symbolic and not known now.
+inline std::optional<int64_t> known_numel(const at::Tensor& t) {
+  return symbolic(t) ? t.sym_numel().maybe_as_int() : std::optional<int64_t>(t.numel());
+}
+
+// Sizes for error messages, as plain integers (symbolic ones as "s?").
+std::string int_str(int64_t v);
+std::string int_str(const c10::SymInt& v);
 std::string shape_str(const at::Tensor& t);
 
 inline int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }

@@ -75,11 +75,6 @@ at::Tensor run_gemm(const at::Tensor& a, const at::Tensor& b, at::ScalarType out
 
   if (cuda) {
     c10::DeviceGuard guard(a.device());
-    at::Tensor workspace;  // split-K partial sums, from torch's caching allocator
-    if (const size_t bytes = kernels::gemm_cuda_workspace_size(p); bytes > 0) {
-      workspace = at::empty({static_cast<int64_t>(bytes)}, a.options().dtype(at::kByte));
-      p.workspace = workspace.data_ptr(), p.workspace_bytes = bytes;
-    }
     check_status(kernels::gemm_cuda(p, e, current_stream(a.device())), "int8 gemm");
   } else {
     // Rows split across threads; each thread runs the reference kernel on its slice.
@@ -104,22 +99,25 @@ at::Tensor run_gemm(const at::Tensor& a, const at::Tensor& b, at::ScalarType out
   return ldd == n ? out : out.narrow(2, 0, n).contiguous();
 }
 
-// A symbolic K (torch.compile, dynamic shapes) is checked when the kernel runs.
-void check_k(const c10::SymInt& k, const char* op) {
-  const auto v = k.maybe_as_int();
-  TORCH_CHECK_VALUE(!v || *v <= kernels::kMaxK, op, ": K = ", sym_str(k), " exceeds ", kernels::kMaxK,
+template <bool kSym>
+void check_k(const typename Shape<kSym>::Int& k, const char* op) {
+  const auto v = Shape<kSym>::known(k);
+  TORCH_CHECK_VALUE(!v || *v <= kernels::kMaxK, op, ": K = ", int_str(k), " exceeds ", kernels::kMaxK,
                     ", beyond which the int32 accumulator can overflow (K * 128 * 128 >= 2^31)");
 }
 
+template <bool kSym>
 void check_nonempty(const at::Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK_VALUE(t.sym_numel() > 0, op, ": ", name, " is empty (shape ", shape_str(t), ")");
+  const auto v = Shape<kSym>::known(Shape<kSym>::numel(t));
+  TORCH_CHECK_VALUE(!v || *v > 0, op, ": ", name, " is empty (shape ", shape_str(t), ")");
 }
 
 // --- int8::gemm ---------------------------------------------------------------
 
-// Validates and returns the output shape of gemm(a, b). SymInt throughout,
-// so the same checks serve the Meta kernel under torch.compile's dynamic shapes.
-std::vector<c10::SymInt> gemm_shape(const at::Tensor& a, const at::Tensor& b) {
+// Validates and returns the output shape of gemm(a, b); kSym: for the Meta kernel.
+template <bool kSym>
+std::vector<typename Shape<kSym>::Int> gemm_shape(const at::Tensor& a, const at::Tensor& b) {
+  using S = Shape<kSym>;
   check_dtype(a, at::kChar, "gemm", "a");
   check_dtype(b, at::kChar, "gemm", "b");
   check_same_device(b, a, "gemm", "b");
@@ -127,29 +125,29 @@ std::vector<c10::SymInt> gemm_shape(const at::Tensor& a, const at::Tensor& b) {
   TORCH_CHECK_VALUE(b.dim() == 2 || (b.dim() == 3 && a.dim() == 3),
                     "gemm: b must be [K, N], or [B, K, N] when a is [B, M, K]; got a ", shape_str(a), ", b ",
                     shape_str(b));
-  TORCH_CHECK_VALUE(a.sym_size(-1) == b.sym_size(-2), "gemm: shape mismatch, a ", shape_str(a), " @ b ",
-                    shape_str(b), " (K ", sym_str(a.sym_size(-1)), " != ", sym_str(b.sym_size(-2)), ")");
-  TORCH_CHECK_VALUE(b.dim() == 2 || a.sym_size(0) == b.sym_size(0), "gemm: batch sizes differ, a ", shape_str(a),
+  TORCH_CHECK_VALUE(S::size(a, -1) == S::size(b, -2), "gemm: shape mismatch, a ", shape_str(a), " @ b ",
+                    shape_str(b));
+  TORCH_CHECK_VALUE(b.dim() == 2 || S::size(a, 0) == S::size(b, 0), "gemm: batch sizes differ, a ", shape_str(a),
                     ", b ", shape_str(b));
-  check_nonempty(a, "gemm", "a");
-  check_nonempty(b, "gemm", "b");
-  check_k(a.sym_size(-1), "gemm");
-  std::vector<c10::SymInt> shape(a.sym_sizes().begin(), a.sym_sizes().end() - 1);
-  shape.push_back(b.sym_size(-1));
+  check_nonempty<kSym>(a, "gemm", "a");
+  check_nonempty<kSym>(b, "gemm", "b");
+  check_k<kSym>(S::size(a, -1), "gemm");
+  auto shape = S::sizes(a);
+  shape.back() = S::size(b, -1);
   return shape;
 }
 
 at::Tensor gemm_kernel(const at::Tensor& a, const at::Tensor& b) {
-  const auto shape = gemm_shape(a, b);
+  const auto shape = gemm_shape<false>(a, b);
   const int64_t k = a.size(-1);
   // A shared [K, N] operand folds the batch of a into its rows.
   const at::Tensor a3 = b.dim() == 2 ? a.reshape({1, -1, k}) : a;
   const at::Tensor b3 = (b.dim() == 2 ? b.unsqueeze(0) : b).transpose(1, 2);
-  return run_gemm(a3, b3, at::kInt, Epilogue{}).view_symint(shape);
+  return run_gemm(a3, b3, at::kInt, Epilogue{}).view(shape);
 }
 
 at::Tensor gemm_meta(const at::Tensor& a, const at::Tensor& b) {
-  return at::empty_symint(gemm_shape(a, b), a.options().dtype(at::kInt));
+  return at::empty_symint(gemm_shape<true>(a, b), a.options().dtype(at::kInt));
 }
 
 // --- int8::scaled_gemm --------------------------------------------------------
@@ -164,44 +162,48 @@ at::Tensor epilogue_vector(const at::Tensor& v, int64_t len, int64_t padded) {
   return r;
 }
 
-void check_vector(const at::Tensor& v, const c10::SymInt& len, const at::Tensor& ref, const char* name,
-                  const char* what) {
+template <bool kSym>
+void check_vector(const at::Tensor& v, const typename Shape<kSym>::Int& len, const at::Tensor& ref,
+                  const char* name, const char* what) {
   check_same_device(v, ref, "scaled_gemm", name);
-  TORCH_CHECK_VALUE(v.sym_numel() == 1 || (v.dim() == 1 && v.sym_numel() == len), "scaled_gemm: ", name,
-                    " must have one element or ", sym_str(len), " (", what, "), got shape ", shape_str(v));
+  const auto numel = Shape<kSym>::numel(v);
+  TORCH_CHECK_VALUE(numel == 1 || (v.dim() == 1 && numel == len), "scaled_gemm: ", name,
+                    " must have one element or ", int_str(len), " (", what, "), got shape ", shape_str(v));
 }
 
-std::vector<c10::SymInt> scaled_gemm_shape(const at::Tensor& a, const at::Tensor& b, const at::Tensor& scale_a,
+template <bool kSym>
+std::vector<typename Shape<kSym>::Int> scaled_gemm_shape(const at::Tensor& a, const at::Tensor& b, const at::Tensor& scale_a,
                                        const at::Tensor& scale_b, const std::optional<at::Tensor>& zero_point_a,
                                        const std::optional<at::Tensor>& bias, at::ScalarType out_dtype,
                                        double out_scale, int64_t out_zero_point) {
+  using S = Shape<kSym>;
   check_dtype(a, at::kChar, "scaled_gemm", "a");
   check_dtype(b, at::kChar, "scaled_gemm", "b");
   check_same_device(b, a, "scaled_gemm", "b");
   TORCH_CHECK_VALUE(a.dim() >= 2, "scaled_gemm: a must be [..., M, K], got shape ", shape_str(a));
   TORCH_CHECK_VALUE(b.dim() == 2, "scaled_gemm: b must be [K, N], got shape ", shape_str(b));
-  TORCH_CHECK_VALUE(a.sym_size(-1) == b.sym_size(0), "scaled_gemm: shape mismatch, a ", shape_str(a), " @ b ",
+  TORCH_CHECK_VALUE(S::size(a, -1) == S::size(b, 0), "scaled_gemm: shape mismatch, a ", shape_str(a), " @ b ",
                     shape_str(b));
-  check_nonempty(a, "scaled_gemm", "a");
-  check_nonempty(b, "scaled_gemm", "b");
-  check_k(b.sym_size(0), "scaled_gemm");
+  check_nonempty<kSym>(a, "scaled_gemm", "a");
+  check_nonempty<kSym>(b, "scaled_gemm", "b");
+  check_k<kSym>(S::size(b, 0), "scaled_gemm");
   TORCH_CHECK_TYPE(out_dtype != at::kInt, "scaled_gemm: out_dtype must be bfloat16, float16, float32 or int8 ",
                    "(int32 results come from gemm), got ", out_dtype);
   out_type_of(out_dtype);
-  const c10::SymInt m = a.sym_numel() / a.sym_size(-1), n = b.sym_size(1);
+  const typename S::Int m = S::numel(a) / S::size(a, -1), n = S::size(b, 1);
   check_dtype(scale_a, at::kFloat, "scaled_gemm", "scale_a");
   check_dtype(scale_b, at::kFloat, "scaled_gemm", "scale_b");
-  check_vector(scale_a, m, a, "scale_a", "per tensor or per row of a");
-  check_vector(scale_b, n, a, "scale_b", "per tensor or per column of b");
+  check_vector<kSym>(scale_a, m, a, "scale_a", "per tensor or per row of a");
+  check_vector<kSym>(scale_b, n, a, "scale_b", "per tensor or per column of b");
   if (zero_point_a) {
     check_dtype(*zero_point_a, at::kInt, "scaled_gemm", "zero_point_a");
-    check_vector(*zero_point_a, m, a, "zero_point_a", "per tensor or per row of a");
+    check_vector<kSym>(*zero_point_a, m, a, "zero_point_a", "per tensor or per row of a");
   }
   if (bias) {
     TORCH_CHECK_TYPE(at::isFloatingType(bias->scalar_type()), "scaled_gemm: bias must be a float tensor, got ",
                      bias->scalar_type());
     check_same_device(*bias, a, "scaled_gemm", "bias");
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->sym_numel() == n, "scaled_gemm: bias must be [N] = [", sym_str(n),
+    TORCH_CHECK_VALUE(bias->dim() == 1 && S::numel(*bias) == n, "scaled_gemm: bias must be [N] = [", int_str(n),
                       "], got ", shape_str(*bias));
   }
   if (out_dtype == at::kChar) {
@@ -210,8 +212,8 @@ std::vector<c10::SymInt> scaled_gemm_shape(const at::Tensor& a, const at::Tensor
     TORCH_CHECK_VALUE(out_zero_point >= -128 && out_zero_point <= 127,
                       "scaled_gemm: out_zero_point must be in [-128, 127], got ", out_zero_point);
   }
-  std::vector<c10::SymInt> shape(a.sym_sizes().begin(), a.sym_sizes().end() - 1);
-  shape.push_back(n);
+  auto shape = S::sizes(a);
+  shape.back() = n;
   return shape;
 }
 
@@ -220,7 +222,7 @@ at::Tensor scaled_gemm_kernel(const at::Tensor& a, const at::Tensor& b, const at
                               const std::optional<at::Tensor>& bias, at::ScalarType out_dtype, double out_scale,
                               int64_t out_zero_point) {
   const auto shape =
-      scaled_gemm_shape(a, b, scale_a, scale_b, zero_point_a, bias, out_dtype, out_scale, out_zero_point);
+      scaled_gemm_shape<false>(a, b, scale_a, scale_b, zero_point_a, bias, out_dtype, out_scale, out_zero_point);
   const int64_t k = b.size(0), n = b.size(1);
   const at::Tensor a3 = a.reshape({1, -1, k});
   const int64_t m = a3.size(1);
@@ -250,7 +252,7 @@ at::Tensor scaled_gemm_kernel(const at::Tensor& a, const at::Tensor& b, const at
   e.col_sum = ptr(col_sum);
   e.col_bias = ptr(col_bias);
   e.out_zero_point = static_cast<int32_t>(out_zero_point);
-  return run_gemm(a3, b.t().unsqueeze(0), out_dtype, e).view_symint(shape);
+  return run_gemm(a3, b.t().unsqueeze(0), out_dtype, e).view(shape);
 }
 
 at::Tensor scaled_gemm_meta(const at::Tensor& a, const at::Tensor& b, const at::Tensor& scale_a,
@@ -258,7 +260,7 @@ at::Tensor scaled_gemm_meta(const at::Tensor& a, const at::Tensor& b, const at::
                             const std::optional<at::Tensor>& bias, at::ScalarType out_dtype, double out_scale,
                             int64_t out_zero_point) {
   return at::empty_symint(
-      scaled_gemm_shape(a, b, scale_a, scale_b, zero_point_a, bias, out_dtype, out_scale, out_zero_point),
+      scaled_gemm_shape<true>(a, b, scale_a, scale_b, zero_point_a, bias, out_dtype, out_scale, out_zero_point),
       a.options().dtype(out_dtype));
 }
 

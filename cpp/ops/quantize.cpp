@@ -33,7 +33,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize(const at::Tensor& x, std
                                                         std::optional<at::Generator> generator) {
   TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "quantize: x must be a float tensor, got ",
                    x.scalar_type());
-  TORCH_CHECK_VALUE(x.sym_numel() > 0, "quantize: x is empty (shape ", shape_str(x), ")");
+  const auto numel = known_numel(x);
+  TORCH_CHECK_VALUE(!numel || *numel > 0, "quantize: x is empty (shape ", shape_str(x), ")");
   TORCH_CHECK_VALUE(rounding == "nearest" || rounding == "stochastic",
                     "quantize: rounding must be 'nearest' or 'stochastic', got '", rounding, "'");
   if (dim) {
@@ -42,7 +43,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize(const at::Tensor& x, std
     dim = c10::maybe_wrap_dim(*dim, x.dim());
   }
   const std::vector<c10::SymInt> channel_shape =
-      dim ? std::vector<c10::SymInt>{x.sym_size(*dim)} : std::vector<c10::SymInt>{};
+      dim ? std::vector<c10::SymInt>{symbolic(x) ? x.sym_size(*dim) : c10::SymInt(x.size(*dim))}
+          : std::vector<c10::SymInt>{};
   const at::Tensor xf = x.to(at::kFloat);
   const auto dims = reduced_dims(xf, dim);
   // A slice holding inf or NaN gets scale NaN, so everything dequantized from
@@ -88,14 +90,22 @@ at::Tensor dequantize(const at::Tensor& data, const at::Tensor& scale, const std
   check_dtype(data, at::kChar, "dequantize", "data");
   check_dtype(scale, at::kFloat, "dequantize", "scale");
   TORCH_CHECK_TYPE(at::isFloatingType(dtype), "dequantize: dtype must be a float type, got ", dtype);
-  const c10::SymInt channels = dim ? data.sym_size(c10::maybe_wrap_dim(*dim, data.dim())) : c10::SymInt(1);
-  TORCH_CHECK_VALUE(scale.sym_numel() == channels, "dequantize: scale has ", sym_str(scale.sym_numel()),
-                    " elements, expected ", sym_str(channels));
+  // Checked where the sizes are known now (symbolic ones are checked at run time).
+  const std::optional<int64_t> channels =
+      !dim ? std::optional<int64_t>(1)
+           : (symbolic(data) ? data.sym_size(c10::maybe_wrap_dim(*dim, data.dim())).maybe_as_int()
+                             : std::optional<int64_t>(data.size(c10::maybe_wrap_dim(*dim, data.dim()))));
+  auto matches = [&](const at::Tensor& v) {
+    const auto n = known_numel(v);
+    return !n || !channels || *n == *channels;
+  };
+  TORCH_CHECK_VALUE(matches(scale), "dequantize: scale has shape ", shape_str(scale), ", expected ",
+                    channels ? std::to_string(*channels) : "one per channel", " elements");
   at::Tensor v = data.to(at::kFloat);
-  if (zero_point && zero_point->sym_numel() > 0) {
+  if (zero_point && known_numel(*zero_point) != 0) {
     check_dtype(*zero_point, at::kInt, "dequantize", "zero_point");
-    TORCH_CHECK_VALUE(zero_point->sym_numel() == channels, "dequantize: zero_point has ",
-                      sym_str(zero_point->sym_numel()), " elements, expected ", sym_str(channels));
+    TORCH_CHECK_VALUE(matches(*zero_point), "dequantize: zero_point has shape ", shape_str(*zero_point),
+                      ", expected ", channels ? std::to_string(*channels) : "one per channel", " elements");
     v = v - along(*zero_point, dim, data.dim());
   }
   return (v * along(scale, dim, data.dim())).to(dtype);

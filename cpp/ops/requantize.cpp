@@ -13,10 +13,13 @@ void check_requantize(const at::Tensor& acc, const at::Tensor& scale, int64_t ze
   check_same_device(scale, acc, "requantize", "scale");
   TORCH_CHECK_VALUE(mode == "float" || mode == "fixed_point",
                     "requantize: mode must be 'float' or 'fixed_point', got '", mode, "'");
-  const c10::SymInt cols = acc.dim() == 0 ? c10::SymInt(1) : acc.sym_size(-1);
-  TORCH_CHECK_VALUE(scale.sym_numel() == 1 || (scale.dim() == 1 && scale.sym_numel() == cols),
+  const std::optional<int64_t> cols =
+      acc.dim() == 0 ? std::optional<int64_t>(1)
+                     : (symbolic(acc) ? acc.sym_size(-1).maybe_as_int() : std::optional<int64_t>(acc.size(-1)));
+  const auto n = known_numel(scale);
+  TORCH_CHECK_VALUE(!n || *n == 1 || (scale.dim() == 1 && (!cols || *n == *cols)),
                     "requantize: scale must have one element or one per channel of the last dimension (",
-                    sym_str(cols),
+                    cols ? std::to_string(*cols) : "s?",
                     "), got shape ", shape_str(scale));
   TORCH_CHECK_VALUE(zero_point >= -128 && zero_point <= 127, "requantize: zero_point must be in [-128, 127], got ",
                     zero_point);

@@ -57,10 +57,7 @@ const char* built_gemm_families() {
   return names.c_str();
 }
 
-namespace {
-
-// Validates p, finds the family for the current device and calls it.
-Status call_family(const GemmProblem& p, const Epilogue& e, void* stream, size_t* workspace_query) {
+Status gemm_cuda(const GemmProblem& p, const Epilogue& e, void* stream) {
   if (p.m < 1 || p.n < 1 || p.k < 1 || p.k > kMaxK || p.batch < 1) return Status::kInvalidArgument;
   if (p.batch > 1 && p.out_type != OutType::kInt32) return Status::kInvalidArgument;
   int device = 0, major = 0, minor = 0;
@@ -70,16 +67,7 @@ Status call_family(const GemmProblem& p, const Epilogue& e, void* stream, size_t
     return Status::kCudaError;
   const Family* f = find_family(major * 10 + minor);
   if (!f) return Status::kNoKernel;
-  return f->run(p, e, static_cast<cudaStream_t>(stream), workspace_query);
-}
-
-}  // namespace
-
-Status gemm_cuda(const GemmProblem& p, const Epilogue& e, void* stream) { return call_family(p, e, stream, nullptr); }
-
-size_t gemm_cuda_workspace_size(const GemmProblem& p) {
-  size_t bytes = 0;
-  return call_family(p, Epilogue{}, nullptr, &bytes) == Status::kSuccess ? bytes : 0;
+  return f->run(p, e, static_cast<cudaStream_t>(stream));
 }
 
 }  // namespace torch_int8::kernels

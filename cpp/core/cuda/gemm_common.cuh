@@ -47,19 +47,14 @@ struct RoundThenAdd<cutlass::Array<float, N>> {
   }
 };
 
-// Reports the workspace of, or checks and runs, one CUTLASS device-level operator.
+// Checks, sizes the workspace for, and runs one CUTLASS device-level operator.
+// GEMMs with a fused epilogue need no workspace (no split-K here yet).
 template <class DeviceOp>
-Status run_cutlass(typename DeviceOp::Arguments const& args, const GemmProblem& p, cudaStream_t stream,
-                   size_t* workspace_query) {
-  const size_t workspace = DeviceOp::get_workspace_size(args);
-  if (workspace_query) {
-    *workspace_query = workspace;
-    return Status::kSuccess;
-  }
+Status run_cutlass(typename DeviceOp::Arguments const& args, cudaStream_t stream) {
   DeviceOp op;
   if (op.can_implement(args) != cutlass::Status::kSuccess) return Status::kInvalidArgument;
-  if (workspace > p.workspace_bytes || (workspace > 0 && p.workspace == nullptr)) return Status::kInvalidArgument;
-  if (op.initialize(args, p.workspace, stream) != cutlass::Status::kSuccess) return Status::kCudaError;
+  if (DeviceOp::get_workspace_size(args) != 0) return Status::kInvalidArgument;
+  if (op.initialize(args, nullptr, stream) != cutlass::Status::kSuccess) return Status::kCudaError;
   return op.run(stream) == cutlass::Status::kSuccess ? Status::kSuccess : Status::kCudaError;
 }
 

@@ -3,7 +3,7 @@
 #include "gemm_sm8x.cuh"
 
 namespace torch_int8::kernels::detail {
-Status gemm_sm80(const GemmProblem& p, const Epilogue& e, cudaStream_t stream, size_t* workspace_query) {
-  return gemm_sm8x<Sm80Config>(p, e, stream, workspace_query);
+Status gemm_sm80(const GemmProblem& p, const Epilogue& e, cudaStream_t stream) {
+  return gemm_sm8x<Sm80Config>(p, e, stream);
 }
 }  // namespace torch_int8::kernels::detail

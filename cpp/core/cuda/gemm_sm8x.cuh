@@ -73,24 +73,24 @@ struct Sm8xGemm {
     }
   }
 
-  static Status run(const GemmProblem& p, const Epilogue& e, cudaStream_t stream, size_t* workspace_query) {
+  static Status run(const GemmProblem& p, const Epilogue& e, cudaStream_t stream) {
     using Mode = cutlass::gemm::GemmUniversalMode;
     typename Device::Arguments args(
         p.batch > 1 ? Mode::kBatched : Mode::kGemm,
         {static_cast<int>(p.m), static_cast<int>(p.n), static_cast<int>(p.k)}, static_cast<int>(p.batch),
         tree_args(p, e), p.a, p.b, nullptr, nullptr, p.batch_stride_a, p.batch_stride_b, 0, 0,
         p.lda, p.ldb, 0, 0);
-    return run_cutlass<Device>(args, p, stream, workspace_query);
+    return run_cutlass<Device>(args, stream);
   }
 };
 
 // The whole family: requirement checks, then one kernel per output type.
 template <class Config>
-Status gemm_sm8x(const GemmProblem& p, const Epilogue& e, cudaStream_t stream, size_t* workspace_query) {
+Status gemm_sm8x(const GemmProblem& p, const Epilogue& e, cudaStream_t stream) {
   return visit_out_type(p.out_type, [&](auto tag) {
     using ElementD = typename decltype(tag)::type;
     if (!meets_alignment(p, sizeof(ElementD))) return Status::kInvalidArgument;
-    return Sm8xGemm<Config, ElementD>::run(p, e, stream, workspace_query);
+    return Sm8xGemm<Config, ElementD>::run(p, e, stream);
   });
 }
 

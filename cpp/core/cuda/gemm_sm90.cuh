@@ -14,14 +14,12 @@
 
 namespace torch_int8::kernels::detail {
 
-template <int TileM, int TileN, int TileK, int ClusterM, int ClusterN, class KernelSchedule_, class EpilogueSchedule_,
-          class TileScheduler_ = void>
+template <int TileM, int TileN, int TileK, int ClusterM, int ClusterN, class KernelSchedule_, class EpilogueSchedule_>
 struct Sm90TileConfig {
   using TileShape = cute::Shape<cute::Int<TileM>, cute::Int<TileN>, cute::Int<TileK>>;
   using ClusterShape = cute::Shape<cute::Int<ClusterM>, cute::Int<ClusterN>, cute::_1>;
   using KernelSchedule = KernelSchedule_;
   using EpilogueSchedule = EpilogueSchedule_;
-  using TileScheduler = TileScheduler_;  // void: the persistent data-parallel scheduler
 };
 
 // 128x128x128 tiles, two consumer warpgroups ping-ponging between tiles so one
@@ -34,12 +32,6 @@ using Sm90Pingpong128 = Sm90TileConfig<128, 128, 128, 2, 1,
 using Sm90Cooperative256 = Sm90TileConfig<256, 128, 128, 2, 1,
                                           cutlass::gemm::KernelTmaWarpSpecializedCooperative,
                                           cutlass::epilogue::TmaWarpSpecializedCooperative>;
-// 128x128 tiles with K split across CTAs (int32 partial sums reduced in the
-// workspace, then one fused epilogue): for GEMMs with too few tiles to fill
-// the SMs, such as decode-size M with a large weight.
-using Sm90SplitK128 = Sm90TileConfig<128, 128, 128, 1, 1,
-                                     cutlass::gemm::KernelTmaWarpSpecializedCooperative,
-                                     cutlass::epilogue::TmaWarpSpecializedCooperative, cutlass::gemm::StreamKScheduler>;
 
 // CUTLASS 3.x (sm90) epilogue visitor nodes for EpilogueTree. CUTLASS names a
 // per-row vector a "column broadcast" and vice versa.
@@ -84,8 +76,7 @@ struct Sm90Gemm {
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename CollectiveEpilogue::SharedStorage))>,
       typename Tile::KernelSchedule>::CollectiveOp;
 
-  using Kernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, CollectiveMainloop,
-                                                      CollectiveEpilogue, typename Tile::TileScheduler>;
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, CollectiveMainloop, CollectiveEpilogue>;
   using Device = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 
   static typename Tree::Arguments tree_args(const Epilogue& e) {
@@ -96,9 +87,7 @@ struct Sm90Gemm {
     }
   }
 
-  // splits > 1 only for a config with the stream-K scheduler.
-  static Status run(const GemmProblem& p, const Epilogue& e, cudaStream_t stream, int sm_count, int splits,
-                    size_t* workspace_query) {
+  static Status run(const GemmProblem& p, const Epilogue& e, cudaStream_t stream, int sm_count) {
     using StrideA = typename Kernel::StrideA;
     using StrideB = typename Kernel::StrideB;
     using StrideD = typename Kernel::StrideD;
@@ -115,11 +104,7 @@ struct Sm90Gemm {
         {p.a, da, p.b, db},
         {tree_args(e), nullptr, dd, static_cast<ElementD*>(p.d), dd},
         hw};
-    if constexpr (!std::is_void_v<typename Tile::TileScheduler>) {
-      args.scheduler.splits = splits;
-      args.scheduler.decomposition_mode = decltype(args.scheduler.decomposition_mode)::SplitK;
-    }
-    return run_cutlass<Device>(args, p, stream, workspace_query);
+    return run_cutlass<Device>(args, stream);
   }
 };
 

@@ -39,10 +39,6 @@ struct GemmProblem {
   void* d = nullptr;
   int64_t ldd = 0, batch_stride_d = 0;
   OutType out_type = OutType::kInt32;
-  // Device scratch memory for kernels that split K across CTAs (partial sums);
-  // gemm_cuda_workspace_size() says how much this problem needs (often 0).
-  void* workspace = nullptr;
-  size_t workspace_bytes = 0;
 };
 
 // Fused epilogue for every out_type but kInt32 (which stores the accumulator):
@@ -78,8 +74,6 @@ const char* built_gemm_families();
 Status gemm_cpu(const GemmProblem& p, const Epilogue& e);
 // GPU implementation on the current device, enqueued on `stream` (a cudaStream_t).
 Status gemm_cuda(const GemmProblem& p, const Epilogue& e, void* stream);
-// Workspace bytes gemm_cuda needs for p on the current device (0: none).
-size_t gemm_cuda_workspace_size(const GemmProblem& p);
 
 // int32 -> int8 requantization of a rows x cols row-major matrix.
 // Float mode (multiplier == nullptr): q = rint(float(acc) * scale[c]) + zero_point.
