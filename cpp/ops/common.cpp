@@ -26,6 +26,8 @@ at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
 
 std::string int_str(int64_t v) { return std::to_string(v); }
 
+std::string float_str(double v) { return std::to_string(v); }
+
 std::string int_str(const c10::SymInt& v) {
   const auto known = v.maybe_as_int();
   return known ? std::to_string(*known) : "s?";

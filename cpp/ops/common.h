@@ -61,8 +61,12 @@ inline std::optional<int64_t> known_numel(const at::Tensor& t) {
   return symbolic(t) ? t.sym_numel().maybe_as_int() : std::optional<int64_t>(t.numel());
 }
 
-// Sizes for error messages, as plain integers (symbolic ones as "s?").
+// Numbers in error messages are formatted with std::to_string, never streamed:
+// with torch 2.11 on the GPU machine, streaming a number into the message
+// (c10::str, an ostringstream) crashed inside the C++ library's locale code,
+// while strings were fine. Symbolic sizes show as "s?".
 std::string int_str(int64_t v);
+std::string float_str(double v);
 std::string int_str(const c10::SymInt& v);
 std::string shape_str(const at::Tensor& t);
 

@@ -102,7 +102,7 @@ at::Tensor run_gemm(const at::Tensor& a, const at::Tensor& b, at::ScalarType out
 template <bool kSym>
 void check_k(const typename Shape<kSym>::Int& k, const char* op) {
   const auto v = Shape<kSym>::known(k);
-  TORCH_CHECK_VALUE(!v || *v <= kernels::kMaxK, op, ": K = ", int_str(k), " exceeds ", kernels::kMaxK,
+  TORCH_CHECK_VALUE(!v || *v <= kernels::kMaxK, op, ": K = ", int_str(k), " exceeds ", int_str(kernels::kMaxK),
                     ", beyond which the int32 accumulator can overflow (K * 128 * 128 >= 2^31)");
 }
 
@@ -208,9 +208,9 @@ std::vector<typename Shape<kSym>::Int> scaled_gemm_shape(const at::Tensor& a, co
   }
   if (out_dtype == at::kChar) {
     TORCH_CHECK_VALUE(std::isfinite(out_scale) && out_scale > 0, "scaled_gemm: out_scale must be finite and > 0 for ",
-                      "int8 output, got ", out_scale);
+                      "int8 output, got ", float_str(out_scale));
     TORCH_CHECK_VALUE(out_zero_point >= -128 && out_zero_point <= 127,
-                      "scaled_gemm: out_zero_point must be in [-128, 127], got ", out_zero_point);
+                      "scaled_gemm: out_zero_point must be in [-128, 127], got ", int_str(out_zero_point));
   }
   auto shape = S::sizes(a);
   shape.back() = n;

@@ -38,7 +38,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize(const at::Tensor& x, std
   TORCH_CHECK_VALUE(rounding == "nearest" || rounding == "stochastic",
                     "quantize: rounding must be 'nearest' or 'stochastic', got '", rounding, "'");
   if (dim) {
-    TORCH_CHECK_VALUE(x.dim() > 0 && *dim >= -x.dim() && *dim < x.dim(), "quantize: dim ", *dim,
+    TORCH_CHECK_VALUE(x.dim() > 0 && *dim >= -x.dim() && *dim < x.dim(), "quantize: dim ", int_str(*dim),
                       " is out of range for a tensor of shape ", shape_str(x));
     dim = c10::maybe_wrap_dim(*dim, x.dim());
   }

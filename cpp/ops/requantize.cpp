@@ -22,7 +22,7 @@ void check_requantize(const at::Tensor& acc, const at::Tensor& scale, int64_t ze
                     cols ? std::to_string(*cols) : "s?",
                     "), got shape ", shape_str(scale));
   TORCH_CHECK_VALUE(zero_point >= -128 && zero_point <= 127, "requantize: zero_point must be in [-128, 127], got ",
-                    zero_point);
+                    int_str(zero_point));
 }
 
 at::Tensor requantize_kernel(const at::Tensor& acc, const at::Tensor& scale, int64_t zero_point,

@@ -11,6 +11,9 @@ namespace torch_int8::kernels {
 // Largest K for which an int32 accumulator cannot overflow:
 // 131071 * (-128) * (-128) = 2^31 - 16384 < 2^31.
 constexpr int64_t kMaxK = 131071;
+// The GPU kernels take K in multiples of 16; columns past kMaxK must then be
+// zero padding (they add nothing, so the accumulator still cannot overflow).
+constexpr int64_t kMaxPaddedK = (kMaxK + 15) / 16 * 16;
 
 enum class OutType { kInt32, kInt8, kFloat16, kBFloat16, kFloat32 };
 
