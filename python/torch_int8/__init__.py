@@ -8,9 +8,13 @@ import torch
 
 from . import _C  # noqa: F401  (loads libtorch_int8_ops, which registers torch.ops.int8.*)
 from .functional import QTensor, dequantize, gemm, quantize, requantize, scaled_gemm
+from .config import Int8Config
+from .convert import convert
+from . import nn
 
 __version__ = _C.build_info()["version"]
 # For C++ projects: find_package(torch_int8) with this on CMAKE_PREFIX_PATH.
 cmake_prefix_path = str(Path(__file__).resolve().parent / "lib" / "cmake")
 
-__all__ = ["QTensor", "gemm", "quantize", "dequantize", "scaled_gemm", "requantize", "cmake_prefix_path"]
+__all__ = ["QTensor", "gemm", "quantize", "dequantize", "scaled_gemm", "requantize", "Int8Config", "convert",
+           "nn", "cmake_prefix_path"]

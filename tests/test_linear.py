@@ -1,0 +1,169 @@
+"""torch_int8.nn.Linear / QuantizedLinear / convert against float64 references.
+
+Bounds come from the quantization steps: for y = sum_k x_k w_k with x, w each
+rounded to the nearest step (|error| <= step / 2),
+  |y_q - y| <= sx/2 * sum|w| + sw/2 * sum|x| + K * sx * sw / 4
+per output element, plus the rounding of the output dtype.
+"""
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from conftest import DEVICE_PARAMS, make_gen  # noqa: E402
+
+import torch_int8  # noqa: E402
+from torch_int8 import Int8Config  # noqa: E402
+
+
+def step(t: torch.Tensor, dim):
+    """The quantization step of absmax int8 along dim (None: per tensor), broadcastable to t."""
+    if dim is None:
+        return t.abs().amax() / 127
+    return t.abs().amax(dim=1 - dim, keepdim=True) / 127
+
+
+def product_bound(a, a_dim, b, b_dim):
+    """Bound on |Q(a) @ Q(b) - a @ b| elementwise; a [M, K] per row (dim 0), b [K, N] per column (dim 1)."""
+    a, b = a.double(), b.double()
+    sa = step(a, a_dim).reshape(-1, 1) if a_dim is not None else step(a, None)
+    sb = step(b, b_dim).reshape(1, -1) if b_dim is not None else step(b, None)
+    k = a.shape[1]
+    return sa / 2 * b.abs().sum(0, keepdim=True) + sb / 2 * a.abs().sum(1, keepdim=True) + k * sa * sb / 4
+
+
+def make(device, m=37, k=91, n=53, seed=0):
+    g = make_gen(seed)
+    x = (torch.randn(m, k, generator=g) * (torch.rand(m, 1, generator=g) + 0.5)).to(device)
+    lin = torch.nn.Linear(k, n).to(device)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(n, k, generator=g).to(device) * 0.1)
+        lin.bias.copy_(torch.randn(n, generator=g).to(device))
+    return x, lin
+
+
+def check_within(got, ref, bound, slack=1e-5):
+    err = (got.double() - ref).abs()
+    assert torch.all(err <= bound * 1.001 + slack * (1 + ref.abs())), float((err - bound).max())
+    assert err.max() > 0  # the INT8 path ran (a float path would be exact to ~1e-7)
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("granularity", ["channel", "tensor"])
+def test_forward_and_gradients_within_quantization_bounds(device, granularity):
+    x, lin = make(device)
+    layer = torch_int8.nn.Linear.from_float(lin, Int8Config(granularity=granularity))
+    x.requires_grad_(True)
+    y = layer(x)
+    g = torch.randn(y.shape, generator=make_gen(9)).to(device)
+    y.backward(g)
+    xd, wd, gd = x.detach().double(), lin.weight.detach().double(), g.double()
+    per = granularity == "channel"
+    check_within(y.detach().cpu(), (xd @ wd.t() + lin.bias.double()).cpu(),
+                 product_bound(xd, 0 if per else None, wd.t(), 1 if per else None).cpu())
+    check_within(x.grad.cpu(), (gd @ wd).cpu(), product_bound(gd, 0 if per else None, wd, 1 if per else None).cpu())
+    check_within(lin.weight.grad.cpu(), (gd.t() @ xd).cpu(),
+                 product_bound(gd.t(), 0 if per else None, xd, 1 if per else None).cpu())
+    assert torch.allclose(lin.bias.grad.double(), gd.sum(0))
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+def test_float_gemms_when_disabled(device):
+    x, lin = make(device)
+    layer = torch_int8.nn.Linear.from_float(lin, Int8Config(forward=False, grad_input=False, grad_weight=False))
+    x.requires_grad_(True)
+    y = layer(x)
+    y.sum().backward()
+    assert torch.allclose(y, torch.nn.functional.linear(x, lin.weight, lin.bias), atol=1e-5)
+    assert torch.allclose(x.grad, lin.weight.sum(0).expand_as(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+def test_nd_input_no_grad_and_frozen_weight(device):
+    x, lin = make(device)
+    layer = torch_int8.nn.Linear.from_float(lin)
+    x3 = x.reshape(1, 37, 91).expand(2, 37, 91)
+    with torch.no_grad():
+        y = layer(x3)
+    assert y.shape == (2, 37, 53) and not y.requires_grad
+    lin.weight.requires_grad_(False)
+    xr = x.clone().requires_grad_(True)
+    layer(xr).sum().backward()
+    assert xr.grad is not None and lin.weight.grad is None
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+def test_stochastic_gradient_rounding_is_unbiased(device):
+    x, lin = make(device, m=16, k=64, n=8)
+    layer = torch_int8.nn.Linear.from_float(lin, Int8Config(grad_rounding="stochastic"))
+    g = torch.randn(16, 8, generator=make_gen(3)).to(device)
+    grads = []
+    for _ in range(200):
+        xr = x.clone().requires_grad_(True)
+        layer(xr).backward(g)
+        grads.append(xr.grad.double())
+    mean = torch.stack(grads).mean(0)
+    nearest = torch_int8.nn.Linear.from_float(lin)
+    xr = x.clone().requires_grad_(True)
+    nearest(xr).backward(g)
+    ref = g.double() @ lin.weight.double()
+    # the average of stochastic draws is closer to the exact gradient than one nearest-rounded one
+    assert (mean - ref).abs().mean() < (xr.grad.double() - ref).abs().mean()
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+def test_non_finite_activations_propagate(device):
+    x, lin = make(device)
+    x[3, 5] = float("inf")
+    y = torch_int8.nn.Linear.from_float(lin)(x)
+    assert torch.isnan(y[3]).all() and torch.isfinite(y[torch.arange(37) != 3]).all()
+
+
+def test_state_dict_round_trip():
+    lin = torch.nn.Linear(20, 7)
+    layer = torch_int8.nn.Linear(20, 7)
+    layer.load_state_dict(lin.state_dict())
+    back = torch.nn.Linear(20, 7)
+    back.load_state_dict(layer.state_dict())
+    assert set(layer.state_dict()) == {"weight", "bias"}
+    assert torch.equal(back.weight, lin.weight) and torch.equal(back.bias, lin.bias)
+
+
+def test_convert_replaces_linear_in_place():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(),
+                                torch.nn.Sequential(torch.nn.Linear(16, 4)), torch.nn.Linear(4, 2))
+    w0 = model[0].weight
+    out = torch_int8.convert(model, filter_fn=lambda m, name: name != "3")
+    assert out is model
+    assert isinstance(model[0], torch_int8.nn.Linear) and model[0].weight is w0
+    assert isinstance(model[2][0], torch_int8.nn.Linear)
+    assert type(model[3]) is torch.nn.Linear
+    assert model(torch.randn(5, 8)).shape == (5, 2)
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError):
+        Int8Config(granularity="row")
+    with pytest.raises(ValueError):
+        Int8Config(grad_rounding="up")
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+def test_quantized_linear(device):
+    x, lin = make(device)
+    q = torch_int8.nn.QuantizedLinear.from_float(lin)
+    assert q.weight_int8.dtype == torch.int8 and q.weight_int8.element_size() * 2 == torch.bfloat16.itemsize
+    xd, wd = x.double(), lin.weight.detach().double()
+    check_within(q(x).cpu(), (xd @ wd.t() + lin.bias.double()).cpu(), product_bound(xd, 0, wd.t(), 1).cpu())
+    relu = torch_int8.nn.QuantizedLinear.from_float(lin, relu=True)
+    assert torch.equal(relu(x), torch.relu(q(x)))
+    q8 = torch_int8.nn.QuantizedLinear.from_float(lin, out_scale=0.05)
+    y8 = q8(x)
+    assert y8.dtype == torch.int8
+    expected = q(x).float().clamp(-128 * 0.05, 127 * 0.05)  # int8 output saturates
+    assert (y8.float() * 0.05 - expected).abs().max() <= 0.05 / 2 + 1e-4
+    static = torch_int8.nn.QuantizedLinear.from_float(lin, activation_scale=float(x.abs().max()) / 127)
+    check_within(static(x).cpu(), (xd @ wd.t() + lin.bias.double()).cpu(),
+                 product_bound(xd, None, wd.t(), 1).cpu())
