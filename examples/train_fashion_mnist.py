@@ -1,0 +1,158 @@
+"""Train the same model on Fashion-MNIST with float nn.Linear and with torch_int8.nn.Linear.
+
+    python examples/train_fashion_mnist.py --model mlp --seeds 0 1 2 --epochs 5 \
+        --out benchmarks/results/fashion_mnist_mlp
+
+Writes <out>.json (per-epoch loss and test accuracy for both variants and every
+seed) and <out>.png (loss curves). The float baseline is bf16 autocast on a GPU
+and fp32 on the CPU; the INT8 variant converts every nn.Linear with
+torch_int8.convert (forward, grad_input and grad_weight in INT8).
+"""
+import argparse
+import gzip
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import torch_int8
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-mnist"
+
+
+def load_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    dims = data[3]
+    shape = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def load(split: str, data_dir: Path, device):
+    prefix = "train" if split == "train" else "t10k"
+    x = torch.from_numpy(load_idx(data_dir / f"{prefix}-images-idx3-ubyte.gz").copy()).float().div_(255)
+    y = torch.from_numpy(load_idx(data_dir / f"{prefix}-labels-idx1-ubyte.gz").copy()).long()
+    return ((x - 0.2860) / 0.3530).to(device), y.to(device)
+
+
+def mlp():
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 512), torch.nn.ReLU(),
+                               torch.nn.Linear(512, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
+
+
+class TinyViT(torch.nn.Module):
+    """7x7 patches of 4x4 pixels, 2 pre-norm transformer blocks (all projections nn.Linear)."""
+
+    def __init__(self, dim=128, heads=4, depth=2):
+        super().__init__()
+        self.embed = torch.nn.Linear(16, dim)
+        self.pos = torch.nn.Parameter(torch.zeros(1, 49, dim))
+        self.blocks = torch.nn.ModuleList(torch.nn.ModuleDict({
+            "n1": torch.nn.LayerNorm(dim), "qkv": torch.nn.Linear(dim, 3 * dim), "proj": torch.nn.Linear(dim, dim),
+            "n2": torch.nn.LayerNorm(dim), "fc1": torch.nn.Linear(dim, 2 * dim), "fc2": torch.nn.Linear(2 * dim, dim),
+        }) for _ in range(depth))
+        self.heads, self.norm, self.head = heads, torch.nn.LayerNorm(dim), torch.nn.Linear(dim, 10)
+
+    def forward(self, x):
+        b = x.shape[0]
+        p = x.reshape(b, 7, 4, 7, 4).permute(0, 1, 3, 2, 4).reshape(b, 49, 16)
+        h = self.embed(p) + self.pos
+        for blk in self.blocks:
+            q, k, v = blk["qkv"](blk["n1"](h)).reshape(b, 49, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+            a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, 49, -1)
+            h = h + blk["proj"](a)
+            h = h + blk["fc2"](F.gelu(blk["fc1"](blk["n2"](h))))
+        return self.head(self.norm(h).mean(1))
+
+
+def run(model_name, int8, seed, args, data):
+    torch.manual_seed(seed)
+    device = data[0][0].device
+    model = (mlp() if model_name == "mlp" else TinyViT()).to(device)
+    if int8:
+        torch_int8.convert(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    (xtr, ytr), (xte, yte) = data
+    steps = (len(xtr) + args.batch - 1) // args.batch
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.epochs * steps)
+    use_bf16 = device.type == "cuda"
+    history = {"loss": [], "test_acc": []}
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    for epoch in range(args.epochs):
+        model.train()
+        perm = torch.randperm(len(xtr), generator=g).to(device)
+        total = 0.0
+        for i in range(steps):
+            idx = perm[i * args.batch:(i + 1) * args.batch]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                loss = F.cross_entropy(model(xtr[idx]), ytr[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach())
+        history["loss"].append(total / steps)
+        model.eval()
+        correct = 0
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            for i in range(0, len(xte), 1000):
+                correct += int((model(xte[i:i + 1000]).argmax(1) == yte[i:i + 1000]).sum())
+        history["test_acc"].append(correct / len(xte))
+        print(f"{model_name} {'int8 ' if int8 else 'float'} seed {seed} epoch {epoch + 1}: "
+              f"loss {history['loss'][-1]:.4f} test acc {history['test_acc'][-1]:.4f}", flush=True)
+    return history
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", choices=["mlp", "vit"], default="mlp")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("FASHION_MNIST", DATA)))
+    parser.add_argument("--out", type=Path, required=True, help="output prefix for .json and .png")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    data = (load("train", args.data, device), load("test", args.data, device))
+    results = {"meta": {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                        "torch": torch.__version__, "torch_int8": torch_int8.__version__,
+                        "float_baseline": "bf16 autocast" if device.type == "cuda" else "fp32",
+                        **{k: str(v) for k, v in vars(args).items()}}, "runs": {}}
+    start = time.time()
+    for variant in ("float", "int8"):
+        for seed in args.seeds:
+            results["runs"][f"{variant}/{seed}"] = run(args.model, variant == "int8", seed, args, data)
+    final = {v: float(np.mean([results["runs"][f"{v}/{s}"]["test_acc"][-1] for s in args.seeds]))
+             for v in ("float", "int8")}
+    results["final_test_acc_mean"] = final
+    results["seconds"] = time.time() - start
+    print(f"mean final test accuracy: float {final['float']:.4f}  int8 {final['int8']:.4f}  "
+          f"difference {100 * (final['int8'] - final['float']):+.2f} points")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no plot")
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, hist in results["runs"].items():
+        ax.plot(range(1, len(hist["loss"]) + 1), hist["loss"], color="C0" if key.startswith("float") else "C1",
+                alpha=0.8, label=key)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss")
+    ax.set_title(f"Fashion-MNIST {args.model}: float vs torch_int8.nn.Linear")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(args.out.with_suffix(".png"), dpi=120)
+
+
+if __name__ == "__main__":
+    main()
