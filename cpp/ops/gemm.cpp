@@ -77,10 +77,11 @@ at::Tensor run_gemm(const at::Tensor& a, const at::Tensor& b, at::ScalarType out
     c10::DeviceGuard guard(a.device());
     check_status(kernels::gemm_cuda(p, e, current_stream(a.device())), "int8 gemm");
   } else {
-    // Rows split across threads; each thread runs the reference kernel on its slice.
+    // Rows split across threads (at least ~1M multiply-adds per task); each
+    // thread runs the reference kernel on its slice.
     const int64_t out_bytes = out.element_size();
-    at::parallel_for(0, batch * m, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, n * k / 64)),
-                     [&](int64_t begin, int64_t end) {
+    const int64_t rows_per_task = std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(1, n * k));
+    at::parallel_for(0, batch * m, rows_per_task, [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end;) {
         const int64_t bi = row / m, m0 = row % m, m1 = std::min(m, m0 + (end - row));
         GemmProblem s = p;

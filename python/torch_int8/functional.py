@@ -60,7 +60,7 @@ def dequantize(q: QTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return _ops.dequantize(q.data, q.scale, q.zero_point, q.dim, dtype)
 
 
-def _channel_count(q: QTensor, name: str, allowed_dim: int, what: str) -> None:
+def _check_channel_dim(q: QTensor, name: str, allowed_dim: int, what: str) -> None:
     if q.dim is not None and q.dim % q.data.dim() != allowed_dim % q.data.dim():
         raise ValueError(f"scaled_gemm: {name} must be quantized per tensor (dim=None) or {what}, got dim={q.dim}")
 
@@ -79,8 +79,8 @@ def scaled_gemm(
     b: [K, N], symmetric, per tensor or per column (dim=1).
     out_dtype: bfloat16, float16, float32, or int8 (then out_scale is required).
     """
-    _channel_count(a, "a", -2, "per row (dim=0)")
-    _channel_count(b, "b", 1, "per column (dim=1)")
+    _check_channel_dim(a, "a", -2, "per row (dim=0)")
+    _check_channel_dim(b, "b", 1, "per column (dim=1)")
     if b.zero_point is not None:
         raise ValueError("scaled_gemm: b must be quantized symmetrically (zero_point None)")
     if out_dtype == torch.int8:
