@@ -438,6 +438,107 @@ def run_gemm(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# linear
+# --------------------------------------------------------------------------------------------
+
+LINEAR_SHAPES: List[Shape] = [(8192, 4096, 4096), (8192, 4096, 11008), (8192, 11008, 4096)]  # (M, in, out)
+
+
+def _add_linear_args(p: argparse.ArgumentParser) -> None:
+    _add_common_args(p)
+
+
+def bench_linear_shape(m: int, d_in: int, d_out: int, args, seed: int) -> dict:
+    """bf16 nn.Linear vs torch_int8.nn.Linear (same parameters, same input), forward and forward+backward,
+    and quantize (bf16 -> int8 + per-row scales) against a device-to-device copy of the same tensor."""
+    torch.manual_seed(seed)
+    ref = torch.nn.Linear(d_in, d_out, device="cuda", dtype=torch.bfloat16)
+    ours = torch_int8.nn.Linear.from_float(ref)
+    x = torch.randn(m, d_in, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    gy = torch.randn(m, d_out, device="cuda", dtype=torch.bfloat16)
+
+    def fwd_bwd(layer):
+        def step():
+            layer(x).backward(gy)
+            x.grad = None
+            for p in layer.parameters():
+                p.grad = None
+        return step
+
+    row = {"M": m, "in": d_in, "out": d_out, "methods": {}}
+    with torch.no_grad():
+        row["methods"]["bf16_fwd"] = timeit(lambda: ref(x), args.reps, args.warmup)
+        row["methods"]["int8_fwd"] = timeit(lambda: ours(x), args.reps, args.warmup)
+        xd = x.detach()
+        row["methods"]["copy"] = timeit(lambda: xd.clone(), args.reps, args.warmup)
+        row["methods"]["quantize"] = timeit(lambda: torch_int8.quantize(xd, 0), args.reps, args.warmup)
+    row["methods"]["bf16_fwd_bwd"] = timeit(fwd_bwd(ref), args.reps, args.warmup)
+    row["methods"]["int8_fwd_bwd"] = timeit(fwd_bwd(ours), args.reps, args.warmup)
+    t = {k: v["ms"] for k, v in row["methods"].items()}
+    copy_bytes = 2 * xd.numel() * xd.element_size()  # read + write
+    quant_bytes = xd.numel() * (xd.element_size() + 1) + 4 * m  # read bf16, write int8 + scales
+    row["fwd_speedup"] = t["bf16_fwd"] / t["int8_fwd"]
+    row["fwd_bwd_speedup"] = t["bf16_fwd_bwd"] / t["int8_fwd_bwd"]
+    row["copy_GBps"] = copy_bytes / t["copy"] / 1e6
+    row["quantize_GBps"] = quant_bytes / t["quantize"] / 1e6
+    row["quantize_pct_of_copy_bw"] = 100 * row["quantize_GBps"] / row["copy_GBps"]
+    return row
+
+
+@register("linear", "INT8 nn.Linear vs bf16 nn.Linear (forward, forward+backward) and quantize bandwidth",
+          _add_linear_args)
+def run_linear(args: argparse.Namespace) -> int:
+    require_cuda()
+    info = meta()
+    info.update({"command": "linear", "reps": args.reps, "warmup": args.warmup, "seed": args.seed})
+    print(f"# {info['gpu']}  torch {info['torch']}  CUDA {info['cuda']}  commit {info['commit']}  {info['date']}")
+    header = (f"{'M':>6} {'in':>6} {'out':>6} | {'bf16 fwd':>9} {'int8 fwd':>9} {'x':>5} | {'bf16 f+b':>9} "
+              f"{'int8 f+b':>9} {'x':>5} | {'quant GB/s':>10} {'copy GB/s':>10} {'%copy':>6}")
+    results = []
+    for i, (m, d_in, d_out) in enumerate(LINEAR_SHAPES):
+        results.append(bench_linear_shape(m, d_in, d_out, args, seed=args.seed + i))
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        t = {k: v["ms"] for k, v in r["methods"].items()}
+        print(f"{r['M']:>6} {r['in']:>6} {r['out']:>6} | {t['bf16_fwd']:>9.4f} {t['int8_fwd']:>9.4f} "
+              f"{r['fwd_speedup']:>5.2f} | {t['bf16_fwd_bwd']:>9.4f} {t['int8_fwd_bwd']:>9.4f} "
+              f"{r['fwd_bwd_speedup']:>5.2f} | {r['quantize_GBps']:>10.0f} {r['copy_GBps']:>10.0f} "
+              f"{r['quantize_pct_of_copy_bw']:>6.1f}")
+    print("times in ms (median); x = bf16 time / int8 time")
+    if args.json:
+        write_json(args.json, {"meta": info, "results": results})
+        print(f"wrote {args.json}")
+    if args.plot and plot_linear(results, args.plot, title=f"INT8 vs bf16 nn.Linear on {info['gpu']}"):
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def plot_linear(results: Sequence[dict], path: str, title: str = "") -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot", file=sys.stderr)
+        return False
+    labels = [f"{r['M']}x{r['in']}x{r['out']}" for r in results]
+    xs = range(len(results))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.bar([x - 0.2 for x in xs], [r["fwd_speedup"] for r in results], 0.4, label="forward")
+    ax.bar([x + 0.2 for x in xs], [r["fwd_bwd_speedup"] for r in results], 0.4, label="forward + backward")
+    ax.axhline(1.0, color="gray", linestyle="--", linewidth=1)
+    ax.set_xticks(list(xs), labels)
+    ax.set_ylabel("speed-up over bf16 nn.Linear")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+# --------------------------------------------------------------------------------------------
 # entry point
 # --------------------------------------------------------------------------------------------
 
