@@ -63,6 +63,11 @@ class CMakeBuild(build_ext):
         subprocess.check_call(["cmake", "-S", str(ROOT), "-B", str(build_dir), *args])
         subprocess.check_call(["cmake", "--build", str(build_dir), "--parallel", jobs])
         subprocess.check_call(["cmake", "--install", str(build_dir)])
+        if getattr(self, "editable_mode", False) or self.inplace:
+            # An editable install imports the package from the source tree, and
+            # setuptools copies only _C there: install the libraries and the
+            # CMake package config beside it as well.
+            subprocess.check_call(["cmake", "--install", str(build_dir), "--prefix", str(ROOT / "python" / "torch_int8")])
 
 
 setup(

@@ -15,22 +15,18 @@ PYBIND11_MODULE(_C, m) {
 #ifdef TORCH_INT8_WITH_CUDA
     info["cuda"] = true;
     info["cuda_arch_list"] = TORCH_INT8_CUDA_ARCH_LIST;
-    info["gemm_families"] = torch_int8::kernels::built_gemm_families();
 #else
     info["cuda"] = false;
     info["cuda_arch_list"] = "";
-    info["gemm_families"] = "";
 #endif
+    info["gemm_families"] = torch_int8::kernels::built_gemm_families();
     return info;
   });
   m.def(
       "gemm_backend",
       [](int cc) -> py::object {
-#ifdef TORCH_INT8_WITH_CUDA
         const char* name = torch_int8::kernels::gemm_backend(cc);
-        if (name) return py::str(name);
-#endif
-        return py::none();
+        return name ? py::object(py::str(name)) : py::none();
       },
       py::arg("compute_capability"),
       "Kernel family that serves a GPU of this compute capability (e.g. 90), or None.");

@@ -6,7 +6,11 @@ from pathlib import Path
 
 import torch
 
-from . import _C  # noqa: F401  (loads libtorch_int8_ops, which registers torch.ops.int8.*)
+# The op library registers torch.ops.int8.* when loaded. Loaded explicitly:
+# _C need not link it (a linker dropping unused libraries would skip it).
+torch.ops.load_library(str(Path(__file__).resolve().parent / "lib" / "libtorch_int8_ops.so"))
+
+from . import _C  # noqa: E402
 from .functional import QTensor, dequantize, gemm, quantize, requantize, scaled_gemm
 from .config import Int8Config
 from .convert import convert
