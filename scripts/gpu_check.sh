@@ -11,13 +11,14 @@
 #   MAX_JOBS              default 16 (parallel compile jobs)
 #   SANITIZE=1            also run compute-sanitizer memcheck + racecheck over the CUDA tests
 #   BENCH=1               also run `python3 -m torch_int8.bench gemm` (BENCH_SHAPES=quick|full, default full)
+#                         and `python3 -m torch_int8.bench linear`
 #
 # Prerequisites on the machine: python3 with torch (CUDA), pytest, pybind11, cmake, ninja, numpy,
 # matplotlib. Wheels that are missing there (nvidia-cutlass) are taken from ./.whl/*.whl if that
 # folder exists (installed offline into /tmp/site, put on PYTHONPATH).
 #
 # Everything lands directly in OUTDIR (at most 8 files):
-#   build.log info.txt pytest.log pytest.xml [sanitizer.log] [bench.log gemm_h200.json gemm_h200.png]
+#   build.log info.txt pytest.log [sanitizer.log] [bench.log gemm_h200.json gemm_h200.png linear_h200.json]
 # Test, sanitizer and benchmark failures do not stop the script; the exit status is 0 only if every
 # stage that ran passed.
 set -euo pipefail
@@ -108,7 +109,7 @@ record info "$rc" "$(secs "$t" "$(now)")"
 echo "== pytest"
 t=$(now)
 set +e
-python3 -m pytest -q tests -rs --junitxml="$OUTDIR/pytest.xml" 2>&1 | tee "$OUTDIR/pytest.log"
+python3 -m pytest -q tests -rs 2>&1 | tee "$OUTDIR/pytest.log"
 rc=${PIPESTATUS[0]}
 set -e
 record pytest "$rc" "$(secs "$t" "$(now)")"
@@ -160,6 +161,12 @@ if [[ "${BENCH:-0}" == 1 ]]; then
     rc=${PIPESTATUS[0]}
     set -e
     record bench "$rc" "$(secs "$t" "$(now)")"
+    t=$(now)
+    set +e
+    python3 -m torch_int8.bench linear --json "$OUTDIR/linear_h200.json" 2>&1 | tee -a "$OUTDIR/bench.log"
+    rc=${PIPESTATUS[0]}
+    set -e
+    record bench-linear "$rc" "$(secs "$t" "$(now)")"
 fi
 
 summary
