@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import torch_int8
-from conftest import DEVICE_PARAMS, bcast, check_quantize_against_reference, make_gen
+from conftest import CUDA_ONLY, DEVICE_PARAMS, bcast, check_quantize_against_reference, make_gen
 
 FLOAT_DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
@@ -407,3 +407,23 @@ def test_meta(shape, dim, symmetric):
     check_qtensor_meta(q, x, dim, symmetric, "meta")
     deq = torch_int8.dequantize(q, dtype=torch.bfloat16)
     assert deq.device.type == "meta" and deq.dtype == torch.bfloat16 and tuple(deq.shape) == tuple(shape)
+
+
+@pytest.mark.parametrize("device", CUDA_ONLY)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("rows,cols", [(1, 1), (3, 1000), (64, 4096), (7, 333)])
+def test_fused_gpu_rows_match_cpu_bit_for_bit(device, dtype, rows, cols):
+    # Per-row symmetric nearest quantization of a 2-D tensor runs as the fused GPU kernel;
+    # it divides by the same float32 scale as the CPU, so both agree exactly, including
+    # all-zero rows (scale 1) and non-finite rows (scale NaN, data 0).
+    x = (torch.randn(rows, cols, generator=make_gen(rows * cols)) * 3).to(dtype)
+    if rows > 2:
+        x[1] = 0
+        x[2, cols // 2] = float("nan") if dtype != torch.float16 else float("inf")
+    cpu = torch_int8.quantize(x, 0)
+    gpu = torch_int8.quantize(x.to(device), 0)
+    assert torch.equal(gpu.data.cpu(), cpu.data)
+    assert torch.allclose(gpu.scale.cpu(), cpu.scale, rtol=0, atol=0, equal_nan=True)
+    # a transposed (non-contiguous) input takes the same kernel after one copy
+    xt = x.t().contiguous().t()
+    assert torch.equal(torch_int8.quantize(xt.to(device), 0).data.cpu(), cpu.data)

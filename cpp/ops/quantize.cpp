@@ -1,6 +1,7 @@
 // int8::quantize and int8::dequantize: absmax quantization, per tensor or per
 // channel, nearest or stochastic rounding. Written with ATen ops, so one
-// implementation (CompositeExplicitAutograd) serves CPU, CUDA and Meta.
+// implementation (CompositeExplicitAutograd) serves CPU, CUDA and Meta; on the
+// GPU a fused kernel takes the common case (per row, symmetric, nearest).
 #include <torch/library.h>
 
 #include <limits>
@@ -73,6 +74,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize(const at::Tensor& x, std
     q = y.add_(zp).clamp_(-128, 127).to(at::kChar);
     zero_point = zp.to(at::kInt).reshape_symint(channel_shape);
   }
+  // A non-finite slice: scale NaN, data 0.
+  q.masked_fill_(finite.logical_not(), 0);
   scale.masked_fill_(finite.logical_not(), std::numeric_limits<float>::quiet_NaN());
   return {q, scale.reshape_symint(channel_shape), zero_point};
 }
@@ -111,6 +114,37 @@ at::Tensor dequantize(const at::Tensor& data, const at::Tensor& scale, const std
   return (v * along(scale, dim, data.dim())).to(dtype);
 }
 
+#ifdef TORCH_INT8_WITH_CUDA
+std::optional<kernels::InType> in_type_of(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return kernels::InType::kFloat32;
+    case at::kHalf: return kernels::InType::kFloat16;
+    case at::kBFloat16: return kernels::InType::kBFloat16;
+    default: return std::nullopt;
+  }
+}
+
+// The fused kernel (one block per row, the row read once from memory) for the
+// case training layers use: per row of a 2-D tensor, symmetric, nearest.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_cuda(const at::Tensor& x, std::optional<int64_t> dim,
+                                                             bool symmetric, c10::string_view rounding,
+                                                             std::optional<at::Generator> generator) {
+  const auto in_type = in_type_of(x.scalar_type());
+  const bool per_row = dim && x.dim() == 2 && (*dim == 0 || *dim == -2);
+  if (!in_type || !per_row || !symmetric || rounding != "nearest" || x.numel() == 0)
+    return quantize(x, dim, symmetric, rounding, std::move(generator));
+  const at::Tensor xc = x.contiguous();
+  at::Tensor q = new_output(x.sizes(), x.options().dtype(at::kChar));
+  at::Tensor scale = new_output({x.size(0)}, x.options().dtype(at::kFloat));
+  kernels::QuantizeRows r;
+  r.x = xc.const_data_ptr(), r.in_type = *in_type, r.rows = x.size(0), r.cols = x.size(1);
+  r.q = q.data_ptr<int8_t>(), r.scale = scale.data_ptr<float>();
+  c10::DeviceGuard guard(x.device());
+  check_status(kernels::quantize_rows_cuda(r, current_stream(x.device())), "quantize");
+  return {q, scale, at::empty({0}, x.options().dtype(at::kInt))};
+}
+#endif
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(int8, m) {
@@ -124,5 +158,9 @@ TORCH_LIBRARY_IMPL(int8, CompositeExplicitAutograd, m) {
   m.impl("quantize", quantize);
   m.impl("dequantize", dequantize);
 }
+
+#ifdef TORCH_INT8_WITH_CUDA
+TORCH_LIBRARY_IMPL(int8, CUDA, m) { m.impl("quantize", quantize_cuda); }
+#endif
 
 }  // namespace torch_int8::ops

@@ -8,5 +8,6 @@ const char* gemm_backend(int) { return nullptr; }
 const char* built_gemm_families() { return ""; }
 Status gemm_cuda(const GemmProblem&, const Epilogue&, void*) { return Status::kNoKernel; }
 Status requantize_cuda(const Requantize&, void*) { return Status::kNoKernel; }
+Status quantize_rows_cuda(const QuantizeRows&, void*) { return Status::kNoKernel; }
 
 }  // namespace torch_int8::kernels

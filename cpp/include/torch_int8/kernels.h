@@ -96,4 +96,18 @@ struct Requantize {
 Status requantize_cpu(const Requantize& r);
 Status requantize_cuda(const Requantize& r, void* stream);
 
+// Symmetric per-row absmax quantization of a rows x cols row-major matrix, one
+// GPU block per row: scale[r] = max|x[r, :]| / 127 (1 for an all-zero row, NaN
+// for a row holding inf or NaN) and q[r, c] = rint(x[r, c] / scale[r]) (0 in a
+// non-finite row). The same results as the ATen composite it replaces.
+enum class InType { kFloat32, kFloat16, kBFloat16 };
+struct QuantizeRows {
+  const void* x = nullptr;
+  InType in_type = InType::kFloat32;
+  int64_t rows = 0, cols = 0;
+  int8_t* q = nullptr;
+  float* scale = nullptr;
+};
+Status quantize_rows_cuda(const QuantizeRows& r, void* stream);
+
 }  // namespace torch_int8::kernels

@@ -17,7 +17,8 @@ namespace torch_int8 {
 // Exact for K <= kMaxK; larger K is refused.
 at::Tensor gemm(const at::Tensor& a, const at::Tensor& b);
 
-// Absmax quantization. dim < 0 (or nullopt) means per tensor.
+// Absmax quantization; dim nullopt means per tensor. A slice holding inf or
+// NaN gets scale NaN and data 0.
 // Returns (data int8, scale float32, zero_point int32; zero_point is an empty
 // tensor when symmetric).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize(
