@@ -56,9 +56,12 @@ struct Shape {
 // Whether t has symbolic sizes (a fake tensor under torch.compile).
 inline bool symbolic(const at::Tensor& t) { return t.unsafeGetTensorImpl()->has_symbolic_sizes_strides(); }
 
-// numel, or nullopt when it is symbolic and not known now.
+// numel / size(d), or nullopt when it is symbolic and not known now.
 inline std::optional<int64_t> known_numel(const at::Tensor& t) {
   return symbolic(t) ? t.sym_numel().maybe_as_int() : std::optional<int64_t>(t.numel());
+}
+inline std::optional<int64_t> known_size(const at::Tensor& t, int64_t d) {
+  return symbolic(t) ? t.sym_size(d).maybe_as_int() : std::optional<int64_t>(t.size(d));
 }
 
 // Numbers in error messages are formatted with std::to_string, never streamed:

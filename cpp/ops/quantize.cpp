@@ -95,9 +95,7 @@ at::Tensor dequantize(const at::Tensor& data, const at::Tensor& scale, const std
   TORCH_CHECK_TYPE(at::isFloatingType(dtype), "dequantize: dtype must be a float type, got ", dtype);
   // Checked where the sizes are known now (symbolic ones are checked at run time).
   const std::optional<int64_t> channels =
-      !dim ? std::optional<int64_t>(1)
-           : (symbolic(data) ? data.sym_size(c10::maybe_wrap_dim(*dim, data.dim())).maybe_as_int()
-                             : std::optional<int64_t>(data.size(c10::maybe_wrap_dim(*dim, data.dim()))));
+      dim ? known_size(data, c10::maybe_wrap_dim(*dim, data.dim())) : std::optional<int64_t>(1);
   auto matches = [&](const at::Tensor& v) {
     const auto n = known_numel(v);
     return !n || !channels || *n == *channels;

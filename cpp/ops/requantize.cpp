@@ -13,9 +13,7 @@ void check_requantize(const at::Tensor& acc, const at::Tensor& scale, int64_t ze
   check_same_device(scale, acc, "requantize", "scale");
   TORCH_CHECK_VALUE(mode == "float" || mode == "fixed_point",
                     "requantize: mode must be 'float' or 'fixed_point', got '", mode, "'");
-  const std::optional<int64_t> cols =
-      acc.dim() == 0 ? std::optional<int64_t>(1)
-                     : (symbolic(acc) ? acc.sym_size(-1).maybe_as_int() : std::optional<int64_t>(acc.size(-1)));
+  const std::optional<int64_t> cols = acc.dim() == 0 ? std::optional<int64_t>(1) : known_size(acc, -1);
   const auto n = known_numel(scale);
   TORCH_CHECK_VALUE(!n || *n == 1 || (scale.dim() == 1 && (!cols || *n == *cols)),
                     "requantize: scale must have one element or one per channel of the last dimension (",

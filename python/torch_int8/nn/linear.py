@@ -24,11 +24,9 @@ def _transposed(q: QTensor) -> QTensor:
     return QTensor(q.data.t(), q.scale, q.zero_point, dim)
 
 
-def _int8_matmul(a: torch.Tensor, a_dim, b: torch.Tensor, b_dim, out_dtype, bias=None, rounding="nearest"):
+def _int8_matmul(a: torch.Tensor, a_dim, b: torch.Tensor, b_dim, out_dtype, rounding="nearest"):
     """a [M, K] @ b [K, N] with a quantized along a_dim (0 or None) and b along b_dim (1 or None)."""
-    qa = quantize(a, a_dim, rounding=rounding)
-    qb = quantize(b, b_dim)
-    return scaled_gemm(qa, qb, bias=bias, out_dtype=out_dtype)
+    return scaled_gemm(quantize(a, a_dim, rounding=rounding), quantize(b, b_dim), out_dtype=out_dtype)
 
 
 class _Int8LinearFunction(torch.autograd.Function):
