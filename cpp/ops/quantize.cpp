@@ -54,8 +54,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize(const at::Tensor& x, std
   const at::Tensor x0 = at::where(finite, xf, 0.0);
   // Asymmetric ranges include 0 so that zero stays exactly representable.
   const at::Tensor lo = symmetric ? at::Tensor() : reduce(x0, dims, kAmin).clamp_max_(0);
-  at::Tensor scale = symmetric ? reduce(x0.abs(), dims, kAmax).div_(127.f)
-                               : (reduce(x0, dims, kAmax).clamp_min_(0) - lo).div_(255.f);
+  // Divided by a tensor on x's device, not by a number: ATen's CUDA kernel
+  // multiplies by the reciprocal of a scalar divisor, which is off by one ulp
+  // from the CPU's (and the fused kernel's) IEEE division for some values.
+  const auto divided = [&](at::Tensor t, float d) { return t.div_(at::full({}, d, t.options())); };
+  at::Tensor scale = symmetric ? divided(reduce(x0.abs(), dims, kAmax), 127.f)
+                               : divided(reduce(x0, dims, kAmax).clamp_min_(0) - lo, 255.f);
   scale.masked_fill_(scale == 0, 1.f);
 
   at::Tensor y = x0 / scale;
