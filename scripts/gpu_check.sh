@@ -10,15 +10,17 @@
 #   SANITIZE_TESTS        pytest selection run under compute-sanitizer (default tests/test_backends.py)
 #   MAX_JOBS              default 16 (parallel compile jobs)
 #   SANITIZE=1            also run compute-sanitizer memcheck + racecheck over the CUDA tests
-#   BENCH=1               also run `python3 -m torch_int8.bench gemm` (BENCH_SHAPES=quick|full, default full)
-#                         and `python3 -m torch_int8.bench linear`
+#   BENCH=1               also run `python3 -m torch_int8.bench CMD` for CMD in BENCH_COMMANDS
+#                         (default "gemm linear backends conv"; gemm with BENCH_SHAPES=quick|full, default full)
+#   TRAIN=1               also train the Fashion-MNIST example (TRAIN_MODELS, default "mlp vit"; TRAIN_EPOCHS,
+#                         default 5; data from FASHION_MNIST, default .data/fashion-mnist)
 #
 # Prerequisites on the machine: python3 with torch (CUDA), pytest, pybind11, cmake, ninja, numpy,
 # matplotlib. Wheels that are missing there (nvidia-cutlass) are taken from ./.whl/*.whl if that
 # folder exists (installed offline into /tmp/site, put on PYTHONPATH).
 #
-# Everything lands directly in OUTDIR (at most 8 files):
-#   build.log info.txt pytest.log [sanitizer.log] [bench.log gemm_h200.json gemm_h200.png linear_h200.json]
+# Everything lands in OUTDIR (at most 8 files, what the device tool returns):
+#   build.log info.txt pytest.log [sanitizer.log] [bench.log] [results.tgz: bench/*.json|png, train/*]
 # Test, sanitizer and benchmark failures do not stop the script; the exit status is 0 only if every
 # stage that ran passed.
 set -euo pipefail
@@ -151,22 +153,47 @@ if [[ "${SANITIZE:-0}" == 1 ]]; then
     fi
 fi
 
-# ---- (e2) benchmark ----------------------------------------------------------------------------
+# ---- (e2) benchmarks ---------------------------------------------------------------------------
+# One JSON + PNG per benchmark command under bench/; packed into results.tgz at the end.
 if [[ "${BENCH:-0}" == 1 ]]; then
-    echo "== benchmark (shapes ${BENCH_SHAPES:-full})"
-    t=$(now)
-    set +e
-    python3 -m torch_int8.bench gemm --shapes "${BENCH_SHAPES:-full}" \
-        --json "$OUTDIR/gemm_h200.json" --plot "$OUTDIR/gemm_h200.png" 2>&1 | tee "$OUTDIR/bench.log"
-    rc=${PIPESTATUS[0]}
-    set -e
-    record bench "$rc" "$(secs "$t" "$(now)")"
-    t=$(now)
-    set +e
-    python3 -m torch_int8.bench linear --json "$OUTDIR/linear_h200.json" 2>&1 | tee -a "$OUTDIR/bench.log"
-    rc=${PIPESTATUS[0]}
-    set -e
-    record bench-linear "$rc" "$(secs "$t" "$(now)")"
+    mkdir -p "$OUTDIR/bench"
+    for cmd in ${BENCH_COMMANDS:-gemm linear backends conv}; do
+        echo "== benchmark: $cmd"
+        t=$(now)
+        extra=()
+        if [[ $cmd == gemm ]]; then extra=(--shapes "${BENCH_SHAPES:-full}"); fi
+        set +e
+        python3 -m torch_int8.bench "$cmd" "${extra[@]}" --json "$OUTDIR/bench/${cmd}_h200.json" \
+            --plot "$OUTDIR/bench/${cmd}_h200.png" 2>&1 | tee -a "$OUTDIR/bench.log"
+        rc=${PIPESTATUS[0]}
+        set -e
+        record "bench-$cmd" "$rc" "$(secs "$t" "$(now)")"
+    done
+fi
+
+# ---- (e3) training example ---------------------------------------------------------------------
+# TRAIN=1: Fashion-MNIST, bf16 nn.Linear vs torch_int8.nn.Linear, 3 seeds, MLP and TinyViT.
+# The data (IDX .gz files) is read from $FASHION_MNIST (default .data/fashion-mnist).
+if [[ "${TRAIN:-0}" == 1 ]]; then
+    mkdir -p "$OUTDIR/train"
+    for model in ${TRAIN_MODELS:-mlp vit}; do
+        echo "== training example: $model"
+        t=$(now)
+        set +e
+        python3 examples/train_fashion_mnist.py --model "$model" --epochs "${TRAIN_EPOCHS:-5}" \
+            --data "${FASHION_MNIST:-.data/fashion-mnist}" --out "$OUTDIR/train/fashion_mnist_${model}_h200" \
+            2>&1 | tee "$OUTDIR/train/fashion_mnist_${model}_h200.log" | tail -n 12
+        rc=${PIPESTATUS[0]}
+        set -e
+        record "train-$model" "$rc" "$(secs "$t" "$(now)")"
+    done
+fi
+
+# The device returns at most 8 files: everything in subfolders travels as one archive.
+subdirs=()
+for d in bench train; do [[ -d "$OUTDIR/$d" ]] && subdirs+=("$d"); done
+if [[ ${#subdirs[@]} -gt 0 ]]; then
+    tar czf "$OUTDIR/results.tgz" -C "$OUTDIR" "${subdirs[@]}" && (cd "$OUTDIR" && rm -rf "${subdirs[@]}")
 fi
 
 summary

@@ -269,3 +269,20 @@ def ref_requantize_float(acc: torch.Tensor, scale, zero_point: int = 0) -> torch
         s = torch.tensor(float(scale), dtype=torch.float32)
     v = torch.round(a * s) + zero_point
     return torch.clamp(v, -128, 127).to(torch.int8)
+
+
+def quant_step(t: torch.Tensor, dim):
+    """The absmax int8 quantization step of t per slice along dim (None: per tensor), shaped to
+    broadcast against t."""
+    if dim is None:
+        return t.abs().amax() / 127
+    dims = [d for d in range(t.dim()) if d != dim]
+    return t.abs().amax(dim=dims, keepdim=True) / 127
+
+
+def check_within(got: torch.Tensor, ref: torch.Tensor, bound, slack: float = 1e-5) -> None:
+    """|got - ref| within the quantization error bound (plus slack for the output dtype's rounding),
+    and not zero everywhere: the INT8 path ran (a float path would be exact to ~1e-7)."""
+    err = (got.double() - ref).abs()
+    assert torch.all(err <= bound * 1.001 + slack * (1 + ref.abs())), float((err - bound).max())
+    assert err.max() > 0

@@ -1,10 +1,10 @@
-"""Every GPU kernel family built into this library, forced on the GPU at hand.
+"""Kernel family selection, and every GPU kernel family built into this library forced on the GPU at hand.
 
-TORCH_INT8_GEMM_BACKEND picks a family regardless of the compute capability, so an
-H200 build with TORCH_CUDA_ARCH_LIST="7.5+PTX;8.0+PTX;9.0a" runs the Turing and
-Ampere kernels (JIT-compiled from their PTX) beside the Hopper one. Each family
-must give exact int32 results and the same int8 epilogue output as the CPU
-reference, bit for bit.
+``torch_int8.use_backend`` (or TORCH_INT8_GEMM_BACKEND) picks a family regardless of the compute
+capability, so an H200 build with TORCH_CUDA_ARCH_LIST="7.5+PTX;8.0+PTX;9.0a" runs the Turing and
+Ampere kernels (JIT-compiled from their PTX), the dp4a and the simt kernels beside the Hopper one.
+Each family must give exact int32 results and the same int8 epilogue output as the CPU reference,
+bit for bit. The selection tests need no GPU.
 """
 import os
 import sys
@@ -16,44 +16,135 @@ sys.path.insert(0, os.path.dirname(__file__))
 from conftest import HAS_CUDA, int64_ref_as_int32, make_gen, rand_int8  # noqa: E402
 
 import torch_int8  # noqa: E402
-from torch_int8 import QTensor, _C  # noqa: E402
+from torch_int8 import QTensor, _C, backends, use_backend  # noqa: E402
+from torch_int8.__main__ import info  # noqa: E402
 
-FAMILIES = [f.split(":")[0] for f in _C.build_info()["gemm_families"].split()]
-pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="no GPU")]
-# Includes shapes for each sm90 tile rule: many tiles (256x128) and the rest
-# (128x128 ping-pong), plus few tiles with a long K.
+FAMILIES = backends.built_backends()
+# Lowest compute capability each family's code runs on (dispatch.cu).
+MIN_CC = {"sm90": 90, "sm80": 80, "sm75": 75, "dp4a": 61, "simt": 50}
+CUDA = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="no GPU")]
+needs_family = pytest.mark.skipif(not FAMILIES, reason="built without CUDA: no GPU kernel family to force")
+
+# Includes shapes for each sm90 tile rule: many tiles (256x128) and the rest (128x128 ping-pong),
+# plus few tiles with a long K. For the SIMT families (64x64 tiles unless 128x128 ones fill the GPU
+# twice over, e.g. on an H200): ragged M and N edges of both tile sizes ((2000, 2050, 590) takes
+# 128x128 tiles on an H200), M = 1, K past the 512 values an exact FP32 partial sum may hold, and a
+# last pipeline stage of dp4a's that K only half fills (590 -> 592 = 18.5 x 32).
 SHAPES = [(1, 16, 16), (1, 4096, 4096), (7, 33, 5), (17, 129, 100), (128, 256, 512), (257, 383, 1000),
-          (1000, 64, 576), (64, 1000, 8200), (4096, 4096, 256)]
+          (1000, 64, 576), (64, 1000, 8200), (4096, 4096, 256), (2000, 2050, 590)]
+
+
+@pytest.fixture(autouse=True)
+def no_forced_backend(monkeypatch):
+    """Every test starts (and must end) with no family forced."""
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    assert _C.gemm_backend_override() is None
+    yield
+    assert _C.gemm_backend_override() is None, "a test left a backend forced"
+
+
+# ------------------------------------------------------------------------------------------------
+# selection (no GPU needed)
+# ------------------------------------------------------------------------------------------------
+
+
+@needs_family
+@pytest.mark.parametrize("name", FAMILIES)
+def test_forced_family_serves_every_gpu_it_can_run_on(name):
+    with use_backend(name):
+        assert _C.gemm_backend_override() == name
+        assert _C.gemm_backend(MIN_CC[name]) == name
+        assert _C.gemm_backend(100) == name
+        assert _C.gemm_backend(MIN_CC[name] - 1) is None
+    assert _C.gemm_backend_override() is None
+
+
+@needs_family
+def test_use_backend_nests_and_restores():
+    first, last = FAMILIES[0], FAMILIES[-1]
+    with use_backend(last):
+        with use_backend(first):
+            assert _C.gemm_backend_override() == first
+            with use_backend(None):
+                assert _C.gemm_backend_override() is None
+            assert _C.gemm_backend_override() == first
+        assert _C.gemm_backend_override() == last
+
+
+@needs_family
+def test_use_backend_restores_after_an_exception():
+    with pytest.raises(RuntimeError, match="inside"):
+        with use_backend(FAMILIES[-1]):
+            raise RuntimeError("inside")
+    assert _C.gemm_backend_override() is None
+
+
+@needs_family
+def test_use_backend_as_a_call_stays_until_changed():
+    try:
+        torch_int8.use_backend(FAMILIES[-1])
+        assert _C.gemm_backend_override() == FAMILIES[-1]
+        assert backends.forced_backend() == (FAMILIES[-1], "torch_int8.use_backend")
+    finally:
+        torch_int8.use_backend(None)
+    assert backends.forced_backend() is None
+
+
+def test_unknown_backend_raises_and_changes_nothing():
+    with pytest.raises(ValueError, match=r"unknown GEMM backend 'sm99'.*(families|without CUDA)"):
+        use_backend("sm99")
+    assert _C.gemm_backend_override() is None
+    if FAMILIES:
+        with use_backend(FAMILIES[0]):
+            with pytest.raises(ValueError, match="unknown GEMM backend 'SIMT'"):
+                use_backend("SIMT")  # names are case-sensitive
+            assert _C.gemm_backend_override() == FAMILIES[0]
+    with pytest.raises(TypeError, match="must be a str or None"):
+        use_backend(75)
+
+
+@needs_family
+def test_env_var_forces_a_family_and_use_backend_wins(monkeypatch):
+    monkeypatch.setenv(backends.ENV_VAR, FAMILIES[-1])
+    assert _C.gemm_backend(100) == FAMILIES[-1]
+    assert backends.forced_backend() == (FAMILIES[-1], f"TORCH_INT8_GEMM_BACKEND={FAMILIES[-1]}")
+    with use_backend(FAMILIES[0]):
+        assert _C.gemm_backend(100) == FAMILIES[0]
+    assert _C.gemm_backend(100) == FAMILIES[-1]
+    monkeypatch.setenv(backends.ENV_VAR, "nope")
+    assert _C.gemm_backend(100) is None
+
+
+def _info_line(capsys, key):
+    info()
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(key)]
+    assert len(lines) == 1, lines
+    return lines[0][len(key):].strip()
+
+
+def test_info_reports_families_and_forcing(capsys, monkeypatch):
+    assert _info_line(capsys, "GEMM kernel families") == (_C.build_info()["gemm_families"] or "-")
+    assert _info_line(capsys, "GEMM backend forced").startswith("no (")
+    if not FAMILIES:
+        return
+    with use_backend(FAMILIES[-1]):
+        assert _info_line(capsys, "GEMM backend forced") == f"{FAMILIES[-1]} (by torch_int8.use_backend)"
+    monkeypatch.setenv(backends.ENV_VAR, FAMILIES[0])
+    assert _info_line(capsys, "GEMM backend forced") == f"{FAMILIES[0]} (by TORCH_INT8_GEMM_BACKEND={FAMILIES[0]})"
+
+
+# ------------------------------------------------------------------------------------------------
+# every built family forced on the GPU
+# ------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(params=FAMILIES)
-def family(request, monkeypatch):
+def family(request):
     major, minor = torch.cuda.get_device_capability()
-    monkeypatch.setenv("TORCH_INT8_GEMM_BACKEND", request.param)
-    if _C.gemm_backend(major * 10 + minor) != request.param:
-        pytest.skip(f"{request.param} kernels cannot run on sm_{major}{minor}")
-    return request.param
-
-
-def test_families_are_built():
-    assert FAMILIES, "a CUDA build must contain at least one GEMM kernel family"
-
-
-@pytest.mark.parametrize("M,N,K", SHAPES)
-def test_gemm_exact(family, M, N, K):
-    a = rand_int8((M, K), seed=M * 7 + K)
-    w = rand_int8((N, K), seed=N * 13 + K)
-    out = torch_int8.gemm(a.cuda(), w.cuda().t())
-    assert torch.equal(out.cpu(), int64_ref_as_int32(a, w.t()))
-
-
-def test_gemm_batched_and_sliced(family):
-    a = rand_int8((3, 40, 70), seed=1)
-    b = rand_int8((3, 70, 90), seed=2)
-    assert torch.equal(torch_int8.gemm(a.cuda(), b.cuda()).cpu(), int64_ref_as_int32(a, b))
-    big = rand_int8((50, 200), seed=3)
-    a_s, b_s = big[5:45, 17:113], rand_int8((96, 31), seed=4)
-    assert torch.equal(torch_int8.gemm(a_s.cuda(), b_s.cuda()).cpu(), int64_ref_as_int32(a_s, b_s))
+    with use_backend(request.param):
+        if _C.gemm_backend(major * 10 + minor) != request.param:
+            pytest.skip(f"{request.param} kernels cannot run on sm_{major}{minor}")
+        yield request.param
 
 
 def _qtensors(M, N, K, seed):
@@ -69,22 +160,68 @@ def _cuda(q):
     return QTensor(q.data.cuda(), q.scale.cuda(), None if q.zero_point is None else q.zero_point.cuda(), q.dim)
 
 
-@pytest.mark.parametrize("M,N,K", [(1, 64, 128), (37, 53, 91), (256, 384, 640), (16, 250, 4100)])
-@pytest.mark.parametrize("out_zero_point", [0, -7])
-def test_int8_epilogue_matches_cpu_bit_for_bit(family, M, N, K, out_zero_point):
-    a, b, bias = _qtensors(M, N, K, seed=M + N)
-    kw = dict(out_dtype=torch.int8, out_scale=0.05, out_zero_point=out_zero_point)
-    cpu = torch_int8.scaled_gemm(a, b, bias=bias, **kw)
-    gpu = torch_int8.scaled_gemm(_cuda(a), _cuda(b), bias=bias.cuda(), **kw)
-    assert torch.equal(gpu.cpu(), cpu)
-    assert int(cpu.min()) == -128 or int(cpu.max()) == 127 or cpu.unique().numel() > 20  # not a degenerate case
+class TestForcedFamily:
+    pytestmark = CUDA
 
+    def test_families_are_built(self):
+        assert FAMILIES, "a CUDA build must contain at least one GEMM kernel family"
 
-@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
-def test_float_epilogue_matches_cpu(family, out_dtype):
-    a, b, bias = _qtensors(77, 130, 300, seed=5)
-    cpu = torch_int8.scaled_gemm(a, b, bias=bias, out_dtype=out_dtype).double()
-    gpu = torch_int8.scaled_gemm(_cuda(a), _cuda(b), bias=bias.cuda(), out_dtype=out_dtype).cpu().double()
-    # Same fp32 arithmetic in the same order; allow one unit of the output's rounding.
-    ulp = {torch.float32: 2.0**-23, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}[out_dtype]
-    assert torch.all((gpu - cpu).abs() <= ulp * cpu.abs() + 1e-30)
+    @pytest.mark.parametrize("M,N,K", SHAPES)
+    def test_gemm_exact(self, family, M, N, K):
+        a = rand_int8((M, K), seed=M * 7 + K)
+        w = rand_int8((N, K), seed=N * 13 + K)
+        out = torch_int8.gemm(a.cuda(), w.cuda().t())
+        assert torch.equal(out.cpu(), int64_ref_as_int32(a, w.t()))
+
+    @pytest.mark.parametrize("K", [512, 4096, 131071])
+    def test_extreme_values_exact(self, family, K):
+        # Largest magnitudes ((-128)(-128) = 2^14 at every k: 2^31 - 2^14 at K = 131071, the largest
+        # int32 sum) and odd products ((-127)(-127)), whose sum an FP32 accumulator holding more
+        # than about 1000 k values would round.
+        a = torch.full((3, K), -128, dtype=torch.int8)
+        a[1] = -127
+        a[2, ::2] = 127
+        w = torch.full((40, K), -128, dtype=torch.int8)
+        w[1::2] = 127
+        w[2::4, 1::2] = -127
+        out = torch_int8.gemm(a.cuda(), w.cuda().t())
+        assert torch.equal(out.cpu(), int64_ref_as_int32(a, w.t()))
+
+    def test_gemm_batched_and_sliced(self, family):
+        a = rand_int8((3, 40, 70), seed=1)
+        b = rand_int8((3, 70, 90), seed=2)
+        assert torch.equal(torch_int8.gemm(a.cuda(), b.cuda()).cpu(), int64_ref_as_int32(a, b))
+        big = rand_int8((50, 200), seed=3)
+        a_s, b_s = big[5:45, 17:113], rand_int8((96, 31), seed=4)
+        assert torch.equal(torch_int8.gemm(a_s.cuda(), b_s.cuda()).cpu(), int64_ref_as_int32(a_s, b_s))
+
+    @pytest.mark.parametrize("M,N,K", [(1, 64, 128), (37, 53, 91), (256, 384, 640), (16, 250, 4100)])
+    @pytest.mark.parametrize("out_zero_point", [0, -7])
+    def test_int8_epilogue_matches_cpu_bit_for_bit(self, family, M, N, K, out_zero_point):
+        a, b, bias = _qtensors(M, N, K, seed=M + N)
+        kw = dict(out_dtype=torch.int8, out_scale=0.05, out_zero_point=out_zero_point)
+        cpu = torch_int8.scaled_gemm(a, b, bias=bias, **kw)
+        gpu = torch_int8.scaled_gemm(_cuda(a), _cuda(b), bias=bias.cuda(), **kw)
+        assert torch.equal(gpu.cpu(), cpu)
+        assert int(cpu.min()) == -128 or int(cpu.max()) == 127 or cpu.unique().numel() > 20  # not degenerate
+
+    @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+    def test_float_epilogue_matches_cpu(self, family, out_dtype):
+        a, b, bias = _qtensors(77, 130, 300, seed=5)
+        cpu = torch_int8.scaled_gemm(a, b, bias=bias, out_dtype=out_dtype).double()
+        gpu = torch_int8.scaled_gemm(_cuda(a), _cuda(b), bias=bias.cuda(), out_dtype=out_dtype).cpu().double()
+        # Same fp32 arithmetic in the same order; allow one unit of the output's rounding.
+        ulp = {torch.float32: 2.0**-23, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}[out_dtype]
+        assert torch.all((gpu - cpu).abs() <= ulp * cpu.abs() + 1e-30)
+
+    def test_env_var_forces_the_family_that_runs(self, monkeypatch):
+        major, minor = torch.cuda.get_device_capability()
+        runnable = [f for f in FAMILIES if MIN_CC[f] <= major * 10 + minor]
+        a, w = rand_int8((33, 200), seed=8), rand_int8((48, 200), seed=9)
+        for name in runnable:
+            monkeypatch.setenv(backends.ENV_VAR, name)
+            assert backends.selected_backend() == name
+            assert torch.equal(torch_int8.gemm(a.cuda(), w.cuda().t()).cpu(), int64_ref_as_int32(a, w.t()))
+        monkeypatch.setenv(backends.ENV_VAR, "nope")
+        with pytest.raises(RuntimeError, match="no kernel in this build runs on this GPU"):
+            torch_int8.gemm(a.cuda(), w.cuda().t())

@@ -12,24 +12,16 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from conftest import DEVICE_PARAMS, make_gen  # noqa: E402
+from conftest import DEVICE_PARAMS, check_within, make_gen, quant_step  # noqa: E402
 
 import torch_int8  # noqa: E402
 from torch_int8 import Int8Config  # noqa: E402
 
 
-def step(t: torch.Tensor, dim):
-    """The quantization step of absmax int8 along dim (None: per tensor), broadcastable to t."""
-    if dim is None:
-        return t.abs().amax() / 127
-    return t.abs().amax(dim=1 - dim, keepdim=True) / 127
-
-
 def product_bound(a, a_dim, b, b_dim):
     """Bound on |Q(a) @ Q(b) - a @ b| elementwise; a [M, K] per row (dim 0), b [K, N] per column (dim 1)."""
     a, b = a.double(), b.double()
-    sa = step(a, a_dim).reshape(-1, 1) if a_dim is not None else step(a, None)
-    sb = step(b, b_dim).reshape(1, -1) if b_dim is not None else step(b, None)
+    sa, sb = quant_step(a, a_dim), quant_step(b, b_dim)  # [M, 1] / [1, N] per channel, else 0-d
     k = a.shape[1]
     return sa / 2 * b.abs().sum(0, keepdim=True) + sb / 2 * a.abs().sum(1, keepdim=True) + k * sa * sb / 4
 
@@ -42,12 +34,6 @@ def make(device, m=37, k=91, n=53, seed=0):
         lin.weight.copy_(torch.randn(n, k, generator=g).to(device) * 0.1)
         lin.bias.copy_(torch.randn(n, generator=g).to(device))
     return x, lin
-
-
-def check_within(got, ref, bound, slack=1e-5):
-    err = (got.double() - ref).abs()
-    assert torch.all(err <= bound * 1.001 + slack * (1 + ref.abs())), float((err - bound).max())
-    assert err.max() > 0  # the INT8 path ran (a float path would be exact to ~1e-7)
 
 
 @pytest.mark.parametrize("device", DEVICE_PARAMS)

@@ -374,3 +374,26 @@ def test_meta(out_dtype, a_mode):
     kw = {"out_scale": 0.5, "out_zero_point": 1} if out_dtype == torch.int8 else {}
     out = torch_int8.scaled_gemm(a, b, bias=bias, out_dtype=out_dtype, **kw)
     assert out.device.type == "meta" and out.dtype == out_dtype and tuple(out.shape) == (M, N)
+
+
+@pytest.mark.parametrize("device", CUDA_ONLY)
+def test_unaligned_epilogue_vectors_are_copied(device):
+    # Scale, zero-point and bias views that start 4 bytes past an allocation are not
+    # 16-byte aligned; the epilogue reads vectors in 16-byte pieces, so they must be
+    # copied first, giving the same result as aligned copies of the same values.
+    g = make_gen(17)
+    M, K, N = 37, 64, 48
+    a = torch.randint(-128, 128, (M, K), generator=g, dtype=torch.int8)
+    b = torch.randint(-128, 128, (K, N), generator=g, dtype=torch.int8)
+    sa, sb = torch.rand(M + 1, generator=g) + 0.5, torch.rand(N + 1, generator=g) * 1e-3
+    zp, bias = torch.randint(-9, 9, (M + 1,), generator=g, dtype=torch.int32), torch.randn(N + 1, generator=g)
+
+    def run(sa, sb, zp, bias, dev):
+        qa = torch_int8.QTensor(a.to(dev), sa.to(dev), zp.to(dev), 0)
+        qb = torch_int8.QTensor(b.to(dev), sb.to(dev), None, 1)
+        return torch_int8.scaled_gemm(qa, qb, bias=bias.to(dev), out_dtype=torch.float32).cpu()
+
+    views = [t.to(device)[1:] for t in (sa, sb, zp, bias)]
+    assert all(v.data_ptr() % 16 for v in views)
+    want = run(*(v.clone() for v in views), device)
+    assert torch.equal(run(*views, device), want)

@@ -1,6 +1,7 @@
-// The scalar arithmetic of the fused GEMM epilogue, written once for the CPU
-// reference; the GPU epilogue trees (gemm_sm8x.cuh, gemm_sm90.cuh) compute the
-// same three fused steps in the same order, so int8 outputs agree bit for bit.
+// The scalar arithmetic of the fused GEMM epilogue, written once: the CPU
+// reference and the SIMT GPU kernels (gemm_simt.cuh) call these functions; the
+// GPU epilogue trees (gemm_sm8x.cuh, gemm_sm90.cuh) compute the same three
+// fused steps in the same order, so int8 outputs agree bit for bit.
 #pragma once
 
 #include <cmath>
@@ -8,19 +9,32 @@
 
 #include "torch_int8/kernels.h"
 
+#ifdef __CUDACC__
+#define TORCH_INT8_HOST_DEVICE __host__ __device__
+#else
+#define TORCH_INT8_HOST_DEVICE
+#endif
+
 namespace torch_int8::kernels::detail {
 
-inline float load_or(const float* v, int64_t i, float fallback) { return v ? v[i] : fallback; }
+TORCH_INT8_HOST_DEVICE inline float load_or(const float* v, int64_t i, float fallback) { return v ? v[i] : fallback; }
+
+// The epilogue of kernels.h on one accumulator, given the vector entries of
+// its row (offset, scale) and column (sum, scale, bias).
+TORCH_INT8_HOST_DEVICE inline float dequantize_value(float acc, float row_offset, float row_scale, float col_sum,
+                                                     float col_scale, float col_bias) {
+  const float v = std::fma(row_offset, col_sum, acc) * row_scale;
+  return std::fma(v, col_scale, col_bias);
+}
 
 inline float epilogue_value(const Epilogue& e, int32_t acc, int64_t m, int64_t n) {
-  float v = std::fma(load_or(e.row_offset, m, 0.f), load_or(e.col_sum, n, 0.f), static_cast<float>(acc));
-  v = v * load_or(e.row_scale, m, 1.f);
-  return std::fma(v, load_or(e.col_scale, n, 1.f), load_or(e.col_bias, n, 0.f));
+  return dequantize_value(static_cast<float>(acc), load_or(e.row_offset, m, 0.f), load_or(e.row_scale, m, 1.f),
+                          load_or(e.col_sum, n, 0.f), load_or(e.col_scale, n, 1.f), load_or(e.col_bias, n, 0.f));
 }
 
 // rint(v) + zero_point, saturated, NaN -> 0: what the GPU trees compute
 // (RoundThenAdd, then cvt.rni.sat.s8.f32).
-inline int8_t requantize_value(float v, int32_t zero_point) {
+TORCH_INT8_HOST_DEVICE inline int8_t requantize_value(float v, int32_t zero_point) {
   if (std::isnan(v)) return 0;
   const float r = std::nearbyint(v) + static_cast<float>(zero_point);
   return static_cast<int8_t>(r < -128.f ? -128.f : (r > 127.f ? 127.f : r));

@@ -52,4 +52,63 @@ at::Tensor requantize(const at::Tensor& acc, const at::Tensor& scale, int64_t ze
   return handle.call(acc, scale, zero_point, mode);
 }
 
+at::Tensor im2col(const at::Tensor& x, at::IntArrayRef kernel_size, at::IntArrayRef dilation, at::IntArrayRef padding,
+                  at::IntArrayRef stride, int64_t pad_value, const std::string& layout) {
+  static const auto handle = op<at::Tensor(const at::Tensor&, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef,
+                                           at::IntArrayRef, int64_t, c10::string_view)>("int8::im2col");
+  return handle.call(x, kernel_size, dilation, padding, stride, pad_value, layout);
+}
+
+at::Tensor col2im(const at::Tensor& cols, at::IntArrayRef output_size, at::IntArrayRef kernel_size,
+                  at::IntArrayRef dilation, at::IntArrayRef padding, at::IntArrayRef stride,
+                  const std::string& layout) {
+  static const auto handle = op<at::Tensor(const at::Tensor&, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef,
+                                           at::IntArrayRef, at::IntArrayRef, c10::string_view)>("int8::col2im");
+  return handle.call(cols, output_size, kernel_size, dilation, padding, stride, layout);
+}
+
+at::Tensor conv2d(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
+                  at::IntArrayRef dilation, int64_t groups) {
+  static const auto handle = op<at::Tensor(const at::Tensor&, const at::Tensor&, at::IntArrayRef, at::IntArrayRef,
+                                           at::IntArrayRef, int64_t)>("int8::conv2d");
+  return handle.call(x, weight, stride, padding, dilation, groups);
+}
+
+at::Tensor scaled_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale_x,
+                         const at::Tensor& scale_w, const std::optional<at::Tensor>& zero_point_x,
+                         const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+                         at::IntArrayRef dilation, int64_t groups, at::ScalarType out_dtype, double out_scale,
+                         int64_t out_zero_point) {
+  static const auto handle =
+      op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, at::IntArrayRef,
+                    at::IntArrayRef, at::IntArrayRef, int64_t, at::ScalarType, double, int64_t)>("int8::scaled_conv2d");
+  return handle.call(x, weight, scale_x, scale_w, zero_point_x, bias, stride, padding, dilation, groups, out_dtype,
+                     out_scale, out_zero_point);
+}
+
+at::Tensor conv2d_dgrad(const at::Tensor& grad_out, const at::Tensor& weight, at::IntArrayRef input_size,
+                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  static const auto handle = op<at::Tensor(const at::Tensor&, const at::Tensor&, at::IntArrayRef, at::IntArrayRef,
+                                           at::IntArrayRef, at::IntArrayRef, int64_t)>("int8::conv2d_dgrad");
+  return handle.call(grad_out, weight, input_size, stride, padding, dilation, groups);
+}
+
+at::Tensor conv2d_wgrad(const at::Tensor& grad_out, const at::Tensor& x, at::IntArrayRef kernel_size,
+                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  static const auto handle = op<at::Tensor(const at::Tensor&, const at::Tensor&, at::IntArrayRef, at::IntArrayRef,
+                                           at::IntArrayRef, at::IntArrayRef, int64_t)>("int8::conv2d_wgrad");
+  return handle.call(grad_out, x, kernel_size, stride, padding, dilation, groups);
+}
+
+int64_t conv_workspace_limit() {
+  static const auto handle = op<int64_t()>("int8::get_conv_workspace_limit");
+  return handle.call();
+}
+
+void set_conv_workspace_limit(int64_t bytes) {
+  static const auto handle = op<void(int64_t)>("int8::set_conv_workspace_limit");
+  handle.call(bytes);
+}
+
 }  // namespace torch_int8

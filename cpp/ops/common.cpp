@@ -1,5 +1,9 @@
 #include "common.h"
 
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <limits>
 
@@ -45,6 +49,61 @@ void check_status(kernels::Status s, const char* op) {
               ": no kernel in this build runs on this GPU; rebuild with TORCH_CUDA_ARCH_LIST including its "
               "compute capability (built: ", kernels::built_gemm_families(), ")");
   TORCH_CHECK(s == kernels::Status::kSuccess, op, ": kernel failed: ", kernels::status_string(s));
+}
+
+kernels::OutType out_type_of(at::ScalarType t, const char* op) {
+  switch (t) {
+    case at::kInt: return kernels::OutType::kInt32;
+    case at::kChar: return kernels::OutType::kInt8;
+    case at::kHalf: return kernels::OutType::kFloat16;
+    case at::kBFloat16: return kernels::OutType::kBFloat16;
+    case at::kFloat: return kernels::OutType::kFloat32;
+    default: TORCH_CHECK_TYPE(false, op, ": out_dtype must be bfloat16, float16, float32 or int8, got ", t);
+  }
+}
+
+void check_scaled_output(at::ScalarType out_dtype, double out_scale, int64_t out_zero_point, const char* op,
+                         const char* int32_op) {
+  TORCH_CHECK_TYPE(out_dtype != at::kInt, op, ": out_dtype must be bfloat16, float16, float32 or int8 (int32 ",
+                   "results come from ", int32_op, "), got ", out_dtype);
+  out_type_of(out_dtype, op);
+  if (out_dtype != at::kChar) return;
+  TORCH_CHECK_VALUE(std::isfinite(out_scale) && out_scale > 0, op, ": out_scale must be finite and > 0 for ",
+                    "int8 output, got ", float_str(out_scale));
+  TORCH_CHECK_VALUE(out_zero_point >= -128 && out_zero_point <= 127, op,
+                    ": out_zero_point must be in [-128, 127], got ", int_str(out_zero_point));
+}
+
+namespace {
+int64_t out_bytes(kernels::OutType t) {
+  switch (t) {
+    case kernels::OutType::kInt8: return 1;
+    case kernels::OutType::kFloat16:
+    case kernels::OutType::kBFloat16: return 2;
+    default: return 4;
+  }
+}
+}  // namespace
+
+void gemm_cpu_parallel(const kernels::GemmProblem& p, const kernels::Epilogue& e, const char* op) {
+  const int64_t bytes = out_bytes(p.out_type);
+  const int64_t rows_per_task = std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(1, p.n * p.k));
+  at::parallel_for(0, p.batch * p.m, rows_per_task, [&](int64_t begin, int64_t end) {
+    // A task's rows may span several batches: one reference call per batch slice.
+    for (int64_t row = begin; row < end;) {
+      const int64_t bi = row / p.m, m0 = row % p.m, m1 = std::min(p.m, m0 + (end - row));
+      kernels::GemmProblem s = p;
+      s.batch = 1, s.m = m1 - m0;
+      s.a = p.a + bi * p.batch_stride_a + m0 * p.lda;
+      s.b = p.b + bi * p.batch_stride_b;
+      s.d = static_cast<char*>(p.d) + (bi * p.batch_stride_d + m0 * p.ldd) * bytes;
+      kernels::Epilogue se = e;
+      if (se.row_scale) se.row_scale += m0;
+      if (se.row_offset) se.row_offset += m0;
+      check_status(kernels::gemm_cpu(s, se), op);
+      row += m1 - m0;
+    }
+  });
 }
 
 void* current_stream(const at::Device& device) {

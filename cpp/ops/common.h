@@ -75,6 +75,46 @@ std::string shape_str(const at::Tensor& t);
 
 inline int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
 
+// The GEMM kernels' K / ld / N granularity on the GPU (kernels.h); the ops pad
+// to it there, and to 1 (no padding) on the CPU.
+constexpr int64_t kGpuAlign = 16;
+
+// The kernel-layer output type of a dtype; any other dtype is an error of `op`.
+kernels::OutType out_type_of(at::ScalarType t, const char* op);
+
+// The output arguments of a dequantizing op (scaled_gemm, scaled_conv2d): a
+// float dtype, or int8 with a finite out_scale > 0 and an out_zero_point in
+// int8 range. int32 results are not dequantized: they come from `int32_op`.
+void check_scaled_output(at::ScalarType out_dtype, double out_scale, int64_t out_zero_point, const char* op,
+                         const char* int32_op);
+
+// An epilogue vector argument: one element (per tensor) or `len` of them (`what`), on ref's device.
+template <bool kSym>
+void check_epilogue_vector(const at::Tensor& v, const typename Shape<kSym>::Int& len, const at::Tensor& ref,
+                           const char* op, const char* name, const char* what) {
+  check_same_device(v, ref, op, name);
+  const auto numel = Shape<kSym>::numel(v);
+  TORCH_CHECK_VALUE(numel == 1 || (v.dim() == 1 && numel == len), op, ": ", name, " must have one element or ",
+                    int_str(len), " (", what, "), got shape ", shape_str(v));
+}
+
+// The bias of a dequantizing op: a float vector [len], one entry per output
+// column (`len_name`: "N" of a GEMM, "K" of a convolution), on ref's device.
+template <bool kSym>
+void check_bias(const at::Tensor& bias, const typename Shape<kSym>::Int& len, const at::Tensor& ref, const char* op,
+                const char* len_name) {
+  TORCH_CHECK_TYPE(at::isFloatingType(bias.scalar_type()), op, ": bias must be a float tensor, got ",
+                   bias.scalar_type());
+  check_same_device(bias, ref, op, "bias");
+  TORCH_CHECK_VALUE(bias.dim() == 1 && Shape<kSym>::numel(bias) == len, op, ": bias must be [", len_name, "] = [",
+                    int_str(len), "], got ", shape_str(bias));
+}
+
+// The CPU reference GEMM (kernels::gemm_cpu) with the rows of all batches
+// split across threads, at least ~1M multiply-adds per task; each task runs
+// the reference on its slice of rows.
+void gemm_cpu_parallel(const kernels::GemmProblem& p, const kernels::Epilogue& e, const char* op);
+
 // Throws a clear error for a kernel-layer status other than success.
 void check_status(kernels::Status s, const char* op);
 

@@ -4,7 +4,6 @@
 // (A row-major, B column-major, i.e. both K-contiguous), copying only when the
 // caller's tensors are not already so, and on the GPU padding K with zeros to
 // a multiple of 16 (exact: zeros add nothing) and output rows to 16 elements.
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include "common.h"
@@ -14,9 +13,6 @@ namespace {
 
 using kernels::Epilogue;
 using kernels::GemmProblem;
-using kernels::OutType;
-
-constexpr int64_t kGpuAlign = 16;
 
 // A K-contiguous int8 operand [batch, rows_pad, k_pad] and its strides.
 struct KMajor {
@@ -42,17 +38,6 @@ KMajor k_major(const at::Tensor& t, int64_t rows_pad, int64_t k_pad, int64_t ali
   return {r, ld, r.size(0) == 1 ? 0 : r.stride(0)};
 }
 
-OutType out_type_of(at::ScalarType t) {
-  switch (t) {
-    case at::kInt: return OutType::kInt32;
-    case at::kChar: return OutType::kInt8;
-    case at::kHalf: return OutType::kFloat16;
-    case at::kBFloat16: return OutType::kBFloat16;
-    case at::kFloat: return OutType::kFloat32;
-    default: TORCH_CHECK_TYPE(false, "scaled_gemm: out_dtype must be bfloat16, float16, float32 or int8, got ", t);
-  }
-}
-
 // The GEMM of a [batch, M, K] and b [batch, N, K] (both any strides) into a
 // fresh [batch, M, N] tensor of out_dtype, with epilogue e (whose column
 // vectors hold round_up(N, 16) entries). On the GPU a ragged N runs as
@@ -71,31 +56,13 @@ at::Tensor run_gemm(const at::Tensor& a, const at::Tensor& b, at::ScalarType out
   p.a = ka.t.const_data_ptr<int8_t>(), p.lda = ka.ld, p.batch_stride_a = ka.batch_stride;
   p.b = kb.t.const_data_ptr<int8_t>(), p.ldb = kb.ld, p.batch_stride_b = kb.batch_stride;
   p.d = out.data_ptr(), p.ldd = ldd, p.batch_stride_d = m * ldd;
-  p.out_type = out_type_of(out_dtype);
+  p.out_type = out_type_of(out_dtype, "scaled_gemm");
 
   if (cuda) {
     c10::DeviceGuard guard(a.device());
     check_status(kernels::gemm_cuda(p, e, current_stream(a.device())), "int8 gemm");
   } else {
-    // Rows split across threads (at least ~1M multiply-adds per task); each
-    // thread runs the reference kernel on its slice.
-    const int64_t out_bytes = out.element_size();
-    const int64_t rows_per_task = std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(1, n * k));
-    at::parallel_for(0, batch * m, rows_per_task, [&](int64_t begin, int64_t end) {
-      for (int64_t row = begin; row < end;) {
-        const int64_t bi = row / m, m0 = row % m, m1 = std::min(m, m0 + (end - row));
-        GemmProblem s = p;
-        s.batch = 1, s.m = m1 - m0;
-        s.a = p.a + bi * p.batch_stride_a + m0 * p.lda;
-        s.b = p.b + bi * p.batch_stride_b;
-        s.d = static_cast<char*>(p.d) + (bi * p.batch_stride_d + m0 * ldd) * out_bytes;
-        Epilogue se = e;
-        if (se.row_scale) se.row_scale += m0;
-        if (se.row_offset) se.row_offset += m0;
-        check_status(kernels::gemm_cpu(s, se), "int8 gemm");
-        row += m1 - m0;
-      }
-    });
+    gemm_cpu_parallel(p, e, "int8 gemm");
   }
   return ldd == n ? out : out.narrow(2, 0, n).contiguous();
 }
@@ -157,19 +124,12 @@ at::Tensor gemm_meta(const at::Tensor& a, const at::Tensor& b) {
 // zero-padded to `padded` entries. The caller's tensor is used as it is when
 // it already has that form; otherwise this is one small copy.
 at::Tensor epilogue_vector(const at::Tensor& v, int64_t len, int64_t padded) {
-  if (v.scalar_type() == at::kFloat && v.dim() == 1 && v.numel() == padded && v.is_contiguous()) return v;
+  // Taken as it is only when 16-byte aligned: the epilogues load vectors in 16-byte pieces.
+  const bool aligned = reinterpret_cast<uintptr_t>(v.const_data_ptr()) % 16 == 0;
+  if (v.scalar_type() == at::kFloat && v.dim() == 1 && v.numel() == padded && v.is_contiguous() && aligned) return v;
   at::Tensor r = at::zeros({padded}, v.options().dtype(at::kFloat));
   r.narrow(0, 0, len).copy_(v.reshape({-1}).expand({len}));
   return r;
-}
-
-template <bool kSym>
-void check_vector(const at::Tensor& v, const typename Shape<kSym>::Int& len, const at::Tensor& ref,
-                  const char* name, const char* what) {
-  check_same_device(v, ref, "scaled_gemm", name);
-  const auto numel = Shape<kSym>::numel(v);
-  TORCH_CHECK_VALUE(numel == 1 || (v.dim() == 1 && numel == len), "scaled_gemm: ", name,
-                    " must have one element or ", int_str(len), " (", what, "), got shape ", shape_str(v));
 }
 
 template <bool kSym>
@@ -188,31 +148,17 @@ std::vector<typename Shape<kSym>::Int> scaled_gemm_shape(const at::Tensor& a, co
   check_nonempty<kSym>(a, "scaled_gemm", "a");
   check_nonempty<kSym>(b, "scaled_gemm", "b");
   check_k<kSym>(S::size(b, 0), "scaled_gemm");
-  TORCH_CHECK_TYPE(out_dtype != at::kInt, "scaled_gemm: out_dtype must be bfloat16, float16, float32 or int8 ",
-                   "(int32 results come from gemm), got ", out_dtype);
-  out_type_of(out_dtype);
+  check_scaled_output(out_dtype, out_scale, out_zero_point, "scaled_gemm", "gemm");
   const typename S::Int m = S::numel(a) / S::size(a, -1), n = S::size(b, 1);
   check_dtype(scale_a, at::kFloat, "scaled_gemm", "scale_a");
   check_dtype(scale_b, at::kFloat, "scaled_gemm", "scale_b");
-  check_vector<kSym>(scale_a, m, a, "scale_a", "per tensor or per row of a");
-  check_vector<kSym>(scale_b, n, a, "scale_b", "per tensor or per column of b");
+  check_epilogue_vector<kSym>(scale_a, m, a, "scaled_gemm", "scale_a", "per tensor or per row of a");
+  check_epilogue_vector<kSym>(scale_b, n, a, "scaled_gemm", "scale_b", "per tensor or per column of b");
   if (zero_point_a) {
     check_dtype(*zero_point_a, at::kInt, "scaled_gemm", "zero_point_a");
-    check_vector<kSym>(*zero_point_a, m, a, "zero_point_a", "per tensor or per row of a");
+    check_epilogue_vector<kSym>(*zero_point_a, m, a, "scaled_gemm", "zero_point_a", "per tensor or per row of a");
   }
-  if (bias) {
-    TORCH_CHECK_TYPE(at::isFloatingType(bias->scalar_type()), "scaled_gemm: bias must be a float tensor, got ",
-                     bias->scalar_type());
-    check_same_device(*bias, a, "scaled_gemm", "bias");
-    TORCH_CHECK_VALUE(bias->dim() == 1 && S::numel(*bias) == n, "scaled_gemm: bias must be [N] = [", int_str(n),
-                      "], got ", shape_str(*bias));
-  }
-  if (out_dtype == at::kChar) {
-    TORCH_CHECK_VALUE(std::isfinite(out_scale) && out_scale > 0, "scaled_gemm: out_scale must be finite and > 0 for ",
-                      "int8 output, got ", float_str(out_scale));
-    TORCH_CHECK_VALUE(out_zero_point >= -128 && out_zero_point <= 127,
-                      "scaled_gemm: out_zero_point must be in [-128, 127], got ", int_str(out_zero_point));
-  }
+  if (bias) check_bias<kSym>(*bias, n, a, "scaled_gemm", "N");
   auto shape = S::sizes(a);
   shape.back() = n;
   return shape;

@@ -1,8 +1,14 @@
 // int8::quantize and int8::dequantize: absmax quantization, per tensor or per
-// channel, nearest or stochastic rounding. Written with ATen ops, so one
-// implementation (CompositeExplicitAutograd) serves CPU, CUDA and Meta; on the
-// GPU a fused kernel takes the common case (per row, symmetric, nearest).
+// channel, nearest or stochastic rounding; int8::quantize_rows and
+// int8::quantize_columns_t: the two symmetric 2-D cases of the training layers,
+// the second writing the transposed (K-major) operand of a GEMM. Written with
+// ATen ops, so one implementation (CompositeExplicitAutograd) serves CPU, CUDA
+// and Meta; on the GPU fused kernels (cuda/quantize.cu) take the 2-D cases.
 #include <torch/library.h>
+#ifdef TORCH_INT8_WITH_CUDA
+#include <ATen/cuda/CUDAGeneratorImpl.h>
+#include <ATen/core/DistributionsHelper.h>
+#endif
 
 #include <limits>
 
@@ -29,6 +35,23 @@ const auto kAll = [](const at::Tensor& t, at::IntArrayRef d) { return t.all(d, t
 const auto kAmax = [](const at::Tensor& t, at::IntArrayRef d) { return t.amax(d, true); };
 const auto kAmin = [](const at::Tensor& t, at::IntArrayRef d) { return t.amin(d, true); };
 
+// t / d, dividing by a tensor on t's device, not by a number: ATen's CUDA
+// kernel multiplies by the reciprocal of a scalar divisor, which is one ulp off
+// the CPU's (and the fused kernels') IEEE division for some values.
+at::Tensor divided(at::Tensor t, float d) { return t.div_(at::full({}, d, t.options())); }
+
+void check_rounding(c10::string_view rounding, const char* op) {
+  TORCH_CHECK_VALUE(rounding == "nearest" || rounding == "stochastic", op,
+                    ": rounding must be 'nearest' or 'stochastic', got '", rounding, "'");
+}
+
+void check_float_matrix(const at::Tensor& x, const char* op) {
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), op, ": x must be a float tensor, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(x.dim() == 2, op, ": x must be 2-D, got shape ", shape_str(x));
+  const auto numel = known_numel(x);
+  TORCH_CHECK_VALUE(!numel || *numel > 0, op, ": x is empty (shape ", shape_str(x), ")");
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize(const at::Tensor& x, std::optional<int64_t> dim,
                                                         bool symmetric, c10::string_view rounding,
                                                         std::optional<at::Generator> generator) {
@@ -36,8 +59,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize(const at::Tensor& x, std
                    x.scalar_type());
   const auto numel = known_numel(x);
   TORCH_CHECK_VALUE(!numel || *numel > 0, "quantize: x is empty (shape ", shape_str(x), ")");
-  TORCH_CHECK_VALUE(rounding == "nearest" || rounding == "stochastic",
-                    "quantize: rounding must be 'nearest' or 'stochastic', got '", rounding, "'");
+  check_rounding(rounding, "quantize");
   if (dim) {
     TORCH_CHECK_VALUE(x.dim() > 0 && *dim >= -x.dim() && *dim < x.dim(), "quantize: dim ", int_str(*dim),
                       " is out of range for a tensor of shape ", shape_str(x));
@@ -54,10 +76,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize(const at::Tensor& x, std
   const at::Tensor x0 = at::where(finite, xf, 0.0);
   // Asymmetric ranges include 0 so that zero stays exactly representable.
   const at::Tensor lo = symmetric ? at::Tensor() : reduce(x0, dims, kAmin).clamp_max_(0);
-  // Divided by a tensor on x's device, not by a number: ATen's CUDA kernel
-  // multiplies by the reciprocal of a scalar divisor, which is off by one ulp
-  // from the CPU's (and the fused kernel's) IEEE division for some values.
-  const auto divided = [&](at::Tensor t, float d) { return t.div_(at::full({}, d, t.options())); };
   at::Tensor scale = symmetric ? divided(reduce(x0.abs(), dims, kAmax), 127.f)
                                : divided(reduce(x0, dims, kAmax).clamp_min_(0) - lo, 255.f);
   scale.masked_fill_(scale == 0, 1.f);
@@ -82,6 +100,49 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize(const at::Tensor& x, std
   q.masked_fill_(finite.logical_not(), 0);
   scale.masked_fill_(finite.logical_not(), std::numeric_limits<float>::quiet_NaN());
   return {q, scale.reshape_symint(channel_shape), zero_point};
+}
+
+// Per row (symmetric), and optionally the absolute maximum of every column
+// (inf or NaN for a non-finite column), for quantize_columns_t.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_rows(const at::Tensor& x, bool with_col_amax,
+                                                             c10::string_view rounding,
+                                                             std::optional<at::Generator> generator) {
+  check_float_matrix(x, "quantize_rows");
+  auto [q, scale, zero_point] = quantize(x, 0, true, rounding, std::move(generator));
+  at::Tensor col_amax = with_col_amax ? x.to(at::kFloat).abs().amax(0) : at::empty({0}, scale.options());
+  return {q, scale, col_amax};
+}
+
+// The arguments of quantize_columns_t (CPU and CUDA kernels): x a float
+// matrix, col_amax float32 with one entry per column of x, a known rounding.
+void check_columns_t_args(const at::Tensor& x, const at::Tensor& col_amax, c10::string_view rounding) {
+  check_float_matrix(x, "quantize_columns_t");
+  check_rounding(rounding, "quantize_columns_t");
+  check_dtype(col_amax, at::kFloat, "quantize_columns_t", "col_amax");
+  check_same_device(col_amax, x, "quantize_columns_t", "col_amax");
+  const auto cols = known_size(x, 1), n = known_numel(col_amax);
+  TORCH_CHECK_VALUE(col_amax.dim() == 1 && (!cols || !n || *cols == *n), "quantize_columns_t: col_amax has shape ",
+                    shape_str(col_amax), ", expected one entry per column of x ", shape_str(x));
+}
+
+// Per column with the given column maxima, written transposed (cols x rows).
+std::tuple<at::Tensor, at::Tensor> quantize_columns_t(const at::Tensor& x, const at::Tensor& col_amax,
+                                                      c10::string_view rounding,
+                                                      std::optional<at::Generator> generator) {
+  check_columns_t_args(x, col_amax, rounding);
+  const at::Tensor finite = col_amax.isfinite();
+  at::Tensor scale = divided(col_amax.clone(), 127.f);
+  scale.masked_fill_(scale == 0, 1.f);
+  scale.masked_fill_(finite.logical_not(), std::numeric_limits<float>::quiet_NaN());
+  at::Tensor y = x.to(at::kFloat) / scale;
+  if (rounding == "stochastic") {
+    y = (y + at::rand_symint(y.sym_sizes(), generator, y.options())).floor_();
+  } else {
+    y = y.round();
+  }
+  y.masked_fill_(y.isnan(), 0);  // non-finite columns
+  at::Tensor q_t = y.clamp_(-127, 127).to(at::kChar).t().contiguous();
+  return {q_t, scale};
 }
 
 // Shapes a per-channel vector to broadcast along `dim` of a tensor of rank `rank`.
@@ -126,24 +187,80 @@ std::optional<kernels::InType> in_type_of(at::ScalarType t) {
   }
 }
 
-// The fused kernel (one block per row, the row read once from memory) for the
-// case training layers use: per row of a 2-D tensor, symmetric, nearest.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_cuda(const at::Tensor& x, std::optional<int64_t> dim,
-                                                             bool symmetric, c10::string_view rounding,
-                                                             std::optional<at::Generator> generator) {
+// The rounding of a fused kernel: stochastic rounding takes a fresh Philox
+// (seed, offset) from the generator (or the device's default one).
+kernels::Rounding rounding_of(c10::string_view rounding, std::optional<at::Generator> generator,
+                              const at::Device& device) {
+  kernels::Rounding r;
+  if (rounding != "stochastic") return r;
+  auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(
+      generator, at::cuda::detail::getDefaultCUDAGenerator(device.index()));
+  std::lock_guard<std::mutex> lock(gen->mutex_);
+  std::tie(r.seed, r.offset) = gen->philox_engine_inputs(4);
+  r.stochastic = true;
+  return r;
+}
+
+// The fused per-row kernel; nullopt when it does not take x (the caller then
+// runs the composite).
+std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> quantize_rows_fused(
+    const at::Tensor& x, bool with_col_amax, c10::string_view rounding, std::optional<at::Generator> generator) {
   const auto in_type = in_type_of(x.scalar_type());
-  const bool per_row = dim && x.dim() == 2 && (*dim == 0 || *dim == -2);
-  if (!in_type || !per_row || !symmetric || rounding != "nearest" || x.numel() == 0)
-    return quantize(x, dim, symmetric, rounding, std::move(generator));
+  if (!in_type || x.dim() != 2 || x.numel() == 0) return std::nullopt;
+  check_rounding(rounding, "quantize");
   const at::Tensor xc = x.contiguous();
   at::Tensor q = new_output(x.sizes(), x.options().dtype(at::kChar));
   at::Tensor scale = new_output({x.size(0)}, x.options().dtype(at::kFloat));
+  at::Tensor col_amax = with_col_amax ? at::zeros({x.size(1)}, scale.options()) : at::empty({0}, scale.options());
   kernels::QuantizeRows r;
   r.x = xc.const_data_ptr(), r.in_type = *in_type, r.rows = x.size(0), r.cols = x.size(1);
   r.q = q.data_ptr<int8_t>(), r.scale = scale.data_ptr<float>();
+  r.col_amax = with_col_amax ? col_amax.data_ptr<float>() : nullptr;
   c10::DeviceGuard guard(x.device());
-  check_status(kernels::quantize_rows_cuda(r, current_stream(x.device())), "quantize");
-  return {q, scale, at::empty({0}, x.options().dtype(at::kInt))};
+  r.rounding = rounding_of(rounding, std::move(generator), x.device());
+  const kernels::Status status = kernels::quantize_rows_cuda(r, current_stream(x.device()));
+  if (status == kernels::Status::kInvalidArgument) return std::nullopt;
+  check_status(status, "quantize");
+  return std::make_tuple(q, scale, col_amax);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_cuda(const at::Tensor& x, std::optional<int64_t> dim,
+                                                             bool symmetric, c10::string_view rounding,
+                                                             std::optional<at::Generator> generator) {
+  if (symmetric && dim && (*dim == 0 || *dim == -2))
+    if (auto fused = quantize_rows_fused(x, false, rounding, generator)) {
+      auto& [q, scale, unused] = *fused;
+      return {q, scale, at::empty({0}, x.options().dtype(at::kInt))};
+    }
+  return quantize(x, dim, symmetric, rounding, std::move(generator));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_rows_cuda(const at::Tensor& x, bool with_col_amax,
+                                                                  c10::string_view rounding,
+                                                                  std::optional<at::Generator> generator) {
+  check_float_matrix(x, "quantize_rows");
+  if (auto fused = quantize_rows_fused(x, with_col_amax, rounding, generator)) return *fused;
+  return quantize_rows(x, with_col_amax, rounding, std::move(generator));
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_columns_t_cuda(const at::Tensor& x, const at::Tensor& col_amax,
+                                                           c10::string_view rounding,
+                                                           std::optional<at::Generator> generator) {
+  check_columns_t_args(x, col_amax, rounding);
+  const auto in_type = in_type_of(x.scalar_type());
+  if (!in_type) return quantize_columns_t(x, col_amax, rounding, std::move(generator));
+  const at::Tensor xc = x.contiguous(), amax = col_amax.contiguous();
+  at::Tensor q_t = new_output({x.size(1), x.size(0)}, x.options().dtype(at::kChar));
+  at::Tensor scale = new_output({x.size(1)}, x.options().dtype(at::kFloat));
+  kernels::QuantizeColumnsT r;
+  r.x = xc.const_data_ptr(), r.in_type = *in_type, r.rows = x.size(0), r.cols = x.size(1);
+  r.col_amax = amax.const_data_ptr<float>(), r.q_t = q_t.data_ptr<int8_t>(), r.scale = scale.data_ptr<float>();
+  c10::DeviceGuard guard(x.device());
+  r.rounding = rounding_of(rounding, generator, x.device());
+  const kernels::Status status = kernels::quantize_columns_t_cuda(r, current_stream(x.device()));
+  if (status == kernels::Status::kInvalidArgument) return quantize_columns_t(x, col_amax, rounding, std::move(generator));
+  check_status(status, "quantize_columns_t");
+  return {q_t, scale};
 }
 #endif
 
@@ -154,15 +271,27 @@ TORCH_LIBRARY_FRAGMENT(int8, m) {
       "quantize(Tensor x, int? dim=None, bool symmetric=True, str rounding='nearest', Generator? generator=None) "
       "-> (Tensor data, Tensor scale, Tensor zero_point)");
   m.def("dequantize(Tensor data, Tensor scale, Tensor? zero_point=None, int? dim=None, ScalarType dtype=float) -> Tensor");
+  m.def(
+      "quantize_rows(Tensor x, bool with_col_amax=False, str rounding='nearest', Generator? generator=None) "
+      "-> (Tensor data, Tensor scale, Tensor col_amax)");
+  m.def(
+      "quantize_columns_t(Tensor x, Tensor col_amax, str rounding='nearest', Generator? generator=None) "
+      "-> (Tensor data_t, Tensor scale)");
 }
 
 TORCH_LIBRARY_IMPL(int8, CompositeExplicitAutograd, m) {
   m.impl("quantize", quantize);
   m.impl("dequantize", dequantize);
+  m.impl("quantize_rows", quantize_rows);
+  m.impl("quantize_columns_t", quantize_columns_t);
 }
 
 #ifdef TORCH_INT8_WITH_CUDA
-TORCH_LIBRARY_IMPL(int8, CUDA, m) { m.impl("quantize", quantize_cuda); }
+TORCH_LIBRARY_IMPL(int8, CUDA, m) {
+  m.impl("quantize", quantize_cuda);
+  m.impl("quantize_rows", quantize_rows_cuda);
+  m.impl("quantize_columns_t", quantize_columns_t_cuda);
+}
 #endif
 
 }  // namespace torch_int8::ops

@@ -2,6 +2,10 @@
 // Importing it loads libtorch_int8_ops, whose static initializers register
 // the torch.ops.int8.* ops.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <optional>
+#include <string>
 
 #include "torch_int8/kernels.h"
 
@@ -30,5 +34,25 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("compute_capability"),
       "Kernel family that serves a GPU of this compute capability (e.g. 90), or None.");
+  m.def(
+      "set_gemm_backend",
+      [](const std::optional<std::string>& name) {
+        using torch_int8::kernels::Status;
+        if (torch_int8::kernels::set_gemm_backend(name ? name->c_str() : nullptr) == Status::kSuccess) return;
+        const std::string built = torch_int8::kernels::built_gemm_families();
+        throw py::value_error("unknown GEMM backend '" + *name + "': this build has " +
+                              (built.empty() ? std::string("no GPU kernel families (built without CUDA)")
+                                             : "the families " + built + " (name:architectures)"));
+      },
+      py::arg("name"),
+      "Forces a GEMM kernel family for the whole process; None ends the override "
+      "(back to TORCH_INT8_GEMM_BACKEND, else the compute capability).");
+  m.def(
+      "gemm_backend_override",
+      []() -> py::object {
+        const char* name = torch_int8::kernels::gemm_backend_override();
+        return name ? py::object(py::str(name)) : py::none();
+      },
+      "The family set_gemm_backend forces, or None.");
   m.attr("max_k") = torch_int8::kernels::kMaxK;
 }

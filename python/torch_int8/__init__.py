@@ -11,8 +11,11 @@ import torch
 torch.ops.load_library(str(Path(__file__).resolve().parent / "lib" / "libtorch_int8_ops.so"))
 
 from . import _C  # noqa: E402
-from .functional import QTensor, dequantize, gemm, quantize, requantize, scaled_gemm
+from .functional import (QTensor, dequantize, gemm, quantize, quantize_columns_t, quantize_rows, requantize,
+                         scaled_gemm)
+from .backends import use_backend
 from .config import Int8Config
+from .conv import col2im, conv2d, conv2d_dgrad, conv2d_wgrad, im2col, scaled_conv2d
 from .convert import convert
 from . import nn
 
@@ -20,5 +23,6 @@ __version__ = _C.build_info()["version"]
 # For C++ projects: find_package(torch_int8) with this on CMAKE_PREFIX_PATH.
 cmake_prefix_path = str(Path(__file__).resolve().parent / "lib" / "cmake")
 
-__all__ = ["QTensor", "gemm", "quantize", "dequantize", "scaled_gemm", "requantize", "Int8Config", "convert",
-           "nn", "cmake_prefix_path"]
+__all__ = ["QTensor", "gemm", "quantize", "quantize_rows", "quantize_columns_t", "dequantize", "scaled_gemm",
+           "requantize", "Int8Config", "convert", "im2col", "col2im", "conv2d", "conv2d_dgrad", "conv2d_wgrad",
+           "scaled_conv2d", "nn", "use_backend", "cmake_prefix_path"]

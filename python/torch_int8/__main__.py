@@ -1,11 +1,19 @@
 """python -m torch_int8 info: versions, the GPU, the built architectures and the backend of each op."""
 import argparse
-import os
 
 import torch
 
 import torch_int8
-from torch_int8 import _C
+from torch_int8 import _C, backends
+
+# What each GEMM kernel family is, for `info`.
+FAMILY_KINDS = {
+    "sm90": "CUTLASS 3.x, wgmma (Hopper)",
+    "sm80": "CUTLASS 2.x, mma.sync (Ampere/Ada)",
+    "sm75": "CUTLASS 2.x, mma.sync (Turing)",
+    "dp4a": "SIMT, __dp4a",
+    "simt": "SIMT, exact FP32 FMA",
+}
 
 
 def info() -> None:
@@ -17,14 +25,15 @@ def info() -> None:
         ("built with CUDA", build["cuda"]),
         ("TORCH_CUDA_ARCH_LIST", build["cuda_arch_list"] or "-"),
         ("GEMM kernel families", build["gemm_families"] or "-"),
-        ("TORCH_INT8_GEMM_BACKEND", os.environ.get("TORCH_INT8_GEMM_BACKEND", "(unset: by compute capability)")),
+        ("GEMM backend forced", _forced_description()),
     ]
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             major, minor = torch.cuda.get_device_capability(i)
-            backend = _C.gemm_backend(major * 10 + minor) if build["cuda"] else None
+            backend = backends.selected_backend(i)
             rows.append((f"GPU {i}", f"{torch.cuda.get_device_name(i)} (sm_{major}{minor})"))
-            rows.append((f"GPU {i} gemm / scaled_gemm", f"CUTLASS {backend}" if backend else "none: rebuild for this GPU"))
+            rows.append((f"GPU {i} gemm / scaled_gemm",
+                         f"{backend} ({FAMILY_KINDS.get(backend, '?')})" if backend else "none: rebuild for this GPU"))
             rows.append((f"GPU {i} requantize", "CUDA elementwise kernel" if build["cuda"] else "none"))
             rows.append((f"GPU {i} quantize / dequantize", "ATen ops (composite)"))
     else:
@@ -34,6 +43,14 @@ def info() -> None:
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
+
+
+def _forced_description() -> str:
+    forced = backends.forced_backend()
+    if forced is None:
+        return "no (each GPU: the first family built for its compute capability)"
+    name, how = forced
+    return f"{name} (by {how})"
 
 
 def selfcheck() -> bool:

@@ -4,6 +4,7 @@ Usage::
 
     python -m torch_int8.bench gemm [--json FILE] [--plot FILE] [--shapes quick|full]
                                     [--shape MxNxK ...] [--reps N] [--warmup N]
+    python -m torch_int8.bench backends [--json FILE] [--plot FILE] [--shape MxNxK ...] [--family NAME ...]
 
 ``gemm`` times, side by side in one process and on the same data:
 
@@ -205,36 +206,57 @@ def format_table(results: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_gemm(results: Sequence[dict], path: str, title: str = "") -> bool:
-    """Grouped bar chart of TOPS per shape and method. Returns False if matplotlib is missing."""
+def plot_grouped_bars(path: str, labels: Sequence[str], series: Dict[str, Sequence[Optional[float]]], *,
+                      ylabel: str, title: str, log: bool = False,
+                      lines: Sequence[Tuple[float, str, Optional[str]]] = ()) -> bool:
+    """Bar chart with one group of bars per label and one bar per series (None draws as 0), written
+    to ``path`` as PNG. ``lines``: horizontal reference lines (y, line style, legend label; an
+    unlabelled line is a gray guide such as parity). Returns False if matplotlib is missing."""
     try:
         import matplotlib
 
-        matplotlib.use("Agg")
+        matplotlib.use("Agg")  # files only: no display on a GPU node
         import matplotlib.pyplot as plt
     except ImportError:
         print(f"matplotlib is not installed: skipping the plot {path}", file=sys.stderr)
         return False
-    labels = [f"{r['M']}x{r['N']}x{r['K']}" for r in results]
-    width = 0.8 / len(METHODS)
-    fig, ax = plt.subplots(figsize=(max(8.0, 0.9 * len(results) + 2), 5.5))
-    for i, meth in enumerate(METHODS):
-        vals = [((r["methods"].get(meth) or {}).get("tops") or 0.0) for r in results]
-        xs = [j + (i - (len(METHODS) - 1) / 2) * width for j in range(len(results))]
-        ax.bar(xs, vals, width, label=meth)
-    ax.axhline(PEAK_INT8_DENSE_TOPS, color="k", ls="--", lw=1, label=f"INT8 dense peak {PEAK_INT8_DENSE_TOPS:g}")
-    ax.set_xticks(range(len(results)))
+    width = 0.8 / max(1, len(series))
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.9 * len(labels) + 2), 5.5))
+    for i, (name, values) in enumerate(series.items()):
+        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(labels))]
+        ax.bar(xs, [v or 0.0 for v in values], width, label=name)
+    for y, style, label in lines:
+        ax.axhline(y, color="k" if label else "gray", ls=style, lw=1, label=label)
+    ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=8)
-    ax.set_yscale("log")
-    ax.set_ylabel("TOPS (2*M*N*K / t); bf16: TFLOPS")
-    ax.set_xlabel("M x N x K")
-    ax.set_title(title or "torch_int8 gemm")
+    if log:
+        ax.set_yscale("log")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(axis="y", which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
+
+
+def plot_speedups(results: Sequence[dict], labels: Sequence[str], path: str, baseline: str, title: str) -> bool:
+    """Forward and forward+backward speed-ups of an INT8 layer over its float baseline, per shape."""
+    return plot_grouped_bars(
+        path, labels,
+        {"forward": [r["fwd_speedup"] for r in results],
+         "forward + backward": [r["fwd_bwd_speedup"] for r in results]},
+        ylabel=f"speed-up over {baseline}", title=title, lines=[(1.0, "--", None)])
+
+
+def plot_gemm(results: Sequence[dict], path: str, title: str = "") -> bool:
+    """Grouped bar chart of TOPS per shape and method. Returns False if matplotlib is missing."""
+    return plot_grouped_bars(
+        path, [f"{r['M']}x{r['N']}x{r['K']}" for r in results],
+        {meth: [(r["methods"].get(meth) or {}).get("tops") for r in results] for meth in METHODS},
+        ylabel="TOPS (2*M*N*K / t); bf16: TFLOPS", title=title or "torch_int8 gemm (M x N x K)", log=True,
+        lines=[(PEAK_INT8_DENSE_TOPS, "--", f"INT8 dense peak {PEAK_INT8_DENSE_TOPS:g}")])
 
 
 # --------------------------------------------------------------------------------------------
@@ -405,6 +427,37 @@ def write_json(path: str, payload: dict) -> None:
         f.write("\n")
 
 
+def print_meta(info: dict) -> None:
+    """The first line of every report: the GPU, the software and the commit measured."""
+    print(f"# {info['gpu']} ({info['capability']})  torch {info['torch']}  CUDA {info['cuda']}  "
+          f"torch_int8 {info['torch_int8']}  commit {info['commit']}  {info['date']}")
+
+
+def bench_shapes(shapes: Sequence[Shape], args, bench: Callable[[int, int, int, int], dict]) -> List[dict]:
+    """bench(M, N, K, seed) per shape, with progress on stderr; each shape gets its own seed, and the
+    cache allocator is emptied in between so that one shape's buffers do not crowd the next."""
+    results = []
+    for i, (m, n, k) in enumerate(shapes):
+        print(f"[{i + 1}/{len(shapes)}] M={m} N={n} K={k}", file=sys.stderr, flush=True)
+        results.append(bench(m, n, k, args.seed + i))
+        torch.cuda.empty_cache()
+    return results
+
+
+def finish(args, payload: dict, plot: Callable[[str], bool], failed: Sequence[str] = ()) -> int:
+    """The tail of every subcommand: the --json and --plot files, then the exit code, 1 when
+    ``failed`` names cases that were wrong or failed to run."""
+    if args.json:
+        write_json(args.json, payload)
+        print(f"wrote {args.json}")
+    if args.plot and plot(args.plot):
+        print(f"wrote {args.plot}")
+    if failed:
+        print(f"FAILED: wrong or failing: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 @register("gemm", "int8 GEMM: torch_int8.gemm / scaled_gemm vs torch._int_mm and bf16 matmul", _add_gemm_args)
 def run_gemm(args: argparse.Namespace) -> int:
     require_cuda()
@@ -412,29 +465,14 @@ def run_gemm(args: argparse.Namespace) -> int:
     info = meta()
     info.update({"command": "gemm", "shapes": "custom" if args.shape else args.shapes, "reps": args.reps,
                  "warmup": args.warmup, "seed": args.seed, "layout": "a [M,K] row-major, b = w.t() of [N,K]"})
-    print(f"# {info['gpu']} ({info['capability']})  torch {info['torch']}  CUDA {info['cuda']}  "
-          f"torch_int8 {info['torch_int8']}  commit {info['commit']}  {info['date']}")
+    print_meta(info)
     print(f"# {len(shapes)} shapes, median of {args.reps} reps after {args.warmup} warm-up calls")
-    results = []
-    for i, (m, n, k) in enumerate(shapes):
-        print(f"[{i + 1}/{len(shapes)}] M={m} N={n} K={k}", file=sys.stderr, flush=True)
-        results.append(bench_gemm_shape(m, n, k, args, seed=args.seed + i))
-        torch.cuda.empty_cache()
+    results = bench_shapes(shapes, args, lambda m, n, k, seed: bench_gemm_shape(m, n, k, args, seed))
     print(format_table(results))
-
-    if args.json:
-        write_json(args.json, {"meta": info, "results": results})
-        print(f"wrote {args.json}")
-    if args.plot:
-        if plot_gemm(results, args.plot, title=f"int8 GEMM on {info['gpu']} (torch_int8 {info['torch_int8']})"):
-            print(f"wrote {args.plot}")
-
-    bad = [f"{r['M']}x{r['N']}x{r['K']}" for r in results
+    bad = [f"torch_int8.gemm {r['M']}x{r['N']}x{r['K']}" for r in results
            if r["exact"] is False or (r["methods"].get("ours") or {}).get("error")]
-    if bad:
-        print(f"FAILED: torch_int8.gemm wrong or failing for {', '.join(bad)}", file=sys.stderr)
-        return 1
-    return 0
+    title = f"int8 GEMM on {info['gpu']} (torch_int8 {info['torch_int8']})"
+    return finish(args, {"meta": info, "results": results}, lambda path: plot_gemm(results, path, title), bad)
 
 
 # --------------------------------------------------------------------------------------------
@@ -448,6 +486,19 @@ def _add_linear_args(p: argparse.ArgumentParser) -> None:
     _add_common_args(p)
 
 
+def training_step(layer: torch.nn.Module, x: torch.Tensor, gy: torch.Tensor) -> Callable[[], None]:
+    """One forward + backward of layer on x with output gradient gy, as a call to time; it drops the
+    gradients it made, so that no call pays for accumulating into the previous one's."""
+
+    def step():
+        layer(x).backward(gy)
+        x.grad = None
+        for p in layer.parameters():
+            p.grad = None
+
+    return step
+
+
 def bench_linear_shape(m: int, d_in: int, d_out: int, args, seed: int) -> dict:
     """bf16 nn.Linear vs torch_int8.nn.Linear (same parameters, same input), forward and forward+backward,
     and quantize (bf16 -> int8 + per-row scales) against a device-to-device copy of the same tensor."""
@@ -457,32 +508,52 @@ def bench_linear_shape(m: int, d_in: int, d_out: int, args, seed: int) -> dict:
     x = torch.randn(m, d_in, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     gy = torch.randn(m, d_out, device="cuda", dtype=torch.bfloat16)
 
-    def fwd_bwd(layer):
-        def step():
-            layer(x).backward(gy)
-            x.grad = None
-            for p in layer.parameters():
-                p.grad = None
-        return step
-
     row = {"M": m, "in": d_in, "out": d_out, "methods": {}}
     with torch.no_grad():
         row["methods"]["bf16_fwd"] = timeit(lambda: ref(x), args.reps, args.warmup)
         row["methods"]["int8_fwd"] = timeit(lambda: ours(x), args.reps, args.warmup)
         xd = x.detach()
+        _, amax = torch_int8.quantize_rows(xd, col_amax=True)
         row["methods"]["copy"] = timeit(lambda: xd.clone(), args.reps, args.warmup)
-        row["methods"]["quantize"] = timeit(lambda: torch_int8.quantize(xd, 0), args.reps, args.warmup)
-    row["methods"]["bf16_fwd_bwd"] = timeit(fwd_bwd(ref), args.reps, args.warmup)
-    row["methods"]["int8_fwd_bwd"] = timeit(fwd_bwd(ours), args.reps, args.warmup)
+        for name, fn in QUANTIZE_VARIANTS.items():
+            row["methods"][name] = timeit(lambda: fn(xd, amax), args.reps, args.warmup)
+    row["methods"]["bf16_fwd_bwd"] = timeit(training_step(ref, x, gy), args.reps, args.warmup)
+    row["methods"]["int8_fwd_bwd"] = timeit(training_step(ours, x, gy), args.reps, args.warmup)
     t = {k: v["ms"] for k, v in row["methods"].items()}
-    copy_bytes = 2 * xd.numel() * xd.element_size()  # read + write
-    quant_bytes = xd.numel() * (xd.element_size() + 1) + 4 * m  # read bf16, write int8 + scales
     row["fwd_speedup"] = t["bf16_fwd"] / t["int8_fwd"]
     row["fwd_bwd_speedup"] = t["bf16_fwd_bwd"] / t["int8_fwd_bwd"]
-    row["copy_GBps"] = copy_bytes / t["copy"] / 1e6
-    row["quantize_GBps"] = quant_bytes / t["quantize"] / 1e6
-    row["quantize_pct_of_copy_bw"] = 100 * row["quantize_GBps"] / row["copy_GBps"]
+    # Bandwidth: bytes read + written once each (copy: bf16 in and out; quantize:
+    # bf16 in, int8 out); % of copy = how close a quantize pass gets to a copy's speed.
+    row["copy_GBps"] = 2 * xd.numel() * xd.element_size() / t["copy"] / 1e6
+    quant_bytes = xd.numel() * (xd.element_size() + 1)
+    for name in QUANTIZE_VARIANTS:
+        row[f"{name}_GBps"] = quant_bytes / t[name] / 1e6
+        row[f"{name}_pct_of_copy_bw"] = 100 * row[f"{name}_GBps"] / row["copy_GBps"]
     return row
+
+
+# The quantize passes of the Linear layer: per row, per row + column maxima, per column transposed.
+QUANTIZE_VARIANTS = {
+    "quantize_rows": lambda x, amax: torch_int8.quantize_rows(x),
+    "quantize_rows_colmax": lambda x, amax: torch_int8.quantize_rows(x, col_amax=True),
+    "quantize_columns_t": lambda x, amax: torch_int8.quantize_columns_t(x, amax),
+}
+DECODE_SHAPES: List[Shape] = [(m, 4096, n) for n in (4096, 11008) for m in (1, 4, 16)]  # (M, in, out)
+
+
+def bench_decode_shape(m: int, d_in: int, d_out: int, args, seed: int) -> dict:
+    """QuantizedLinear (int8 weights, per-token activations) vs bf16 nn.Linear at decode sizes."""
+    torch.manual_seed(seed)
+    ref = torch.nn.Linear(d_in, d_out, device="cuda", dtype=torch.bfloat16)
+    ours = torch_int8.nn.QuantizedLinear.from_float(ref)
+    x = torch.randn(m, d_in, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        methods = {"bf16": timeit(lambda: ref(x), args.reps, args.warmup),
+                   "int8": timeit(lambda: ours(x), args.reps, args.warmup)}
+    weight_bytes = {"bf16": ref.weight.numel() * 2, "int8": ours.weight_int8.numel() + 4 * d_out}
+    return {"M": m, "in": d_in, "out": d_out, "methods": methods, "weight_bytes": weight_bytes,
+            "speedup": methods["bf16"]["ms"] / methods["int8"]["ms"],
+            "weight_memory_ratio": weight_bytes["int8"] / weight_bytes["bf16"]}
 
 
 @register("linear", "INT8 nn.Linear vs bf16 nn.Linear (forward, forward+backward) and quantize bandwidth",
@@ -491,51 +562,239 @@ def run_linear(args: argparse.Namespace) -> int:
     require_cuda()
     info = meta()
     info.update({"command": "linear", "reps": args.reps, "warmup": args.warmup, "seed": args.seed})
-    print(f"# {info['gpu']}  torch {info['torch']}  CUDA {info['cuda']}  commit {info['commit']}  {info['date']}")
+    print_meta(info)
     header = (f"{'M':>6} {'in':>6} {'out':>6} | {'bf16 fwd':>9} {'int8 fwd':>9} {'x':>5} | {'bf16 f+b':>9} "
-              f"{'int8 f+b':>9} {'x':>5} | {'quant GB/s':>10} {'copy GB/s':>10} {'%copy':>6}")
-    results = []
-    for i, (m, d_in, d_out) in enumerate(LINEAR_SHAPES):
-        results.append(bench_linear_shape(m, d_in, d_out, args, seed=args.seed + i))
+              f"{'int8 f+b':>9} {'x':>5} | {'copy GB/s':>9} " + " ".join(f"{n[9:] or 'rows':>12}" for n in QUANTIZE_VARIANTS))
+    results = [bench_linear_shape(m, d_in, d_out, args, seed=args.seed + i)
+               for i, (m, d_in, d_out) in enumerate(LINEAR_SHAPES)]
     print(header)
     print("-" * len(header))
     for r in results:
         t = {k: v["ms"] for k, v in r["methods"].items()}
+        pct = " ".join(f"{r[n + '_pct_of_copy_bw']:>11.1f}%" for n in QUANTIZE_VARIANTS)
         print(f"{r['M']:>6} {r['in']:>6} {r['out']:>6} | {t['bf16_fwd']:>9.4f} {t['int8_fwd']:>9.4f} "
               f"{r['fwd_speedup']:>5.2f} | {t['bf16_fwd_bwd']:>9.4f} {t['int8_fwd_bwd']:>9.4f} "
-              f"{r['fwd_bwd_speedup']:>5.2f} | {r['quantize_GBps']:>10.0f} {r['copy_GBps']:>10.0f} "
-              f"{r['quantize_pct_of_copy_bw']:>6.1f}")
+              f"{r['fwd_bwd_speedup']:>5.2f} | {r['copy_GBps']:>9.0f} {pct}")
+    print("quantize columns: bandwidth as % of the copy's (bytes: bf16 read + int8 written)")
+    decode = [bench_decode_shape(m, d_in, d_out, args, seed=args.seed + i)
+              for i, (m, d_in, d_out) in enumerate(DECODE_SHAPES)]
+    print(f"\n{'M':>6} {'in':>6} {'out':>6} | {'bf16 ms':>9} {'int8 ms':>9} {'x':>5} | weight bytes int8/bf16")
+    for r in decode:
+        print(f"{r['M']:>6} {r['in']:>6} {r['out']:>6} | {r['methods']['bf16']['ms']:>9.4f} "
+              f"{r['methods']['int8']['ms']:>9.4f} {r['speedup']:>5.2f} | {r['weight_memory_ratio']:.3f}")
     print("times in ms (median); x = bf16 time / int8 time")
-    if args.json:
-        write_json(args.json, {"meta": info, "results": results})
-        print(f"wrote {args.json}")
-    if args.plot and plot_linear(results, args.plot, title=f"INT8 vs bf16 nn.Linear on {info['gpu']}"):
-        print(f"wrote {args.plot}")
-    return 0
+    title = f"INT8 vs bf16 nn.Linear on {info['gpu']}"
+    return finish(args, {"meta": info, "results": results, "decode": decode},
+                  lambda path: plot_linear(results, path, title))
 
 
 def plot_linear(results: Sequence[dict], path: str, title: str = "") -> bool:
+    return plot_speedups(results, [f"{r['M']}x{r['in']}x{r['out']}" for r in results], path, "bf16 nn.Linear", title)
+
+
+# --------------------------------------------------------------------------------------------
+# backends
+# --------------------------------------------------------------------------------------------
+
+BACKEND_SHAPES: List[Shape] = [
+    (4096, 4096, 4096),
+    (8192, 8192, 8192),
+    # 3x3 convolutions of ResNet-50's four stages at batch 32, as implicit GEMMs (M = N*H*W, K = 9*C)
+    (401408, 64, 576),
+    (100352, 128, 1152),
+    (25088, 256, 2304),
+    (6272, 512, 4608),
+]
+
+
+def _add_backends_args(p: argparse.ArgumentParser) -> None:
+    _add_common_args(p)
+    p.add_argument("--shape", type=parse_shape, action="append", metavar="MxNxK",
+                   help="benchmark this shape instead of the default set (repeatable)")
+    p.add_argument("--family", action="append",
+                   help="time only this kernel family (repeatable; default: every built family that runs here)")
+
+
+def runnable_backends() -> List[str]:
+    """The built GEMM kernel families that can be forced on the current GPU."""
+    names = []
+    for name in torch_int8.backends.built_backends():
+        with torch_int8.use_backend(name):
+            if torch_int8.backends.selected_backend() == name:
+                names.append(name)
+    return names
+
+
+def bench_backends_shape(m: int, n: int, k: int, families: Sequence[str], args, seed: int) -> dict:
+    """torch_int8.gemm (int32 output) with each family forced vs fp32 SGEMM (TF32 off) on the same values."""
+    g = torch.Generator(device="cuda")
+    g.manual_seed(seed)
+    a = torch.randint(-128, 128, (m, k), dtype=torch.int8, device="cuda", generator=g)
+    w = torch.randint(-128, 128, (n, k), dtype=torch.int8, device="cuda", generator=g)
+    b = w.t()  # [K, N], column-major: the layout the kernels want
+    a_f32, b_f32 = a.float(), w.float().t()
+    ref = (a.double() @ b.double()).to(torch.int32)  # exact: |sum| <= K * 2^14 << 2^53
+    res: dict = {"M": m, "N": n, "K": k, "ops": 2 * m * n * k, "seed": seed, "methods": {}, "exact": {}}
+    allow_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot", file=sys.stderr)
-        return False
-    labels = [f"{r['M']}x{r['in']}x{r['out']}" for r in results]
-    xs = range(len(results))
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.bar([x - 0.2 for x in xs], [r["fwd_speedup"] for r in results], 0.4, label="forward")
-    ax.bar([x + 0.2 for x in xs], [r["fwd_bwd_speedup"] for r in results], 0.4, label="forward + backward")
-    ax.axhline(1.0, color="gray", linestyle="--", linewidth=1)
-    ax.set_xticks(list(xs), labels)
-    ax.set_ylabel("speed-up over bf16 nn.Linear")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+        res["methods"]["sgemm"] = _measure("sgemm", lambda: torch.matmul(a_f32, b_f32), m, n, k, args)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+    del a_f32, b_f32
+    for name in families:
+        with torch_int8.use_backend(name):
+            try:
+                res["exact"][name] = bool(torch.equal(torch_int8.gemm(a, b), ref))
+            except RuntimeError as exc:
+                res["exact"][name] = False
+                print(f"  check {name} {m}x{n}x{k}: {exc}", file=sys.stderr)
+            res["methods"][name] = _measure(name, lambda: torch_int8.gemm(a, b), m, n, k, args)
+        torch.cuda.empty_cache()
+    sgemm = res["methods"]["sgemm"]["tops"]
+    res["ratio_vs_sgemm"] = {name: ratio(res["methods"][name]["tops"], sgemm) for name in families}
+    return res
+
+
+def format_backends_table(results: Sequence[dict], families: Sequence[str]) -> str:
+    head = f"{'M':>7} {'N':>6} {'K':>6} | {'sgemm ms':>9} {'TFLOPS':>7}"
+    for name in families:
+        head += f" | {name + ' ms':>9} {'TOPS':>7} {'xSGEMM':>6} {'exact':>5}"
+    lines = [head, "-" * len(head)]
+    for r in results:
+        sg = r["methods"]["sgemm"]
+        line = f"{r['M']:>7} {r['N']:>6} {r['K']:>6} | {_fmt(sg['ms'], 9, 3)} {_fmt(sg['tops'], 7, 1)}"
+        for name in families:
+            d = r["methods"][name]
+            exact = "yes" if r["exact"][name] else "NO"
+            line += f" | {_fmt(d['ms'], 9, 3)} {_fmt(d['tops'], 7, 1)} {_fmt(r['ratio_vs_sgemm'][name], 6, 2)} {exact:>5}"
+        lines.append(line)
+    lines.append("TOPS = 2*M*N*K/t; xSGEMM = SGEMM time / family time (targets: simt >= 0.7, dp4a >= 2.0)")
+    return "\n".join(lines)
+
+
+def plot_backends(results: Sequence[dict], families: Sequence[str], path: str, title: str = "") -> bool:
+    """Grouped bars: speed of each family relative to fp32 SGEMM, per shape."""
+    return plot_grouped_bars(
+        path, [f"{r['M']}x{r['N']}x{r['K']}" for r in results],
+        {name: [r["ratio_vs_sgemm"][name] for r in results] for name in families},
+        ylabel="speed vs fp32 SGEMM (TF32 off)", title=title or "torch_int8 kernel families vs SGEMM", log=True,
+        lines=[(0.7, ":", "target 0.7x"), (2.0, "--", "target 2x"), (1.0, "-", None)])
+
+
+@register("backends", "each GEMM kernel family forced (int32 output) vs fp32 SGEMM with TF32 off",
+          _add_backends_args)
+def run_backends(args: argparse.Namespace) -> int:
+    require_cuda()
+    families = args.family or runnable_backends()
+    shapes = args.shape or BACKEND_SHAPES
+    info = meta()
+    info.update({"command": "backends", "families": families, "reps": args.reps, "warmup": args.warmup,
+                 "seed": args.seed, "layout": "a [M,K] row-major, b = w.t() of [N,K]; sgemm on the same values"})
+    print_meta(info)
+    results = bench_shapes(shapes, args, lambda m, n, k, seed: bench_backends_shape(m, n, k, families, args, seed))
+    print(format_backends_table(results, families))
+    bad = [f"{name} {r['M']}x{r['N']}x{r['K']}" for r in results for name in families
+           if not r["exact"][name] or r["methods"][name]["error"]]
+    title = f"kernel families vs SGEMM on {info['gpu']}"
+    return finish(args, {"meta": info, "results": results},
+                  lambda path: plot_backends(results, families, path, title), bad)
+
+
+# --------------------------------------------------------------------------------------------
+# conv
+# --------------------------------------------------------------------------------------------
+
+# ResNet-18 / ResNet-50 convolutions at 224 x 224: (name, C, H, W, K, R, stride, padding).
+CONV_SHAPES = [
+    ("r18.conv1", 3, 224, 224, 64, 7, 2, 3),
+    ("r18.layer1.3x3", 64, 56, 56, 64, 3, 1, 1),
+    ("r18.layer2.3x3s2", 64, 56, 56, 128, 3, 2, 1),
+    ("r18.layer2.3x3", 128, 28, 28, 128, 3, 1, 1),
+    ("r18.layer3.3x3", 256, 14, 14, 256, 3, 1, 1),
+    ("r18.layer4.3x3", 512, 7, 7, 512, 3, 1, 1),
+    ("r50.layer1.1x1in", 256, 56, 56, 64, 1, 1, 0),
+    ("r50.layer1.1x1out", 64, 56, 56, 256, 1, 1, 0),
+    ("r50.layer2.down", 256, 56, 56, 512, 1, 2, 0),
+    ("r50.layer3.1x1in", 1024, 14, 14, 256, 1, 1, 0),
+    ("r50.layer4.1x1out", 512, 7, 7, 2048, 1, 1, 0),
+]
+CONV_BATCHES = [128, 256]
+
+
+def _add_conv_args(p: argparse.ArgumentParser) -> None:
+    _add_common_args(p)
+    p.add_argument("--batch", type=int, action="append", help="batch size (repeatable; default 128 and 256)")
+
+
+def bench_conv_shape(shape, batch: int, args) -> dict:
+    """cuDNN bf16 channels_last nn.Conv2d vs torch_int8.nn.Conv2d (bf16 in / bf16 out, quantization
+    included), forward and forward+backward, on the same parameters and input."""
+    name, c, h, w, k, r, stride, padding = shape
+    torch.manual_seed(args.seed)
+    ref = torch.nn.Conv2d(c, k, r, stride, padding, device="cuda", dtype=torch.bfloat16)
+    ref = ref.to(memory_format=torch.channels_last)
+    ours = torch_int8.nn.Conv2d.from_float(ref)
+    x = torch.randn(batch, c, h, w, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    with torch.no_grad():
+        y = ref(x)
+    gy = torch.randn_like(y)
+    p, q = y.shape[2:]
+    flops = 2 * batch * p * q * k * c * r * r
+
+    row = {"name": name, "N": batch, "C": c, "H": h, "W": w, "K": k, "R": r, "stride": stride, "padding": padding,
+           "P": p, "Q": q, "fwd_flops": flops, "methods": {},
+           "workspace_bytes": torch_int8.conv.workspace_bytes(x.shape, ref.weight.shape, stride, padding),
+           "workspace_limit": torch_int8.conv.workspace_limit()}
+    with torch.no_grad():
+        row["methods"]["bf16_fwd"] = timeit(lambda: ref(x), args.reps, args.warmup)
+        row["methods"]["int8_fwd"] = timeit(lambda: ours(x), args.reps, args.warmup)
+        err = (ours(x).float() - y.float()).abs().max() / y.float().abs().max()
+        row["fwd_max_rel_err"] = float(err)
+    row["methods"]["bf16_fwd_bwd"] = timeit(training_step(ref, x, gy), args.reps, args.warmup)
+    row["methods"]["int8_fwd_bwd"] = timeit(training_step(ours, x, gy), args.reps, args.warmup)
+    t = {m: v["ms"] for m, v in row["methods"].items()}
+    row["fwd_speedup"] = t["bf16_fwd"] / t["int8_fwd"]
+    row["fwd_bwd_speedup"] = t["bf16_fwd_bwd"] / t["int8_fwd_bwd"]
+    row["int8_fwd_tops"] = flops / t["int8_fwd"] / 1e9
+    row["bf16_fwd_tflops"] = flops / t["bf16_fwd"] / 1e9
+    return row
+
+
+@register("conv", "INT8 nn.Conv2d vs cuDNN bf16 channels_last (ResNet-18/50 layers; forward, forward+backward)",
+          _add_conv_args)
+def run_conv(args: argparse.Namespace) -> int:
+    require_cuda()
+    info = meta()
+    batches = args.batch or CONV_BATCHES
+    info.update({"command": "conv", "reps": args.reps, "warmup": args.warmup, "seed": args.seed, "batches": batches,
+                 "layout": "channels_last bf16 input, bf16 output, quantization included"})
+    print_meta(info)
+    results = []
+    for batch in batches:
+        for shape in CONV_SHAPES:
+            print(f"[{shape[0]} N={batch}]", file=sys.stderr, flush=True)
+            results.append(bench_conv_shape(shape, batch, args))
+            torch.cuda.empty_cache()
+    header = (f"{'layer':<18} {'N':>4} | {'bf16 fwd':>9} {'int8 fwd':>9} {'x':>5} | {'bf16 f+b':>9} {'int8 f+b':>9} "
+              f"{'x':>5} | {'int8 TOPS':>9} {'rel err':>8} {'im2col MiB':>10}")
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        t = {m: v["ms"] for m, v in r["methods"].items()}
+        print(f"{r['name']:<18} {r['N']:>4} | {t['bf16_fwd']:>9.4f} {t['int8_fwd']:>9.4f} {r['fwd_speedup']:>5.2f} | "
+              f"{t['bf16_fwd_bwd']:>9.4f} {t['int8_fwd_bwd']:>9.4f} {r['fwd_bwd_speedup']:>5.2f} | "
+              f"{r['int8_fwd_tops']:>9.1f} {r['fwd_max_rel_err']:>8.4f} {r['workspace_bytes'] / 2**20:>10.1f}")
+    print("times in ms (median); x = bf16 time / int8 time; im2col MiB: forward column buffer if the im2col path "
+          "runs (0 used when the implicit-GEMM kernel takes the layer)")
+    title = f"INT8 vs cuDNN bf16 Conv2d on {info['gpu']}"
+    return finish(args, {"meta": info, "results": results}, lambda path: plot_conv(results, path, title))
+
+
+def plot_conv(results: Sequence[dict], path: str, title: str = "") -> bool:
+    return plot_speedups(results, [f"{r['name']} N={r['N']}" for r in results], path,
+                         "cuDNN bf16 (channels_last)", title)
 
 
 # --------------------------------------------------------------------------------------------

@@ -55,6 +55,40 @@ def quantize(
     return QTensor(data, scale, None if symmetric else zero_point, dim)
 
 
+def quantize_rows(
+    x: torch.Tensor,
+    *,
+    col_amax: bool = False,
+    rounding: str = "nearest",
+    generator: Optional[torch.Generator] = None,
+) -> tuple[QTensor, Optional[torch.Tensor]]:
+    """Symmetric per-row quantization of a 2-D tensor, one fused kernel on the GPU.
+
+    The same result as quantize(x, 0, rounding=...). With col_amax=True it also
+    returns max|x| of every column (inf/NaN for a non-finite column), the input
+    of quantize_columns_t, so that x need not be reduced a second time.
+    """
+    data, scale, amax = _ops.quantize_rows(x, col_amax, rounding, generator)
+    return QTensor(data, scale, None, 0), (amax if col_amax else None)
+
+
+def quantize_columns_t(
+    x: torch.Tensor,
+    col_amax: torch.Tensor,
+    *,
+    rounding: str = "nearest",
+    generator: Optional[torch.Generator] = None,
+) -> QTensor:
+    """Symmetric per-column quantization of a 2-D [R, C] tensor, written transposed.
+
+    Returns a QTensor with data [C, R] (contiguous) quantized per row (dim=0):
+    quantize(x, 1) transposed and made contiguous, in one pass over x, given
+    col_amax = max|x| per column (as returned by quantize_rows).
+    """
+    data_t, scale = _ops.quantize_columns_t(x, col_amax, rounding, generator)
+    return QTensor(data_t, scale, None, 0)
+
+
 def dequantize(q: QTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(data - zero_point) * scale as a float tensor of dtype."""
     return _ops.dequantize(q.data, q.scale, q.zero_point, q.dim, dtype)
@@ -63,6 +97,26 @@ def dequantize(q: QTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
 def _check_channel_dim(q: QTensor, name: str, allowed_dim: int, what: str) -> None:
     if q.dim is not None and q.dim % q.data.dim() != allowed_dim % q.data.dim():
         raise ValueError(f"scaled_gemm: {name} must be quantized per tensor (dim=None) or {what}, got dim={q.dim}")
+
+
+def _check_symmetric(q: QTensor, op: str, name: str) -> None:
+    """The epilogue corrects a zero point of the activations only: the other operand must have none."""
+    if q.zero_point is not None:
+        raise ValueError(f"{op}: {name} must be quantized symmetrically (zero_point None)")
+
+
+def _out_scale_arg(op: str, out_dtype: torch.dtype, out_scale: Optional[float]) -> float:
+    """The out_scale argument of a dequantizing op: required for (and only for) int8 output, finite
+    and > 0; 1.0 for float outputs."""
+    if out_dtype == torch.int8:
+        if out_scale is None:
+            raise ValueError(f"{op}: out_dtype=torch.int8 needs out_scale")
+    elif out_scale is not None:
+        raise ValueError(f"{op}: out_scale is only used with out_dtype=torch.int8")
+    out_scale = 1.0 if out_scale is None else float(out_scale)
+    if not math.isfinite(out_scale) or out_scale <= 0:
+        raise ValueError(f"{op}: out_scale must be finite and > 0, got {out_scale}")
+    return out_scale
 
 
 def scaled_gemm(
@@ -81,16 +135,8 @@ def scaled_gemm(
     """
     _check_channel_dim(a, "a", -2, "per row (dim=0)")
     _check_channel_dim(b, "b", 1, "per column (dim=1)")
-    if b.zero_point is not None:
-        raise ValueError("scaled_gemm: b must be quantized symmetrically (zero_point None)")
-    if out_dtype == torch.int8:
-        if out_scale is None:
-            raise ValueError("scaled_gemm: out_dtype=torch.int8 needs out_scale")
-    elif out_scale is not None:
-        raise ValueError("scaled_gemm: out_scale is only used with out_dtype=torch.int8")
-    out_scale = 1.0 if out_scale is None else float(out_scale)
-    if not math.isfinite(out_scale) or out_scale <= 0:
-        raise ValueError(f"scaled_gemm: out_scale must be finite and > 0, got {out_scale}")
+    _check_symmetric(b, "scaled_gemm", "b")
+    out_scale = _out_scale_arg("scaled_gemm", out_dtype, out_scale)
     return _ops.scaled_gemm(
         a.data, b.data, a.scale, b.scale, a.zero_point, bias, out_dtype, out_scale, int(out_zero_point)
     )

@@ -1,5 +1,6 @@
 // The dispatch table: which kernel family serves which GPU. A family is in the
 // table only when CMake built it for at least one architecture.
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -28,13 +29,36 @@ constexpr Family kFamilies[] = {
 #ifdef TORCH_INT8_SM75_ARCHS
     {"sm75", 75, 1000, detail::gemm_sm75, TORCH_INT8_SM75_ARCHS},
 #endif
+#ifdef TORCH_INT8_DP4A_ARCHS
+    {"dp4a", 61, 1000, detail::gemm_dp4a, TORCH_INT8_DP4A_ARCHS},
+#endif
+#ifdef TORCH_INT8_SIMT_ARCHS
+    {"simt", 50, 1000, detail::gemm_simt, TORCH_INT8_SIMT_ARCHS},
+#endif
 };
 
+const Family* family_named(const char* name) {
+  for (const Family& f : kFamilies)
+    if (std::strcmp(f.name, name) == 0) return &f;
+  return nullptr;
+}
+
+// The family set_gemm_backend forced (process-wide), or null.
+std::atomic<const Family*> g_override{nullptr};
+
+// The name of the forced family (set_gemm_backend's, else TORCH_INT8_GEMM_BACKEND's), or null.
+const char* forced_family() {
+  if (const Family* f = g_override.load()) return f->name;
+  const char* env = std::getenv("TORCH_INT8_GEMM_BACKEND");
+  return env && *env ? env : nullptr;
+}
+
+// A forced family serves every GPU its code can run on; otherwise the first
+// family made for cc does.
 const Family* find_family(int cc) {
-  if (const char* forced = std::getenv("TORCH_INT8_GEMM_BACKEND"); forced && *forced) {
-    for (const Family& f : kFamilies)
-      if (std::strcmp(f.name, forced) == 0 && cc >= f.min_cc) return &f;
-    return nullptr;
+  if (const char* name = forced_family()) {
+    const Family* forced = family_named(name);  // null: not a family of this build
+    return forced && cc >= forced->min_cc ? forced : nullptr;
   }
   for (const Family& f : kFamilies)
     if (cc >= f.min_cc && cc <= f.max_cc) return &f;
@@ -45,6 +69,22 @@ const Family* find_family(int cc) {
 
 const char* gemm_backend(int cc) {
   const Family* f = find_family(cc);
+  return f ? f->name : nullptr;
+}
+
+Status set_gemm_backend(const char* name) {
+  if (!name || !*name) {
+    g_override.store(nullptr);
+    return Status::kSuccess;
+  }
+  const Family* f = family_named(name);
+  if (!f) return Status::kInvalidArgument;
+  g_override.store(f);
+  return Status::kSuccess;
+}
+
+const char* gemm_backend_override() {
+  const Family* f = g_override.load();
   return f ? f->name : nullptr;
 }
 
@@ -65,9 +105,16 @@ Status gemm_cuda(const GemmProblem& p, const Epilogue& e, void* stream) {
       cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
       cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess)
     return Status::kCudaError;
-  const Family* f = find_family(major * 10 + minor);
+  const int cc = major * 10 + minor;
+  const auto s = static_cast<cudaStream_t>(stream);
+#ifdef TORCH_INT8_SKINNY_MIN_CC
+  if (p.m <= detail::kSkinnyMaxM && cc >= TORCH_INT8_SKINNY_MIN_CC && !forced_family()) {
+    if (const Status st = detail::gemm_skinny(p, e, s); st != Status::kInvalidArgument) return st;
+  }
+#endif
+  const Family* f = find_family(cc);
   if (!f) return Status::kNoKernel;
-  return f->run(p, e, static_cast<cudaStream_t>(stream));
+  return f->run(p, e, s);
 }
 
 }  // namespace torch_int8::kernels

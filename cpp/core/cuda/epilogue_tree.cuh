@@ -1,6 +1,6 @@
 // The fused epilogue of kernels.h as one epilogue visitor tree, written once
 // for both CUTLASS generations. `Nodes` supplies the node types of one
-// generation (Sm80Nodes in gemm_sm8x.cuh, Sm90Nodes in gemm_sm90.cuh):
+// generation (Sm80Nodes in gemm_sm8x.cuh, Sm90Nodes in epilogue_sm90.cuh):
 //   Acc, RowVec (one value per row m), ColVec (per column n), Scalar,
 //   Compute<Op, Out> and EVT<Node, Children...>.
 //

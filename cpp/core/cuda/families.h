@@ -13,5 +13,15 @@ using GemmFamilyFn = Status (*)(const GemmProblem&, const Epilogue&, cudaStream_
 Status gemm_sm75(const GemmProblem& p, const Epilogue& e, cudaStream_t stream);  // Turing
 Status gemm_sm80(const GemmProblem& p, const Epilogue& e, cudaStream_t stream);  // Ampere / Ada
 Status gemm_sm90(const GemmProblem& p, const Epilogue& e, cudaStream_t stream);  // Hopper
+// SIMT families for GPUs without INT8 tensor cores (gemm_simt.cuh).
+Status gemm_dp4a(const GemmProblem& p, const Epilogue& e, cudaStream_t stream);  // sm_61+: __dp4a
+Status gemm_simt(const GemmProblem& p, const Epilogue& e, cudaStream_t stream);  // sm_50+: exact FP32 FMA
+
+// Few-row products (M <= kSkinnyMaxM), bound by reading B once: a dp4a kernel
+// (sm_61+, gemm_skinny.cu) that the dispatcher prefers to every family unless
+// one is forced. Up to 16 rows it is at the weight-bandwidth floor; the tile
+// kernels leave most SMs idle there.
+constexpr int64_t kSkinnyMaxM = 16;
+Status gemm_skinny(const GemmProblem& p, const Epilogue& e, cudaStream_t stream);
 
 }  // namespace torch_int8::kernels::detail

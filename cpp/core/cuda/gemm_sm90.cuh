@@ -3,14 +3,11 @@
 // visitor tree. Tile is a TileConfig; ElementD the output type.
 #pragma once
 
-#include <cute/tensor.hpp>
-#include <cutlass/epilogue/collective/collective_builder.hpp>
-#include <cutlass/epilogue/fusion/sm90_callbacks_tma_warpspecialized.hpp>
 #include <cutlass/gemm/collective/collective_builder.hpp>
 #include <cutlass/gemm/device/gemm_universal_adapter.h>
 #include <cutlass/gemm/kernel/gemm_universal.hpp>
 
-#include "epilogue_tree.cuh"
+#include "epilogue_sm90.cuh"
 
 namespace torch_int8::kernels::detail {
 
@@ -33,40 +30,12 @@ using Sm90Cooperative256 = Sm90TileConfig<256, 128, 128, 2, 1,
                                           cutlass::gemm::KernelTmaWarpSpecializedCooperative,
                                           cutlass::epilogue::TmaWarpSpecializedCooperative>;
 
-// CUTLASS 3.x (sm90) epilogue visitor nodes for EpilogueTree. CUTLASS names a
-// per-row vector a "column broadcast" and vice versa.
-template <class TileShape>
-struct Sm90Nodes {
-  using Acc = cutlass::epilogue::fusion::Sm90AccFetch;
-  using RowVec = cutlass::epilogue::fusion::Sm90ColBroadcast<0, TileShape, float, float, cute::Stride<cute::_1, cute::_0, int64_t>>;
-  using ColVec = cutlass::epilogue::fusion::Sm90RowBroadcast<0, TileShape, float, float, cute::Stride<cute::_0, cute::_1, int64_t>>;
-  using Scalar = cutlass::epilogue::fusion::Sm90ScalarBroadcast<float>;
-  template <template <class> class Op, class Out>
-  using Compute = cutlass::epilogue::fusion::Sm90Compute<Op, Out, float, cutlass::FloatRoundStyle::round_to_nearest>;
-  template <class... Nodes>
-  using EVT = cutlass::epilogue::fusion::Sm90EVT<Nodes...>;
-};
-
 template <class Tile, class ElementD>
 struct Sm90Gemm {
-  static constexpr bool kStoresAccumulator = std::is_same_v<ElementD, int32_t>;
-  static constexpr int kAlignD = 128 / cutlass::sizeof_bits<ElementD>::value;
   using TileShape = typename Tile::TileShape;
-  static constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
-
-  using Nodes = Sm90Nodes<TileShape>;
-  using Identity = typename Nodes::template EVT<
-      cutlass::epilogue::fusion::Sm90Compute<cutlass::epilogue::thread::Identity, int32_t, int32_t, kRound>,
-      typename Nodes::Acc>;
-  using Fused = EpilogueTree<Nodes, ElementD>;
-  using Tree = std::conditional_t<kStoresAccumulator, Identity, typename Fused::Output>;
-
-  using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, typename Tile::ClusterShape,
-      cutlass::epilogue::collective::EpilogueTileAuto, int32_t, float,
-      void, cutlass::layout::RowMajor, kAlignD,
-      ElementD, cutlass::layout::RowMajor, kAlignD,
-      typename Tile::EpilogueSchedule, Tree>::CollectiveOp;
+  using FusedEpilogue = Sm90FusedEpilogue<TileShape, typename Tile::ClusterShape, typename Tile::EpilogueSchedule,
+                                          ElementD, cutlass::layout::RowMajor>;
+  using CollectiveEpilogue = typename FusedEpilogue::CollectiveOp;
 
   using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp,
@@ -78,14 +47,6 @@ struct Sm90Gemm {
 
   using Kernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, CollectiveMainloop, CollectiveEpilogue>;
   using Device = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
-
-  static typename Tree::Arguments tree_args(const Epilogue& e) {
-    if constexpr (kStoresAccumulator) {
-      return {};
-    } else {
-      return Fused::args(e);
-    }
-  }
 
   static Status run(const GemmProblem& p, const Epilogue& e, cudaStream_t stream, int sm_count) {
     using StrideA = typename Kernel::StrideA;
@@ -102,7 +63,7 @@ struct Sm90Gemm {
         cutlass::gemm::GemmUniversalMode::kGemm,
         {m, n, k, l},
         {p.a, da, p.b, db},
-        {tree_args(e), nullptr, dd, static_cast<ElementD*>(p.d), dd},
+        {FusedEpilogue::args(e), nullptr, dd, static_cast<ElementD*>(p.d), dd},
         hw};
     return run_cutlass<Device>(args, stream);
   }

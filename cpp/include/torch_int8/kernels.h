@@ -65,9 +65,19 @@ struct Epilogue {
 };
 
 // Which kernel family serves a GPU of compute capability cc (e.g. 90):
-// "sm90", "sm80", "sm75", or nullptr when none was built for it.
-// TORCH_INT8_GEMM_BACKEND (sm90 | sm80 | sm75) forces one.
+// "sm90", "sm80", "sm75" (INT8 tensor cores), "dp4a" (sm_61+), "simt"
+// (sm_50+), or nullptr when none was built for it. A family can be forced, e.g.
+// to test or benchmark one on a newer GPU: by set_gemm_backend, else by the
+// environment variable TORCH_INT8_GEMM_BACKEND (read at every call); a forced
+// family serves every GPU of at least its minimum compute capability.
 const char* gemm_backend(int cc);
+// Forces family `name` (one of built_gemm_families()) for every later GEMM of
+// the process; nullptr or "" ends the override (back to the variable or the
+// compute capability). kInvalidArgument, and no change, for a name this build
+// does not have.
+Status set_gemm_backend(const char* name);
+// The family set_gemm_backend forces, or nullptr.
+const char* gemm_backend_override();
 // Kernel families compiled into this library, with their architectures,
 // e.g. "sm80:80;86;89 sm90:90a".
 const char* built_gemm_families();
@@ -96,18 +106,46 @@ struct Requantize {
 Status requantize_cpu(const Requantize& r);
 Status requantize_cuda(const Requantize& r, void* stream);
 
-// Symmetric per-row absmax quantization of a rows x cols row-major matrix, one
-// GPU block per row: scale[r] = max|x[r, :]| / 127 (1 for an all-zero row, NaN
-// for a row holding inf or NaN) and q[r, c] = rint(x[r, c] / scale[r]) (0 in a
-// non-finite row). The same results as the ATen composite it replaces.
+// Symmetric absmax quantization of a rows x cols row-major float matrix on the
+// GPU, the fused kernels behind the training layers (one read of x each).
+// Rounding is rint (nearest, ties to even) or, when `stochastic`, floor(y + u)
+// with u ~ U[0, 1) drawn by Philox4x32-10 from (seed, offset, element index).
 enum class InType { kFloat32, kFloat16, kBFloat16 };
+struct Rounding {
+  bool stochastic = false;
+  uint64_t seed = 0, offset = 0;
+};
+
+// Per row: scale[r] = max|x[r, :]| / 127 (1 for an all-zero row, NaN for a row
+// holding inf or NaN) and q[r, c] = round(x[r, c] / scale[r]) clamped to
+// [-127, 127] (0 in a non-finite row): the results of the ATen composite.
+// If col_amax is set (cols entries, zero-filled by the caller) it also
+// receives max|x[:, c]| of every column, inf or NaN for a non-finite column,
+// which quantize_columns_t then takes instead of a second reduction pass.
 struct QuantizeRows {
   const void* x = nullptr;
   InType in_type = InType::kFloat32;
   int64_t rows = 0, cols = 0;
   int8_t* q = nullptr;
   float* scale = nullptr;
+  float* col_amax = nullptr;
+  Rounding rounding;
 };
 Status quantize_rows_cuda(const QuantizeRows& r, void* stream);
+
+// Per column, written transposed: given col_amax (as from QuantizeRows),
+// scale[c] = col_amax[c] / 127 (1 if 0, NaN if not finite) and the cols x rows
+// row-major q_t[c, r] = round(x[r, c] / scale[c]) clamped to [-127, 127] (0 in
+// a non-finite column): the K-major operand of a GEMM that reduces over rows.
+struct QuantizeColumnsT {
+  const void* x = nullptr;
+  InType in_type = InType::kFloat32;
+  int64_t rows = 0, cols = 0;
+  const float* col_amax = nullptr;
+  int8_t* q_t = nullptr;
+  float* scale = nullptr;
+  Rounding rounding;
+};
+Status quantize_columns_t_cuda(const QuantizeColumnsT& r, void* stream);
 
 }  // namespace torch_int8::kernels

@@ -46,4 +46,41 @@ at::Tensor requantize(const at::Tensor& acc, const at::Tensor& scale,
                       int64_t zero_point = 0,
                       const std::string& mode = "float");
 
+// --- Convolution (logical NCHW tensors, weights [K, C/groups, R, S]; images
+// computed here come back channels_last). Sizes, strides, padding, dilation:
+// {height, width}.
+
+// torch.nn.functional.unfold of int8 x: [N, C*R*S, L] for layout "NCHW"; for
+// "NHWC" x is [N, H, W, C] and the result [N, L, R*S*C] (row per output pixel).
+// Outside the image: pad_value.
+at::Tensor im2col(const at::Tensor& x, at::IntArrayRef kernel_size, at::IntArrayRef dilation,
+                  at::IntArrayRef padding, at::IntArrayRef stride, int64_t pad_value = 0,
+                  const std::string& layout = "NCHW");
+// torch.nn.functional.fold: int8 / int32 columns sum into int32, float32 into float32.
+at::Tensor col2im(const at::Tensor& cols, at::IntArrayRef output_size, at::IntArrayRef kernel_size,
+                  at::IntArrayRef dilation, at::IntArrayRef padding, at::IntArrayRef stride,
+                  const std::string& layout = "NCHW");
+// Exact int8 convolution -> int32 [N, K, P, Q].
+at::Tensor conv2d(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
+                  at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups = 1);
+// scale_x[n] * scale_w[k] * conv(x - zero_point_x, w) + bias[k] in the GEMM
+// epilogue (padding holds the zero point); out_dtype as in scaled_gemm.
+at::Tensor scaled_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale_x,
+                         const at::Tensor& scale_w, const std::optional<at::Tensor>& zero_point_x,
+                         const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                         at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups = 1,
+                         at::ScalarType out_dtype = at::kBFloat16, double out_scale = 1.0,
+                         int64_t out_zero_point = 0);
+// Exact input gradient: int8 grad_out [N, K, P, Q] -> int32 [N, C, H, W]; input_size = {H, W}.
+at::Tensor conv2d_dgrad(const at::Tensor& grad_out, const at::Tensor& weight, at::IntArrayRef input_size,
+                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                        int64_t groups = 1);
+// Exact weight gradient: -> int32 [K, C/groups, R, S]; N*P*Q <= 131071.
+at::Tensor conv2d_wgrad(const at::Tensor& grad_out, const at::Tensor& x, at::IntArrayRef kernel_size,
+                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                        int64_t groups = 1);
+// Bytes one im2col column buffer may take (default 1 GiB or TORCH_INT8_CONV_WORKSPACE_MB).
+int64_t conv_workspace_limit();
+void set_conv_workspace_limit(int64_t bytes);
+
 }  // namespace torch_int8

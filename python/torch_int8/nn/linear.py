@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from ..config import Int8Config
-from ..functional import QTensor, quantize, scaled_gemm
+from ..functional import QTensor, quantize, quantize_columns_t, quantize_rows, scaled_gemm
+from ._common import load_int8_weight, output_dtype, quantize_activation, register_int8_weight, sharing_parameters
 
 
 def _transposed(q: QTensor) -> QTensor:
@@ -30,6 +31,8 @@ def _int8_matmul(a: torch.Tensor, a_dim, b: torch.Tensor, b_dim, out_dtype, roun
 
 
 class _Int8LinearFunction(torch.autograd.Function):
+    """Per-tensor granularity, or a product left in floating point: generic quantize calls."""
+
     @staticmethod
     def forward(ctx, x2, weight, bias, config: Int8Config, out_dtype):
         ctx.save_for_backward(x2, weight)
@@ -63,6 +66,50 @@ class _Int8LinearFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None
 
 
+class _Int8LinearChannelFunction(torch.autograd.Function):
+    """All three products in INT8 with per-channel scales, through the fused quantize kernels.
+
+    The forward's per-row passes over X and W also collect their column maxima,
+    so the backward writes the transposed (K-major) operands X^T and W^T in one
+    pass each, without reducing X or W again; dY is read once for its per-row
+    copy (and column maxima) and once for its transposed copy.
+    """
+
+    @staticmethod
+    def forward(ctx, x2, weight, bias, config: Int8Config, out_dtype):
+        wgrad, dgrad = ctx.needs_input_grad[1], ctx.needs_input_grad[0]
+        qx, x_amax = quantize_rows(x2, col_amax=wgrad)
+        qw, w_amax = quantize_rows(weight, col_amax=dgrad)
+        ctx.save_for_backward(x2, weight, x_amax, w_amax)
+        ctx.config, ctx.has_bias = config, bias is not None
+        return scaled_gemm(qx, _transposed(qw), bias=bias, out_dtype=out_dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x2, weight, x_amax, w_amax = ctx.saved_tensors
+        dgrad, wgrad = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_x = grad_w = grad_b = None
+        if dgrad or wgrad:
+            rounding = ctx.config.grad_rounding
+            q_dy, dy_amax = quantize_rows(grad_out, col_amax=wgrad, rounding=rounding)
+            if dgrad:  # dX = dY W: W^T [in, out] quantized per input channel
+                q_wt = quantize_columns_t(weight, w_amax)
+                grad_x = scaled_gemm(q_dy, _transposed(q_wt), out_dtype=x2.dtype)
+            if wgrad:  # dW = dY^T X: dY^T [out, M] and X^T [in, M], both per feature
+                q_dyt = quantize_columns_t(grad_out, dy_amax, rounding=rounding)
+                q_xt = quantize_columns_t(x2, x_amax)
+                grad_w = scaled_gemm(q_dyt, _transposed(q_xt), out_dtype=weight.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_out.sum(0).to(weight.dtype)
+        return grad_x, grad_w, grad_b, None, None
+
+
+def _linear_function(config: Int8Config):
+    """The fused all-INT8 path when every product is INT8 per channel; the generic one otherwise."""
+    fused = config.granularity == "channel" and config.forward and config.grad_input and config.grad_weight
+    return _Int8LinearChannelFunction if fused else _Int8LinearFunction
+
+
 class Linear(torch.nn.Linear):
     """Drop-in for torch.nn.Linear whose forward and backward GEMMs run in INT8."""
 
@@ -74,19 +121,13 @@ class Linear(torch.nn.Linear):
     @classmethod
     def from_float(cls, linear: torch.nn.Linear, config: Optional[Int8Config] = None) -> "Linear":
         """A Linear sharing linear's parameters (no copy)."""
-        new = cls.__new__(cls)
-        torch.nn.Module.__init__(new)
-        new.in_features, new.out_features = linear.in_features, linear.out_features
-        new.weight, new.bias = linear.weight, linear.bias
-        new.config = config or Int8Config()
-        return new
+        return sharing_parameters(cls, linear, ("in_features", "out_features"), config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        device_type = x.device.type
-        out_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
-        with torch.autocast(device_type, enabled=False):
+        out_dtype = output_dtype(x)
+        with torch.autocast(x.device.type, enabled=False):
             x2 = x.reshape(-1, self.in_features)
-            y = _Int8LinearFunction.apply(x2, self.weight, self.bias, self.config, out_dtype)
+            y = _linear_function(self.config).apply(x2, self.weight, self.bias, self.config, out_dtype)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
@@ -103,27 +144,17 @@ class QuantizedLinear(torch.nn.Module):
                  out_scale: Optional[float] = None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
-        self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
-        self.register_buffer("bias", torch.zeros(out_features, device=device) if bias else None)
+        register_int8_weight(self, (out_features, in_features), bias, device)
         self.activation_scale, self.relu, self.out_scale = activation_scale, relu, out_scale
 
     @classmethod
     def from_float(cls, linear: torch.nn.Linear, **kwargs) -> "QuantizedLinear":
         q = cls(linear.in_features, linear.out_features, linear.bias is not None, linear.weight.device, **kwargs)
-        qw = quantize(linear.weight.detach(), 0)
-        q.weight_int8.copy_(qw.data)
-        q.weight_scale.copy_(qw.scale)
-        if linear.bias is not None:
-            q.bias.copy_(linear.bias.detach().float())
+        load_int8_weight(q, linear.weight, linear.bias)
         return q
 
     def _quantize_input(self, x2: torch.Tensor) -> QTensor:
-        if self.activation_scale is None:
-            return quantize(x2, 0)
-        s = float(self.activation_scale)
-        data = torch.clamp(torch.round(x2.float() / s), -127, 127).to(torch.int8)
-        return QTensor(data, torch.tensor(s, device=x2.device), None, None)
+        return quantize_activation(x2, 0, self.activation_scale)  # per token at run time
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:

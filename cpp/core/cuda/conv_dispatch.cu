@@ -1,0 +1,55 @@
+// Forward convolution entry point: checks the geometry every kernel needs,
+// then runs the implicit-GEMM family of the GEMM's family choice
+// (gemm_backend, so TORCH_INT8_GEMM_BACKEND forces both alike).
+#include <cstring>
+#include <limits>
+
+#include "conv_families.h"
+
+namespace torch_int8::kernels {
+namespace {
+
+// Output extent of conv.h; -1 when the (dilated) filter does not fit the padded input.
+int64_t output_extent(int64_t in, int64_t pad, int64_t dilation, int64_t filter, int64_t stride) {
+  const int64_t span = in + 2 * pad - dilation * (filter - 1) - 1;
+  return span < 0 ? -1 : span / stride + 1;
+}
+
+// Positive extents, the output size of conv.h, extents CUTLASS's int problem
+// shapes hold, and a GEMM-K whose int32 accumulator cannot overflow.
+bool conv_geometry_ok(const ConvProblem& p) {
+  constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
+  const bool positive = p.n > 0 && p.h > 0 && p.w > 0 && p.c > 0 && p.k > 0 && p.r > 0 && p.s > 0 &&
+                        p.pad_h >= 0 && p.pad_w >= 0 && p.stride_h > 0 && p.stride_w > 0 &&
+                        p.dilation_h > 0 && p.dilation_w > 0 && p.groups > 0;
+  if (!positive || p.c % p.groups != 0 || p.k % p.groups != 0) return false;
+  if (p.p != output_extent(p.h, p.pad_h, p.dilation_h, p.r, p.stride_h) ||
+      p.q != output_extent(p.w, p.pad_w, p.dilation_w, p.s, p.stride_w))
+    return false;
+  const bool fits_int = p.n * p.h * p.w <= kIntMax && p.n * p.p * p.q <= kIntMax && p.c <= kIntMax &&
+                        p.k <= kIntMax && p.pad_h <= kIntMax && p.pad_w <= kIntMax && p.stride_h <= kIntMax &&
+                        p.stride_w <= kIntMax && p.r * p.dilation_h <= kIntMax && p.s * p.dilation_w <= kIntMax;
+  return fits_int && p.c / p.groups * p.r * p.s <= kMaxK && p.x && p.filter && p.y;
+}
+
+}  // namespace
+
+Status conv2d_fprop_cuda(const ConvProblem& p, const Epilogue& e, void* stream) {
+  if (!conv_geometry_ok(p)) return Status::kInvalidArgument;
+  int device = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess)
+    return Status::kCudaError;
+  [[maybe_unused]] const char* family = gemm_backend(major * 10 + minor);
+  [[maybe_unused]] const auto s = static_cast<cudaStream_t>(stream);
+#ifdef TORCH_INT8_CONV_SM90
+  if (family && std::strcmp(family, "sm90") == 0) return detail::conv2d_fprop_sm90(p, e, s);
+#endif
+#ifdef TORCH_INT8_CONV_SM80
+  if (family && std::strcmp(family, "sm80") == 0) return detail::conv2d_fprop_sm80(p, e, s);
+#endif
+  return Status::kNoKernel;
+}
+
+}  // namespace torch_int8::kernels

@@ -1,0 +1,29 @@
+// The implicit-GEMM forward convolution families behind conv_dispatch.cu, one
+// .cu file each. conv_dispatch.cu has checked the geometry (conv_geometry_ok);
+// each family checks what its own kernels need and returns kInvalidArgument
+// for the rest, which the caller then runs as im2col + GEMM.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "torch_int8/conv.h"
+
+namespace torch_int8::kernels::detail {
+
+Status conv2d_fprop_sm80(const ConvProblem& p, const Epilogue& e, cudaStream_t stream);  // Ampere / Ada
+Status conv2d_fprop_sm90(const ConvProblem& p, const Epilogue& e, cudaStream_t stream);  // Hopper
+
+// What every tensor-core family needs besides the geometry: one group (the
+// kernels see the whole C as GEMM-K), 16-byte vector accesses to activation,
+// filter and output rows (C a multiple of 16, K of 16 bytes of output), and
+// 16-byte aligned base pointers, epilogue vectors included.
+inline bool meets_conv_alignment(const ConvProblem& p, const Epilogue& e, int out_bytes) {
+  auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
+  return p.groups == 1 && p.c % 16 == 0 && (p.k * out_bytes) % 16 == 0 && aligned(p.x) && aligned(p.filter) &&
+         aligned(p.y) && aligned(e.row_scale) && aligned(e.col_scale) && aligned(e.row_offset) &&
+         aligned(e.col_sum) && aligned(e.col_bias);
+}
+
+}  // namespace torch_int8::kernels::detail

@@ -1,0 +1,46 @@
+// The fused epilogue of kernels.h, one output at a time, for the CUDA-core
+// kernels (gemm_simt.cuh, gemm_skinny.cu): the CPU reference's arithmetic
+// (epilogue_math.h), so int8 outputs agree with it bit for bit.
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include "../epilogue_math.h"
+
+namespace torch_int8::kernels::detail {
+
+struct RowParams {
+  float offset = 0.f, scale = 1.f;
+};
+struct ColParams {
+  float sum = 0.f, scale = 1.f, bias = 0.f;
+};
+
+// One output with the CPU reference's arithmetic (epilogue_math.h), so int8
+// outputs agree bit for bit. half_t / bfloat16_t / float round to nearest even.
+template <class ElementD>
+__device__ ElementD epilogue_output(int32_t acc, const RowParams& r, const ColParams& c, int32_t zero_point) {
+  const float v = dequantize_value(static_cast<float>(acc), r.offset, r.scale, c.sum, c.scale, c.bias);
+  if constexpr (std::is_same_v<ElementD, int8_t>) {
+    return requantize_value(v, zero_point);
+  } else {
+    return ElementD(v);
+  }
+}
+
+// The output of element (m, n) given the accumulator, reading the epilogue's
+// vectors; the accumulator itself for int32 output.
+template <class ElementD>
+__device__ ElementD epilogue_output(int32_t acc, const Epilogue& e, int64_t m, int64_t n) {
+  if constexpr (std::is_same_v<ElementD, int32_t>) {
+    return acc;
+  } else {
+    return epilogue_output<ElementD>(acc, RowParams{load_or(e.row_offset, m, 0.f), load_or(e.row_scale, m, 1.f)},
+                                     ColParams{load_or(e.col_sum, n, 0.f), load_or(e.col_scale, n, 1.f),
+                                               load_or(e.col_bias, n, 0.f)},
+                                     e.out_zero_point);
+  }
+}
+
+}  // namespace torch_int8::kernels::detail

@@ -1,0 +1,99 @@
+// GEMM for few rows (M <= 16: decode, GEMV-like products), on every GPU with
+// dp4a (sm_61+). Such products are bound by reading B (N x K int8) once; tile
+// kernels leave most of the GPU idle there (N / 128 blocks, M / 128 of each
+// tile used). Here a warp owns kCols columns and all M rows: each lane streams
+// 16-byte chunks of its columns of B and of the rows of A (a few KB, served by
+// L1), accumulates with dp4a, and a warp reduction ends the dot products.
+#include <cuda_runtime_api.h>
+
+#include "families.h"
+#include "gemm_common.cuh"
+#include "epilogue_simt.cuh"
+
+namespace torch_int8::kernels::detail {
+namespace {
+
+constexpr int kWarpsPerBlock = 4;
+constexpr int kCols = 4;          // columns of B per warp
+constexpr int kChunk = 16;        // bytes of k per lane and step
+constexpr int kWarpK = 32 * kChunk;
+
+__device__ __forceinline__ int dot16(const int4& a, const int4& b, int acc) {
+  acc = __dp4a(a.x, b.x, acc);
+  acc = __dp4a(a.y, b.y, acc);
+  acc = __dp4a(a.z, b.z, acc);
+  return __dp4a(a.w, b.w, acc);
+}
+
+__device__ __forceinline__ int warp_sum(int v) {
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// Warp w of block (x, y) computes columns [kCols (x kWarpsPerBlock + w), +kCols)
+// of batch y, for rows m < M <= kMaxM.
+template <int kMaxM, class ElementD>
+__global__ void __launch_bounds__(32 * kWarpsPerBlock) skinny_gemm_kernel(GemmProblem p, Epilogue e) {
+  const int lane = threadIdx.x % 32;
+  const int64_t n0 = (int64_t{blockIdx.x} * kWarpsPerBlock + threadIdx.x / 32) * kCols;
+  if (n0 >= p.n) return;
+  const int8_t* a = p.a + blockIdx.y * p.batch_stride_a;
+  const int8_t* b = p.b + blockIdx.y * p.batch_stride_b + n0 * p.ldb;
+  const int cols = p.n - n0 < kCols ? static_cast<int>(p.n - n0) : kCols;
+  int acc[kMaxM][kCols] = {};
+#pragma unroll 2
+  for (int64_t k = lane * kChunk; k < p.k; k += kWarpK) {
+    int4 bv[kCols];
+#pragma unroll
+    for (int c = 0; c < kCols; ++c)
+      bv[c] = c < cols ? __ldg(reinterpret_cast<const int4*>(b + c * p.ldb + k)) : make_int4(0, 0, 0, 0);
+#pragma unroll
+    for (int m = 0; m < kMaxM; ++m) {
+      if (m >= p.m) break;
+      const int4 av = __ldg(reinterpret_cast<const int4*>(a + m * p.lda + k));
+#pragma unroll
+      for (int c = 0; c < kCols; ++c) acc[m][c] = dot16(av, bv[c], acc[m][c]);
+    }
+  }
+  // Every lane ends with every sum; output (m, c) is written by lane (m kCols + c) % 32.
+  ElementD* d = static_cast<ElementD*>(p.d) + blockIdx.y * p.batch_stride_d;
+#pragma unroll
+  for (int m = 0; m < kMaxM; ++m) {
+    if (m >= p.m) break;
+#pragma unroll
+    for (int c = 0; c < kCols; ++c) {
+      const int sum = warp_sum(acc[m][c]);
+      if (lane == (m * kCols + c) % 32 && c < cols) d[m * p.ldd + n0 + c] = epilogue_output<ElementD>(sum, e, m, n0 + c);
+    }
+  }
+}
+
+template <int kMaxM>
+Status launch_skinny(const GemmProblem& p, const Epilogue& e, cudaStream_t stream) {
+  return visit_out_type(p.out_type, [&](auto tag) {
+    using ElementD = typename decltype(tag)::type;
+    const int64_t warps = (p.n + kCols - 1) / kCols;
+    const int64_t blocks = (warps + kWarpsPerBlock - 1) / kWarpsPerBlock;
+    if (blocks > INT32_MAX || p.batch > 65535) return Status::kInvalidArgument;
+    const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(p.batch));
+    skinny_gemm_kernel<kMaxM, ElementD><<<grid, 32 * kWarpsPerBlock, 0, stream>>>(p, e);
+    return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError;
+  });
+}
+
+}  // namespace
+
+Status gemm_skinny(const GemmProblem& p, const Epilogue& e, cudaStream_t stream) {
+  // 16-byte chunks of every row of A and column of B (kernels.h requirements).
+  if (p.m > kSkinnyMaxM || p.k % 16 || p.lda % 16 || p.ldb % 16 ||
+      reinterpret_cast<uintptr_t>(p.a) % 16 || reinterpret_cast<uintptr_t>(p.b) % 16 ||
+      (p.batch > 1 && (p.batch_stride_a % 16 || p.batch_stride_b % 16)))
+    return Status::kInvalidArgument;
+  if (p.m == 1) return launch_skinny<1>(p, e, stream);
+  if (p.m <= 2) return launch_skinny<2>(p, e, stream);
+  if (p.m <= 4) return launch_skinny<4>(p, e, stream);
+  if (p.m <= 8) return launch_skinny<8>(p, e, stream);
+  return launch_skinny<16>(p, e, stream);
+}
+
+}  // namespace torch_int8::kernels::detail

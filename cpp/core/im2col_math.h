@@ -1,0 +1,90 @@
+// One element of im2col and of col2im (conv.h), shared by the CPU and CUDA
+// kernels (host-device): both read and sum in the same order, so their
+// results agree bit for bit, float32 col2im included. The kernels differ only
+// in how they walk the elements.
+#pragma once
+
+#include <cstdint>
+
+#include "torch_int8/conv.h"
+#include "torch_int8/fixed_point.h"  // TORCH_INT8_HD
+
+namespace torch_int8::kernels::detail {
+
+// Whether p describes a convolution the im2col / col2im kernels take: every
+// size positive, groups dividing C, and P, Q the output size of the geometry.
+inline bool valid_geometry(const ConvProblem& p) {
+  auto out_size = [](int64_t in, int64_t f, int64_t pad, int64_t stride, int64_t dilation) {
+    return (in + 2 * pad - dilation * (f - 1) - 1) / stride + 1;
+  };
+  return p.n > 0 && p.h > 0 && p.w > 0 && p.c > 0 && p.r > 0 && p.s > 0 && p.groups > 0 && p.c % p.groups == 0 &&
+         p.pad_h >= 0 && p.pad_w >= 0 && p.stride_h > 0 && p.stride_w > 0 && p.dilation_h > 0 && p.dilation_w > 0 &&
+         p.p > 0 && p.q > 0 && p.p == out_size(p.h, p.r, p.pad_h, p.stride_h, p.dilation_h) &&
+         p.q == out_size(p.w, p.s, p.pad_w, p.stride_w, p.dilation_w);
+}
+
+// A column element: group g, channel c of the group, filter tap (r, s),
+// output pixel (n, oh, ow).
+struct ColumnIndex {
+  int64_t g, c, r, s, n, oh, ow;
+};
+
+// Offset of output pixel m = n*P*Q + l in a column buffer (before the range start is subtracted).
+TORCH_INT8_HD int64_t pixel_offset(const ColumnStrides& cs, const ConvProblem& p, int64_t m) {
+  const int64_t per_image = p.p * p.q;
+  return (m / per_image) * cs.n + (m % per_image) * cs.pixel;
+}
+
+TORCH_INT8_HD int64_t column_offset(const ColumnStrides& cs, const ConvProblem& p, const ColumnIndex& i) {
+  return i.g * cs.g + i.c * cs.c + (i.r * p.s + i.s) * cs.tap + i.n * cs.n + (i.oh * p.q + i.ow) * cs.pixel;
+}
+
+TORCH_INT8_HD int8_t im2col_value(const Im2Col& a, const ColumnIndex& i) {
+  const ConvProblem& p = a.geometry;
+  const int64_t h = i.oh * p.stride_h - p.pad_h + i.r * p.dilation_h;
+  const int64_t w = i.ow * p.stride_w - p.pad_w + i.s * p.dilation_w;
+  if (h < 0 || h >= p.h || w < 0 || w >= p.w) return a.pad_value;
+  const ImageStrides& xs = a.x_strides;
+  return a.x[i.n * xs.n + (i.g * (p.c / p.groups) + i.c) * xs.c + h * xs.h + w * xs.w];
+}
+
+// The output coordinate whose filter tap f reads input coordinate in, or -1 when none does.
+TORCH_INT8_HD int64_t reading_output(int64_t in, int64_t f, int64_t pad, int64_t stride, int64_t dilation,
+                                     int64_t out_size) {
+  const int64_t shifted = in + pad - f * dilation;
+  if (shifted < 0 || shifted % stride != 0 || shifted / stride >= out_size) return -1;
+  return shifted / stride;
+}
+
+// Image element (n, channel c, h, w) of col2im: the sum of its column
+// elements, taps in (r, s) order. Col: the column type, Acc: the sum's.
+template <class Col, class Acc>
+TORCH_INT8_HD Acc col2im_value(const Col2Im& a, int64_t n, int64_t c, int64_t h, int64_t w) {
+  const ConvProblem& p = a.geometry;
+  const int64_t channels = p.c / p.groups;
+  ColumnIndex i{c / channels, c % channels, 0, 0, n, 0, 0};
+  const Col* cols = static_cast<const Col*>(a.cols);
+  Acc sum = 0;
+  for (i.r = 0; i.r < p.r; ++i.r) {
+    i.oh = reading_output(h, i.r, p.pad_h, p.stride_h, p.dilation_h, p.p);
+    if (i.oh < 0) continue;
+    for (i.s = 0; i.s < p.s; ++i.s) {
+      i.ow = reading_output(w, i.s, p.pad_w, p.stride_w, p.dilation_w, p.q);
+      if (i.ow >= 0) sum += static_cast<Acc>(cols[column_offset(a.cols_strides, p, i)]);
+    }
+  }
+  return sum;
+}
+
+// Calls fn(Col{}, Acc{}) with the column and sum types of t.
+template <class Fn>
+Status visit_column_type(ColumnType t, Fn&& fn) {
+  switch (t) {
+    case ColumnType::kInt8: return fn(int8_t{}, int32_t{});
+    case ColumnType::kInt32: return fn(int32_t{}, int32_t{});
+    case ColumnType::kFloat32: return fn(float{}, float{});
+  }
+  return Status::kInvalidArgument;
+}
+
+}  // namespace torch_int8::kernels::detail

@@ -1,0 +1,758 @@
+// int8::im2col, col2im, conv2d, scaled_conv2d, conv2d_dgrad, conv2d_wgrad:
+// schema, CPU / CUDA / Meta kernels.
+//
+// Tensors are logically NCHW (weights [K, C/G, R, S]) as in torch.nn; any
+// memory format is read in place (the kernels take element strides), and
+// images computed here come back channels_last (NHWC memory).
+//
+// The general path runs each convolution as GEMMs over a column buffer
+// (conv.h), one GEMM per group, with the fused epilogue of kernels.h:
+//   forward  Y[pix, K/G]          = cols[pix, RSC/G] @ W[K/G, RSC/G]^T
+//   dgrad    dcols[pix, RSC/G]    = dY[pix, K/G] @ W[K/G, RSC/G], then col2im
+//   wgrad    dW[K/G, RSC/G]       = dY^T[K/G, pix] @ cols[pix, RSC/G]
+// The batch (wgrad: the pixels) is processed in chunks so that one column
+// buffer stays under the workspace limit (set_conv_workspace_limit, default
+// 1 GiB or TORCH_INT8_CONV_WORKSPACE_MB); only a chunk of one image, or a
+// filter of one pixel, larger than the limit exceeds it.
+// On the GPU the forward first tries the implicit-GEMM kernel
+// (conv2d_fprop_cuda) and falls back to this path when it declines.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cstdlib>
+
+#include "common.h"
+#include "torch_int8/conv.h"
+
+namespace torch_int8::ops {
+namespace {
+
+using kernels::ColumnStrides;
+using kernels::ConvProblem;
+using kernels::Epilogue;
+using kernels::GemmProblem;
+using kernels::ImageStrides;
+
+// --- workspace limit ------------------------------------------------------------
+
+std::atomic<int64_t>& workspace_limit() {
+  static std::atomic<int64_t> limit{[] {
+    const char* mb = std::getenv("TORCH_INT8_CONV_WORKSPACE_MB");
+    return mb && *mb ? std::max<int64_t>(1, std::atoll(mb)) << 20 : int64_t{1} << 30;
+  }()};
+  return limit;
+}
+
+// How many units (images, or pixels in multiples of `granule`) one chunk
+// holds when each unit needs bytes_per_unit of column buffer: as many as fit
+// under the limit, at least one granule, at most all of them.
+int64_t units_per_chunk(int64_t bytes_per_unit, int64_t total, int64_t granule = 1) {
+  const int64_t fit = workspace_limit().load() / std::max<int64_t>(1, bytes_per_unit) / granule * granule;
+  return std::clamp(fit, granule, round_up(total, granule));
+}
+
+// --- arguments and shapes -------------------------------------------------------
+
+struct ConvParams {
+  std::array<int64_t, 2> stride, padding, dilation;
+  int64_t groups;
+};
+
+std::array<int64_t, 2> hw_pair(at::IntArrayRef v, const char* op, const char* name, int64_t min) {
+  TORCH_CHECK_VALUE(v.size() == 2, op, ": ", name, " must have 2 entries (height, width), got ",
+                    int_str(static_cast<int64_t>(v.size())));
+  TORCH_CHECK_VALUE(v[0] >= min && v[1] >= min, op, ": ", name, " must be >= ", int_str(min), ", got (",
+                    int_str(v[0]), ", ", int_str(v[1]), ")");
+  return {v[0], v[1]};
+}
+
+ConvParams conv_params(const char* op, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                       int64_t groups) {
+  TORCH_CHECK_VALUE(groups >= 1, op, ": groups must be >= 1, got ", int_str(groups));
+  return {hw_pair(stride, op, "stride", 1), hw_pair(padding, op, "padding", 0), hw_pair(dilation, op, "dilation", 1),
+          groups};
+}
+
+// Output size along one axis; symbolic under torch.compile.
+template <class Int>
+Int out_size(const Int& in, int64_t f, int64_t pad, int64_t stride, int64_t dilation) {
+  return (in + 2 * pad - dilation * (f - 1) - 1) / stride + 1;
+}
+
+// The sizes of one convolution (Int: int64_t, or c10::SymInt in Meta kernels).
+template <class Int>
+struct ConvDims {
+  Int n, c, h, w, k;
+  int64_t r, s;
+  Int p, q;
+};
+
+template <class Int>
+ConvDims<Int> conv_dims(const Int& n, const Int& c, const Int& h, const Int& w, const Int& k, int64_t r, int64_t s,
+                        const ConvParams& cp, const char* op) {
+  const ConvDims<Int> d{n, c, h, w, k, r, s, out_size(h, r, cp.padding[0], cp.stride[0], cp.dilation[0]),
+                        out_size(w, s, cp.padding[1], cp.stride[1], cp.dilation[1])};
+  auto known = [](const Int& v) { return Shape<std::is_same_v<Int, c10::SymInt>>::known(v); };
+  const auto hp = known(h + 2 * cp.padding[0]), wp = known(w + 2 * cp.padding[1]);
+  TORCH_CHECK_VALUE((!hp || *hp >= cp.dilation[0] * (r - 1) + 1) && (!wp || *wp >= cp.dilation[1] * (s - 1) + 1), op,
+                    ": the padded input (", int_str(h + 2 * cp.padding[0]), " x ", int_str(w + 2 * cp.padding[1]),
+                    ") is smaller than the dilated kernel (", int_str(cp.dilation[0] * (r - 1) + 1), " x ",
+                    int_str(cp.dilation[1] * (s - 1) + 1), ")");
+  const auto cn = known(c), kn = known(k);
+  TORCH_CHECK_VALUE(!cn || *cn % cp.groups == 0, op, ": groups = ", int_str(cp.groups),
+                    " does not divide the input channels ", int_str(c));
+  TORCH_CHECK_VALUE(!kn || *kn % cp.groups == 0, op, ": groups = ", int_str(cp.groups),
+                    " does not divide the output channels ", int_str(k));
+  return d;
+}
+
+ConvProblem problem_of(const ConvDims<int64_t>& d, const ConvParams& cp) {
+  ConvProblem p;
+  p.n = d.n, p.h = d.h, p.w = d.w, p.c = d.c, p.k = d.k, p.r = d.r, p.s = d.s;
+  p.pad_h = cp.padding[0], p.pad_w = cp.padding[1];
+  p.stride_h = cp.stride[0], p.stride_w = cp.stride[1];
+  p.dilation_h = cp.dilation[0], p.dilation_w = cp.dilation[1];
+  p.groups = cp.groups;
+  p.p = d.p, p.q = d.q;
+  return p;
+}
+
+void check_int8_4d(const at::Tensor& t, const char* op, const char* name, const char* what) {
+  check_dtype(t, at::kChar, op, name);
+  TORCH_CHECK_VALUE(t.dim() == 4, op, ": ", name, " must be 4-D ", what, ", got shape ", shape_str(t));
+  const auto numel = known_numel(t);
+  TORCH_CHECK_VALUE(!numel || *numel > 0, op, ": ", name, " is empty (shape ", shape_str(t), ")");
+}
+
+// The two int8 4-D operands of a convolution op, on one device (second's checked against first's).
+void check_int8_4d_pair(const at::Tensor& first, const char* first_name, const char* first_what,
+                        const at::Tensor& second, const char* second_name, const char* second_what, const char* op) {
+  check_int8_4d(first, op, first_name, first_what);
+  check_int8_4d(second, op, second_name, second_what);
+  check_same_device(second, first, op, second_name);
+}
+
+template <bool kSym>
+using Dims = ConvDims<typename Shape<kSym>::Int>;
+
+// The filter size (R, S) of weight [K, C/G, R, S]: it fixes the GEMM depth,
+// so it must be known now, also under torch.compile.
+template <bool kSym>
+std::array<int64_t, 2> static_filter_size(const at::Tensor& weight, const char* op) {
+  using S = Shape<kSym>;
+  const auto r = S::known(S::size(weight, 2)), s = S::known(S::size(weight, 3));
+  TORCH_CHECK_VALUE(r && s, op, ": the filter size must be static under torch.compile");
+  return {*r, *s};
+}
+
+// A GEMM depth `channels` * R * S (named `what`) beyond kMaxK could overflow the int32 accumulator.
+template <class Int>
+void check_gemm_depth(const Int& channels, const std::array<int64_t, 2>& rs, const char* op, const char* what) {
+  const auto c = Shape<std::is_same_v<Int, c10::SymInt>>::known(channels);
+  TORCH_CHECK_VALUE(!c || *c * rs[0] * rs[1] <= kernels::kMaxK, op, ": ", what, " = ",
+                    int_str(c ? *c * rs[0] * rs[1] : 0), " exceeds ", int_str(kernels::kMaxK),
+                    ", beyond which the int32 accumulator can overflow");
+}
+
+// grad_out [N, K, P, Q] must have the output size (P, Q) of d, the convolution of `source`.
+template <bool kSym>
+void check_grad_out_size(const at::Tensor& grad_out, const Dims<kSym>& d, const char* op, const std::string& source) {
+  using S = Shape<kSym>;
+  TORCH_CHECK_VALUE(d.p == S::size(grad_out, 2) && d.q == S::size(grad_out, 3), op, ": grad_out ",
+                    shape_str(grad_out), " does not match ", source, ", whose output is ", int_str(d.p), " x ",
+                    int_str(d.q));
+}
+
+// x [N, C, H, W] with weight [K, C/G, R, S].
+template <bool kSym>
+Dims<kSym> forward_dims(const at::Tensor& x, const at::Tensor& weight, const ConvParams& cp, const char* op) {
+  using S = Shape<kSym>;
+  check_int8_4d_pair(x, "x", "[N, C, H, W]", weight, "weight", "[K, C/groups, R, S]", op);
+  TORCH_CHECK_VALUE(S::size(x, 1) == S::size(weight, 1) * cp.groups, op, ": channel mismatch: x has ",
+                    int_str(S::size(x, 1)), " channels, weight ", shape_str(weight), " with groups = ",
+                    int_str(cp.groups), " expects ", int_str(S::size(weight, 1) * cp.groups));
+  const auto rs = static_filter_size<kSym>(weight, op);
+  check_gemm_depth(S::size(weight, 1), rs, op, "C/groups*R*S");
+  return conv_dims(S::size(x, 0), S::size(x, 1), S::size(x, 2), S::size(x, 3), S::size(weight, 0), rs[0], rs[1], cp,
+                   op);
+}
+
+// grad_out [N, K, P, Q] with weight [K, C/G, R, S] and the input size (H, W).
+template <bool kSym>
+Dims<kSym> dgrad_dims(const at::Tensor& grad_out, const at::Tensor& weight, at::IntArrayRef input_size,
+                      const ConvParams& cp) {
+  using S = Shape<kSym>;
+  const char* op = "conv2d_dgrad";
+  check_int8_4d_pair(grad_out, "grad_out", "[N, K, P, Q]", weight, "weight", "[K, C/groups, R, S]", op);
+  const auto hw = hw_pair(input_size, op, "input_size", 1);
+  TORCH_CHECK_VALUE(S::size(grad_out, 1) == S::size(weight, 0), op, ": channel mismatch: grad_out has ",
+                    int_str(S::size(grad_out, 1)), " channels, weight ", shape_str(weight));
+  const auto rs = static_filter_size<kSym>(weight, op);
+  const auto d = conv_dims<typename S::Int>(S::size(grad_out, 0), S::size(weight, 1) * cp.groups, hw[0], hw[1],
+                                            S::size(weight, 0), rs[0], rs[1], cp, op);
+  check_grad_out_size<kSym>(grad_out, d, op, "input_size (" + int_str(hw[0]) + ", " + int_str(hw[1]) + ")");
+  check_gemm_depth(S::size(weight, 0) / cp.groups, rs, op, "K/groups*R*S");
+  return d;
+}
+
+// grad_out [N, K, P, Q] with x [N, C, H, W] and the filter size (R, S).
+template <bool kSym>
+Dims<kSym> wgrad_dims(const at::Tensor& grad_out, const at::Tensor& x, at::IntArrayRef kernel_size,
+                      const ConvParams& cp) {
+  using S = Shape<kSym>;
+  const char* op = "conv2d_wgrad";
+  check_int8_4d_pair(grad_out, "grad_out", "[N, K, P, Q]", x, "x", "[N, C, H, W]", op);
+  const auto rs = hw_pair(kernel_size, op, "kernel_size", 1);
+  TORCH_CHECK_VALUE(S::size(grad_out, 0) == S::size(x, 0), op, ": batch mismatch: grad_out ", shape_str(grad_out),
+                    ", x ", shape_str(x));
+  const auto d = conv_dims(S::size(x, 0), S::size(x, 1), S::size(x, 2), S::size(x, 3), S::size(grad_out, 1), rs[0],
+                           rs[1], cp, op);
+  check_grad_out_size<kSym>(grad_out, d, op, "x " + shape_str(x));
+  const auto pixels = S::known(d.n * d.p * d.q);
+  TORCH_CHECK_VALUE(!pixels || *pixels <= kernels::kMaxK, op, ": N*P*Q = ", int_str(d.n * d.p * d.q), " exceeds ",
+                    int_str(kernels::kMaxK), ", beyond which the int32 result can overflow; split the batch");
+  return d;
+}
+
+// --- tensor plumbing ----------------------------------------------------------------
+
+ImageStrides nchw_strides(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
+ImageStrides nhwc_strides(const at::Tensor& t) { return {t.stride(0), t.stride(3), t.stride(1), t.stride(2)}; }
+
+// t [G, rows, cols] zero-padded to [G, rows_pad, cols_pad] and contiguous;
+// no copy when it already is.
+at::Tensor padded(const at::Tensor& t, int64_t rows_pad, int64_t cols_pad) {
+  if (t.size(1) == rows_pad && t.size(2) == cols_pad) return t.contiguous();
+  return at::constant_pad_nd(t, {0, cols_pad - t.size(2), 0, rows_pad - t.size(1)}, 0).contiguous();
+}
+
+// A per-output-channel vector [K] (or one broadcast value) as [G, n_pad]
+// float32, zero-padded per group: the epilogue column vectors of the grouped
+// GEMMs (readable up to round_up(N, 16)).
+at::Tensor group_columns(const at::Tensor& v, int64_t k, int64_t groups, int64_t n_pad) {
+  const at::Tensor full = v.to(at::kFloat).reshape({-1}).expand({k}).reshape({groups, 1, k / groups});
+  return padded(full, 1, n_pad).view({groups * n_pad});
+}
+
+// Output pixels (n, l) of an image batch -> the element offset of pixel m in a column buffer.
+int64_t pixel_start(const ColumnStrides& cs, int64_t per_image, int64_t m) {
+  return (m / per_image) * cs.n + (m % per_image) * cs.pixel;
+}
+
+void* stream_of(const at::Tensor& t) { return current_stream(t.device()); }
+
+void run_im2col(const kernels::Im2Col& a, const at::Tensor& x) {
+  if (x.is_cuda()) {
+    check_status(kernels::im2col_cuda(a, stream_of(x)), "im2col");
+    return;
+  }
+  const int64_t per_image = a.geometry.p * a.geometry.q;
+  const int64_t start = pixel_start(a.cols_strides, per_image, a.pixel_begin);
+  const int64_t grain = std::max<int64_t>(1, 65536 / (a.geometry.c * a.geometry.r * a.geometry.s));
+  at::parallel_for(a.pixel_begin, a.pixel_begin + a.pixel_count, grain, [&](int64_t begin, int64_t end) {
+    kernels::Im2Col part = a;
+    part.pixel_begin = begin, part.pixel_count = end - begin;
+    part.cols = a.cols + (pixel_start(a.cols_strides, per_image, begin) - start);
+    check_status(kernels::im2col_cpu(part), "im2col");
+  });
+}
+
+void run_col2im(const kernels::Col2Im& a, const at::Tensor& cols, int64_t col_bytes, int64_t image_bytes) {
+  if (cols.is_cuda()) {
+    check_status(kernels::col2im_cuda(a, stream_of(cols)), "col2im");
+    return;
+  }
+  at::parallel_for(0, a.geometry.n, 1, [&](int64_t begin, int64_t end) {
+    kernels::Col2Im part = a;
+    part.geometry.n = end - begin;
+    part.cols = static_cast<const char*>(a.cols) + begin * a.cols_strides.n * col_bytes;
+    part.image = static_cast<char*>(a.image) + begin * a.image_strides.n * image_bytes;
+    check_status(kernels::col2im_cpu(part), "col2im");
+  });
+}
+
+// One GEMM with epilogue on like's device: the GPU kernel, or the CPU
+// reference with its rows split across threads.
+void run_gemm(const GemmProblem& p, const Epilogue& e, const at::Tensor& like) {
+  if (like.is_cuda())
+    check_status(kernels::gemm_cuda(p, e, stream_of(like)), "conv2d gemm");
+  else
+    gemm_cpu_parallel(p, e, "conv2d gemm");
+}
+
+// An NHWC [N, P, Q, K] (or [N, H, W, C]) buffer seen as the logical NCHW tensor (channels_last memory).
+at::Tensor as_nchw(const at::Tensor& nhwc) { return nhwc.permute({0, 3, 1, 2}); }
+
+// --- forward ------------------------------------------------------------------------
+
+// The epilogue's operands for a forward convolution: per-pixel rows (the
+// activation scale of each pixel's image, minus the activation zero point)
+// and per-output-channel columns (weight scale, weight sums, bias). Empty for int32 output.
+struct ForwardScales {
+  at::Tensor scale_x, row_offset_value;  // scale_x: [1] or [N]
+  at::Tensor col_scale, col_sum, col_bias;  // [K] float32 or undefined
+  int32_t out_zero_point = 0;
+};
+
+// Row vectors for pixels of images [n0, n0 + count), each image P*Q pixels.
+struct RowVectors {
+  at::Tensor scale, offset;
+};
+RowVectors row_vectors(const ForwardScales& fs, int64_t n, int64_t n0, int64_t count, int64_t per_image) {
+  RowVectors rv;
+  if (fs.scale_x.defined())
+    rv.scale = fs.scale_x.expand({n}).narrow(0, n0, count).repeat_interleave(per_image).contiguous();
+  if (fs.row_offset_value.defined()) rv.offset = fs.row_offset_value.expand({count * per_image}).contiguous();
+  return rv;
+}
+
+const float* ptr(const at::Tensor& t) { return t.defined() ? t.const_data_ptr<float>() : nullptr; }
+
+Epilogue epilogue_of(const RowVectors& rv, const at::Tensor& col_scale, const at::Tensor& col_sum,
+                     const at::Tensor& col_bias, int64_t col_offset, int32_t out_zero_point) {
+  auto col = [&](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<float>() + col_offset : nullptr; };
+  Epilogue e;
+  e.row_scale = ptr(rv.scale), e.row_offset = ptr(rv.offset);
+  e.col_scale = col(col_scale), e.col_sum = col(col_sum), e.col_bias = col(col_bias);
+  e.out_zero_point = out_zero_point;
+  return e;
+}
+
+// The implicit-GEMM kernel on dense NHWC / KRSC operands; false when it
+// declines the problem. It pads with zeros, so an activation zero point
+// other than 0 (padded with the zero point) must take the im2col path.
+bool try_implicit_gemm(ConvProblem p, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& y,
+                       const ForwardScales& fs, int8_t pad_value) {
+  if (pad_value != 0 && (p.pad_h > 0 || p.pad_w > 0)) return false;
+  const at::Tensor x_nhwc = x.contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor filter = weight.permute({0, 2, 3, 1}).contiguous();
+  const int64_t k_pad = round_up(p.k, kGpuAlign);
+  auto cols = [&](const at::Tensor& v) { return v.defined() ? group_columns(v, p.k, 1, k_pad) : at::Tensor(); };
+  const at::Tensor col_scale = cols(fs.col_scale), col_sum = cols(fs.col_sum), col_bias = cols(fs.col_bias);
+  const RowVectors rv = row_vectors(fs, p.n, 0, p.n, p.p * p.q);
+  p.x = x_nhwc.const_data_ptr<int8_t>(), p.filter = filter.const_data_ptr<int8_t>(), p.y = y.data_ptr();
+  p.out_type = out_type_of(y.scalar_type(), "scaled_conv2d");
+  const kernels::Status s = kernels::conv2d_fprop_cuda(
+      p, epilogue_of(rv, col_scale, col_sum, col_bias, 0, fs.out_zero_point), stream_of(x));
+  if (s == kernels::Status::kInvalidArgument || s == kernels::Status::kNoKernel) return false;
+  check_status(s, "conv2d");
+  return true;
+}
+
+// y [N, P, Q, K] = conv(x, weight) with the epilogue of fs, on the general path.
+void forward_im2col(const ConvProblem& p, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& y,
+                    const ForwardScales& fs, int8_t pad_value) {
+  const int64_t align = x.is_cuda() ? kGpuAlign : 1;
+  const int64_t g = p.groups, cg = p.c / g, kg = p.k / g, per_image = p.p * p.q;
+  const int64_t depth = p.r * p.s * cg, k_pad = round_up(depth, align), n_pad = round_up(kg, align);
+  // Filter as the GEMM's B operand: [G][K/G rows][(r, s, c) columns], zero-padded.
+  const at::Tensor filter =
+      padded(weight.view({g, kg, cg, p.r, p.s}).permute({0, 1, 3, 4, 2}).reshape({g, kg, depth}), n_pad, k_pad);
+  auto cols_of = [&](const at::Tensor& v) { return v.defined() ? group_columns(v, p.k, g, n_pad) : at::Tensor(); };
+  const at::Tensor col_scale = cols_of(fs.col_scale), col_sum = cols_of(fs.col_sum), col_bias = cols_of(fs.col_bias);
+
+  const int64_t chunk = units_per_chunk(g * per_image * k_pad, p.n);
+  at::Tensor cols = at::empty({g, chunk * per_image, k_pad}, x.options());
+  if (k_pad > depth) cols.narrow(2, depth, k_pad - depth).zero_();  // im2col never writes the K padding
+  // Groups or a ragged K: each group's GEMM writes a staging buffer, copied into y.
+  const bool direct = g == 1 && n_pad == p.k;
+  const at::Tensor staging = direct ? at::Tensor() : at::empty({g, chunk * per_image, n_pad}, y.options());
+  const int64_t out_bytes = y.element_size();
+
+  kernels::Im2Col a;
+  a.geometry = p, a.x = x.const_data_ptr<int8_t>(), a.x_strides = nchw_strides(x), a.pad_value = pad_value;
+  a.cols = cols.data_ptr<int8_t>();
+  a.cols_strides = {chunk * per_image * k_pad, 1, cg, per_image * k_pad, k_pad};
+  for (int64_t n0 = 0; n0 < p.n; n0 += chunk) {
+    const int64_t count = std::min(chunk, p.n - n0), rows = count * per_image;
+    a.pixel_begin = n0 * per_image, a.pixel_count = rows;
+    run_im2col(a, x);
+    const RowVectors rv = row_vectors(fs, p.n, n0, count, per_image);
+    for (int64_t gi = 0; gi < g; ++gi) {
+      GemmProblem gp;
+      gp.m = rows, gp.n = n_pad, gp.k = k_pad;
+      gp.a = cols.const_data_ptr<int8_t>() + gi * chunk * per_image * k_pad, gp.lda = k_pad;
+      gp.b = filter.const_data_ptr<int8_t>() + gi * n_pad * k_pad, gp.ldb = k_pad;
+      gp.d = direct ? static_cast<char*>(y.data_ptr()) + n0 * per_image * p.k * out_bytes
+                    : static_cast<char*>(staging.data_ptr()) + gi * chunk * per_image * n_pad * out_bytes;
+      gp.ldd = direct ? p.k : n_pad;
+      gp.out_type = out_type_of(y.scalar_type(), "scaled_conv2d");
+      run_gemm(gp, epilogue_of(rv, col_scale, col_sum, col_bias, gi * n_pad, fs.out_zero_point), x);
+    }
+    if (!direct)
+      y.view({p.n * per_image, g, kg}).narrow(0, n0 * per_image, rows).copy_(
+          staging.narrow(1, 0, rows).narrow(2, 0, kg).permute({1, 0, 2}));
+  }
+}
+
+at::Tensor forward(const at::Tensor& x, const at::Tensor& weight, const ConvParams& cp, at::ScalarType out_dtype,
+                   const ForwardScales& fs, int8_t pad_value, const char* op) {
+  const ConvProblem p = problem_of(forward_dims<false>(x, weight, cp, op), cp);
+  const at::Tensor w = weight.contiguous();
+  const at::Tensor y = new_output({p.n, p.p, p.q, p.k}, x.options().dtype(out_dtype));
+  c10::DeviceGuard guard(x.device());
+  if (!x.is_cuda() || !try_implicit_gemm(p, x, w, y, fs, pad_value)) forward_im2col(p, x, w, y, fs, pad_value);
+  return as_nchw(y);
+}
+
+at::Tensor conv2d_kernel(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
+                         at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  return forward(x, weight, conv_params("conv2d", stride, padding, dilation, groups), at::kInt, ForwardScales{}, 0,
+                 "conv2d");
+}
+
+at::Tensor conv2d_meta(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
+                       at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  const auto d = forward_dims<true>(x, weight, conv_params("conv2d", stride, padding, dilation, groups), "conv2d");
+  return at::empty_symint({d.n, d.k, d.p, d.q},
+                          x.options().dtype(at::kInt).memory_format(at::MemoryFormat::ChannelsLast));
+}
+
+// --- scaled_conv2d ---------------------------------------------------------------------
+
+template <bool kSym>
+Dims<kSym> scaled_dims(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale_x,
+                       const at::Tensor& scale_w, const std::optional<at::Tensor>& zero_point_x,
+                       const std::optional<at::Tensor>& bias, const ConvParams& cp, at::ScalarType out_dtype,
+                       double out_scale, int64_t out_zero_point) {
+  using S = Shape<kSym>;
+  const char* op = "scaled_conv2d";
+  const auto d = forward_dims<kSym>(x, weight, cp, op);
+  check_scaled_output(out_dtype, out_scale, out_zero_point, op, "conv2d");
+  check_dtype(scale_x, at::kFloat, op, "scale_x");
+  check_dtype(scale_w, at::kFloat, op, "scale_w");
+  check_epilogue_vector<kSym>(scale_x, d.n, x, op, "scale_x", "per tensor or per image");
+  check_epilogue_vector<kSym>(scale_w, d.k, x, op, "scale_w", "per tensor or per output channel");
+  if (zero_point_x) {
+    check_dtype(*zero_point_x, at::kInt, op, "zero_point_x");
+    check_same_device(*zero_point_x, x, op, "zero_point_x");
+    TORCH_CHECK_VALUE(S::numel(*zero_point_x) == 1, op, ": zero_point_x must have one element (per tensor), got shape ",
+                      shape_str(*zero_point_x));
+  }
+  if (bias) check_bias<kSym>(*bias, d.k, x, op, "K");
+  return d;
+}
+
+at::Tensor scaled_conv2d_kernel(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale_x,
+                                const at::Tensor& scale_w, const std::optional<at::Tensor>& zero_point_x,
+                                const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                                at::ScalarType out_dtype, double out_scale, int64_t out_zero_point) {
+  const ConvParams cp = conv_params("scaled_conv2d", stride, padding, dilation, groups);
+  scaled_dims<false>(x, weight, scale_x, scale_w, zero_point_x, bias, cp, out_dtype, out_scale, out_zero_point);
+  // The pad value must be known on the host (one sync for a GPU tensor).
+  const int64_t zp = zero_point_x ? zero_point_x->item<int32_t>() : 0;
+  TORCH_CHECK_VALUE(zp >= -128 && zp <= 127, "scaled_conv2d: zero_point_x must be in [-128, 127], got ", int_str(zp));
+  ForwardScales fs;
+  fs.scale_x = scale_x.reshape({-1});
+  // Requantizing to int8 folds 1/out_scale into the column vectors (as scaled_gemm does).
+  const double inv = out_dtype == at::kChar ? 1.0 / out_scale : 1.0;
+  fs.col_scale = scale_w.reshape({-1}).mul(inv);
+  if (bias) fs.col_bias = bias->to(at::kFloat).mul(inv);
+  // An asymmetric x: sum (x - z) w = acc - z * (sum of the filter of each output channel).
+  if (zp != 0) {
+    fs.row_offset_value = at::full({1}, static_cast<float>(-zp), x.options().dtype(at::kFloat));
+    fs.col_sum = weight.sum({1, 2, 3}, false, at::kInt).to(at::kFloat);
+  }
+  fs.out_zero_point = static_cast<int32_t>(out_zero_point);
+  return forward(x, weight, cp, out_dtype, fs, static_cast<int8_t>(zp), "scaled_conv2d");
+}
+
+at::Tensor scaled_conv2d_meta(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale_x,
+                              const at::Tensor& scale_w, const std::optional<at::Tensor>& zero_point_x,
+                              const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+                              at::IntArrayRef dilation, int64_t groups, at::ScalarType out_dtype, double out_scale,
+                              int64_t out_zero_point) {
+  const ConvParams cp = conv_params("scaled_conv2d", stride, padding, dilation, groups);
+  const auto d =
+      scaled_dims<true>(x, weight, scale_x, scale_w, zero_point_x, bias, cp, out_dtype, out_scale, out_zero_point);
+  return at::empty_symint({d.n, d.k, d.p, d.q},
+                          x.options().dtype(out_dtype).memory_format(at::MemoryFormat::ChannelsLast));
+}
+
+// --- dgrad ----------------------------------------------------------------------------
+
+at::Tensor conv2d_dgrad_kernel(const at::Tensor& grad_out, const at::Tensor& weight, at::IntArrayRef input_size,
+                               at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                               int64_t groups) {
+  const ConvParams cp = conv_params("conv2d_dgrad", stride, padding, dilation, groups);
+  const ConvProblem p = problem_of(dgrad_dims<false>(grad_out, weight, input_size, cp), cp);
+  c10::DeviceGuard guard(grad_out.device());
+  const int64_t align = grad_out.is_cuda() ? kGpuAlign : 1;
+  const int64_t g = p.groups, cg = p.c / g, kg = p.k / g, per_image = p.p * p.q;
+  const int64_t depth = p.r * p.s * cg, kg_pad = round_up(kg, align), n_pad = round_up(depth, align);
+  // A: dY per group [G][pixels][K/G]; B: W^T per group [G][(r, s, c)][K/G].
+  const at::Tensor dy = padded(
+      grad_out.permute({0, 2, 3, 1}).reshape({p.n * per_image, g, kg}).permute({1, 0, 2}), p.n * per_image, kg_pad);
+  const at::Tensor wt = padded(
+      weight.contiguous().view({g, kg, cg, p.r, p.s}).permute({0, 3, 4, 2, 1}).reshape({g, depth, kg}), n_pad, kg_pad);
+  const at::Tensor grad_in = new_output({p.n, p.h, p.w, p.c}, grad_out.options().dtype(at::kInt));
+
+  const int64_t chunk = units_per_chunk(g * per_image * n_pad * 4, p.n);
+  const at::Tensor dcols = at::empty({g, chunk * per_image, n_pad}, grad_in.options());
+  kernels::Col2Im c;
+  c.geometry = p, c.cols_type = kernels::ColumnType::kInt32;
+  c.cols_strides = {chunk * per_image * n_pad, 1, cg, per_image * n_pad, n_pad};
+  c.cols = dcols.const_data_ptr<int32_t>(), c.image_strides = nhwc_strides(grad_in);
+  for (int64_t n0 = 0; n0 < p.n; n0 += chunk) {
+    const int64_t count = std::min(chunk, p.n - n0), rows = count * per_image;
+    for (int64_t gi = 0; gi < g; ++gi) {
+      GemmProblem gp;
+      gp.m = rows, gp.n = n_pad, gp.k = kg_pad;
+      gp.a = dy.const_data_ptr<int8_t>() + (gi * p.n * per_image + n0 * per_image) * kg_pad, gp.lda = kg_pad;
+      gp.b = wt.const_data_ptr<int8_t>() + gi * n_pad * kg_pad, gp.ldb = kg_pad;
+      gp.d = dcols.data_ptr<int32_t>() + gi * chunk * per_image * n_pad, gp.ldd = n_pad;
+      run_gemm(gp, Epilogue{}, grad_out);
+    }
+    c.geometry.n = count;
+    c.image = grad_in.data_ptr<int32_t>() + n0 * p.h * p.w * p.c;
+    run_col2im(c, grad_out, 4, 4);
+  }
+  return as_nchw(grad_in);
+}
+
+at::Tensor conv2d_dgrad_meta(const at::Tensor& grad_out, const at::Tensor& weight, at::IntArrayRef input_size,
+                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                             int64_t groups) {
+  const auto d =
+      dgrad_dims<true>(grad_out, weight, input_size, conv_params("conv2d_dgrad", stride, padding, dilation, groups));
+  return at::empty_symint({d.n, d.c, d.h, d.w},
+                          grad_out.options().dtype(at::kInt).memory_format(at::MemoryFormat::ChannelsLast));
+}
+
+// --- wgrad ----------------------------------------------------------------------------
+
+at::Tensor conv2d_wgrad_kernel(const at::Tensor& grad_out, const at::Tensor& x, at::IntArrayRef kernel_size,
+                               at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                               int64_t groups) {
+  const ConvParams cp = conv_params("conv2d_wgrad", stride, padding, dilation, groups);
+  const ConvProblem p = problem_of(wgrad_dims<false>(grad_out, x, kernel_size, cp), cp);
+  c10::DeviceGuard guard(x.device());
+  const int64_t align = x.is_cuda() ? kGpuAlign : 1;
+  const int64_t g = p.groups, cg = p.c / g, kg = p.k / g, per_image = p.p * p.q, pixels = p.n * per_image;
+  const int64_t depth = p.r * p.s * cg, n_pad = round_up(depth, align), pixels_pad = round_up(pixels, align);
+  // A: dY^T per group [G][K/G][pixels], zero-padded; B: the columns, one row per (r, s, c), pixels contiguous.
+  const at::Tensor dyt = padded(grad_out.permute({1, 0, 2, 3}).reshape({g, kg, pixels}), kg, pixels_pad);
+  const int64_t chunk = units_per_chunk(g * n_pad, pixels, align);
+  // Zeros: the padding rows (r, s, c) >= depth are never written.
+  const at::Tensor cols = at::zeros({g, n_pad, chunk}, x.options());
+  const at::Tensor grad_w = at::empty({g, kg, n_pad}, x.options().dtype(at::kInt));
+  const at::Tensor partial = chunk < pixels ? at::empty_like(grad_w) : grad_w;
+
+  kernels::Im2Col a;
+  a.geometry = p, a.x = x.const_data_ptr<int8_t>(), a.x_strides = nchw_strides(x);
+  a.cols = cols.data_ptr<int8_t>(), a.cols_strides = {n_pad * chunk, chunk, cg * chunk, per_image, 1};
+  for (int64_t m0 = 0; m0 < pixels; m0 += chunk) {
+    const int64_t count = std::min(chunk, pixels - m0);
+    a.pixel_begin = m0, a.pixel_count = count;
+    run_im2col(a, x);
+    const at::Tensor out = m0 == 0 ? grad_w : partial;
+    for (int64_t gi = 0; gi < g; ++gi) {
+      GemmProblem gp;
+      gp.m = kg, gp.n = n_pad, gp.k = round_up(count, align);
+      gp.a = dyt.const_data_ptr<int8_t>() + gi * kg * pixels_pad + m0, gp.lda = pixels_pad;
+      gp.b = cols.const_data_ptr<int8_t>() + gi * n_pad * chunk, gp.ldb = chunk;
+      gp.d = out.data_ptr<int32_t>() + gi * kg * n_pad, gp.ldd = n_pad;
+      run_gemm(gp, Epilogue{}, x);
+    }
+    // Exact: every partial sum is bounded by the whole one (N*P*Q <= kMaxK).
+    if (m0 > 0) grad_w.add_(partial);
+  }
+  return grad_w.narrow(2, 0, depth).reshape({p.k, p.r, p.s, cg}).permute({0, 3, 1, 2}).contiguous();
+}
+
+at::Tensor conv2d_wgrad_meta(const at::Tensor& grad_out, const at::Tensor& x, at::IntArrayRef kernel_size,
+                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                             int64_t groups) {
+  const auto d =
+      wgrad_dims<true>(grad_out, x, kernel_size, conv_params("conv2d_wgrad", stride, padding, dilation, groups));
+  return at::empty_symint({d.k, d.c / groups, d.r, d.s}, x.options().dtype(at::kInt));
+}
+
+// --- im2col / col2im (torch.nn.functional.unfold / fold) -------------------------------
+
+bool nhwc_layout(c10::string_view layout, const char* op) {
+  TORCH_CHECK_VALUE(layout == "NCHW" || layout == "NHWC", op, ": layout must be 'NCHW' or 'NHWC', got '", layout,
+                    "'");
+  return layout == "NHWC";
+}
+
+// Column strides of a [N, C*R*S, L] (NCHW) or [N, L, R*S*C] (NHWC) tensor, any strides.
+ColumnStrides unfold_strides(const at::Tensor& cols, bool nhwc, int64_t c, int64_t taps) {
+  if (nhwc) return {0, cols.stride(2), c * cols.stride(2), cols.stride(0), cols.stride(1)};
+  return {0, taps * cols.stride(1), cols.stride(1), cols.stride(0), cols.stride(2)};
+}
+
+template <bool kSym>
+Dims<kSym> im2col_dims(const at::Tensor& x, at::IntArrayRef kernel_size, const ConvParams& cp, bool nhwc) {
+  using S = Shape<kSym>;
+  check_int8_4d(x, "im2col", "x", nhwc ? "[N, H, W, C]" : "[N, C, H, W]");
+  const auto rs = hw_pair(kernel_size, "im2col", "kernel_size", 1);
+  const int cd = nhwc ? 3 : 1, hd = nhwc ? 1 : 2, wd = nhwc ? 2 : 3;
+  return conv_dims(S::size(x, 0), S::size(x, cd), S::size(x, hd), S::size(x, wd), S::size(x, cd), rs[0], rs[1], cp,
+                   "im2col");
+}
+
+template <class Int>
+std::vector<Int> im2col_shape(const ConvDims<Int>& d, bool nhwc) {
+  const Int taps_c = d.c * (d.r * d.s), pixels = d.p * d.q;
+  return nhwc ? std::vector<Int>{d.n, pixels, taps_c} : std::vector<Int>{d.n, taps_c, pixels};
+}
+
+at::Tensor im2col_kernel(const at::Tensor& x, at::IntArrayRef kernel_size, at::IntArrayRef dilation,
+                         at::IntArrayRef padding, at::IntArrayRef stride, int64_t pad_value, c10::string_view layout) {
+  const bool nhwc = nhwc_layout(layout, "im2col");
+  const ConvParams cp = conv_params("im2col", stride, padding, dilation, 1);
+  TORCH_CHECK_VALUE(pad_value >= -128 && pad_value <= 127, "im2col: pad_value must be in [-128, 127], got ",
+                    int_str(pad_value));
+  const auto d = im2col_dims<false>(x, kernel_size, cp, nhwc);
+  const at::Tensor cols = new_output(im2col_shape(d, nhwc), x.options());
+  c10::DeviceGuard guard(x.device());
+  kernels::Im2Col a;
+  a.geometry = problem_of(d, cp);
+  a.x = x.const_data_ptr<int8_t>(), a.x_strides = nhwc ? nhwc_strides(x) : nchw_strides(x);
+  a.pad_value = static_cast<int8_t>(pad_value);
+  a.cols = cols.data_ptr<int8_t>(), a.cols_strides = unfold_strides(cols, nhwc, d.c, d.r * d.s);
+  a.pixel_count = d.n * d.p * d.q;
+  run_im2col(a, x);
+  return cols;
+}
+
+at::Tensor im2col_meta(const at::Tensor& x, at::IntArrayRef kernel_size, at::IntArrayRef dilation,
+                       at::IntArrayRef padding, at::IntArrayRef stride, int64_t pad_value, c10::string_view layout) {
+  const bool nhwc = nhwc_layout(layout, "im2col");
+  const auto d = im2col_dims<true>(x, kernel_size, conv_params("im2col", stride, padding, dilation, 1), nhwc);
+  return at::empty_symint(im2col_shape(d, nhwc), x.options());
+}
+
+at::ScalarType col2im_sum_type(const at::Tensor& cols) {
+  const auto t = cols.scalar_type();
+  TORCH_CHECK_TYPE(t == at::kChar || t == at::kInt || t == at::kFloat,
+                   "col2im: cols must be int8, int32 or float32, got ", t);
+  return t == at::kFloat ? at::kFloat : at::kInt;
+}
+
+template <bool kSym>
+Dims<kSym> col2im_dims(const at::Tensor& cols, at::IntArrayRef output_size, at::IntArrayRef kernel_size,
+                       const ConvParams& cp, bool nhwc) {
+  using S = Shape<kSym>;
+  col2im_sum_type(cols);
+  TORCH_CHECK_VALUE(cols.dim() == 3, "col2im: cols must be 3-D ", nhwc ? "[N, L, R*S*C]" : "[N, C*R*S, L]",
+                    ", got shape ", shape_str(cols));
+  const auto hw = hw_pair(output_size, "col2im", "output_size", 1);
+  const auto rs = hw_pair(kernel_size, "col2im", "kernel_size", 1);
+  const auto taps_c = S::size(cols, nhwc ? 2 : 1), pixels = S::size(cols, nhwc ? 1 : 2);
+  const auto known_taps_c = S::known(taps_c);
+  TORCH_CHECK_VALUE(!known_taps_c || (*known_taps_c > 0 && *known_taps_c % (rs[0] * rs[1]) == 0),
+                    "col2im: the column size ", int_str(taps_c), " is not a positive multiple of R*S = ",
+                    int_str(rs[0] * rs[1]));
+  const auto c = taps_c / (rs[0] * rs[1]);
+  const auto d = conv_dims<typename S::Int>(S::size(cols, 0), c, hw[0], hw[1], c, rs[0], rs[1], cp, "col2im");
+  TORCH_CHECK_VALUE(pixels == d.p * d.q, "col2im: cols ", shape_str(cols), " has ", int_str(pixels),
+                    " blocks, but output_size (", int_str(hw[0]), ", ", int_str(hw[1]), ") gives ",
+                    int_str(d.p * d.q));
+  return d;
+}
+
+template <class Int>
+std::vector<Int> col2im_shape(const ConvDims<Int>& d, bool nhwc) {
+  return nhwc ? std::vector<Int>{d.n, d.h, d.w, d.c} : std::vector<Int>{d.n, d.c, d.h, d.w};
+}
+
+at::Tensor col2im_kernel(const at::Tensor& cols, at::IntArrayRef output_size, at::IntArrayRef kernel_size,
+                         at::IntArrayRef dilation, at::IntArrayRef padding, at::IntArrayRef stride,
+                         c10::string_view layout) {
+  const bool nhwc = nhwc_layout(layout, "col2im");
+  const ConvParams cp = conv_params("col2im", stride, padding, dilation, 1);
+  const auto d = col2im_dims<false>(cols, output_size, kernel_size, cp, nhwc);
+  const at::Tensor image = new_output(col2im_shape(d, nhwc), cols.options().dtype(col2im_sum_type(cols)));
+  c10::DeviceGuard guard(cols.device());
+  kernels::Col2Im c;
+  c.geometry = problem_of(d, cp);
+  c.cols = cols.const_data_ptr();
+  c.cols_type = cols.scalar_type() == at::kChar  ? kernels::ColumnType::kInt8
+                : cols.scalar_type() == at::kInt ? kernels::ColumnType::kInt32
+                                                 : kernels::ColumnType::kFloat32;
+  c.cols_strides = unfold_strides(cols, nhwc, d.c, d.r * d.s);
+  c.image = image.data_ptr(), c.image_strides = nhwc ? nhwc_strides(image) : nchw_strides(image);
+  run_col2im(c, cols, cols.element_size(), image.element_size());
+  return image;
+}
+
+at::Tensor col2im_meta(const at::Tensor& cols, at::IntArrayRef output_size, at::IntArrayRef kernel_size,
+                       at::IntArrayRef dilation, at::IntArrayRef padding, at::IntArrayRef stride,
+                       c10::string_view layout) {
+  const bool nhwc = nhwc_layout(layout, "col2im");
+  const auto d =
+      col2im_dims<true>(cols, output_size, kernel_size, conv_params("col2im", stride, padding, dilation, 1), nhwc);
+  return at::empty_symint(col2im_shape(d, nhwc), cols.options().dtype(col2im_sum_type(cols)));
+}
+
+// --- workspace limit ops ----------------------------------------------------------------
+
+int64_t get_conv_workspace_limit() { return workspace_limit().load(); }
+
+void set_conv_workspace_limit(int64_t bytes) {
+  TORCH_CHECK_VALUE(bytes > 0, "set_conv_workspace_limit: bytes must be > 0, got ", int_str(bytes));
+  workspace_limit().store(bytes);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(int8, m) {
+  m.def(
+      "im2col(Tensor x, int[2] kernel_size, int[2] dilation=1, int[2] padding=0, int[2] stride=1, "
+      "int pad_value=0, str layout='NCHW') -> Tensor");
+  m.def(
+      "col2im(Tensor cols, int[2] output_size, int[2] kernel_size, int[2] dilation=1, int[2] padding=0, "
+      "int[2] stride=1, str layout='NCHW') -> Tensor");
+  m.def(
+      "conv2d(Tensor x, Tensor weight, int[2] stride=1, int[2] padding=0, int[2] dilation=1, int groups=1) "
+      "-> Tensor");
+  m.def(
+      "scaled_conv2d(Tensor x, Tensor weight, Tensor scale_x, Tensor scale_w, Tensor? zero_point_x=None, "
+      "Tensor? bias=None, int[2] stride=1, int[2] padding=0, int[2] dilation=1, int groups=1, "
+      "ScalarType out_dtype=bfloat16, float out_scale=1.0, int out_zero_point=0) -> Tensor");
+  m.def(
+      "conv2d_dgrad(Tensor grad_out, Tensor weight, int[2] input_size, int[2] stride=1, int[2] padding=0, "
+      "int[2] dilation=1, int groups=1) -> Tensor");
+  m.def(
+      "conv2d_wgrad(Tensor grad_out, Tensor x, int[2] kernel_size, int[2] stride=1, int[2] padding=0, "
+      "int[2] dilation=1, int groups=1) -> Tensor");
+  m.def("get_conv_workspace_limit() -> int", get_conv_workspace_limit);
+  m.def("set_conv_workspace_limit(int bytes) -> ()", set_conv_workspace_limit);
+}
+
+TORCH_LIBRARY_IMPL(int8, CPU, m) {
+  m.impl("im2col", im2col_kernel);
+  m.impl("col2im", col2im_kernel);
+  m.impl("conv2d", conv2d_kernel);
+  m.impl("scaled_conv2d", scaled_conv2d_kernel);
+  m.impl("conv2d_dgrad", conv2d_dgrad_kernel);
+  m.impl("conv2d_wgrad", conv2d_wgrad_kernel);
+}
+
+#ifdef TORCH_INT8_WITH_CUDA
+TORCH_LIBRARY_IMPL(int8, CUDA, m) {
+  m.impl("im2col", im2col_kernel);
+  m.impl("col2im", col2im_kernel);
+  m.impl("conv2d", conv2d_kernel);
+  m.impl("scaled_conv2d", scaled_conv2d_kernel);
+  m.impl("conv2d_dgrad", conv2d_dgrad_kernel);
+  m.impl("conv2d_wgrad", conv2d_wgrad_kernel);
+}
+#endif
+
+TORCH_LIBRARY_IMPL(int8, Meta, m) {
+  m.impl("im2col", im2col_meta);
+  m.impl("col2im", col2im_meta);
+  m.impl("conv2d", conv2d_meta);
+  m.impl("scaled_conv2d", scaled_conv2d_meta);
+  m.impl("conv2d_dgrad", conv2d_dgrad_meta);
+  m.impl("conv2d_wgrad", conv2d_wgrad_meta);
+}
+
+}  // namespace torch_int8::ops

@@ -1,0 +1,58 @@
+"""Pieces shared by the INT8 layers: the training layers (Linear, Conv2d) built over their torch.nn
+originals, and the inference layers (QuantizedLinear, QuantizedConv2d) with int8 weight buffers."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from ..config import Int8Config
+from ..functional import QTensor, quantize
+
+
+def output_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a torch.nn layer would return for x: autocast's for x's device when it is on, else
+    x's own. The INT8 products then run with autocast off, so that it cannot recast their operands."""
+    device_type = x.device.type
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
+
+
+def sharing_parameters(cls, module: torch.nn.Module, attributes: Sequence[str], config: Optional[Int8Config]):
+    """An instance of cls (a subclass of module's class) that shares module's weight and bias (no
+    copy) and copies its other `attributes`; built without cls.__init__, which would allocate new
+    parameters."""
+    new = cls.__new__(cls)
+    torch.nn.Module.__init__(new)
+    for name in attributes:
+        setattr(new, name, getattr(module, name))
+    new.weight, new.bias = module.weight, module.bias
+    new.config = config or Int8Config()
+    return new
+
+
+def register_int8_weight(layer: torch.nn.Module, weight_shape: Sequence[int], bias: bool, device) -> None:
+    """The buffers of an inference layer: int8 weight (output channels first), float32 scale per
+    output channel, float32 bias (None without bias)."""
+    out_channels = weight_shape[0]
+    layer.register_buffer("weight_int8", torch.zeros(weight_shape, dtype=torch.int8, device=device))
+    layer.register_buffer("weight_scale", torch.ones(out_channels, dtype=torch.float32, device=device))
+    layer.register_buffer("bias", torch.zeros(out_channels, device=device) if bias else None)
+
+
+def load_int8_weight(layer: torch.nn.Module, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
+    """Fills the buffers of register_int8_weight: weight quantized per output channel, bias as float32."""
+    qw = quantize(weight.detach(), 0)
+    layer.weight_int8.copy_(qw.data)
+    layer.weight_scale.copy_(qw.scale)
+    if bias is not None:
+        layer.bias.copy_(bias.detach().float())
+
+
+def quantize_activation(x: torch.Tensor, dim: Optional[int], static_scale: Optional[float]) -> QTensor:
+    """x quantized at run time (absmax along dim), or with the static per-tensor scale from
+    calibration (symmetric: values beyond 127 steps saturate)."""
+    if static_scale is None:
+        return quantize(x, dim)
+    s = float(static_scale)
+    data = torch.clamp(torch.round(x.float() / s), -127, 127).to(torch.int8)
+    return QTensor(data, torch.tensor(s, device=x.device), None, None)

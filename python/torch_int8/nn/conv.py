@@ -1,0 +1,240 @@
+"""torch_int8.nn.Conv2d (INT8 training) and QuantizedConv2d (INT8 inference).
+
+Conv2d keeps nn.Conv2d's parameters and state_dict; its three products run in INT8 with every
+operand quantized along a dimension that the product does not reduce, so the scales factor out:
+  forward      Y  = conv(X, W) + b    X per image,  W per output channel   (scales fused in the epilogue)
+  grad_input   dX = dgrad(dY, W)      dY per image, W per input channel    (exact int32, then scaled)
+  grad_weight  dW = wgrad(dY, X)      dY per output channel, X per input channel
+("tensor" granularity: one scale per operand). dgrad sums taps after its GEMM (col2im), and wgrad
+is split into batches of at most 131071 output pixels, so both rescale their int32 results once.
+"""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+
+from ..config import Int8Config
+from ..conv import conv2d_dgrad, conv2d_wgrad, scaled_conv2d
+from ..functional import QTensor, quantize
+from ._common import load_int8_weight, output_dtype, quantize_activation, register_int8_weight, sharing_parameters
+
+_MAX_PIXELS = 131071  # conv2d_wgrad's largest N*P*Q
+
+
+def _geometry(module: torch.nn.Conv2d):
+    """(stride, padding, dilation, groups) with padding as a pair of ints."""
+    return module.stride, _padding_pair(module), module.dilation, module.groups
+
+
+def _padding_pair(module: torch.nn.Conv2d):
+    if module.padding_mode != "zeros":
+        raise ValueError(f"torch_int8.nn.Conv2d: padding_mode must be 'zeros', got {module.padding_mode!r}")
+    if module.padding == "valid":
+        return (0, 0)
+    if module.padding == "same":
+        total = [d * (k - 1) for d, k in zip(module.dilation, module.kernel_size)]
+        if any(t % 2 for t in total):
+            raise ValueError("torch_int8.nn.Conv2d: padding='same' needs an even dilation * (kernel_size - 1) "
+                             f"(symmetric padding), got kernel_size={module.kernel_size}, dilation={module.dilation}")
+        return tuple(t // 2 for t in total)
+    return tuple(module.padding)
+
+
+def _per_input_channel(weight: torch.Tensor, groups: int, per_channel: bool):
+    """weight [K, C/G, R, S] quantized per input channel c = g*C/G + c' (scale [C]), or per tensor
+    (0-d scale): (data, scale)."""
+    if not per_channel:
+        q = quantize(weight, None)
+        return q.data, q.scale
+    k, cg, r, s = weight.shape
+    by_channel = weight.reshape(groups, k // groups, cg, r * s).permute(1, 3, 0, 2).reshape(-1, groups * cg)
+    q = quantize(by_channel, 1)
+    data = q.data.reshape(k // groups, r * s, groups, cg).permute(2, 0, 3, 1).reshape(k, cg, r, s)
+    return data, q.scale
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    """channels_last for an NHWC tensor, else contiguous: what cuDNN's convolutions return for x."""
+    nhwc = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if nhwc else torch.contiguous_format
+
+
+def _scale_along(scale: torch.Tensor, dim: int) -> torch.Tensor:
+    """A 0-d or 1-D scale viewed to broadcast along dim of a 4-D tensor."""
+    return scale if scale.dim() == 0 else scale.reshape([-1 if d == dim else 1 for d in range(4)])
+
+
+def _grad_input(grad_out, weight, x_shape, geometry, config: Int8Config, dtype):
+    stride, padding, dilation, groups = geometry
+    per_channel = config.granularity == "channel"
+    qg = quantize(grad_out, config.dim(0), rounding=config.grad_rounding)
+    w_data, w_scale = _per_input_channel(weight, groups, per_channel)
+    acc = conv2d_dgrad(qg.data, w_data, x_shape[2:], stride, padding, dilation, groups)
+    return (acc * (_scale_along(qg.scale, 0) * _scale_along(w_scale, 1))).to(dtype)
+
+
+def _grad_weight(grad_out, x, weight, geometry, config: Int8Config):
+    stride, padding, dilation, groups = geometry
+    n, _, p, q = grad_out.shape
+    if p * q > _MAX_PIXELS:  # one image alone could overflow int32: float product
+        return torch.nn.grad.conv2d_weight(x.to(grad_out.dtype), weight.shape, grad_out, stride, padding, dilation,
+                                           groups).to(weight.dtype)
+    qg = quantize(grad_out, config.dim(1), rounding=config.grad_rounding)
+    qx = quantize(x, config.dim(1))
+    images = max(1, _MAX_PIXELS // (p * q))
+    acc = sum(conv2d_wgrad(qg.data[i:i + images], qx.data[i:i + images], weight.shape[2:], stride, padding, dilation,
+                           groups).long() for i in range(0, n, images))
+    k, cg = weight.shape[:2]
+    x_scale = qx.scale
+    if x_scale.dim():  # per input channel c = g*C/G + c': the scale of weight element [k, c']
+        x_scale = x_scale.reshape(groups, 1, cg).expand(groups, k // groups, cg).reshape(k, cg, 1, 1)
+    # int64 partial sums are exact, and so is their float64 value (|sum| < 2^53)
+    return (acc.double() * (_scale_along(qg.scale, 0) * x_scale).double()).to(weight.dtype)
+
+
+class _Int8Conv2dFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, geometry, config: Int8Config, out_dtype):
+        ctx.save_for_backward(x, weight)
+        ctx.geometry, ctx.config, ctx.has_bias = geometry, config, bias is not None
+        stride, padding, dilation, groups = geometry
+        if not config.forward:
+            return F.conv2d(x.to(out_dtype), weight.to(out_dtype), None if bias is None else bias.to(out_dtype),
+                            stride, padding, dilation, groups)
+        y = scaled_conv2d(quantize(x, config.dim(0)), quantize(weight, config.dim(0)), bias, stride, padding,
+                          dilation, groups, out_dtype=out_dtype)
+        return y.contiguous(memory_format=_memory_format(x))
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        config, geometry = ctx.config, ctx.geometry
+        stride, padding, dilation, groups = geometry
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            if config.grad_input:
+                grad_x = _grad_input(grad_out, weight, x.shape, geometry, config, x.dtype)
+                grad_x = grad_x.contiguous(memory_format=_memory_format(x))
+            else:
+                grad_x = torch.nn.grad.conv2d_input(x.shape, weight.to(grad_out.dtype), grad_out, stride, padding,
+                                                    dilation, groups).to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            if config.grad_weight:
+                grad_w = _grad_weight(grad_out, x, weight, geometry, config)
+            else:
+                grad_w = torch.nn.grad.conv2d_weight(x.to(grad_out.dtype), weight.shape, grad_out, stride, padding,
+                                                     dilation, groups).to(weight.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_out.sum((0, 2, 3)).to(weight.dtype)
+        return grad_x, grad_w, grad_b, None, None, None
+
+
+class Conv2d(torch.nn.Conv2d):
+    """Drop-in for torch.nn.Conv2d whose forward and backward products run in INT8.
+
+    Same constructor, parameters and state_dict; NCHW or channels_last input (the output keeps the
+    input's memory format). padding_mode must be 'zeros'.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, padding_mode="zeros", device=None, dtype=None, config: Optional[Int8Config] = None):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device, dtype)
+        _padding_pair(self)  # refuses what the INT8 path cannot do, at construction
+        self.config = config or Int8Config()
+
+    @staticmethod
+    def supports(conv: torch.nn.Conv2d) -> bool:
+        """Whether conv's padding can run on the INT8 path (from_float raises ValueError otherwise)."""
+        try:
+            _padding_pair(conv)
+        except ValueError:
+            return False
+        return True
+
+    @classmethod
+    def from_float(cls, conv: torch.nn.Conv2d, config: Optional[Int8Config] = None) -> "Conv2d":
+        """A Conv2d sharing conv's parameters (no copy)."""
+        _padding_pair(conv)
+        return sharing_parameters(cls, conv, ("in_channels", "out_channels", "kernel_size", "stride", "padding",
+                                              "dilation", "transposed", "output_padding", "groups", "padding_mode",
+                                              "_reversed_padding_repeated_twice"), config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out_dtype = output_dtype(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return _Int8Conv2dFunction.apply(x, self.weight, self.bias, _geometry(self), self.config, out_dtype)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, config={self.config}"
+
+
+def fold_batchnorm(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d) -> torch.nn.Conv2d:
+    """A float Conv2d computing bn(conv(x)) in inference mode (running statistics):
+    W' = W * g, b' = (b - mean) * g + beta with g = gamma / sqrt(var + eps) per output channel."""
+    with torch.no_grad():
+        g = bn.running_var.add(bn.eps).rsqrt()
+        if bn.weight is not None:
+            g = g * bn.weight
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        fused = torch.nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                                conv.dilation, conv.groups, True, conv.padding_mode, conv.weight.device,
+                                conv.weight.dtype)
+        fused.weight.copy_(conv.weight * g.reshape(-1, 1, 1, 1))
+        fused.bias.copy_((bias - bn.running_mean) * g + (bn.bias if bn.bias is not None else 0))
+    return fused
+
+
+class QuantizedConv2d(torch.nn.Module):
+    """INT8 inference convolution: int8 weights with per-output-channel scales, bias fused in the
+    epilogue, optional ReLU, float or int8 output.
+
+    Input: a float tensor (quantized per tensor at run time, or with the static activation_scale
+    from calibration), or a QTensor, e.g. the int8 output of the previous QuantizedConv2d. With
+    out_scale the output is a QTensor (int8, per tensor): with relu its zero point is -128, so the
+    int8 saturation of the epilogue is the ReLU (free) and the range [0, 255 * out_scale] uses all
+    256 levels; without relu it is symmetric. Float outputs (out_dtype, default: the input's float
+    dtype, float32 for QTensor input) apply the ReLU in place.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, device=None, activation_scale: Optional[float] = None,
+                 relu: bool = False, out_scale: Optional[float] = None, out_dtype: Optional[torch.dtype] = None):
+        super().__init__()
+        ref = torch.nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                              device="meta")
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, ref.kernel_size
+        self.stride, self.padding, self.dilation, self.groups = ref.stride, _padding_pair(ref), ref.dilation, groups
+        register_int8_weight(self, ref.weight.shape, bias, device)
+        self.activation_scale, self.relu, self.out_scale, self.out_dtype = activation_scale, relu, out_scale, out_dtype
+
+    @classmethod
+    def from_float(cls, conv: torch.nn.Conv2d, bn: Optional[torch.nn.BatchNorm2d] = None,
+                   **kwargs) -> "QuantizedConv2d":
+        """Quantizes conv's weight per output channel; bn (inference statistics) is folded in first."""
+        if bn is not None:
+            conv = fold_batchnorm(conv, bn)
+        q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, _padding_pair(conv),
+                conv.dilation, conv.groups, conv.bias is not None, conv.weight.device, **kwargs)
+        load_int8_weight(q, conv.weight, conv.bias)
+        return q
+
+    def _quantize_input(self, x: torch.Tensor) -> QTensor:
+        return quantize_activation(x, None, self.activation_scale)  # per tensor at run time
+
+    @torch.no_grad()
+    def forward(self, x: Union[torch.Tensor, QTensor]) -> Union[torch.Tensor, QTensor]:
+        qx = x if isinstance(x, QTensor) else self._quantize_input(x)
+        qw = QTensor(self.weight_int8, self.weight_scale, None, 0)
+        geometry = (self.stride, self.padding, self.dilation, self.groups)
+        if self.out_scale is not None:
+            zero_point = -128 if self.relu else 0
+            y = scaled_conv2d(qx, qw, self.bias, *geometry, out_dtype=torch.int8, out_scale=self.out_scale,
+                              out_zero_point=zero_point)
+            zp = torch.tensor(zero_point, dtype=torch.int32, device=y.device) if self.relu else None
+            return QTensor(y, torch.tensor(float(self.out_scale), device=y.device), zp, None)
+        out_dtype = self.out_dtype or (torch.float32 if isinstance(x, QTensor) else x.dtype)
+        y = scaled_conv2d(qx, qw, self.bias, *geometry, out_dtype=out_dtype)
+        return torch.relu_(y) if self.relu else y

@@ -1,0 +1,365 @@
+"""int8::conv2d / conv2d_dgrad / conv2d_wgrad / scaled_conv2d and torch_int8.nn.Conv2d / QuantizedConv2d.
+
+The int32 results are compared for exact equality with F.conv2d and its input / weight gradients
+computed in float64 on the int8 values (exact: every |sum| < 2^53). Layer bounds come from the
+quantization steps: for y = sum_i x_i w_i with x, w each rounded to the nearest step (|error| <=
+step / 2), |y_q - y| <= sx/2 * sum|w| + sw/2 * sum|x| + count * sx * sw / 4 per output element.
+"""
+import os
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.grad import conv2d_input, conv2d_weight
+
+sys.path.insert(0, os.path.dirname(__file__))
+from conftest import CUDA_ONLY, DEVICE_PARAMS, check_within, make_gen, quant_step, rand_int8  # noqa: E402
+
+import torch_int8  # noqa: E402
+from torch_int8 import Int8Config, QTensor  # noqa: E402
+
+# (N, C, H, W, K, R, S, stride, padding, dilation, groups)
+CASES = [
+    (2, 3, 9, 7, 5, 3, 3, 1, 1, 1, 1),
+    (1, 10, 8, 11, 6, 3, 3, 2, 1, 1, 2),     # M = 1 image, stride 2, groups 2
+    (2, 6, 7, 7, 6, 3, 3, 1, 2, 2, 6),       # depthwise, dilation 2
+    (1, 5, 9, 9, 9, 5, 5, 2, 2, 1, 1),
+    (2, 4, 13, 11, 12, 7, 7, 2, 0, 1, 1),    # 7x7 stem-like, no padding
+    (3, 7, 5, 5, 17, 1, 1, 1, 0, 1, 1),      # 1x1, ragged K
+    (1, 12, 6, 5, 8, 3, 1, (2, 1), (1, 0), (1, 2), 4),
+    (1, 4, 3, 3, 3, 3, 3, 1, 0, 1, 1),       # one output pixel
+]
+
+
+def case_id(c):
+    return "n{}c{}h{}w{}k{}r{}s{}_st{}_p{}_d{}_g{}".format(*c)
+
+
+def make_case(case, seed, fmt="contiguous"):
+    n, c, h, w, k, r, s, stride, padding, dilation, groups = case
+    x = rand_int8((n, c, h, w), seed=seed)
+    wt = rand_int8((k, c // groups, r, s), seed=seed + 1)
+    if fmt == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif fmt == "sliced":
+        x = torch.cat([x, x], dim=3)[:, :, :, ::2]
+    return x, wt, dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+
+def geometry_args(g):
+    return g["stride"], g["padding"], g["dilation"], g["groups"]
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_conv2d_dgrad_wgrad_exact(device, case):
+    fmt = ["contiguous", "channels_last", "sliced"][CASES.index(case) % 3]
+    x, w, g = make_case(case, seed=CASES.index(case) * 7, fmt=fmt)
+    ref = F.conv2d(x.double(), w.double(), None, *geometry_args(g))
+    y = torch_int8.conv2d(x.to(device), w.to(device), *geometry_args(g))
+    assert y.dtype == torch.int32 and y.shape == ref.shape
+    assert torch.equal(y.cpu().double(), ref)
+
+    gy = rand_int8(ref.shape, seed=99)
+    ref_dx = conv2d_input(x.shape, w.double(), gy.double(), *geometry_args(g))
+    dx = torch_int8.conv2d_dgrad(gy.to(device), w.to(device), x.shape[2:], *geometry_args(g))
+    assert dx.dtype == torch.int32 and torch.equal(dx.cpu().double(), ref_dx)
+
+    ref_dw = conv2d_weight(x.double(), w.shape, gy.double(), *geometry_args(g))
+    dw = torch_int8.conv2d_wgrad(gy.to(device), x.to(device), w.shape[2:], *geometry_args(g))
+    assert dw.dtype == torch.int32 and torch.equal(dw.cpu().double(), ref_dw)
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+def test_chunked_workspace_gives_the_same_results(device):
+    """A tiny workspace limit splits every pass into many chunks (and a last, ragged one)."""
+    case = (5, 6, 7, 6, 4, 3, 3, 1, 1, 1, 2)
+    x, w, g = make_case(case, seed=3, fmt="channels_last")
+    gy = rand_int8((5, 4, 7, 6), seed=4)
+    old = torch_int8.conv.workspace_limit()
+    try:
+        torch_int8.conv.set_workspace_limit(600)  # < one image's columns: 1 image (forward) / 16 pixels (wgrad)
+        y = torch_int8.conv2d(x.to(device), w.to(device), *geometry_args(g))
+        dx = torch_int8.conv2d_dgrad(gy.to(device), w.to(device), x.shape[2:], *geometry_args(g))
+        dw = torch_int8.conv2d_wgrad(gy.to(device), x.to(device), w.shape[2:], *geometry_args(g))
+    finally:
+        torch_int8.conv.set_workspace_limit(old)
+    assert torch_int8.conv.workspace_limit() == old
+    assert torch.equal(y.cpu().double(), F.conv2d(x.double(), w.double(), None, *geometry_args(g)))
+    assert torch.equal(dx.cpu().double(), conv2d_input(x.shape, w.double(), gy.double(), *geometry_args(g)))
+    assert torch.equal(dw.cpu().double(), conv2d_weight(x.double(), w.shape, gy.double(), *geometry_args(g)))
+
+
+def scaled_reference(x, w, sx, sw, zp, bias, g):
+    """float64 value of scale_x[n] * scale_w[k] * conv(x - zp, w) + bias, padding holding real zeros."""
+    acc = F.conv2d(x.double() - zp, w.double(), None, *geometry_args(g))
+    scale = sx.double().reshape(-1, 1, 1, 1) * sw.double().reshape(1, -1, 1, 1)
+    return acc * scale + bias.double().reshape(1, -1, 1, 1)
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[5]], ids=case_id)
+@pytest.mark.parametrize("zp", [0, -5])
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16, torch.int8])
+def test_scaled_conv2d(device, case, zp, out_dtype):
+    x, w, g = make_case(case, seed=11)
+    n, k = x.shape[0], w.shape[0]
+    gen = make_gen(12)
+    sx = torch.rand(n, generator=gen) * 0.01 + 0.005
+    sw = torch.rand(k, generator=gen) * 0.01 + 0.005
+    bias = torch.randn(k, generator=gen)
+    ref = scaled_reference(x, w, sx, sw, zp, bias, g)
+    qx = QTensor(x.to(device), sx.to(device), torch.tensor(zp, dtype=torch.int32, device=device) if zp else None, 0)
+    qw = QTensor(w.to(device), sw.to(device), None, 0)
+    if out_dtype == torch.int8:
+        out_scale, out_zp = float(ref.abs().max()) / 100, 3
+        y = torch_int8.scaled_conv2d(qx, qw, bias.to(device), *geometry_args(g), out_dtype=torch.int8,
+                                     out_scale=out_scale, out_zero_point=out_zp)
+        want = torch.clamp(torch.round(ref / out_scale) + out_zp, -128, 127)
+        diff = (y.cpu().double() - want).abs()
+        assert diff.max() <= 1 and (diff > 0).float().mean() < 0.02  # only float32 rounding ties may differ
+    else:
+        y = torch_int8.scaled_conv2d(qx, qw, bias.to(device), *geometry_args(g), out_dtype=out_dtype)
+        rel = 2.0 ** -7 if out_dtype == torch.bfloat16 else 2.0 ** -20
+        assert y.dtype == out_dtype
+        assert torch.all((y.cpu().double() - ref).abs() <= rel * ref.abs() + 1e-5 * (1 + ref.abs().max()))
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+def test_scaled_conv2d_per_tensor_scales(device):
+    x, w, g = make_case(CASES[2], seed=5)
+    sx, sw = torch.tensor(0.02), torch.tensor(0.003)
+    y = torch_int8.scaled_conv2d(QTensor(x.to(device), sx.to(device), None, None),
+                                 QTensor(w.to(device), sw.to(device), None, None), None, *geometry_args(g),
+                                 out_dtype=torch.float32)
+    ref = F.conv2d(x.double(), w.double(), None, *geometry_args(g)) * 0.02 * 0.003
+    assert torch.allclose(y.cpu().double(), ref, rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# bad inputs
+# ------------------------------------------------------------------------------------------------
+
+X = rand_int8((2, 4, 6, 6), seed=0)
+W = rand_int8((6, 2, 3, 3), seed=1)
+GY = rand_int8((2, 6, 6, 6), seed=2)
+BAD = [
+    (lambda: torch_int8.conv2d(X[0], W), ValueError, "x must be 4-D"),
+    (lambda: torch_int8.conv2d(X, W[0]), ValueError, "weight must be 4-D"),
+    (lambda: torch_int8.conv2d(X.float(), W), TypeError, "x must be Char"),
+    (lambda: torch_int8.conv2d(X, W.int()), TypeError, "weight must be Char"),
+    (lambda: torch_int8.conv2d(X, W, groups=1), ValueError, "channel mismatch"),
+    (lambda: torch_int8.conv2d(X, W[:5], groups=2), ValueError, "does not divide the output channels"),
+    (lambda: torch_int8.conv2d(X, W, groups=0), ValueError, "groups must be >= 1"),
+    (lambda: torch_int8.conv2d(X, W, padding=-1, groups=2), ValueError, "padding must be >= 0"),
+    (lambda: torch_int8.conv2d(X, W, stride=(1, 0), groups=2), ValueError, "stride must be >= 1"),
+    (lambda: torch_int8.conv2d(X, W, dilation=0, groups=2), ValueError, "dilation must be >= 1"),
+    (lambda: torch_int8.conv2d(X, W, dilation=4, groups=2), ValueError, "smaller than the dilated kernel"),
+    (lambda: torch_int8.conv2d(X[:0], W, groups=2), ValueError, "x is empty"),
+    (lambda: torch_int8.conv2d(rand_int8((1, 16384, 3, 3), 0), rand_int8((1, 16384, 3, 3), 0)), ValueError,
+     "exceeds 131071"),
+    (lambda: torch_int8.conv2d_dgrad(GY, W, (6, 6), padding=1, groups=2)[0], None, None),  # valid control
+    (lambda: torch_int8.conv2d_dgrad(GY, W, (7, 7), padding=1, groups=2), ValueError, "does not match input_size"),
+    (lambda: torch_int8.conv2d_dgrad(GY[:, :5], W, (6, 6), padding=1, groups=2), ValueError, "channel mismatch"),
+    (lambda: torch_int8.conv2d_dgrad(GY, W, (6, 6, 1), padding=1, groups=2), ValueError, "input_size must have 2"),
+    (lambda: torch_int8.conv2d_wgrad(GY, X, (3, 3), padding=1, groups=2)[0], None, None),  # valid control
+    (lambda: torch_int8.conv2d_wgrad(GY[:1], X, (3, 3), padding=1, groups=2), ValueError, "batch mismatch"),
+    (lambda: torch_int8.conv2d_wgrad(GY, X, (3, 3), padding=0, groups=2), ValueError, "does not match x"),
+    (lambda: torch_int8.conv2d_wgrad(GY, X, (3, 3), padding=1, groups=3), ValueError, "does not divide"),
+    (lambda: torch_int8.conv2d_wgrad(rand_int8((1, 1, 363, 363), 0), rand_int8((1, 1, 363, 363), 0), (1, 1)),
+     ValueError, "N\\*P\\*Q = 131769 exceeds"),
+]
+SCALED_BAD = [
+    (dict(x_scale=torch.ones(3)), ValueError, "scale_x must have one element or 2"),
+    (dict(w_scale=torch.ones(5)), ValueError, "scale_w must have one element or 6"),
+    (dict(w_scale=torch.ones(6, dtype=torch.float64)), TypeError, "scale_w must be Float"),
+    (dict(bias=torch.ones(5)), ValueError, "bias must be \\[K\\]"),
+    (dict(bias=torch.ones(6, dtype=torch.int32)), TypeError, "bias must be a float"),
+    (dict(out_dtype=torch.int32), TypeError, "out_dtype must be"),
+    (dict(out_dtype=torch.float64), TypeError, "out_dtype must be"),
+    (dict(out_dtype=torch.int8), ValueError, "needs out_scale"),
+    (dict(out_dtype=torch.int8, out_scale=0.0), ValueError, "out_scale must be finite and > 0"),
+    (dict(out_dtype=torch.int8, out_scale=1.0, out_zero_point=200), ValueError, "out_zero_point must be in"),
+    (dict(zero_point=torch.tensor([1, 2], dtype=torch.int32)), ValueError, "per tensor"),
+    (dict(zero_point=torch.tensor(300, dtype=torch.int32)), ValueError, "zero_point_x must be in"),
+    (dict(x_dim=1), ValueError, "per tensor or per image"),
+    (dict(w_dim=1), ValueError, "per tensor or per output channel"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(BAD)))
+def test_bad_input(case):
+    fn, exc, msg = BAD[case]
+    if exc is None:
+        fn()
+        return
+    with pytest.raises(exc, match=msg):
+        fn()
+
+
+@pytest.mark.parametrize("case", range(len(SCALED_BAD)))
+def test_scaled_conv2d_bad_input(case):
+    kw, exc, msg = SCALED_BAD[case]
+    qx = QTensor(X, kw.get("x_scale", torch.ones(2)), kw.get("zero_point"), kw.get("x_dim", 0))
+    qw = QTensor(W, kw.get("w_scale", torch.ones(6)), None, kw.get("w_dim", 0))
+    with pytest.raises(exc, match=msg):
+        torch_int8.scaled_conv2d(qx, qw, kw.get("bias"), 1, 1, 1, 2, out_dtype=kw.get("out_dtype", torch.float32),
+                                 out_scale=kw.get("out_scale"), out_zero_point=kw.get("out_zero_point", 0))
+
+
+@pytest.mark.parametrize("device", CUDA_ONLY)
+def test_device_mismatch(device):
+    with pytest.raises(ValueError, match="weight is on"):
+        torch_int8.conv2d(X.to(device), W, groups=2)
+
+
+def test_compile_traces_the_conv_ops():
+    x, w, g = make_case(CASES[1], seed=8, fmt="channels_last")
+    gy = rand_int8(F.conv2d(x.float(), w.float(), None, *geometry_args(g)).shape, seed=9)
+    sx, sw = torch.full((1,), 0.1), torch.rand(w.shape[0]) + 0.1
+
+    def fn(x, w, gy, sx, sw):
+        y = torch_int8.conv2d(x, w, *geometry_args(g))
+        ys = torch_int8.scaled_conv2d(QTensor(x, sx, None, None), QTensor(w, sw, None, 0), None, *geometry_args(g),
+                                      out_dtype=torch.float32)
+        dx = torch_int8.conv2d_dgrad(gy, w, x.shape[2:], *geometry_args(g))
+        dw = torch_int8.conv2d_wgrad(gy, x, w.shape[2:], *geometry_args(g))
+        return y, ys, dx, dw
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    for got, want in zip(compiled(x, w, gy, sx, sw), fn(x, w, gy, sx, sw)):
+        assert torch.equal(got, want)
+    # the Meta kernels give the shapes and strides of the real ones
+    meta = fn(*(t.to("meta") for t in (x, w, gy, sx, sw)))
+    for m, want in zip(meta, fn(x, w, gy, sx, sw)):
+        assert m.shape == want.shape and m.stride() == want.stride() and m.dtype == want.dtype
+
+
+# ------------------------------------------------------------------------------------------------
+# layers
+# ------------------------------------------------------------------------------------------------
+
+
+def per_weight_input_channel(v, k, groups):
+    """[1, C, 1, 1] per-input-channel values as [K, C/G, 1, 1] (the group of output channel k)."""
+    c = v.numel()
+    return v.reshape(groups, 1, c // groups).expand(groups, k // groups, c // groups).reshape(k, c // groups, 1, 1)
+
+
+def layer_bounds(x, w, gy, geometry, per_channel):
+    """Elementwise bounds for Conv2d's output, grad_input and grad_weight (see the module docstring)."""
+    stride, padding, dilation, groups = geometry
+    conv = lambda a, b: F.conv2d(a, b, None, stride, padding, dilation, groups)  # noqa: E731
+    dgrad = lambda g, b: conv2d_input(x.shape, b, g, stride, padding, dilation, groups)  # noqa: E731
+    wgrad = lambda a, g: conv2d_weight(a, w.shape, g, stride, padding, dilation, groups)  # noqa: E731
+    one_x, one_w, one_g = torch.ones_like(x), torch.ones_like(w), torch.ones_like(gy)
+    d = (lambda dim: dim) if per_channel else (lambda dim: None)
+    sx, sw = quant_step(x, d(0)), quant_step(w, d(0)).reshape(1, -1, 1, 1) if per_channel else quant_step(w, None)
+    y = sx / 2 * conv(one_x, w.abs()) + sw / 2 * conv(x.abs(), one_w) + sx * sw / 4 * conv(one_x, one_w)
+    sg = quant_step(gy, d(0))
+    if per_channel:  # w per input channel c = g*C/G + c'
+        k, cg = w.shape[:2]
+        swc = w.abs().reshape(groups, k // groups, cg, -1).amax(dim=(1, 3)).reshape(1, -1, 1, 1) / 127
+    else:
+        swc = quant_step(w, None)
+    dx = sg / 2 * dgrad(one_g, w.abs()) + swc / 2 * dgrad(gy.abs(), one_w) + sg * swc / 4 * dgrad(one_g, one_w)
+    sgk, sxc = quant_step(gy, d(1)), quant_step(x, d(1))
+    if per_channel:
+        sgk, sxc = sgk.reshape(-1, 1, 1, 1), per_weight_input_channel(sxc, w.shape[0], groups)
+    dw = sgk / 2 * wgrad(x.abs(), one_g) + sxc / 2 * wgrad(one_x, gy.abs()) + sgk * sxc / 4 * wgrad(one_x, one_g)
+    return y, dx, dw
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("granularity", ["channel", "tensor"])
+@pytest.mark.parametrize("setup", [(1, 1, 1, "contiguous"), (2, 2, 2, "channels_last"), (1, 1, 4, "channels_last")],
+                         ids=["s1g1", "s2d2g2", "g4"])
+def test_conv2d_layer_within_quantization_bounds(device, granularity, setup):
+    stride, dilation, groups, fmt = setup
+    gen = make_gen(21)
+    conv = torch.nn.Conv2d(8, 12, 3, stride=stride, padding=1, dilation=dilation, groups=groups).to(device)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen).to(device) * 0.1)
+    x = torch.randn(3, 8, 11, 9, generator=gen) * (torch.rand(3, 1, 1, 1, generator=gen) + 0.5)
+    x = x.to(device)
+    if fmt == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    layer = torch_int8.nn.Conv2d.from_float(conv, Int8Config(granularity=granularity))
+    y = layer(x)
+    assert y.is_contiguous(memory_format=torch.channels_last) == (fmt == "channels_last")
+    gy = torch.randn(y.shape, generator=make_gen(22)).to(device)
+    y.backward(gy)
+    geometry = (conv.stride, conv.padding, conv.dilation, groups)
+    xd, wd, gd = x.detach().double().cpu(), conv.weight.detach().double().cpu(), gy.double().cpu()
+    by, bdx, bdw = layer_bounds(xd, wd, gd, geometry, granularity == "channel")
+    check_within(y.detach().cpu(), F.conv2d(xd, wd, conv.bias.detach().double().cpu(), *geometry), by)
+    check_within(x.grad.cpu(), conv2d_input(xd.shape, wd, gd, *geometry), bdx)
+    check_within(conv.weight.grad.cpu(), conv2d_weight(xd, wd.shape, gd, *geometry), bdw)
+    assert torch.allclose(conv.bias.grad.double().cpu(), gd.sum((0, 2, 3)))
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+def test_conv2d_layer_float_paths_and_state_dict(device):
+    conv = torch.nn.Conv2d(4, 6, 3, padding="same").to(device)
+    layer = torch_int8.nn.Conv2d(4, 6, 3, padding="same", device=device,
+                                 config=Int8Config(forward=False, grad_input=False, grad_weight=False))
+    layer.load_state_dict(conv.state_dict())
+    assert layer.state_dict().keys() == conv.state_dict().keys()
+    x = torch.randn(2, 4, 5, 5, generator=make_gen(1)).to(device).requires_grad_(True)
+    y = layer(x)
+    y.sum().backward()
+    assert torch.allclose(y, conv(x), atol=1e-5)
+
+
+def test_conv2d_layer_refuses_other_padding_modes():
+    with pytest.raises(ValueError, match="padding_mode must be 'zeros'"):
+        torch_int8.nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect")
+    with pytest.raises(ValueError, match="padding='same' needs"):
+        torch_int8.nn.Conv2d(2, 2, 2, padding="same")
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"), torch.nn.Conv2d(2, 2, 3))
+    torch_int8.convert(model)
+    assert type(model[0]) is torch.nn.Conv2d and type(model[1]) is torch_int8.nn.Conv2d
+
+
+def test_wgrad_of_large_batches_is_split():
+    """N*P*Q over 131071: the layer adds int32 wgrads of sub-batches in int64."""
+    conv = torch.nn.Conv2d(1, 2, 1, bias=False)
+    x = torch.randn(3, 1, 220, 220, generator=make_gen(5), requires_grad=True)
+    layer = torch_int8.nn.Conv2d.from_float(conv)
+    gy = torch.randn(3, 2, 220, 220, generator=make_gen(6))
+    layer(x).backward(gy)
+    ref = conv2d_weight(x.detach().double(), conv.weight.shape, gy.double())
+    assert torch.allclose(conv.weight.grad.double(), ref, rtol=0.02, atol=0.02 * float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+def test_quantized_conv2d_bn_folding_relu_and_int8_chain(device):
+    gen = make_gen(31)
+    conv, bn = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8)
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.randn(8, generator=gen))
+        bn.running_var.copy_(torch.rand(8, generator=gen) + 0.5)
+        bn.weight.copy_(torch.randn(8, generator=gen))
+        bn.bias.copy_(torch.randn(8, generator=gen))
+    conv, bn = conv.to(device).eval(), bn.to(device).eval()
+    x = torch.randn(2, 3, 9, 7, generator=gen).to(device)
+    with torch.no_grad():
+        ref = torch.relu(bn(conv(x)))
+
+    q = torch_int8.nn.QuantizedConv2d.from_float(conv, bn, relu=True)
+    y = q(x)
+    scale = float(ref.abs().max())
+    assert y.dtype == torch.float32 and float((y - ref).abs().max()) < 0.03 * scale
+    # int8 output: zero point -128 makes the saturation the ReLU; dequantized within half a step of y
+    q8 = torch_int8.nn.QuantizedConv2d.from_float(conv, bn, relu=True, out_scale=scale / 255)
+    y8 = q8(x)
+    assert isinstance(y8, QTensor) and y8.data.dtype == torch.int8 and int(y8.zero_point) == -128
+    deq = y8.dequantize()
+    assert float((deq - y).abs().max()) <= scale / 255 * 0.5001 + 1e-6
+    # chained: the int8 QTensor feeds the next layer (padding holds its zero point, i.e. real 0)
+    nxt = torch_int8.nn.QuantizedConv2d.from_float(torch.nn.Conv2d(8, 4, 3, padding=1).to(device))
+    want = nxt(deq)
+    got = nxt(y8)
+    assert float((got - want).abs().max()) < 0.05 * float(want.abs().max())
