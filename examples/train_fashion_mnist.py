@@ -74,7 +74,7 @@ def run(model_name, int8, seed, args, data):
     device = data[0][0].device
     model = (mlp() if model_name == "mlp" else TinyViT()).to(device)
     if int8:
-        torch_int8.convert(model)
+        torch_int8.convert(model, torch_int8.Int8Config(grad_rounding=args.grad_rounding))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     (xtr, ytr), (xte, yte) = data
     steps = (len(xtr) + args.batch - 1) // args.batch
@@ -114,6 +114,8 @@ def main():
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--grad-rounding", choices=["nearest", "stochastic"], default="nearest",
+                        help="rounding of the quantized output gradients in the INT8 variant")
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("FASHION_MNIST", DATA)))
     parser.add_argument("--out", type=Path, required=True, help="output prefix for .json and .png")
     args = parser.parse_args()

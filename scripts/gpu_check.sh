@@ -13,7 +13,8 @@
 #   BENCH=1               also run `python3 -m torch_int8.bench CMD` for CMD in BENCH_COMMANDS
 #                         (default "gemm linear backends conv"; gemm with BENCH_SHAPES=quick|full, default full)
 #   TRAIN=1               also train the Fashion-MNIST example (TRAIN_MODELS, default "mlp vit"; TRAIN_EPOCHS,
-#                         default 5; data from FASHION_MNIST, default .data/fashion-mnist)
+#                         default 5; TRAIN_ARGS, more options of the script; data from FASHION_MNIST,
+#                         default .data/fashion-mnist)
 #
 # Prerequisites on the machine: python3 with torch (CUDA), pytest, pybind11, cmake, ninja, numpy,
 # matplotlib. Wheels that are missing there (nvidia-cutlass) are taken from ./.whl/*.whl if that
@@ -180,7 +181,7 @@ if [[ "${TRAIN:-0}" == 1 ]]; then
         echo "== training example: $model"
         t=$(now)
         set +e
-        python3 examples/train_fashion_mnist.py --model "$model" --epochs "${TRAIN_EPOCHS:-5}" \
+        python3 examples/train_fashion_mnist.py --model "$model" --epochs "${TRAIN_EPOCHS:-5}" ${TRAIN_ARGS:-} \
             --data "${FASHION_MNIST:-.data/fashion-mnist}" --out "$OUTDIR/train/fashion_mnist_${model}_h200" \
             2>&1 | tee "$OUTDIR/train/fashion_mnist_${model}_h200.log" | tail -n 12
         rc=${PIPESTATUS[0]}

@@ -34,8 +34,11 @@ def info() -> None:
             rows.append((f"GPU {i}", f"{torch.cuda.get_device_name(i)} (sm_{major}{minor})"))
             rows.append((f"GPU {i} gemm / scaled_gemm",
                          f"{backend} ({FAMILY_KINDS.get(backend, '?')})" if backend else "none: rebuild for this GPU"))
+            if major * 10 + minor >= 61:
+                rows.append((f"GPU {i} gemm with M <= 16", "dp4a few-row kernel (unless a family is forced)"))
             rows.append((f"GPU {i} requantize", "CUDA elementwise kernel" if build["cuda"] else "none"))
-            rows.append((f"GPU {i} quantize / dequantize", "ATen ops (composite)"))
+            rows.append((f"GPU {i} quantize_rows / quantize_columns_t", "fused CUDA kernels (one read of x)"))
+            rows.append((f"GPU {i} quantize (other layouts) / dequantize", "ATen ops (composite)"))
     else:
         rows.append(("GPU", "none visible"))
     rows.append(("CPU gemm / scaled_gemm / requantize", "reference kernels (exact int32)"))

@@ -161,7 +161,10 @@ def choose_batch(est_ms: float, min_ms: float = _MIN_EVENT_MS, max_batch: int = 
 
 
 def git_commit() -> str:
-    """`git rev-parse HEAD` (of the working dir, else of this file's dir), else $TORCH_INT8_COMMIT."""
+    """$TORCH_INT8_COMMIT if set (a copied checkout's .git may be stale), else `git rev-parse HEAD`
+    of the working dir or of this file's dir."""
+    if os.environ.get("TORCH_INT8_COMMIT"):
+        return os.environ["TORCH_INT8_COMMIT"]
     for cwd in (os.getcwd(), os.path.dirname(os.path.abspath(__file__))):
         try:
             out = subprocess.run(
@@ -172,7 +175,7 @@ def git_commit() -> str:
         sha = out.stdout.strip()
         if out.returncode == 0 and sha:
             return sha
-    return os.environ.get("TORCH_INT8_COMMIT") or "unknown"
+    return "unknown"
 
 
 def _fmt(x: Optional[float], width: int, prec: int) -> str:
@@ -541,18 +544,37 @@ QUANTIZE_VARIANTS = {
 DECODE_SHAPES: List[Shape] = [(m, 4096, n) for n in (4096, 11008) for m in (1, 4, 16)]  # (M, in, out)
 
 
+def graphed(fn: Callable[[], object]) -> Callable[[], object]:
+    """fn captured in a CUDA graph (after a warm-up on a side stream): replaying it has no host overhead."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
 def bench_decode_shape(m: int, d_in: int, d_out: int, args, seed: int) -> dict:
-    """QuantizedLinear (int8 weights, per-token activations) vs bf16 nn.Linear at decode sizes."""
+    """QuantizedLinear (int8 weights, per-token activations) vs bf16 nn.Linear at decode sizes, called
+    eagerly (host overhead included, as in eager decoding) and replayed from CUDA graphs (GPU time,
+    as in graph-captured decoding)."""
     torch.manual_seed(seed)
     ref = torch.nn.Linear(d_in, d_out, device="cuda", dtype=torch.bfloat16)
     ours = torch_int8.nn.QuantizedLinear.from_float(ref)
     x = torch.randn(m, d_in, device="cuda", dtype=torch.bfloat16)
+    methods = {}
     with torch.no_grad():
-        methods = {"bf16": timeit(lambda: ref(x), args.reps, args.warmup),
-                   "int8": timeit(lambda: ours(x), args.reps, args.warmup)}
+        for name, layer in (("bf16", ref), ("int8", ours)):
+            methods[name] = timeit(lambda: layer(x), args.reps, args.warmup)
+            methods[f"{name}_graph"] = timeit(graphed(lambda: layer(x)), args.reps, args.warmup)
     weight_bytes = {"bf16": ref.weight.numel() * 2, "int8": ours.weight_int8.numel() + 4 * d_out}
     return {"M": m, "in": d_in, "out": d_out, "methods": methods, "weight_bytes": weight_bytes,
             "speedup": methods["bf16"]["ms"] / methods["int8"]["ms"],
+            "graph_speedup": methods["bf16_graph"]["ms"] / methods["int8_graph"]["ms"],
             "weight_memory_ratio": weight_bytes["int8"] / weight_bytes["bf16"]}
 
 
@@ -578,10 +600,14 @@ def run_linear(args: argparse.Namespace) -> int:
     print("quantize columns: bandwidth as % of the copy's (bytes: bf16 read + int8 written)")
     decode = [bench_decode_shape(m, d_in, d_out, args, seed=args.seed + i)
               for i, (m, d_in, d_out) in enumerate(DECODE_SHAPES)]
-    print(f"\n{'M':>6} {'in':>6} {'out':>6} | {'bf16 ms':>9} {'int8 ms':>9} {'x':>5} | weight bytes int8/bf16")
+    print(f"\nQuantizedLinear vs bf16 nn.Linear, eager | CUDA graph replay")
+    print(f"{'M':>6} {'in':>6} {'out':>6} | {'bf16 ms':>9} {'int8 ms':>9} {'x':>5} | {'bf16 ms':>9} {'int8 ms':>9} "
+          f"{'x':>5} | weight bytes int8/bf16")
     for r in decode:
-        print(f"{r['M']:>6} {r['in']:>6} {r['out']:>6} | {r['methods']['bf16']['ms']:>9.4f} "
-              f"{r['methods']['int8']['ms']:>9.4f} {r['speedup']:>5.2f} | {r['weight_memory_ratio']:.3f}")
+        t = {k: v["ms"] for k, v in r["methods"].items()}
+        print(f"{r['M']:>6} {r['in']:>6} {r['out']:>6} | {t['bf16']:>9.4f} {t['int8']:>9.4f} {r['speedup']:>5.2f} | "
+              f"{t['bf16_graph']:>9.4f} {t['int8_graph']:>9.4f} {r['graph_speedup']:>5.2f} | "
+              f"{r['weight_memory_ratio']:.3f}")
     print("times in ms (median); x = bf16 time / int8 time")
     title = f"INT8 vs bf16 nn.Linear on {info['gpu']}"
     return finish(args, {"meta": info, "results": results, "decode": decode},

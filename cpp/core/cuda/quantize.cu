@@ -1,8 +1,9 @@
-// The fused quantize kernels of kernels.h: each reads x once from memory.
-//   quantize_rows:       a warp per row; the row is read for its absolute maximum,
-//                        then again (from L1/L2) to write int8; column maxima are
-//                        gathered in shared memory on the way, if asked for.
-//   quantize_columns_t:  64 x 64 tiles transposed through shared memory, so that
+// The fused quantize kernels of kernels.h, each one read of x:
+//   quantize_rows:       a block per row, the row held in registers between its
+//                        reduction and its quantization; the column maxima, if
+//                        asked for, come from a separate streaming kernel (one
+//                        more read of x, but no atomics on the row kernel's path).
+//   quantize_columns_t:  128 x 64 tiles transposed through shared memory, so that
 //                        both the bf16/fp32 reads and the int8 writes are 16-byte
 //                        vectors.
 // Both use IEEE division and the same rounding as the ATen composite, so nearest
@@ -20,7 +21,6 @@ namespace torch_int8::kernels {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
 
 __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
@@ -57,8 +57,8 @@ struct Stochastic {
     const uint4 r = philox(make_uint4(static_cast<unsigned>(block), static_cast<unsigned>(block >> 32),
                                       static_cast<unsigned>(offset), static_cast<unsigned>(offset >> 32)),
                            make_uint2(static_cast<unsigned>(seed), static_cast<unsigned>(seed >> 32)));
-    const unsigned word[4] = {r.x, r.y, r.z, r.w};
-    const float u = static_cast<float>(word[index % 4] >> 8) * 0x1p-24f;  // 24 bits: exact, < 1
+    const unsigned word = index & 2 ? (index & 1 ? r.w : r.z) : (index & 1 ? r.y : r.x);
+    const float u = static_cast<float>(word >> 8) * 0x1p-24f;  // 24 bits: exact, < 1
     return floorf(y + u);
   }
 };
@@ -82,103 +82,153 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
-// Rows [blockIdx.x * rows_per_block, ...) with one warp per row. Column maxima
-// are float bit patterns: for non-negative floats (and |NaN|) integer order is
-// float order, with NaN above inf above every finite value.
-template <class T, int N, class Round, bool kColAmax>
-__global__ void __launch_bounds__(kThreads)
-    quantize_rows_kernel(const T* __restrict__ x, int64_t rows, int64_t cols, int rows_per_block,
-                         int8_t* __restrict__ q, float* __restrict__ scale, unsigned* __restrict__ col_amax,
+// The maximum of v over the block (blockDim.x a multiple of 32), in every thread.
+__device__ float block_max(float v) {
+  __shared__ float warp_maxima[32];
+  v = warp_max(v);
+  if (threadIdx.x % 32 == 0) warp_maxima[threadIdx.x / 32] = v;
+  __syncthreads();
+  v = warp_maxima[0];
+  for (int w = 1; w < static_cast<int>(blockDim.x / 32); ++w) v = fmaxf(v, warp_maxima[w]);
+  __syncthreads();  // warp_maxima is written again by the next call
+  return v;
+}
+
+// Packs of a row held by one thread: the row is read from memory once, into
+// registers, and quantized from there (32 elements of 4 bytes, or 16 of 2).
+template <class T, int N>
+constexpr int kRowPacks = 64 / (N * static_cast<int>(sizeof(T)));
+
+// One block per row; thread t holds packs t, t + blockDim.x, ... of it.
+template <class T, int N, class Round>
+__global__ void __launch_bounds__(1024)
+    quantize_rows_kernel(const T* __restrict__ x, int64_t cols, int8_t* __restrict__ q, float* __restrict__ scale,
                          Round round) {
-  extern __shared__ unsigned block_col_amax[];  // cols entries when kColAmax
-  if constexpr (kColAmax) {
-    for (int64_t c = threadIdx.x; c < cols; c += kThreads) block_col_amax[c] = 0;
-    __syncthreads();
+  constexpr int kPacks = kRowPacks<T, N>;
+  const int64_t r = blockIdx.x, packs = cols / N;
+  const auto* xr = reinterpret_cast<const Pack<T, N>*>(x + r * cols);
+  Pack<T, N> v[kPacks];
+  float amax = 0.f;
+#pragma unroll
+  for (int i = 0; i < kPacks; ++i) {
+    const int64_t p = threadIdx.x + int64_t{i} * blockDim.x;
+    if (p < packs) v[i] = xr[p];
   }
-  const int lane = threadIdx.x % 32;
-  const int64_t packs = cols / N;
-  const int64_t first = static_cast<int64_t>(blockIdx.x) * rows_per_block;
-  const int64_t end = min(rows, first + rows_per_block);
-  for (int64_t r = first + threadIdx.x / 32; r < end; r += kWarps) {
-    const auto* xr = reinterpret_cast<const Pack<T, N>*>(x + r * cols);
-    float amax = 0.f;
-    bool finite = true;
-    for (int64_t i = lane; i < packs; i += 32) {
-      const Pack<T, N> p = xr[i];
 #pragma unroll
-      for (int j = 0; j < N; ++j) {
-        const float a = fabsf(to_float(p.v[j]));
-        finite &= a <= FLT_MAX;
-        amax = fmaxf(amax, a);
-        if constexpr (kColAmax) atomicMax(&block_col_amax[i * N + j], __float_as_uint(a));
-      }
-    }
-    finite = __all_sync(0xffffffffu, finite);
-    const float s = scale_of(finite ? warp_max(amax) : INFINITY);
-    if (lane == 0) scale[r] = s;
-    auto* qr = reinterpret_cast<Pack<int8_t, N>*>(q + r * cols);
-    for (int64_t i = lane; i < packs; i += 32) {
-      const Pack<T, N> p = xr[i];
-      Pack<int8_t, N> o;
+  for (int i = 0; i < kPacks; ++i) {
+    if (threadIdx.x + int64_t{i} * blockDim.x >= packs) break;
 #pragma unroll
-      for (int j = 0; j < N; ++j) o.v[j] = quantize_value(to_float(p.v[j]), s, round, r * cols + i * N + j);
-      qr[i] = o;
+    for (int j = 0; j < N; ++j) {
+      const float a = fabsf(to_float(v[i].v[j]));
+      amax = a <= FLT_MAX ? fmaxf(amax, a) : INFINITY;  // inf and NaN make the row non-finite
     }
   }
-  if constexpr (kColAmax) {
-    __syncthreads();
-    for (int64_t c = threadIdx.x; c < cols; c += kThreads)
-      if (block_col_amax[c] != 0) atomicMax(&col_amax[c], block_col_amax[c]);
+  const float s = scale_of(block_max(amax));
+  if (threadIdx.x == 0) scale[r] = s;
+  auto* qr = reinterpret_cast<Pack<int8_t, N>*>(q + r * cols);
+#pragma unroll
+  for (int i = 0; i < kPacks; ++i) {
+    const int64_t p = threadIdx.x + int64_t{i} * blockDim.x;
+    if (p >= packs) break;
+    Pack<int8_t, N> o;
+#pragma unroll
+    for (int j = 0; j < N; ++j) o.v[j] = quantize_value(to_float(v[i].v[j]), s, round, r * cols + p * N + j);
+    qr[p] = o;
   }
 }
 
-constexpr int kTile = 64;                // rows and columns of a quantize_columns_t tile
-constexpr int kTilePitch = kTile + 16;  // bytes per transposed tile row: 16-byte aligned
+constexpr int kColAmaxRows = 64;  // rows per block of the column-maxima kernel
+
+// Column maxima as float bit patterns: for non-negative floats (and |NaN|)
+// integer order is float order, with NaN above inf above every finite value.
+// Block (x, y): packs [256 x, 256 (x + 1)) of rows [64 y, 64 (y + 1)); a warp
+// reads 32 consecutive packs of a row, and one atomic per column and block
+// merges the blocks.
+template <class T, int N>
+__global__ void __launch_bounds__(kThreads)
+    column_amax_kernel(const T* __restrict__ x, int64_t rows, int64_t cols, unsigned* __restrict__ col_amax) {
+  const int64_t p = int64_t{blockIdx.x} * kThreads + threadIdx.x, packs = cols / N;
+  if (p >= packs) return;
+  const int64_t r0 = int64_t{blockIdx.y} * kColAmaxRows, r1 = min(rows, r0 + kColAmaxRows);
+  unsigned m[N] = {};
+  for (int64_t r = r0; r < r1; ++r) {
+    const Pack<T, N> v = reinterpret_cast<const Pack<T, N>*>(x + r * cols)[p];
+#pragma unroll
+    for (int j = 0; j < N; ++j) m[j] = max(m[j], __float_as_uint(fabsf(to_float(v.v[j]))));
+  }
+#pragma unroll
+  for (int j = 0; j < N; ++j)
+    if (m[j] != 0) atomicMax(&col_amax[p * N + j], m[j]);
+}
+
+// quantize_columns_t: tiles of 128 rows x 64 columns. Each thread quantizes a
+// pack of N columns in 4 consecutive rows and keeps each column's 4 bytes as
+// one word of the transposed tile, [column][row / 4], whose 16-byte chunks are
+// XOR-swizzled by column / 8 so that a warp's word stores hit 32 banks. Then
+// each 16-byte chunk (16 rows of one column) goes out as one vector store.
+constexpr int kTileRows = 128, kTileCols = 64;
+constexpr int kTileWords = kTileRows / 4;  // words per transposed tile row
+
+__device__ __forceinline__ int swizzled_word(int col, int word) {
+  return ((word / 4) ^ (col / 8)) * 4 + word % 4;
+}
 
 template <class T, int N, class Round>
 __global__ void __launch_bounds__(kThreads)
     quantize_columns_t_kernel(const T* __restrict__ x, int64_t rows, int64_t cols, const float* __restrict__ col_amax,
                               int8_t* __restrict__ q_t, float* __restrict__ scale, Round round) {
-  __shared__ alignas(16) int8_t tile[kTile][kTilePitch];  // [column][row]
-  __shared__ float tile_scale[kTile];
-  const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kTile, r0 = static_cast<int64_t>(blockIdx.y) * kTile;
-  if (threadIdx.x < kTile && c0 + threadIdx.x < cols) {
-    const float s = scale_of(col_amax[c0 + threadIdx.x]);
+  __shared__ alignas(16) unsigned tile[kTileCols][kTileWords];
+  __shared__ float tile_scale[kTileCols];
+  const int64_t c0 = int64_t{blockIdx.x} * kTileCols, r0 = int64_t{blockIdx.y} * kTileRows;
+  if (threadIdx.x < kTileCols) {
+    const bool in_range = c0 + threadIdx.x < cols;
+    const float s = in_range ? scale_of(col_amax[c0 + threadIdx.x]) : 1.f;
     tile_scale[threadIdx.x] = s;
-    if (blockIdx.y == 0) scale[c0 + threadIdx.x] = s;
+    if (blockIdx.y == 0 && in_range) scale[c0 + threadIdx.x] = s;
   }
   __syncthreads();
 
-  // Read: each thread a pack of N columns of a row; vectors when the tile is whole.
-  constexpr int kPacksPerRow = kTile / N, kRowsPerStep = kThreads / kPacksPerRow;
-  const int pc = threadIdx.x % kPacksPerRow;
-  const bool whole = r0 + kTile <= rows && c0 + kTile <= cols;
-  for (int tr = threadIdx.x / kPacksPerRow; tr < kTile; tr += kRowsPerStep) {
-    const int64_t r = r0 + tr, c = c0 + pc * N;
-    float v[N];
-    if (whole) {
-      const Pack<T, N> p = *reinterpret_cast<const Pack<T, N>*>(x + r * cols + c);
+  constexpr int kPacksPerRow = kTileCols / N;
+  const bool whole = r0 + kTileRows <= rows && c0 + kTileCols <= cols;
+  for (int item = threadIdx.x; item < kPacksPerRow * kTileWords; item += kThreads) {
+    const int pc = item % kPacksPerRow, word = item / kPacksPerRow;
+    const int64_t c = c0 + pc * N;
+    unsigned packed[N] = {};
 #pragma unroll
-      for (int j = 0; j < N; ++j) v[j] = to_float(p.v[j]);
-    } else {
+    for (int b = 0; b < 4; ++b) {
+      const int64_t r = r0 + word * 4 + b;
+      float v[N];
+      if (whole) {
+        const Pack<T, N> p = *reinterpret_cast<const Pack<T, N>*>(x + r * cols + c);
 #pragma unroll
-      for (int j = 0; j < N; ++j) v[j] = r < rows && c + j < cols ? to_float(x[r * cols + c + j]) : 0.f;
+        for (int j = 0; j < N; ++j) v[j] = to_float(p.v[j]);
+      } else {
+#pragma unroll
+        for (int j = 0; j < N; ++j) v[j] = r < rows && c + j < cols ? to_float(x[r * cols + c + j]) : 0.f;
+      }
+#pragma unroll
+      for (int j = 0; j < N; ++j) {
+        const int8_t qv = quantize_value(v[j], tile_scale[pc * N + j], round, r * cols + c + j);
+        packed[j] |= static_cast<unsigned>(static_cast<uint8_t>(qv)) << (8 * b);
+      }
     }
 #pragma unroll
-    for (int j = 0; j < N; ++j)
-      if (c + j < cols) tile[pc * N + j][tr] = quantize_value(v[j], tile_scale[pc * N + j], round, r * cols + c + j);
+    for (int j = 0; j < N; ++j) tile[pc * N + j][swizzled_word(pc * N + j, word)] = packed[j];
   }
   __syncthreads();
 
-  // Write: four 16-byte pieces per transposed row (= column of x).
-  const int tc = threadIdx.x / 4, piece = threadIdx.x % 4;
-  const int64_t c = c0 + tc, r = r0 + piece * 16;
-  if (c >= cols) return;
-  int8_t* out = q_t + c * rows + r;
-  if (r + 16 <= rows && reinterpret_cast<uintptr_t>(out) % 16 == 0) {
-    *reinterpret_cast<uint4*>(out) = *reinterpret_cast<const uint4*>(&tile[tc][piece * 16]);
-  } else {
-    for (int b = 0; b < 16 && r + b < rows; ++b) out[b] = tile[tc][piece * 16 + b];
+  for (int item = threadIdx.x; item < kTileCols * (kTileWords / 4); item += kThreads) {
+    const int tc = item / (kTileWords / 4), chunk = item % (kTileWords / 4);
+    const int64_t c = c0 + tc, r = r0 + chunk * 16;
+    if (c >= cols || r >= rows) continue;
+    const uint4 v = *reinterpret_cast<const uint4*>(&tile[tc][swizzled_word(tc, chunk * 4)]);
+    int8_t* out = q_t + c * rows + r;
+    if (r + 16 <= rows && reinterpret_cast<uintptr_t>(out) % 16 == 0) {
+      *reinterpret_cast<uint4*>(out) = v;
+    } else {
+      const auto* bytes = reinterpret_cast<const int8_t*>(&v);
+      for (int b = 0; b < 16 && r + b < rows; ++b) out[b] = bytes[b];
+    }
   }
 }
 
@@ -208,46 +258,35 @@ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 
 Status launched() { return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError; }
 
-// Shared memory for the column maxima of one block; beyond this the caller
-// falls back to the composite.
-constexpr int64_t kMaxColAmaxCols = 48 * 1024;
-
 }  // namespace
 
 Status quantize_rows_cuda(const QuantizeRows& r, void* stream) {
-  if (r.rows < 1 || r.cols < 1 || !r.x || !r.q || !r.scale) return Status::kInvalidArgument;
-  if (r.col_amax && r.cols > kMaxColAmaxCols) return Status::kInvalidArgument;
-  // Column maxima cost one shared-memory atomic per element and one global
-  // atomic per column and block: more rows per block keep the latter few.
-  const int rows_per_block = r.col_amax ? 4 * kWarps : kWarps;
-  const int64_t blocks = (r.rows + rows_per_block - 1) / rows_per_block;
-  if (blocks > 0x7fffffff) return Status::kInvalidArgument;
+  if (r.rows < 1 || r.cols < 1 || r.rows > 0x7fffffff || !r.x || !r.q || !r.scale) return Status::kInvalidArgument;
   const bool vector = r.cols % (16 / element_bytes(r.in_type)) == 0 && aligned16(r.x) && aligned16(r.q);
   return dispatch(r.in_type, vector, r.rounding, [&](auto t, auto n, auto round) {
     using T = decltype(t);
     constexpr int kN = decltype(n)::value;
     const auto s = static_cast<cudaStream_t>(stream);
-    auto* col_amax = reinterpret_cast<unsigned*>(r.col_amax);
     const auto* x = static_cast<const T*>(r.x);
+    const int64_t packs = r.cols / kN;
+    // Enough threads for the row to fit in registers (else the composite runs).
+    const int64_t threads = ((packs + kRowPacks<T, kN> - 1) / kRowPacks<T, kN> + 31) / 32 * 32;
+    if (threads > 1024) return Status::kInvalidArgument;
     if (r.col_amax) {
-      const auto kernel = quantize_rows_kernel<T, kN, decltype(round), true>;
-      const size_t smem = static_cast<size_t>(r.cols) * sizeof(unsigned);
-      if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)) !=
-          cudaSuccess)
-        return Status::kCudaError;
-      kernel<<<static_cast<unsigned>(blocks), kThreads, smem, s>>>(x, r.rows, r.cols, rows_per_block, r.q, r.scale,
-                                                                   col_amax, round);
-    } else {
-      quantize_rows_kernel<T, kN, decltype(round), false><<<static_cast<unsigned>(blocks), kThreads, 0, s>>>(
-          x, r.rows, r.cols, rows_per_block, r.q, r.scale, nullptr, round);
+      const int64_t blocks_x = (packs + kThreads - 1) / kThreads, blocks_y = (r.rows + kColAmaxRows - 1) / kColAmaxRows;
+      if (blocks_x > 0x7fffffff || blocks_y > 65535) return Status::kInvalidArgument;
+      column_amax_kernel<T, kN><<<dim3(static_cast<unsigned>(blocks_x), static_cast<unsigned>(blocks_y)), kThreads, 0,
+                                  s>>>(x, r.rows, r.cols, reinterpret_cast<unsigned*>(r.col_amax));
     }
+    quantize_rows_kernel<T, kN, decltype(round)><<<static_cast<unsigned>(r.rows), static_cast<unsigned>(threads), 0,
+                                                    s>>>(x, r.cols, r.q, r.scale, round);
     return launched();
   });
 }
 
 Status quantize_columns_t_cuda(const QuantizeColumnsT& r, void* stream) {
   if (r.rows < 1 || r.cols < 1 || !r.x || !r.col_amax || !r.q_t || !r.scale) return Status::kInvalidArgument;
-  const int64_t grid_x = (r.cols + kTile - 1) / kTile, grid_y = (r.rows + kTile - 1) / kTile;
+  const int64_t grid_x = (r.cols + kTileCols - 1) / kTileCols, grid_y = (r.rows + kTileRows - 1) / kTileRows;
   if (grid_x > 0x7fffffff || grid_y > 65535) return Status::kInvalidArgument;
   const bool vector = r.cols % (16 / element_bytes(r.in_type)) == 0 && aligned16(r.x);
   return dispatch(r.in_type, vector, r.rounding, [&](auto t, auto n, auto round) {
