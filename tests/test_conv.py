@@ -236,6 +236,85 @@ def test_compile_traces_the_conv_ops():
         assert m.shape == want.shape and m.stride() == want.stride() and m.dtype == want.dtype
 
 
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("limit", [None, 100000], ids=["one_chunk", "chunks"])
+def test_wgrad_split_into_pixel_slices_is_exact(device, limit):
+    """Enough pixels (5307) for several split-K slices per GEMM whose last one passes the last pixel,
+    and with a small workspace several chunks of several slices and a ragged last chunk."""
+    case = (3, 5, 29, 61, 7, 3, 3, 1, 1, 1, 1)
+    x, w, g = make_case(case, seed=11, fmt="channels_last")
+    gy = rand_int8((3, 7, 29, 61), seed=12)
+    old = torch_int8.conv.workspace_limit()
+    try:
+        if limit:
+            torch_int8.conv.set_workspace_limit(limit)
+        dw = torch_int8.conv2d_wgrad(gy.to(device), x.to(device), w.shape[2:], *geometry_args(g))
+    finally:
+        torch_int8.conv.set_workspace_limit(old)
+    assert torch.equal(dw.cpu().double(), conv2d_weight(x.double(), w.shape, gy.double(), *geometry_args(g)))
+
+
+# (N, C, H, W, K, R, S, padding, dilation, groups) of stride-1 convolutions
+DGRAD_AS_FORWARD_CASES = [
+    (2, 32, 9, 7, 32, 3, 3, (1, 1), (1, 1), 1),
+    (1, 8, 10, 9, 12, 3, 3, (1, 1), (1, 1), 4),
+    (2, 6, 11, 8, 6, 3, 3, (2, 1), (2, 1), 2),
+    (1, 5, 9, 9, 7, 5, 3, (0, 1), (1, 1), 1),
+    (3, 16, 5, 5, 32, 1, 1, (0, 0), (1, 1), 1),
+]
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("case", DGRAD_AS_FORWARD_CASES)
+def test_dgrad_of_stride_1_is_a_forward_convolution(device, case):
+    """What Conv2d's backward runs: conv(dY, W rotated and transposed, dilation*(R-1) - padding)
+    equals conv2d_dgrad exactly."""
+    from torch_int8.nn.conv import _dgrad_as_forward_padding, _rotated_filter
+    n, c, h, w_, k, r, s, padding, dilation, groups = case
+    w = rand_int8((k, c // groups, r, s), seed=21)
+    gy = rand_int8((n, k, h + 2 * padding[0] - dilation[0] * (r - 1), w_ + 2 * padding[1] - dilation[1] * (s - 1)),
+                   seed=22)
+    forward_padding = _dgrad_as_forward_padding(w.shape, ((1, 1), padding, dilation, groups))
+    dx = torch_int8.conv2d(gy.to(device), _rotated_filter(w, groups).to(device), 1, forward_padding, dilation, groups)
+    ref = conv2d_input((n, c, h, w_), w.double(), gy.double(), 1, padding, dilation, groups)
+    assert dx.shape == ref.shape and torch.equal(dx.cpu().double(), ref)
+
+
+def test_dgrad_as_forward_only_for_stride_1_and_small_padding():
+    from torch_int8.nn.conv import _dgrad_as_forward_padding
+    assert _dgrad_as_forward_padding((4, 4, 3, 3), ((1, 1), (1, 1), (1, 1), 1)) == (1, 1)
+    assert _dgrad_as_forward_padding((4, 4, 3, 3), ((2, 1), (1, 1), (1, 1), 1)) is None
+    assert _dgrad_as_forward_padding((4, 4, 3, 3), ((1, 1), (3, 1), (1, 1), 1)) is None
+
+
+def poisoned(t, image):
+    t = t.clone()
+    t[image, 0, 1, 1] = float("nan")
+    t[image + 1, 1, 0, 0] = float("inf")
+    return t
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("fmt", ["contiguous", "channels_last", "sliced"])
+def test_layer_quantizers_equal_quantize(device, dtype, fmt):
+    """Conv2d's quantizers (fewer passes over the tensor) give quantize()'s data and scales bit for
+    bit, non-finite images and channels included."""
+    from torch_int8.nn.conv import _quantize_channels, _quantize_images
+    t = torch.randn(4, 6, 5, 7, generator=make_gen(41)) * torch.rand(4, 6, 1, 1, generator=make_gen(42)) * 3
+    t[3] = 0  # an all-zero image: scale 1
+    t = poisoned(t, 1).to(device, dtype)
+    if fmt == "channels_last":
+        t = t.contiguous(memory_format=torch.channels_last)
+    elif fmt == "sliced":
+        t = torch.cat([t, t], dim=3)[:, :, :, ::2]
+    for got, dim in ((_quantize_images(t, "nearest"), 0), (_quantize_channels(t, Int8Config()), 1)):
+        want = torch_int8.quantize(t, dim)
+        assert got.dim == dim and got.data.shape == t.shape
+        assert torch.equal(got.data.cpu(), want.data.cpu())
+        assert torch.allclose(got.scale.cpu(), want.scale.cpu(), rtol=0, atol=0, equal_nan=True)
+
+
 # ------------------------------------------------------------------------------------------------
 # layers
 # ------------------------------------------------------------------------------------------------

@@ -16,9 +16,10 @@ from conftest import CUDA_ONLY, DEVICE_PARAMS, make_gen  # noqa: E402
 import torch_int8  # noqa: E402
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-# Ragged against the 64x64 tiles and the 16-byte packs, one row, one column, and
-# a size whose rows start unaligned (cols odd) so the single-element paths run.
-SHAPES = [(1, 1), (1, 4096), (3, 1000), (64, 4096), (7, 333), (130, 65), (257, 96), (100, 8)]
+# Ragged against the 128x64 tiles and the 16-byte packs, one row, one column, and
+# sizes whose rows start unaligned (cols odd) so the single-element paths run.
+# The last two have rows too long for one block's registers (the two-pass path).
+SHAPES = [(1, 1), (1, 4096), (3, 1000), (64, 4096), (7, 333), (130, 65), (257, 96), (100, 8), (3, 40000), (4, 33333)]
 
 
 def make_x(rows, cols, dtype, seed):

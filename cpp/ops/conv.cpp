@@ -36,6 +36,8 @@ using kernels::Epilogue;
 using kernels::GemmProblem;
 using kernels::ImageStrides;
 
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
 // --- workspace limit ------------------------------------------------------------
 
 std::atomic<int64_t>& workspace_limit() {
@@ -303,8 +305,10 @@ struct RowVectors {
 };
 RowVectors row_vectors(const ForwardScales& fs, int64_t n, int64_t n0, int64_t count, int64_t per_image) {
   RowVectors rv;
+  // A device copy of the expanded scales (repeat_interleave may sync to size its output).
   if (fs.scale_x.defined())
-    rv.scale = fs.scale_x.expand({n}).narrow(0, n0, count).repeat_interleave(per_image).contiguous();
+    rv.scale = fs.scale_x.expand({n}).narrow(0, n0, count).unsqueeze(1).expand({count, per_image}).contiguous().view(
+        {-1});
   if (fs.row_offset_value.defined()) rv.offset = fs.row_offset_value.expand({count * per_image}).contiguous();
   return rv;
 }
@@ -525,6 +529,22 @@ at::Tensor conv2d_dgrad_meta(const at::Tensor& grad_out, const at::Tensor& weigh
 
 // --- wgrad ----------------------------------------------------------------------------
 
+// wgrad's GEMM is [K/G x depth] with the pixels (up to 131071 per call) as
+// GEMM-K: a few output tiles, so one GEMM would leave most SMs idle. A chunk
+// of pixels is split into `slices` slices of `slice` pixels (a multiple of
+// align), one batch entry each, enough for kWgradTiles output tiles but no
+// slice shorter than kWgradMinSlice pixels.
+constexpr int64_t kWgradTiles = 256, kWgradMinSlice = 1024, kWgradTile = 128;
+struct WgradSplit {
+  int64_t slices, slice;
+};
+WgradSplit wgrad_split(int64_t rows, int64_t cols, int64_t chunk, int64_t align) {
+  const int64_t tiles = ceil_div(rows, kWgradTile) * ceil_div(cols, kWgradTile);
+  const int64_t most = std::max<int64_t>(1, chunk / kWgradMinSlice);
+  const int64_t slices = std::clamp(ceil_div(kWgradTiles, tiles), int64_t{1}, most);
+  return {slices, round_up(ceil_div(chunk, slices), align)};
+}
+
 at::Tensor conv2d_wgrad_kernel(const at::Tensor& grad_out, const at::Tensor& x, at::IntArrayRef kernel_size,
                                at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                int64_t groups) {
@@ -533,33 +553,40 @@ at::Tensor conv2d_wgrad_kernel(const at::Tensor& grad_out, const at::Tensor& x, 
   c10::DeviceGuard guard(x.device());
   const int64_t align = x.is_cuda() ? kGpuAlign : 1;
   const int64_t g = p.groups, cg = p.c / g, kg = p.k / g, per_image = p.p * p.q, pixels = p.n * per_image;
-  const int64_t depth = p.r * p.s * cg, n_pad = round_up(depth, align), pixels_pad = round_up(pixels, align);
-  // A: dY^T per group [G][K/G][pixels], zero-padded; B: the columns, one row per (r, s, c), pixels contiguous.
-  const at::Tensor dyt = padded(grad_out.permute({1, 0, 2, 3}).reshape({g, kg, pixels}), kg, pixels_pad);
-  const int64_t chunk = units_per_chunk(g * n_pad, pixels, align);
-  // Zeros: the padding rows (r, s, c) >= depth are never written.
+  const int64_t depth = p.r * p.s * cg, n_pad = round_up(depth, align);
+  const WgradSplit split = wgrad_split(kg, n_pad, units_per_chunk(g * n_pad, pixels, align), align);
+  const int64_t chunk = split.slices * split.slice;
+  // A: dY^T per group [G][K/G][pixels], zero-padded to whole chunks (a chunk's last slice may pass
+  // the last pixel); B: the columns, one row per (r, s, c), pixels contiguous.
+  const at::Tensor dyt =
+      padded(grad_out.permute({1, 0, 2, 3}).reshape({g, kg, pixels}), kg, round_up(pixels, chunk));
+  const int64_t pixels_pad = dyt.size(2);
+  // Zeros: the padding rows (r, s, c) >= depth, and the columns past a chunk's pixels, are never
+  // written (stale columns of an earlier chunk meet zero padding of dY^T).
   const at::Tensor cols = at::zeros({g, n_pad, chunk}, x.options());
   const at::Tensor grad_w = at::empty({g, kg, n_pad}, x.options().dtype(at::kInt));
-  const at::Tensor partial = chunk < pixels ? at::empty_like(grad_w) : grad_w;
+  // One int32 partial product per slice (split-K over the pixels), summed after each chunk.
+  const at::Tensor partial = at::empty({split.slices, g, kg, n_pad}, grad_w.options());
 
   kernels::Im2Col a;
   a.geometry = p, a.x = x.const_data_ptr<int8_t>(), a.x_strides = nchw_strides(x);
   a.cols = cols.data_ptr<int8_t>(), a.cols_strides = {n_pad * chunk, chunk, cg * chunk, per_image, 1};
   for (int64_t m0 = 0; m0 < pixels; m0 += chunk) {
-    const int64_t count = std::min(chunk, pixels - m0);
+    const int64_t count = std::min(chunk, pixels - m0), slices = ceil_div(count, split.slice);
     a.pixel_begin = m0, a.pixel_count = count;
     run_im2col(a, x);
-    const at::Tensor out = m0 == 0 ? grad_w : partial;
     for (int64_t gi = 0; gi < g; ++gi) {
       GemmProblem gp;
-      gp.m = kg, gp.n = n_pad, gp.k = round_up(count, align);
+      gp.m = kg, gp.n = n_pad, gp.k = split.slice, gp.batch = slices;
       gp.a = dyt.const_data_ptr<int8_t>() + gi * kg * pixels_pad + m0, gp.lda = pixels_pad;
       gp.b = cols.const_data_ptr<int8_t>() + gi * n_pad * chunk, gp.ldb = chunk;
-      gp.d = out.data_ptr<int32_t>() + gi * kg * n_pad, gp.ldd = n_pad;
+      gp.batch_stride_a = gp.batch_stride_b = split.slice;
+      gp.d = partial.data_ptr<int32_t>() + gi * kg * n_pad, gp.ldd = n_pad, gp.batch_stride_d = g * kg * n_pad;
       run_gemm(gp, Epilogue{}, x);
     }
     // Exact: every partial sum is bounded by the whole one (N*P*Q <= kMaxK).
-    if (m0 > 0) grad_w.add_(partial);
+    const at::Tensor sum = partial.narrow(0, 0, slices).sum(0, false, at::kInt);
+    m0 == 0 ? grad_w.copy_(sum) : grad_w.add_(sum);
   }
   return grad_w.narrow(2, 0, depth).reshape({p.k, p.r, p.s, cg}).permute({0, 3, 1, 2}).contiguous();
 }

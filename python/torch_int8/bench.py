@@ -751,21 +751,16 @@ CONV_BATCHES = [128, 256]
 def _add_conv_args(p: argparse.ArgumentParser) -> None:
     _add_common_args(p)
     p.add_argument("--batch", type=int, action="append", help="batch size (repeatable; default 128 and 256)")
+    p.add_argument("--profile", metavar="LAYER", choices=[s[0] for s in CONV_SHAPES],
+                   help="instead of the table: torch.profiler's top CUDA kernels of the INT8 forward and "
+                        "forward+backward of LAYER (at the first --batch)")
 
 
 def bench_conv_shape(shape, batch: int, args) -> dict:
     """cuDNN bf16 channels_last nn.Conv2d vs torch_int8.nn.Conv2d (bf16 in / bf16 out, quantization
     included), forward and forward+backward, on the same parameters and input."""
     name, c, h, w, k, r, stride, padding = shape
-    torch.manual_seed(args.seed)
-    ref = torch.nn.Conv2d(c, k, r, stride, padding, device="cuda", dtype=torch.bfloat16)
-    ref = ref.to(memory_format=torch.channels_last)
-    ours = torch_int8.nn.Conv2d.from_float(ref)
-    x = torch.randn(batch, c, h, w, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
-    x.requires_grad_(True)
-    with torch.no_grad():
-        y = ref(x)
-    gy = torch.randn_like(y)
+    ref, ours, x, y, gy = conv_layer(shape, batch, args.seed)
     p, q = y.shape[2:]
     flops = 2 * batch * p * q * k * c * r * r
 
@@ -788,12 +783,62 @@ def bench_conv_shape(shape, batch: int, args) -> dict:
     return row
 
 
+def conv_layer(shape, batch: int, seed: int):
+    """(cuDNN bf16 channels_last nn.Conv2d, torch_int8.nn.Conv2d sharing its parameters, channels_last
+    input requiring grad, output gradient) for one CONV_SHAPES entry."""
+    name, c, h, w, k, r, stride, padding = shape
+    torch.manual_seed(seed)
+    ref = torch.nn.Conv2d(c, k, r, stride, padding, device="cuda", dtype=torch.bfloat16)
+    ref = ref.to(memory_format=torch.channels_last)
+    ours = torch_int8.nn.Conv2d.from_float(ref)
+    x = torch.randn(batch, c, h, w, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    with torch.no_grad():
+        y = ref(x)
+    return ref, ours, x, y, torch.randn_like(y)
+
+
+def kernel_table(prof, top: int = 25) -> str:
+    """name, calls, total and mean us of the `top` CUDA kernels (and copies, memsets) by device time."""
+    rows = [e for e in prof.key_averages()
+            if e.device_type == torch.autograd.DeviceType.CUDA and e.device_time_total > 0]
+    rows.sort(key=lambda e: e.device_time_total, reverse=True)
+    lines = [f"{'kernel':<90} {'calls':>6} {'total us':>10} {'mean us':>9}"]
+    lines += [f"{e.key[:90]:<90} {e.count:>6} {e.device_time_total:>10.1f} {e.device_time_total / e.count:>9.1f}"
+              for e in rows[:top]]
+    lines.append(f"{'all':<90} {sum(e.count for e in rows):>6} {sum(e.device_time_total for e in rows):>10.1f}")
+    return "\n".join(lines)
+
+
+def profile_conv(layer: str, batch: int, reps: int) -> int:
+    """Prints the top CUDA kernels of `reps` INT8 forward and forward+backward calls of one layer."""
+    _, ours, x, _, gy = conv_layer(next(s for s in CONV_SHAPES if s[0] == layer), batch, 0)
+
+    def forward():
+        with torch.no_grad():
+            ours(x)
+
+    for what, fn in (("forward", forward), ("forward+backward", training_step(ours, x, gy))):
+        for _ in range(3):  # warm-up: CUTLASS initialization, the caching allocator
+            fn()
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(reps):
+                fn()
+            torch.cuda.synchronize()
+        print(f"\n{layer} N={batch} int8 {what}: {reps} calls")
+        print(kernel_table(prof))
+    return 0
+
+
 @register("conv", "INT8 nn.Conv2d vs cuDNN bf16 channels_last (ResNet-18/50 layers; forward, forward+backward)",
           _add_conv_args)
 def run_conv(args: argparse.Namespace) -> int:
     require_cuda()
-    info = meta()
     batches = args.batch or CONV_BATCHES
+    if args.profile:
+        return profile_conv(args.profile, batches[0], min(args.reps, 10))
+    info = meta()
     info.update({"command": "conv", "reps": args.reps, "warmup": args.warmup, "seed": args.seed, "batches": batches,
                  "layout": "channels_last bf16 input, bf16 output, quantization included"})
     print_meta(info)

@@ -1,6 +1,7 @@
 // The fused quantize kernels of kernels.h, each one read of x:
 //   quantize_rows:       a block per row, the row held in registers between its
-//                        reduction and its quantization; the column maxima, if
+//                        reduction and its quantization (longer rows: two passes,
+//                        max-reduce then quantize); the column maxima, if
 //                        asked for, come from a separate streaming kernel (one
 //                        more read of x, but no atomics on the row kernel's path).
 //   quantize_columns_t:  128 x 64 tiles transposed through shared memory, so that
@@ -137,6 +138,53 @@ __global__ void __launch_bounds__(1024)
   }
 }
 
+// Rows too long for one block's registers (e.g. a whole image of a convolution)
+// take two passes: blocks of kLongRowPacks packs max-reduce their piece into
+// the row's amax (float bits, as in column_amax_kernel), then quantize it.
+constexpr int kLongRowPacks = 4 * kThreads;
+
+__device__ unsigned block_max_bits(unsigned v) {
+  return __float_as_uint(block_max(__uint_as_float(v)));  // non-negative floats, and |NaN|: order kept
+}
+
+template <class T, int N>
+__global__ void __launch_bounds__(kThreads)
+    long_row_amax_kernel(const T* __restrict__ x, int64_t cols, unsigned* __restrict__ row_amax) {
+  const int64_t packs = cols / N, first = int64_t{blockIdx.x} * kLongRowPacks;
+  const auto* xr = reinterpret_cast<const Pack<T, N>*>(x + int64_t{blockIdx.y} * cols);
+  unsigned m = 0;
+  for (int64_t p = first + threadIdx.x; p < min(packs, first + kLongRowPacks); p += kThreads) {
+    const Pack<T, N> v = xr[p];
+#pragma unroll
+    for (int j = 0; j < N; ++j) m = max(m, __float_as_uint(fabsf(to_float(v.v[j]))));
+  }
+  m = block_max_bits(m);
+  if (threadIdx.x == 0 && m != 0) atomicMax(&row_amax[blockIdx.y], m);
+}
+
+template <class T, int N, class Round>
+__global__ void __launch_bounds__(kThreads)
+    quantize_long_rows_kernel(const T* __restrict__ x, int64_t cols, const unsigned* __restrict__ row_amax,
+                              int8_t* __restrict__ q, Round round) {
+  const int64_t r = blockIdx.y, packs = cols / N, first = int64_t{blockIdx.x} * kLongRowPacks;
+  const float s = scale_of(__uint_as_float(row_amax[r]));
+  const auto* xr = reinterpret_cast<const Pack<T, N>*>(x + r * cols);
+  auto* qr = reinterpret_cast<Pack<int8_t, N>*>(q + r * cols);
+  for (int64_t p = first + threadIdx.x; p < min(packs, first + kLongRowPacks); p += kThreads) {
+    const Pack<T, N> v = xr[p];
+    Pack<int8_t, N> o;
+#pragma unroll
+    for (int j = 0; j < N; ++j) o.v[j] = quantize_value(to_float(v.v[j]), s, round, r * cols + p * N + j);
+    qr[p] = o;
+  }
+}
+
+// The long-row amax (float bits, in place in `scale`) becomes the scale.
+__global__ void amax_to_scale_kernel(float* scale, int64_t rows) {
+  const int64_t r = int64_t{blockIdx.x} * kThreads + threadIdx.x;
+  if (r < rows) scale[r] = scale_of(scale[r]);
+}
+
 constexpr int kColAmaxRows = 64;  // rows per block of the column-maxima kernel
 
 // Column maxima as float bit patterns: for non-negative floats (and |NaN|)
@@ -258,6 +306,21 @@ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 
 Status launched() { return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError; }
 
+// The two-pass path of rows longer than a block's registers hold; the row
+// maxima are gathered in the scale buffer itself.
+template <class T, int N, class Round>
+Status launch_long_rows(const T* x, const QuantizeRows& r, const Round& round, cudaStream_t s) {
+  const int64_t chunks = (r.cols / N + kLongRowPacks - 1) / kLongRowPacks;
+  if (chunks > 0x7fffffff || r.rows > 65535) return Status::kInvalidArgument;
+  auto* amax = reinterpret_cast<unsigned*>(r.scale);
+  if (cudaMemsetAsync(amax, 0, r.rows * sizeof(unsigned), s) != cudaSuccess) return Status::kCudaError;
+  const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(r.rows));
+  long_row_amax_kernel<T, N><<<grid, kThreads, 0, s>>>(x, r.cols, amax);
+  quantize_long_rows_kernel<T, N, Round><<<grid, kThreads, 0, s>>>(x, r.cols, amax, r.q, round);
+  amax_to_scale_kernel<<<static_cast<unsigned>((r.rows + kThreads - 1) / kThreads), kThreads, 0, s>>>(r.scale, r.rows);
+  return launched();
+}
+
 }  // namespace
 
 Status quantize_rows_cuda(const QuantizeRows& r, void* stream) {
@@ -269,15 +332,15 @@ Status quantize_rows_cuda(const QuantizeRows& r, void* stream) {
     const auto s = static_cast<cudaStream_t>(stream);
     const auto* x = static_cast<const T*>(r.x);
     const int64_t packs = r.cols / kN;
-    // Enough threads for the row to fit in registers (else the composite runs).
-    const int64_t threads = ((packs + kRowPacks<T, kN> - 1) / kRowPacks<T, kN> + 31) / 32 * 32;
-    if (threads > 1024) return Status::kInvalidArgument;
     if (r.col_amax) {
       const int64_t blocks_x = (packs + kThreads - 1) / kThreads, blocks_y = (r.rows + kColAmaxRows - 1) / kColAmaxRows;
       if (blocks_x > 0x7fffffff || blocks_y > 65535) return Status::kInvalidArgument;
       column_amax_kernel<T, kN><<<dim3(static_cast<unsigned>(blocks_x), static_cast<unsigned>(blocks_y)), kThreads, 0,
                                   s>>>(x, r.rows, r.cols, reinterpret_cast<unsigned*>(r.col_amax));
     }
+    // Enough threads for the row to fit in registers, else the two-pass path.
+    const int64_t threads = ((packs + kRowPacks<T, kN> - 1) / kRowPacks<T, kN> + 31) / 32 * 32;
+    if (threads > 1024) return launch_long_rows<T, kN>(x, r, round, s);
     quantize_rows_kernel<T, kN, decltype(round)><<<static_cast<unsigned>(r.rows), static_cast<unsigned>(threads), 0,
                                                     s>>>(x, r.cols, r.q, r.scale, round);
     return launched();

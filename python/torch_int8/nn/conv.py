@@ -5,8 +5,10 @@ operand quantized along a dimension that the product does not reduce, so the sca
   forward      Y  = conv(X, W) + b    X per image,  W per output channel   (scales fused in the epilogue)
   grad_input   dX = dgrad(dY, W)      dY per image, W per input channel    (exact int32, then scaled)
   grad_weight  dW = wgrad(dY, X)      dY per output channel, X per input channel
-("tensor" granularity: one scale per operand). dgrad sums taps after its GEMM (col2im), and wgrad
-is split into batches of at most 131071 output pixels, so both rescale their int32 results once.
+("tensor" granularity: one scale per operand). A stride-1 dgrad is the forward convolution of dY
+with the rotated, transposed filter (implicit GEMM, scales in its epilogue); other strides sum taps
+after their GEMM (col2im) and rescale the int32 result. wgrad is split into batches of at most
+131071 output pixels, its operands quantized straight into the [C, N, H, W] layout it reads.
 """
 from __future__ import annotations
 
@@ -17,10 +19,11 @@ import torch.nn.functional as F
 
 from ..config import Int8Config
 from ..conv import conv2d_dgrad, conv2d_wgrad, scaled_conv2d
-from ..functional import QTensor, quantize
+from ..functional import QTensor, quantize, quantize_columns_t, quantize_rows
 from ._common import load_int8_weight, output_dtype, quantize_activation, register_int8_weight, sharing_parameters
 
 _MAX_PIXELS = 131071  # conv2d_wgrad's largest N*P*Q
+_EPILOGUE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)  # scaled_conv2d's float outputs
 
 
 def _geometry(module: torch.nn.Conv2d):
@@ -66,13 +69,64 @@ def _scale_along(scale: torch.Tensor, dim: int) -> torch.Tensor:
     return scale if scale.dim() == 0 else scale.reshape([-1 if d == dim else 1 for d in range(4)])
 
 
+def _quantize_images(t: torch.Tensor, rounding: str) -> QTensor:
+    """quantize(t, 0) (per image) as quantize_rows of t's memory viewed as one row per image
+    (any layout, no copy for contiguous or channels_last t): one fused kernel pass on the GPU."""
+    nhwc = _memory_format(t) == torch.channels_last
+    images = t.permute(0, 2, 3, 1) if nhwc else t.contiguous()
+    q, _ = quantize_rows(images.reshape(t.shape[0], -1), rounding=rounding)
+    data = q.data.view(images.shape)
+    return QTensor(data.permute(0, 3, 1, 2) if nhwc else data, q.scale, None, 0)
+
+
+def _quantize_operand(t: torch.Tensor, config: Int8Config, rounding: str = "nearest") -> QTensor:
+    """An activation or output gradient quantized per image (channel granularity) or per tensor."""
+    return _quantize_images(t, rounding) if config.granularity == "channel" else quantize(t, None, rounding=rounding)
+
+
+def _rotated_filter(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """W' [C, K/G, R, S] with W'[g*C/G + c, k, r, s] = W[g*K/G + k, c, R-1-r, S-1-s]: the filter of
+    the forward convolution that computes a stride-1 convolution's input gradient."""
+    k, cg, r, s = weight.shape
+    swapped = weight.reshape(groups, k // groups, cg, r, s).transpose(1, 2).reshape(groups * cg, k // groups, r, s)
+    return swapped.flip(2, 3)
+
+
+def _dgrad_as_forward_padding(weight_shape, geometry):
+    """The padding of the forward convolution equal to dgrad (stride 1: dX = conv(dY, W', padding
+    dilation*(R-1) - padding)), or None when dgrad cannot be written so (stride > 1, or padding
+    beyond the dilated filter)."""
+    stride, padding, dilation, _ = geometry
+    pads = [d * (f - 1) - p for d, f, p in zip(dilation, weight_shape[2:], padding)]
+    return tuple(pads) if tuple(stride) == (1, 1) and min(pads) >= 0 else None
+
+
 def _grad_input(grad_out, weight, x_shape, geometry, config: Int8Config, dtype):
     stride, padding, dilation, groups = geometry
     per_channel = config.granularity == "channel"
-    qg = quantize(grad_out, config.dim(0), rounding=config.grad_rounding)
+    qg = _quantize_operand(grad_out, config, config.grad_rounding)
     w_data, w_scale = _per_input_channel(weight, groups, per_channel)
+    forward_padding = _dgrad_as_forward_padding(weight.shape, geometry)
+    if forward_padding is not None and dtype in _EPILOGUE_DTYPES:
+        # Exact int32 sums of the same products; the scales (per image x per input channel) are the
+        # forward epilogue's row and column scales, so no int32 image and no column buffer.
+        qw = QTensor(_rotated_filter(w_data, groups), w_scale, None, 0 if w_scale.dim() else None)
+        return scaled_conv2d(qg, qw, None, 1, forward_padding, dilation, groups, out_dtype=dtype)
     acc = conv2d_dgrad(qg.data, w_data, x_shape[2:], stride, padding, dilation, groups)
     return (acc * (_scale_along(qg.scale, 0) * _scale_along(w_scale, 1))).to(dtype)
+
+
+def _quantize_channels(t: torch.Tensor, config: Int8Config, rounding: str = "nearest") -> QTensor:
+    """quantize(t, 1) (per channel; channel granularity) in one pass over t, its data stored
+    [C, N, H, W] (viewed as [N, C, H, W]): t as the matrix [N*H*W, C] quantized per column and written
+    transposed, which is the layout wgrad reads (its GEMM reduces over the pixels). Per tensor otherwise."""
+    if config.granularity != "channel":
+        return quantize(t, None, rounding=rounding)
+    n, c, h, w = t.shape
+    pixels = t.permute(0, 2, 3, 1).reshape(-1, c)  # a view for channels_last t, else one copy
+    amax = torch.linalg.vector_norm(pixels, float("inf"), dim=0).float()  # exact; inf / NaN if not finite
+    q = quantize_columns_t(pixels, amax, rounding=rounding)
+    return QTensor(q.data.view(c, n, h, w).permute(1, 0, 2, 3), q.scale, None, 1)
 
 
 def _grad_weight(grad_out, x, weight, geometry, config: Int8Config):
@@ -81,8 +135,8 @@ def _grad_weight(grad_out, x, weight, geometry, config: Int8Config):
     if p * q > _MAX_PIXELS:  # one image alone could overflow int32: float product
         return torch.nn.grad.conv2d_weight(x.to(grad_out.dtype), weight.shape, grad_out, stride, padding, dilation,
                                            groups).to(weight.dtype)
-    qg = quantize(grad_out, config.dim(1), rounding=config.grad_rounding)
-    qx = quantize(x, config.dim(1))
+    qg = _quantize_channels(grad_out, config, config.grad_rounding)
+    qx = _quantize_channels(x, config)
     images = max(1, _MAX_PIXELS // (p * q))
     acc = sum(conv2d_wgrad(qg.data[i:i + images], qx.data[i:i + images], weight.shape[2:], stride, padding, dilation,
                            groups).long() for i in range(0, n, images))
@@ -103,7 +157,8 @@ class _Int8Conv2dFunction(torch.autograd.Function):
         if not config.forward:
             return F.conv2d(x.to(out_dtype), weight.to(out_dtype), None if bias is None else bias.to(out_dtype),
                             stride, padding, dilation, groups)
-        y = scaled_conv2d(quantize(x, config.dim(0)), quantize(weight, config.dim(0)), bias, stride, padding,
+        # Per image x per output channel ("channel"): the same function quantizes both.
+        y = scaled_conv2d(_quantize_operand(x, config), _quantize_operand(weight, config), bias, stride, padding,
                           dilation, groups, out_dtype=out_dtype)
         return y.contiguous(memory_format=_memory_format(x))
 
