@@ -436,7 +436,9 @@ def test_quantized_conv2d_bn_folding_relu_and_int8_chain(device):
     y8 = q8(x)
     assert isinstance(y8, QTensor) and y8.data.dtype == torch.int8 and int(y8.zero_point) == -128
     deq = y8.dequantize()
-    assert float((deq - y).abs().max()) <= scale / 255 * 0.5001 + 1e-6
+    # values above the int8 range (y can exceed max|ref| by its quantization error) saturate
+    top = float(torch.tensor(255.0) * y8.scale.cpu())
+    assert float((deq - y.clamp(max=top)).abs().max()) <= scale / 255 * 0.5001 + 1e-6
     # chained: the int8 QTensor feeds the next layer (padding holds its zero point, i.e. real 0)
     nxt = torch_int8.nn.QuantizedConv2d.from_float(torch.nn.Conv2d(8, 4, 3, padding=1).to(device))
     want = nxt(deq)

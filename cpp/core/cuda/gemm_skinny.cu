@@ -1,4 +1,4 @@
-// GEMM for few rows (M <= 16: decode, GEMV-like products), on every GPU with
+// GEMM for few rows (M <= kSkinnyMaxM: decode, GEMV-like products), on every GPU with
 // dp4a (sm_61+). Such products are bound by reading B (N x K int8) once; tile
 // kernels leave most of the GPU idle there (N / 128 blocks, M / 128 of each
 // tile used). Here a warp owns kCols columns and all M rows: each lane streams
@@ -92,8 +92,7 @@ Status gemm_skinny(const GemmProblem& p, const Epilogue& e, cudaStream_t stream)
   if (p.m == 1) return launch_skinny<1>(p, e, stream);
   if (p.m <= 2) return launch_skinny<2>(p, e, stream);
   if (p.m <= 4) return launch_skinny<4>(p, e, stream);
-  if (p.m <= 8) return launch_skinny<8>(p, e, stream);
-  return launch_skinny<16>(p, e, stream);
+  return launch_skinny<8>(p, e, stream);
 }
 
 }  // namespace torch_int8::kernels::detail

@@ -4,7 +4,7 @@
 //                        max-reduce then quantize); the column maxima, if
 //                        asked for, come from a separate streaming kernel (one
 //                        more read of x, but no atomics on the row kernel's path).
-//   quantize_columns_t:  128 x 64 tiles transposed through shared memory, so that
+//   quantize_columns_t:  64 x 64 tiles transposed through shared memory, so that
 //                        both the bf16/fp32 reads and the int8 writes are 16-byte
 //                        vectors.
 // Both use IEEE division and the same rounding as the ATen composite, so nearest
@@ -140,26 +140,26 @@ __global__ void __launch_bounds__(1024)
 
 // Rows too long for one block's registers (e.g. a whole image of a convolution)
 // take two passes: blocks of kLongRowPacks packs max-reduce their piece into
-// the row's amax (float bits, as in column_amax_kernel), then quantize it.
+// the row's amax (float bits of a non-negative float, inf for a non-finite
+// piece; integer order is float order), then quantize it.
 constexpr int kLongRowPacks = 4 * kThreads;
-
-__device__ unsigned block_max_bits(unsigned v) {
-  return __float_as_uint(block_max(__uint_as_float(v)));  // non-negative floats, and |NaN|: order kept
-}
 
 template <class T, int N>
 __global__ void __launch_bounds__(kThreads)
     long_row_amax_kernel(const T* __restrict__ x, int64_t cols, unsigned* __restrict__ row_amax) {
   const int64_t packs = cols / N, first = int64_t{blockIdx.x} * kLongRowPacks;
   const auto* xr = reinterpret_cast<const Pack<T, N>*>(x + int64_t{blockIdx.y} * cols);
-  unsigned m = 0;
+  float amax = 0.f;
   for (int64_t p = first + threadIdx.x; p < min(packs, first + kLongRowPacks); p += kThreads) {
     const Pack<T, N> v = xr[p];
 #pragma unroll
-    for (int j = 0; j < N; ++j) m = max(m, __float_as_uint(fabsf(to_float(v.v[j]))));
+    for (int j = 0; j < N; ++j) {
+      const float a = fabsf(to_float(v.v[j]));
+      amax = a <= FLT_MAX ? fmaxf(amax, a) : INFINITY;  // fmaxf would drop a NaN: inf marks non-finite
+    }
   }
-  m = block_max_bits(m);
-  if (threadIdx.x == 0 && m != 0) atomicMax(&row_amax[blockIdx.y], m);
+  amax = block_max(amax);
+  if (threadIdx.x == 0 && amax != 0.f) atomicMax(&row_amax[blockIdx.y], __float_as_uint(amax));
 }
 
 template <class T, int N, class Round>
@@ -209,74 +209,58 @@ __global__ void __launch_bounds__(kThreads)
     if (m[j] != 0) atomicMax(&col_amax[p * N + j], m[j]);
 }
 
-// quantize_columns_t: tiles of 128 rows x 64 columns. Each thread quantizes a
-// pack of N columns in 4 consecutive rows and keeps each column's 4 bytes as
-// one word of the transposed tile, [column][row / 4], whose 16-byte chunks are
-// XOR-swizzled by column / 8 so that a warp's word stores hit 32 banks. Then
-// each 16-byte chunk (16 rows of one column) goes out as one vector store.
-constexpr int kTileRows = 128, kTileCols = 64;
-constexpr int kTileWords = kTileRows / 4;  // words per transposed tile row
-
-__device__ __forceinline__ int swizzled_word(int col, int word) {
-  return ((word / 4) ^ (col / 8)) * 4 + word % 4;
-}
+// quantize_columns_t: 64 x 64 tiles, quantized into a transposed int8 tile in
+// shared memory, written out in 16-byte pieces. (A 128 x 64 variant storing
+// 4-row words into an XOR-swizzled tile, free of the byte stores' bank
+// conflicts, measured slower on the H200: 34-37% of copy bandwidth against
+// 41-47% for this one; benchmarks/NOTES.md.)
+constexpr int kTile = 64;                // rows and columns of a quantize_columns_t tile
+constexpr int kTilePitch = kTile + 16;  // bytes per transposed tile row: 16-byte aligned
 
 template <class T, int N, class Round>
 __global__ void __launch_bounds__(kThreads)
     quantize_columns_t_kernel(const T* __restrict__ x, int64_t rows, int64_t cols, const float* __restrict__ col_amax,
                               int8_t* __restrict__ q_t, float* __restrict__ scale, Round round) {
-  __shared__ alignas(16) unsigned tile[kTileCols][kTileWords];
-  __shared__ float tile_scale[kTileCols];
-  const int64_t c0 = int64_t{blockIdx.x} * kTileCols, r0 = int64_t{blockIdx.y} * kTileRows;
-  if (threadIdx.x < kTileCols) {
-    const bool in_range = c0 + threadIdx.x < cols;
-    const float s = in_range ? scale_of(col_amax[c0 + threadIdx.x]) : 1.f;
+  __shared__ alignas(16) int8_t tile[kTile][kTilePitch];  // [column][row]
+  __shared__ float tile_scale[kTile];
+  const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kTile, r0 = static_cast<int64_t>(blockIdx.y) * kTile;
+  if (threadIdx.x < kTile && c0 + threadIdx.x < cols) {
+    const float s = scale_of(col_amax[c0 + threadIdx.x]);
     tile_scale[threadIdx.x] = s;
-    if (blockIdx.y == 0 && in_range) scale[c0 + threadIdx.x] = s;
+    if (blockIdx.y == 0) scale[c0 + threadIdx.x] = s;
   }
   __syncthreads();
 
-  constexpr int kPacksPerRow = kTileCols / N;
-  const bool whole = r0 + kTileRows <= rows && c0 + kTileCols <= cols;
-  for (int item = threadIdx.x; item < kPacksPerRow * kTileWords; item += kThreads) {
-    const int pc = item % kPacksPerRow, word = item / kPacksPerRow;
-    const int64_t c = c0 + pc * N;
-    unsigned packed[N] = {};
+  // Read: each thread a pack of N columns of a row; vectors when the tile is whole.
+  constexpr int kPacksPerRow = kTile / N, kRowsPerStep = kThreads / kPacksPerRow;
+  const int pc = threadIdx.x % kPacksPerRow;
+  const bool whole = r0 + kTile <= rows && c0 + kTile <= cols;
+  for (int tr = threadIdx.x / kPacksPerRow; tr < kTile; tr += kRowsPerStep) {
+    const int64_t r = r0 + tr, c = c0 + pc * N;
+    float v[N];
+    if (whole) {
+      const Pack<T, N> p = *reinterpret_cast<const Pack<T, N>*>(x + r * cols + c);
 #pragma unroll
-    for (int b = 0; b < 4; ++b) {
-      const int64_t r = r0 + word * 4 + b;
-      float v[N];
-      if (whole) {
-        const Pack<T, N> p = *reinterpret_cast<const Pack<T, N>*>(x + r * cols + c);
-#pragma unroll
-        for (int j = 0; j < N; ++j) v[j] = to_float(p.v[j]);
-      } else {
-#pragma unroll
-        for (int j = 0; j < N; ++j) v[j] = r < rows && c + j < cols ? to_float(x[r * cols + c + j]) : 0.f;
-      }
-#pragma unroll
-      for (int j = 0; j < N; ++j) {
-        const int8_t qv = quantize_value(v[j], tile_scale[pc * N + j], round, r * cols + c + j);
-        packed[j] |= static_cast<unsigned>(static_cast<uint8_t>(qv)) << (8 * b);
-      }
-    }
-#pragma unroll
-    for (int j = 0; j < N; ++j) tile[pc * N + j][swizzled_word(pc * N + j, word)] = packed[j];
-  }
-  __syncthreads();
-
-  for (int item = threadIdx.x; item < kTileCols * (kTileWords / 4); item += kThreads) {
-    const int tc = item / (kTileWords / 4), chunk = item % (kTileWords / 4);
-    const int64_t c = c0 + tc, r = r0 + chunk * 16;
-    if (c >= cols || r >= rows) continue;
-    const uint4 v = *reinterpret_cast<const uint4*>(&tile[tc][swizzled_word(tc, chunk * 4)]);
-    int8_t* out = q_t + c * rows + r;
-    if (r + 16 <= rows && reinterpret_cast<uintptr_t>(out) % 16 == 0) {
-      *reinterpret_cast<uint4*>(out) = v;
+      for (int j = 0; j < N; ++j) v[j] = to_float(p.v[j]);
     } else {
-      const auto* bytes = reinterpret_cast<const int8_t*>(&v);
-      for (int b = 0; b < 16 && r + b < rows; ++b) out[b] = bytes[b];
+#pragma unroll
+      for (int j = 0; j < N; ++j) v[j] = r < rows && c + j < cols ? to_float(x[r * cols + c + j]) : 0.f;
     }
+#pragma unroll
+    for (int j = 0; j < N; ++j)
+      if (c + j < cols) tile[pc * N + j][tr] = quantize_value(v[j], tile_scale[pc * N + j], round, r * cols + c + j);
+  }
+  __syncthreads();
+
+  // Write: four 16-byte pieces per transposed row (= column of x).
+  const int tc = threadIdx.x / 4, piece = threadIdx.x % 4;
+  const int64_t c = c0 + tc, r = r0 + piece * 16;
+  if (c >= cols) return;
+  int8_t* out = q_t + c * rows + r;
+  if (r + 16 <= rows && reinterpret_cast<uintptr_t>(out) % 16 == 0) {
+    *reinterpret_cast<uint4*>(out) = *reinterpret_cast<const uint4*>(&tile[tc][piece * 16]);
+  } else {
+    for (int b = 0; b < 16 && r + b < rows; ++b) out[b] = tile[tc][piece * 16 + b];
   }
 }
 
@@ -349,7 +333,7 @@ Status quantize_rows_cuda(const QuantizeRows& r, void* stream) {
 
 Status quantize_columns_t_cuda(const QuantizeColumnsT& r, void* stream) {
   if (r.rows < 1 || r.cols < 1 || !r.x || !r.col_amax || !r.q_t || !r.scale) return Status::kInvalidArgument;
-  const int64_t grid_x = (r.cols + kTileCols - 1) / kTileCols, grid_y = (r.rows + kTileRows - 1) / kTileRows;
+  const int64_t grid_x = (r.cols + kTile - 1) / kTile, grid_y = (r.rows + kTile - 1) / kTile;
   if (grid_x > 0x7fffffff || grid_y > 65535) return Status::kInvalidArgument;
   const bool vector = r.cols % (16 / element_bytes(r.in_type)) == 0 && aligned16(r.x);
   return dispatch(r.in_type, vector, r.rounding, [&](auto t, auto n, auto round) {
