@@ -10,6 +10,7 @@ this directory on ``sys.path`` first, so that works under any ``--import-mode``)
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -286,3 +287,16 @@ def check_within(got: torch.Tensor, ref: torch.Tensor, bound, slack: float = 1e-
     err = (got.double() - ref).abs()
     assert torch.all(err <= bound * 1.001 + slack * (1 + ref.abs())), float((err - bound).max())
     assert err.max() > 0
+
+
+@contextlib.contextmanager
+def forced_family(name: str):
+    """Forces GEMM kernel family `name` (torch_int8.use_backend) for the duration; skips the
+    test where that family's code cannot run on this GPU."""
+    import torch_int8
+
+    major, minor = torch.cuda.get_device_capability()
+    with torch_int8.use_backend(name):
+        if torch_int8._C.gemm_backend(major * 10 + minor) != name:
+            pytest.skip(f"{name} kernels cannot run on sm_{major}{minor}")
+        yield name

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from conftest import HAS_CUDA, int64_ref_as_int32, make_gen, rand_int8  # noqa: E402
+from conftest import HAS_CUDA, forced_family, int64_ref_as_int32, make_gen, rand_int8  # noqa: E402
 
 import torch_int8  # noqa: E402
 from torch_int8 import QTensor, _C, backends, use_backend  # noqa: E402
@@ -140,11 +140,8 @@ def test_info_reports_families_and_forcing(capsys, monkeypatch):
 
 @pytest.fixture(params=FAMILIES)
 def family(request):
-    major, minor = torch.cuda.get_device_capability()
-    with use_backend(request.param):
-        if _C.gemm_backend(major * 10 + minor) != request.param:
-            pytest.skip(f"{request.param} kernels cannot run on sm_{major}{minor}")
-        yield request.param
+    with forced_family(request.param) as name:
+        yield name
 
 
 def _qtensors(M, N, K, seed):
@@ -213,6 +210,33 @@ class TestForcedFamily:
         # Same fp32 arithmetic in the same order; allow one unit of the output's rounding.
         ulp = {torch.float32: 2.0**-23, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}[out_dtype]
         assert torch.all((gpu - cpu).abs() <= ulp * cpu.abs() + 1e-30)
+
+    def test_layers_run_unchanged(self, family):
+        # nn.Linear and nn.Conv2d call the same ops whatever family runs the GEMMs (a
+        # convolution the family has no implicit-GEMM kernel for goes through im2col), and
+        # every family's int32 products are exact and its epilogue is the CPU's arithmetic:
+        # outputs and all gradients equal those of the default family.
+        gen = make_gen(3)
+        lin, conv = torch.nn.Linear(96, 40).cuda(), torch.nn.Conv2d(32, 24, 3, padding=1).cuda()
+        cases = [(torch_int8.nn.Linear.from_float(lin), torch.randn(37, 96, generator=gen).cuda()),
+                 (torch_int8.nn.Conv2d.from_float(conv), torch.randn(2, 32, 9, 11, generator=gen).cuda())]
+        grads = [torch.randn(37, 40, generator=gen).cuda(), torch.randn(2, 24, 9, 11, generator=gen).cuda()]
+
+        def run():
+            results = []
+            for (layer, x), gy in zip(cases, grads):
+                layer.zero_grad(set_to_none=True)
+                x = x.clone().requires_grad_()
+                y = layer(x)
+                y.backward(gy)
+                results += [y.detach(), x.grad, layer.weight.grad, layer.bias.grad]
+            return results
+
+        forced = run()
+        with use_backend(None):
+            default = run()
+        for f, d in zip(forced, default):
+            torch.testing.assert_close(f, d, rtol=2.0**-20, atol=1e-6)
 
     def test_env_var_forces_the_family_that_runs(self, monkeypatch):
         major, minor = torch.cuda.get_device_capability()

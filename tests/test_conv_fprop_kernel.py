@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(__file__))
-from conftest import HAS_CUDA, INT32_MAX, make_gen, rand_int8  # noqa: E402
+from conftest import HAS_CUDA, INT32_MAX, forced_family, make_gen, rand_int8  # noqa: E402
 
 import torch_int8  # noqa: E402,F401  (registers torch.ops.int8)
-from torch_int8 import _C, backends, use_backend  # noqa: E402
+from torch_int8 import backends  # noqa: E402
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="no GPU")]
 
@@ -34,11 +34,8 @@ CONV_FAMILIES = [f for f in ("sm90", "sm80") if f in (backends.built_backends() 
 @pytest.fixture(params=CONV_FAMILIES or [pytest.param(None, marks=pytest.mark.skip(reason="no conv kernel built"))])
 def family(request):
     """Forces one family for the test; skips where its code cannot run on this GPU."""
-    major, minor = torch.cuda.get_device_capability()
-    with use_backend(request.param):
-        if _C.gemm_backend(major * 10 + minor) != request.param:
-            pytest.skip(f"{request.param} kernels cannot run on sm_{major}{minor}")
-        yield request.param
+    with forced_family(request.param) as name:
+        yield name
 
 
 class Conv:
