@@ -390,6 +390,11 @@ def test_conv2d_layer_float_paths_and_state_dict(device):
     y = layer(x)
     y.sum().backward()
     assert torch.allclose(y, conv(x), atol=1e-5)
+    grads = [t.grad.clone() for t in (x, layer.weight, layer.bias)]
+    x.grad = None
+    conv(x).sum().backward()
+    for got, want in zip(grads, (x.grad, conv.weight.grad, conv.bias.grad)):
+        assert torch.allclose(got, want, atol=1e-5)
 
 
 def test_conv2d_layer_refuses_other_padding_modes():

@@ -55,4 +55,5 @@ def quantize_activation(x: torch.Tensor, dim: Optional[int], static_scale: Optio
         return quantize(x, dim)
     s = float(static_scale)
     data = torch.clamp(torch.round(x.float() / s), -127, 127).to(torch.int8)
-    return QTensor(data, torch.tensor(s, device=x.device), None, None)
+    # torch.full fills on the device; torch.tensor would copy from the host and sync.
+    return QTensor(data, torch.full((), s, dtype=torch.float32, device=x.device), None, None)

@@ -117,7 +117,7 @@ def _grad_input(grad_out, weight, x_shape, geometry, config: Int8Config, dtype):
 
 
 def _quantize_channels(t: torch.Tensor, config: Int8Config, rounding: str = "nearest") -> QTensor:
-    """quantize(t, 1) (per channel; channel granularity) in one pass over t, its data stored
+    """quantize(t, 1) (per channel; channel granularity): the column maxima, then one quantizing pass, its data stored
     [C, N, H, W] (viewed as [N, C, H, W]): t as the matrix [N*H*W, C] quantized per column and written
     transposed, which is the layout wgrad reads (its GEMM reduces over the pixels). Per tensor otherwise."""
     if config.granularity != "channel":
@@ -288,8 +288,9 @@ class QuantizedConv2d(torch.nn.Module):
             zero_point = -128 if self.relu else 0
             y = scaled_conv2d(qx, qw, self.bias, *geometry, out_dtype=torch.int8, out_scale=self.out_scale,
                               out_zero_point=zero_point)
-            zp = torch.tensor(zero_point, dtype=torch.int32, device=y.device) if self.relu else None
-            return QTensor(y, torch.tensor(float(self.out_scale), device=y.device), zp, None)
+            # torch.full fills on the device; torch.tensor would copy from the host and sync.
+            zp = torch.full((), zero_point, dtype=torch.int32, device=y.device) if self.relu else None
+            return QTensor(y, torch.full((), float(self.out_scale), dtype=torch.float32, device=y.device), zp, None)
         out_dtype = self.out_dtype or (torch.float32 if isinstance(x, QTensor) else x.dtype)
         y = scaled_conv2d(qx, qw, self.bias, *geometry, out_dtype=out_dtype)
         return torch.relu_(y) if self.relu else y
