@@ -118,7 +118,7 @@ def test_bad_inputs(device):
         torch_int8.quantize_rows(x.to(torch.int32))
     with pytest.raises(ValueError, match="empty"):
         torch_int8.quantize_rows(x[:0])
-    with pytest.raises(ValueError, match="rounding"):
+    with pytest.raises(ValueError, match="quantize_rows: rounding"):
         torch_int8.quantize_rows(x, rounding="up")
     with pytest.raises(ValueError, match="one entry per column"):
         torch_int8.quantize_columns_t(x, amax[:5])

@@ -108,6 +108,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_rows(const at::Tensor& x
                                                              c10::string_view rounding,
                                                              std::optional<at::Generator> generator) {
   check_float_matrix(x, "quantize_rows");
+  check_rounding(rounding, "quantize_rows");
   auto [q, scale, zero_point] = quantize(x, 0, true, rounding, std::move(generator));
   at::Tensor col_amax = with_col_amax ? x.to(at::kFloat).abs().amax(0) : at::empty({0}, scale.options());
   return {q, scale, col_amax};
@@ -201,13 +202,14 @@ kernels::Rounding rounding_of(c10::string_view rounding, std::optional<at::Gener
   return r;
 }
 
-// The fused per-row kernel; nullopt when it does not take x (the caller then
+// The fused per-row kernel for op `op` (named in errors); nullopt when it does not take x (the caller then
 // runs the composite).
 std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> quantize_rows_fused(
-    const at::Tensor& x, bool with_col_amax, c10::string_view rounding, std::optional<at::Generator> generator) {
+    const char* op, const at::Tensor& x, bool with_col_amax, c10::string_view rounding,
+    std::optional<at::Generator> generator) {
   const auto in_type = in_type_of(x.scalar_type());
   if (!in_type || x.dim() != 2 || x.numel() == 0) return std::nullopt;
-  check_rounding(rounding, "quantize");
+  check_rounding(rounding, op);
   const at::Tensor xc = x.contiguous();
   at::Tensor q = new_output(x.sizes(), x.options().dtype(at::kChar));
   at::Tensor scale = new_output({x.size(0)}, x.options().dtype(at::kFloat));
@@ -220,7 +222,7 @@ std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> quantize_rows_fuse
   r.rounding = rounding_of(rounding, std::move(generator), x.device());
   const kernels::Status status = kernels::quantize_rows_cuda(r, current_stream(x.device()));
   if (status == kernels::Status::kInvalidArgument) return std::nullopt;
-  check_status(status, "quantize");
+  check_status(status, op);
   return std::make_tuple(q, scale, col_amax);
 }
 
@@ -228,7 +230,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_cuda(const at::Tensor& x
                                                              bool symmetric, c10::string_view rounding,
                                                              std::optional<at::Generator> generator) {
   if (symmetric && dim && (*dim == 0 || *dim == -2))
-    if (auto fused = quantize_rows_fused(x, false, rounding, generator)) {
+    if (auto fused = quantize_rows_fused("quantize", x, false, rounding, generator)) {
       auto& [q, scale, unused] = *fused;
       return {q, scale, at::empty({0}, x.options().dtype(at::kInt))};
     }
@@ -239,7 +241,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_rows_cuda(const at::Tens
                                                                   c10::string_view rounding,
                                                                   std::optional<at::Generator> generator) {
   check_float_matrix(x, "quantize_rows");
-  if (auto fused = quantize_rows_fused(x, with_col_amax, rounding, generator)) return *fused;
+  if (auto fused = quantize_rows_fused("quantize_rows", x, with_col_amax, rounding, generator)) return *fused;
   return quantize_rows(x, with_col_amax, rounding, std::move(generator));
 }
 
