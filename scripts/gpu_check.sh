@@ -14,6 +14,8 @@
 #   SKIP_TESTS=1          skip the full pytest run
 #   BENCH=1               also run `python3 -m torch_int8.bench CMD` for CMD in BENCH_COMMANDS
 #                         (default "gemm linear backends conv"; gemm with BENCH_SHAPES=quick|full, default full)
+#   EXTRA_COMMANDS        ';'-separated shell commands run after the benchmarks (e.g. profiles:
+#                         "python3 -m torch_int8.bench linear --profile 8192x4096x4096"), output in extra.log
 #   TRAIN=1               also train the Fashion-MNIST example (TRAIN_MODELS, default "mlp vit"; TRAIN_EPOCHS,
 #                         default 5; TRAIN_ARGS, more options of the script; data from FASHION_MNIST,
 #                         default .data/fashion-mnist)
@@ -23,7 +25,7 @@
 # folder exists (installed offline into /tmp/site, put on PYTHONPATH).
 #
 # Everything lands in OUTDIR (at most 8 files, what the device tool returns):
-#   build.log info.txt pytest.log [sanitizer.log] [bench.log] [results.tgz: bench/*.json|png, train/*]
+#   build.log info.txt pytest.log [sanitizer.log] [bench.log] [extra.log] [results.tgz: bench/*.json|png, train/*]
 # Test, sanitizer and benchmark failures do not stop the script; the exit status is 0 only if every
 # stage that ran passed.
 set -euo pipefail
@@ -181,7 +183,21 @@ if [[ "${BENCH:-0}" == 1 ]]; then
     done
 fi
 
-# ---- (e3) training example ---------------------------------------------------------------------
+# ---- (e3) extra commands (profiles, one-off measurements) --------------------------------------
+if [[ -n "${EXTRA_COMMANDS:-}" ]]; then
+    IFS=';' read -r -a extra_cmds <<<"$EXTRA_COMMANDS"
+    for cmd in "${extra_cmds[@]}"; do
+        echo "== extra: $cmd" | tee -a "$OUTDIR/extra.log"
+        t=$(now)
+        set +e
+        bash -c "$cmd" >>"$OUTDIR/extra.log" 2>&1
+        rc=$?
+        set -e
+        record extra "$rc" "$(secs "$t" "$(now)")"
+    done
+fi
+
+# ---- (e4) training example ---------------------------------------------------------------------
 # TRAIN=1: Fashion-MNIST, bf16 nn.Linear vs torch_int8.nn.Linear, 3 seeds, MLP and TinyViT.
 # The data (IDX .gz files) is read from $FASHION_MNIST (default .data/fashion-mnist).
 if [[ "${TRAIN:-0}" == 1 ]]; then

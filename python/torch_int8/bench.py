@@ -493,6 +493,9 @@ LINEAR_SHAPES: List[Shape] = [(8192, 4096, 4096), (8192, 4096, 11008), (8192, 11
 
 def _add_linear_args(p: argparse.ArgumentParser) -> None:
     _add_common_args(p)
+    p.add_argument("--profile", metavar="MxINxOUT", type=parse_shape,
+                   help="instead of the tables: torch.profiler's top CUDA kernels of the INT8 layer's forward "
+                        "and forward+backward at M tokens, IN -> OUT features (bf16)")
 
 
 def training_step(layer: torch.nn.Module, x: torch.Tensor, gy: torch.Tensor) -> Callable[[], None]:
@@ -588,6 +591,13 @@ def bench_decode_shape(m: int, d_in: int, d_out: int, args, seed: int) -> dict:
           _add_linear_args)
 def run_linear(args: argparse.Namespace) -> int:
     require_cuda()
+    if args.profile:
+        m, d_in, d_out = args.profile
+        torch.manual_seed(args.seed)
+        layer = torch_int8.nn.Linear(d_in, d_out, device="cuda", dtype=torch.bfloat16)
+        x = torch.randn(m, d_in, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        gy = torch.randn(m, d_out, device="cuda", dtype=torch.bfloat16)
+        return profile_layer(f"int8 Linear {m}x{d_in}->{d_out}", layer, x, gy, min(args.reps, 10))
     info = meta()
     info.update({"command": "linear", "reps": args.reps, "warmup": args.warmup, "seed": args.seed})
     print_meta(info)
@@ -816,15 +826,14 @@ def kernel_table(prof, top: int = 25) -> str:
     return "\n".join(lines)
 
 
-def profile_conv(layer: str, batch: int, reps: int) -> int:
-    """Prints the top CUDA kernels of `reps` INT8 forward and forward+backward calls of one layer."""
-    _, ours, x, _, gy = conv_layer(next(s for s in CONV_SHAPES if s[0] == layer), batch, 0)
+def profile_layer(label: str, layer: torch.nn.Module, x: torch.Tensor, gy: torch.Tensor, reps: int) -> int:
+    """Prints the top CUDA kernels of `reps` forward and forward+backward calls of one layer."""
 
     def forward():
         with torch.no_grad():
-            ours(x)
+            layer(x)
 
-    for what, fn in (("forward", forward), ("forward+backward", training_step(ours, x, gy))):
+    for what, fn in (("forward", forward), ("forward+backward", training_step(layer, x, gy))):
         for _ in range(3):  # warm-up: CUTLASS initialization, the caching allocator
             fn()
         torch.cuda.synchronize()
@@ -832,9 +841,14 @@ def profile_conv(layer: str, batch: int, reps: int) -> int:
             for _ in range(reps):
                 fn()
             torch.cuda.synchronize()
-        print(f"\n{layer} N={batch} int8 {what}: {reps} calls")
+        print(f"\n{label} {what}: {reps} calls")
         print(kernel_table(prof))
     return 0
+
+
+def profile_conv(layer: str, batch: int, reps: int) -> int:
+    _, ours, x, _, gy = conv_layer(next(s for s in CONV_SHAPES if s[0] == layer), batch, 0)
+    return profile_layer(f"{layer} N={batch} int8", ours, x, gy, reps)
 
 
 @register("conv", "INT8 nn.Conv2d vs cuDNN bf16 channels_last (ResNet-18/50 layers; forward, forward+backward)",
