@@ -194,19 +194,22 @@ class TestForcedFamily:
 
     @pytest.mark.parametrize("M,N,K", [(1, 64, 128), (37, 53, 91), (256, 384, 640), (16, 250, 4100)])
     @pytest.mark.parametrize("out_zero_point", [0, -7])
-    def test_int8_epilogue_matches_cpu_bit_for_bit(self, family, M, N, K, out_zero_point):
+    @pytest.mark.parametrize("relu", [False, True], ids=["", "relu"])
+    def test_int8_epilogue_matches_cpu_bit_for_bit(self, family, M, N, K, out_zero_point, relu):
         a, b, bias = _qtensors(M, N, K, seed=M + N)
-        kw = dict(out_dtype=torch.int8, out_scale=0.05, out_zero_point=out_zero_point)
+        kw = dict(out_dtype=torch.int8, out_scale=0.05, out_zero_point=out_zero_point, relu=relu)
         cpu = torch_int8.scaled_gemm(a, b, bias=bias, **kw)
         gpu = torch_int8.scaled_gemm(_cuda(a), _cuda(b), bias=bias.cuda(), **kw)
         assert torch.equal(gpu.cpu(), cpu)
         assert int(cpu.min()) == -128 or int(cpu.max()) == 127 or cpu.unique().numel() > 20  # not degenerate
 
     @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
-    def test_float_epilogue_matches_cpu(self, family, out_dtype):
+    @pytest.mark.parametrize("relu", [False, True], ids=["", "relu"])
+    def test_float_epilogue_matches_cpu(self, family, out_dtype, relu):
         a, b, bias = _qtensors(77, 130, 300, seed=5)
-        cpu = torch_int8.scaled_gemm(a, b, bias=bias, out_dtype=out_dtype).double()
-        gpu = torch_int8.scaled_gemm(_cuda(a), _cuda(b), bias=bias.cuda(), out_dtype=out_dtype).cpu().double()
+        cpu = torch_int8.scaled_gemm(a, b, bias=bias, out_dtype=out_dtype, relu=relu).double()
+        gpu = torch_int8.scaled_gemm(_cuda(a), _cuda(b), bias=bias.cuda(), out_dtype=out_dtype, relu=relu).cpu().double()
+        assert (cpu.min() >= 0) == relu
         # Same fp32 arithmetic in the same order; allow one unit of the output's rounding.
         ulp = {torch.float32: 2.0**-23, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}[out_dtype]
         assert torch.all((gpu - cpu).abs() <= ulp * cpu.abs() + 1e-30)
@@ -248,4 +251,52 @@ class TestForcedFamily:
             assert torch.equal(torch_int8.gemm(a.cuda(), w.cuda().t()).cpu(), int64_ref_as_int32(a, w.t()))
         monkeypatch.setenv(backends.ENV_VAR, "nope")
         with pytest.raises(RuntimeError, match="no kernel in this build runs on this GPU"):
+            torch_int8.gemm(a.cuda(), w.cuda().t())
+
+
+# ------------------------------------------------------------------------------------------------
+# every tile configuration of the sm90 family (TORCH_INT8_SM90_TILE forces one; unset: the rule)
+# ------------------------------------------------------------------------------------------------
+
+SM90_TILES = ["256x128", "128x128", "64x32"]
+
+
+def _runs_sm90():
+    return HAS_CUDA and "sm90" in FAMILIES and backends.selected_backend() == "sm90"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _runs_sm90(), reason="needs the sm90 family on a Hopper GPU")
+class TestSm90Tiles:
+    @pytest.fixture(params=SM90_TILES)
+    def tile(self, request, monkeypatch):
+        monkeypatch.setenv("TORCH_INT8_SM90_TILE", request.param)
+        return request.param
+
+    @pytest.mark.parametrize("M,N,K", SHAPES)
+    def test_gemm_exact(self, tile, M, N, K):
+        a = rand_int8((M, K), seed=M * 7 + K)
+        w = rand_int8((N, K), seed=N * 13 + K)
+        assert torch.equal(torch_int8.gemm(a.cuda(), w.cuda().t()).cpu(), int64_ref_as_int32(a, w.t()))
+
+    @pytest.mark.parametrize("M,N,K", [(1, 64, 128), (37, 53, 91), (300, 520, 640)])
+    @pytest.mark.parametrize("relu", [False, True], ids=["", "relu"])
+    def test_int8_epilogue_matches_cpu_bit_for_bit(self, tile, M, N, K, relu):
+        a, b, bias = _qtensors(M, N, K, seed=M + N)
+        kw = dict(out_dtype=torch.int8, out_scale=0.05, out_zero_point=-3, relu=relu)
+        cpu = torch_int8.scaled_gemm(a, b, bias=bias, **kw)
+        assert torch.equal(torch_int8.scaled_gemm(_cuda(a), _cuda(b), bias=bias.cuda(), **kw).cpu(), cpu)
+
+    @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16], ids=str)
+    def test_float_epilogue_matches_cpu(self, tile, out_dtype):
+        a, b, bias = _qtensors(77, 130, 300, seed=5)
+        cpu = torch_int8.scaled_gemm(a, b, bias=bias, out_dtype=out_dtype).double()
+        gpu = torch_int8.scaled_gemm(_cuda(a), _cuda(b), bias=bias.cuda(), out_dtype=out_dtype).cpu().double()
+        ulp = {torch.float32: 2.0**-23, torch.bfloat16: 2.0**-7}[out_dtype]
+        assert torch.all((gpu - cpu).abs() <= ulp * cpu.abs() + 1e-30)
+
+    def test_unknown_tile_is_refused(self, monkeypatch):
+        monkeypatch.setenv("TORCH_INT8_SM90_TILE", "96x96")
+        a, w = rand_int8((33, 200), seed=8), rand_int8((48, 200), seed=9)
+        with pytest.raises(RuntimeError, match="invalid argument"):
             torch_int8.gemm(a.cuda(), w.cuda().t())

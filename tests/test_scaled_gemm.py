@@ -397,3 +397,40 @@ def test_unaligned_epilogue_vectors_are_copied(device):
     assert all(v.data_ptr() % 16 for v in views)
     want = run(*(v.clone() for v in views), device)
     assert torch.equal(run(*views, device), want)
+
+
+# ------------------------------------------------------------------------------------------------
+# fused ReLU
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("M,K,N", [(1, 64, 40), (37, 91, 53), (300, 256, 136)])
+@pytest.mark.parametrize("out_dtype,out_zp", OUT)
+def test_relu_is_max_with_zero_of_the_same_epilogue(device, M, K, N, out_dtype, out_zp):
+    # The ReLU is applied to the fp32 value before the output conversion, so the result equals the
+    # plain epilogue's output with its negative values replaced by 0 (int8: by the zero point).
+    a = make_a(M, K, "row-asym", M + K, device)
+    b = make_b(K, N, "col", N, device)
+    ref, _ = ref_scaled_gemm(a, b, None)
+    bias = make_bias(N, M, 0.3 * float(ref.abs().max()), device)  # moves outputs across 0
+    kw = dict(bias=bias, out_dtype=out_dtype)
+    if out_dtype == torch.int8:
+        kw.update(out_scale=pick_out_scale(ref), out_zero_point=out_zp)
+    plain = torch_int8.scaled_gemm(a, b, **kw)
+    fused = torch_int8.scaled_gemm(a, b, relu=True, **kw)
+    floor = out_zp if out_dtype == torch.int8 else 0
+    assert torch.equal(fused, plain.clamp_min(floor))
+    assert bool((plain < floor).any()) and bool((plain > floor).any())  # both sides of the ReLU occur
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+def test_relu_keeps_nan(device):
+    # A non-finite scale marks a non-finite input slice: the NaN must reach the output through the ReLU.
+    a = make_a(4, 32, "row-sym", 1, device)
+    b = make_b(32, 16, "col", 2, device)
+    scale = a.scale.clone()
+    scale[1] = float("nan")
+    out = torch_int8.scaled_gemm(QTensor(a.data, scale, None, 0), b, out_dtype=torch.float32, relu=True).cpu()
+    assert torch.isnan(out[1]).all()
+    assert (out[[0, 2, 3]] >= 0).all()

@@ -19,17 +19,25 @@ namespace torch_int8::kernels::detail {
 
 TORCH_INT8_HOST_DEVICE inline float load_or(const float* v, int64_t i, float fallback) { return v ? v[i] : fallback; }
 
+// The ReLU as a lower bound: 0 with it, -inf (no effect) without; one
+// max in the GPU trees instead of a second tree type per output.
+TORCH_INT8_HOST_DEVICE inline float relu_floor(bool relu) { return relu ? 0.f : -INFINITY; }
+
+// max(v, lower) keeping NaN, as max.NaN.f32 (cutlass::maximum<float, true>) in the GPU trees.
+TORCH_INT8_HOST_DEVICE inline float max_keep_nan(float v, float lower) { return v > lower || std::isnan(v) ? v : lower; }
+
 // The epilogue of kernels.h on one accumulator, given the vector entries of
-// its row (offset, scale) and column (sum, scale, bias).
+// its row (offset, scale) and column (sum, scale, bias) and relu_floor.
 TORCH_INT8_HOST_DEVICE inline float dequantize_value(float acc, float row_offset, float row_scale, float col_sum,
-                                                     float col_scale, float col_bias) {
+                                                     float col_scale, float col_bias, float floor) {
   const float v = std::fma(row_offset, col_sum, acc) * row_scale;
-  return std::fma(v, col_scale, col_bias);
+  return max_keep_nan(std::fma(v, col_scale, col_bias), floor);
 }
 
 inline float epilogue_value(const Epilogue& e, int32_t acc, int64_t m, int64_t n) {
   return dequantize_value(static_cast<float>(acc), load_or(e.row_offset, m, 0.f), load_or(e.row_scale, m, 1.f),
-                          load_or(e.col_sum, n, 0.f), load_or(e.col_scale, n, 1.f), load_or(e.col_bias, n, 0.f));
+                          load_or(e.col_sum, n, 0.f), load_or(e.col_scale, n, 1.f), load_or(e.col_bias, n, 0.f),
+                          relu_floor(e.relu));
 }
 
 // rint(v) + zero_point, saturated, NaN -> 0: what the GPU trees compute

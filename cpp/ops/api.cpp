@@ -38,12 +38,12 @@ at::Tensor dequantize(const at::Tensor& data, const at::Tensor& scale, const std
 at::Tensor scaled_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& scale_a,
                        const at::Tensor& scale_b, const std::optional<at::Tensor>& zero_point_a,
                        const std::optional<at::Tensor>& bias, at::ScalarType out_dtype, double out_scale,
-                       int64_t out_zero_point) {
+                       int64_t out_zero_point, bool relu) {
   static const auto handle = op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                            const at::Tensor&, const std::optional<at::Tensor>&,
-                                           const std::optional<at::Tensor>&, at::ScalarType, double, int64_t)>(
+                                           const std::optional<at::Tensor>&, at::ScalarType, double, int64_t, bool)>(
       "int8::scaled_gemm");
-  return handle.call(a, b, scale_a, scale_b, zero_point_a, bias, out_dtype, out_scale, out_zero_point);
+  return handle.call(a, b, scale_a, scale_b, zero_point_a, bias, out_dtype, out_scale, out_zero_point, relu);
 }
 
 at::Tensor requantize(const at::Tensor& acc, const at::Tensor& scale, int64_t zero_point, const std::string& mode) {

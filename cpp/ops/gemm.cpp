@@ -167,7 +167,7 @@ std::vector<typename Shape<kSym>::Int> scaled_gemm_shape(const at::Tensor& a, co
 at::Tensor scaled_gemm_kernel(const at::Tensor& a, const at::Tensor& b, const at::Tensor& scale_a,
                               const at::Tensor& scale_b, const std::optional<at::Tensor>& zero_point_a,
                               const std::optional<at::Tensor>& bias, at::ScalarType out_dtype, double out_scale,
-                              int64_t out_zero_point) {
+                              int64_t out_zero_point, bool relu) {
   const auto shape =
       scaled_gemm_shape<false>(a, b, scale_a, scale_b, zero_point_a, bias, out_dtype, out_scale, out_zero_point);
   const int64_t k = b.size(0), n = b.size(1);
@@ -199,13 +199,14 @@ at::Tensor scaled_gemm_kernel(const at::Tensor& a, const at::Tensor& b, const at
   e.col_sum = ptr(col_sum);
   e.col_bias = ptr(col_bias);
   e.out_zero_point = static_cast<int32_t>(out_zero_point);
+  e.relu = relu;
   return run_gemm(a3, b.t().unsqueeze(0), out_dtype, e).view(shape);
 }
 
 at::Tensor scaled_gemm_meta(const at::Tensor& a, const at::Tensor& b, const at::Tensor& scale_a,
                             const at::Tensor& scale_b, const std::optional<at::Tensor>& zero_point_a,
                             const std::optional<at::Tensor>& bias, at::ScalarType out_dtype, double out_scale,
-                            int64_t out_zero_point) {
+                            int64_t out_zero_point, bool relu) {
   return at::empty_symint(
       scaled_gemm_shape<true>(a, b, scale_a, scale_b, zero_point_a, bias, out_dtype, out_scale, out_zero_point),
       a.options().dtype(out_dtype));
@@ -217,7 +218,7 @@ TORCH_LIBRARY_FRAGMENT(int8, m) {
   m.def("gemm(Tensor a, Tensor b) -> Tensor");
   m.def(
       "scaled_gemm(Tensor a, Tensor b, Tensor scale_a, Tensor scale_b, Tensor? zero_point_a=None, "
-      "Tensor? bias=None, ScalarType out_dtype=bfloat16, float out_scale=1.0, int out_zero_point=0) -> Tensor");
+      "Tensor? bias=None, ScalarType out_dtype=bfloat16, float out_scale=1.0, int out_zero_point=0, bool relu=False) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(int8, CPU, m) {

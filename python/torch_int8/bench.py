@@ -64,6 +64,9 @@ _MIN_EVENT_MS = 0.1
 _MAX_BATCH = 1000
 
 METHODS = ("ours", "int_mm", "bf16", "scaled_gemm", "scaled_int8")
+# Shapes with M <= GRAPH_MAX_M are also timed as CUDA-graph replays (GPU time without host overhead).
+GRAPH_MAX_M = 1024
+GRAPH_METHODS = ("ours", "bf16", "scaled_gemm")
 
 Shape = Tuple[int, int, int]  # (M, N, K)
 
@@ -202,6 +205,16 @@ def format_table(results: Sequence[dict]) -> str:
             f" {_fmt(r.get('int8_epilogue_overhead_pct'), 10, 1)} {_fmt(r.get('pct_peak_ours'), 6, 1)} {exact_s:>5}"
         )
         lines.append(line)
+    graphs = [r for r in results if r.get("graph_methods")]
+    if graphs:
+        lines += ["", "CUDA graph replays (GPU time without the host's launch cost):",
+                  f"{'M':>7} {'N':>6} {'K':>6} | " + " | ".join(f"{m + ' ms':>14}" for m in GRAPH_METHODS)
+                  + f" | {'ours/bf16':>9} {'scaled/bf16':>11}"]
+        for r in graphs:
+            g = r["graph_methods"]
+            lines.append(f"{r['M']:>7} {r['N']:>6} {r['K']:>6} | "
+                         + " | ".join(_fmt(g[m].get("ms"), 14, 4) for m in GRAPH_METHODS)
+                         + f" | {_fmt(r.get('graph_ratio_ours_bf16'), 9, 3)} {_fmt(r.get('graph_ratio_scaled_bf16'), 11, 3)}")
     lines.append(
         f"TOPS = 2*M*N*K/t (bf16: TFLOPS); ratios are TOPS ratios (>1: first one faster); "
         f"%peak = ours / {PEAK_INT8_DENSE_TOPS:g} TOPS (H200 dense INT8); int8 epi % = time of scaled_gemm with "
@@ -404,6 +417,12 @@ def bench_gemm_shape(m: int, n: int, k: int, args, seed: int, device: str = "cud
             continue
         res["methods"][name] = _measure(name, fn, m, n, k, args)
         torch.cuda.empty_cache()
+
+    if m <= GRAPH_MAX_M:  # few-row GEMMs: also the GPU time alone, without the host's launch cost
+        res["graph_methods"] = {name: _measure(name, graphed(fns[name]), m, n, k, args) for name in GRAPH_METHODS}
+        tg = {name: d.get("tops") for name, d in res["graph_methods"].items()}
+        res["graph_ratio_scaled_bf16"] = ratio(tg["scaled_gemm"], tg["bf16"])
+        res["graph_ratio_ours_bf16"] = ratio(tg["ours"], tg["bf16"])
 
     t = {name: (d or {}).get("tops") for name, d in res["methods"].items()}
     res["ratio_ours_int_mm"] = ratio(t["ours"], t["int_mm"])  # = t_int_mm / t_ours

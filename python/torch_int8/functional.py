@@ -126,19 +126,22 @@ def scaled_gemm(
     out_dtype: torch.dtype = torch.bfloat16,
     out_scale: Optional[float] = None,
     out_zero_point: int = 0,
+    relu: bool = False,
 ) -> torch.Tensor:
-    """Dequantizing int8 GEMM with the rescale, zero point and bias fused in the epilogue.
+    """Dequantizing int8 GEMM with the rescale, zero point, bias and ReLU fused in the epilogue.
 
     a: [..., M, K] per tensor or per row (dim=-2 / 0 for 2-D), symmetric or not.
     b: [K, N], symmetric, per tensor or per column (dim=1).
     out_dtype: bfloat16, float16, float32, or int8 (then out_scale is required).
+    relu: max(y, 0) before the output conversion (NaN stays NaN); with int8 output the
+    requantized values are then at least out_zero_point.
     """
     _check_channel_dim(a, "a", -2, "per row (dim=0)")
     _check_channel_dim(b, "b", 1, "per column (dim=1)")
     _check_symmetric(b, "scaled_gemm", "b")
     out_scale = _out_scale_arg("scaled_gemm", out_dtype, out_scale)
     return _ops.scaled_gemm(
-        a.data, b.data, a.scale, b.scale, a.zero_point, bias, out_dtype, out_scale, int(out_zero_point)
+        a.data, b.data, a.scale, b.scale, a.zero_point, bias, out_dtype, out_scale, int(out_zero_point), bool(relu)
     )
 
 

@@ -20,10 +20,11 @@ struct ColParams {
 // One output with the CPU reference's arithmetic (epilogue_math.h), so int8
 // outputs agree bit for bit. half_t / bfloat16_t / float round to nearest even.
 template <class ElementD>
-__device__ ElementD epilogue_output(int32_t acc, const RowParams& r, const ColParams& c, int32_t zero_point) {
-  const float v = dequantize_value(static_cast<float>(acc), r.offset, r.scale, c.sum, c.scale, c.bias);
+__device__ ElementD epilogue_output(int32_t acc, const RowParams& r, const ColParams& c, const Epilogue& e) {
+  const float v = dequantize_value(static_cast<float>(acc), r.offset, r.scale, c.sum, c.scale, c.bias,
+                                   relu_floor(e.relu));
   if constexpr (std::is_same_v<ElementD, int8_t>) {
-    return requantize_value(v, zero_point);
+    return requantize_value(v, e.out_zero_point);
   } else {
     return ElementD(v);
   }
@@ -39,7 +40,7 @@ __device__ ElementD epilogue_output(int32_t acc, const Epilogue& e, int64_t m, i
     return epilogue_output<ElementD>(acc, RowParams{load_or(e.row_offset, m, 0.f), load_or(e.row_scale, m, 1.f)},
                                      ColParams{load_or(e.col_sum, n, 0.f), load_or(e.col_scale, n, 1.f),
                                                load_or(e.col_bias, n, 0.f)},
-                                     e.out_zero_point);
+                                     e);
   }
 }
 

@@ -6,13 +6,20 @@
 //
 //   v = fma(row_offset[m], col_sum[n], acc)        zero point of a
 //   v = v * row_scale[m]
-//   v = fma(v, col_scale[n], col_bias[n])          -> float outputs store v
+//   v = fma(v, col_scale[n], col_bias[n])
+//   v = max(v, floor)  (NaN kept)                  -> float outputs store v
 //   q = rint(v) + out_zero_point                   -> int8 output, saturated
+// floor is relu_floor(relu) of epilogue_math.h: 0 or -inf.
 #pragma once
 
+#include "../epilogue_math.h"
 #include "gemm_common.cuh"
 
 namespace torch_int8::kernels::detail {
+
+// cutlass::maximum with NaN propagation as a one-parameter template (a Compute node's Op).
+template <class T>
+struct MaxKeepNaN : cutlass::maximum<T, true> {};
 
 template <class Nodes, class ElementD>
 struct EpilogueTree {
@@ -27,24 +34,28 @@ struct EpilogueTree {
 
   using ZeroPoint = EVT<Compute<cutlass::homogeneous_multiply_add, float>, RowVec, ColVec, typename Nodes::Acc>;
   using RowScaled = EVT<Compute<cutlass::multiplies, float>, ZeroPoint, RowVec>;
+  using Dequant = EVT<Compute<cutlass::homogeneous_multiply_add, float>, RowScaled, ColVec, ColVec>;
   template <class Out>
-  using DequantTo = EVT<Compute<cutlass::homogeneous_multiply_add, Out>, RowScaled, ColVec, ColVec>;
-  using Requant = EVT<Compute<RoundThenAdd, ElementD>, DequantTo<float>, typename Nodes::Scalar>;
-  using Output = std::conditional_t<kRequantizes, Requant, DequantTo<ElementD>>;
+  using FlooredTo = EVT<Compute<MaxKeepNaN, Out>, Dequant, typename Nodes::Scalar>;
+  using Requant = EVT<Compute<RoundThenAdd, ElementD>, FlooredTo<float>, typename Nodes::Scalar>;
+  using Output = std::conditional_t<kRequantizes, Requant, FlooredTo<ElementD>>;
+
+  static typename Nodes::Scalar::Arguments scalar(float v) { return {{v}, {}, {}}; }
 
   template <class Out>
-  static typename DequantTo<Out>::Arguments dequant_args(const Epilogue& e) {
+  static typename FlooredTo<Out>::Arguments floored_args(const Epilogue& e) {
     auto row = [](const float* v, float fallback) { return typename RowVec::Arguments{v, fallback, {}}; };
     auto col = [](const float* v, float fallback) { return typename ColVec::Arguments{v, fallback, {}}; };
-    return {{{row(e.row_offset, 0.f), col(e.col_sum, 0.f), {}, {}}, row(e.row_scale, 1.f), {}},
-            col(e.col_scale, 1.f), col(e.col_bias, 0.f), {}};
+    typename Dequant::Arguments dequant{{{row(e.row_offset, 0.f), col(e.col_sum, 0.f), {}, {}}, row(e.row_scale, 1.f), {}},
+                                        col(e.col_scale, 1.f), col(e.col_bias, 0.f), {}};
+    return {dequant, scalar(relu_floor(e.relu)), {}};
   }
 
   static typename Output::Arguments args(const Epilogue& e) {
     if constexpr (kRequantizes) {
-      return {dequant_args<float>(e), {{static_cast<float>(e.out_zero_point)}, {}, {}}, {}};
+      return {floored_args<float>(e), scalar(static_cast<float>(e.out_zero_point)), {}};
     } else {
-      return dequant_args<ElementD>(e);
+      return floored_args<ElementD>(e);
     }
   }
 };

@@ -197,7 +197,7 @@ __device__ void store_outputs(const GemmProblem& p, const Epilogue& e, int64_t m
         if constexpr (kStoresAccumulator) {
           q.v[j] = v;
         } else {
-          q.v[j] = epilogue_output<ElementD>(v, row, col[j], e.out_zero_point);
+          q.v[j] = epilogue_output<ElementD>(v, row, col[j], e);
         }
       }
       store_quad(d + m * p.ldd, n_first, p.n, q);

@@ -1,4 +1,7 @@
 // Hopper kernel family (sm_90a): CUTLASS 3.x wgmma + TMA, warp-specialized.
+#include <cstdlib>
+#include <cstring>
+
 #include "families.h"
 #include "gemm_sm90.cuh"
 
@@ -6,12 +9,52 @@ namespace torch_int8::kernels::detail {
 
 namespace {
 
-// The tile rule: 256x128 tiles once the GEMM has at least two waves of them
-// on the device (it then runs at higher throughput per SM); 128x128 ping-pong
-// tiles below that, where more, smaller tiles keep more SMs busy.
-bool use_large_tiles(const GemmProblem& p, int sm_count) {
-  const int64_t large_tiles = (p.m + 255) / 256 * ((p.n + 127) / 128) * p.batch;
-  return large_tiles >= 2 * sm_count;
+using TileRunner = Status (*)(const GemmProblem&, const Epilogue&, cudaStream_t, int);
+
+template <class Tile>
+Status run_tile(const GemmProblem& p, const Epilogue& e, cudaStream_t stream, int sm_count) {
+  return visit_out_type(p.out_type, [&](auto tag) {
+    using ElementD = typename decltype(tag)::type;
+    if (!meets_alignment(p, sizeof(ElementD))) return Status::kInvalidArgument;
+    return Sm90Gemm<Tile, ElementD>::run(p, e, stream, sm_count);
+  });
+}
+
+struct Sm90Tile {
+  const char* name;  // for TORCH_INT8_SM90_TILE
+  int64_t m, n;
+  TileRunner run;
+};
+
+constexpr Sm90Tile kCooperative256{"256x128", 256, 128, run_tile<Sm90Cooperative256>};
+constexpr Sm90Tile kPingpong128{"128x128", 128, 128, run_tile<Sm90Pingpong128>};
+constexpr Sm90Tile kPingpong64x32{"64x32", 64, 32, run_tile<Sm90Pingpong64x32>};
+constexpr const Sm90Tile* kTiles[] = {&kCooperative256, &kPingpong128, &kPingpong64x32};
+
+int64_t tiles(const GemmProblem& p, const Sm90Tile& t) { return (p.m + t.m - 1) / t.m * ((p.n + t.n - 1) / t.n) * p.batch; }
+
+// The tile rule:
+//   256x128 cooperative once the GEMM has at least two waves of them on the
+//     device (half the operand traffic per MAC of 128x128);
+//   128x128 ping-pong while it still has at least half a wave of those (one
+//     warpgroup's epilogue overlaps the other's mainloop);
+//   64x32 below that: few-row GEMMs (decode, M <= ~256 at N = 4096) are bound
+//     by reading B, and 128x128 tiles would stream it through a quarter of the SMs.
+const Sm90Tile& pick_tile(const GemmProblem& p, int sm_count) {
+  if (tiles(p, kCooperative256) >= 2 * sm_count) return kCooperative256;
+  if (2 * tiles(p, kPingpong128) >= sm_count) return kPingpong128;
+  return kPingpong64x32;
+}
+
+// TORCH_INT8_SM90_TILE=256x128|128x128|64x32 forces one configuration (read at
+// every call), to benchmark the rule against the alternatives; unset: the rule.
+// An unknown name is refused (kInvalidArgument) rather than silently ignored.
+Status run_forced_or_picked(const GemmProblem& p, const Epilogue& e, cudaStream_t stream, int sm_count) {
+  const char* env = std::getenv("TORCH_INT8_SM90_TILE");
+  if (!env || !*env) return pick_tile(p, sm_count).run(p, e, stream, sm_count);
+  for (const Sm90Tile* t : kTiles)
+    if (std::strcmp(t->name, env) == 0) return t->run(p, e, stream, sm_count);
+  return Status::kInvalidArgument;
 }
 
 }  // namespace
@@ -22,12 +65,7 @@ Status gemm_sm90(const GemmProblem& p, const Epilogue& e, cudaStream_t stream) {
     cudaGetDevice(&device);
     return cutlass::KernelHardwareInfo::query_device_multiprocessor_count(device);
   }();
-  return visit_out_type(p.out_type, [&](auto tag) {
-    using ElementD = typename decltype(tag)::type;
-    if (!meets_alignment(p, sizeof(ElementD))) return Status::kInvalidArgument;
-    return use_large_tiles(p, sm_count) ? Sm90Gemm<Sm90Cooperative256, ElementD>::run(p, e, stream, sm_count)
-                                        : Sm90Gemm<Sm90Pingpong128, ElementD>::run(p, e, stream, sm_count);
-  });
+  return run_forced_or_picked(p, e, stream, sm_count);
 }
 
 }  // namespace torch_int8::kernels::detail

@@ -48,6 +48,7 @@ struct GemmProblem {
 //   v = fma(row_offset[m], col_sum[n], float(acc))    zero-point correction
 //   v = v * row_scale[m]
 //   v = fma(v, col_scale[n], col_bias[n])
+//   v = max(v, 0) if relu                             NaN stays NaN
 //   D = convert<out_type>(v)                          float outputs (round to nearest even)
 //   D = saturate_int8(rint(v) + out_zero_point)       int8 output (NaN -> 0)
 // All vectors are float32; a null pointer reads as 0 (offset, sum, bias) or
@@ -62,6 +63,7 @@ struct Epilogue {
   const float* col_sum = nullptr;
   const float* col_bias = nullptr;
   int32_t out_zero_point = 0;  // int8 output only
+  bool relu = false;
 };
 
 // Which kernel family serves a GPU of compute capability cc (e.g. 90):

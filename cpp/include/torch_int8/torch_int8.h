@@ -32,14 +32,16 @@ at::Tensor dequantize(const at::Tensor& data, const at::Tensor& scale,
                       at::ScalarType dtype = at::kFloat);
 
 // scale_a[m] * scale_b[n] * sum_k (a[m,k] - zero_point_a[m]) * b[k,n] + bias[n],
-// computed in fp32 in the GEMM epilogue and stored as out_dtype. For
-// out_dtype == kChar the value is requantized with out_scale / out_zero_point.
+// then max(., 0) if relu (NaN stays NaN), computed in fp32 in the GEMM
+// epilogue and stored as out_dtype. For out_dtype == kChar the value is
+// requantized with out_scale / out_zero_point.
 at::Tensor scaled_gemm(const at::Tensor& a, const at::Tensor& b,
                        const at::Tensor& scale_a, const at::Tensor& scale_b,
                        const std::optional<at::Tensor>& zero_point_a,
                        const std::optional<at::Tensor>& bias,
                        at::ScalarType out_dtype = at::kBFloat16,
-                       double out_scale = 1.0, int64_t out_zero_point = 0);
+                       double out_scale = 1.0, int64_t out_zero_point = 0,
+                       bool relu = false);
 
 // int32 -> int8 with mode "float" or "fixed_point" (gemmlowp / TFLite).
 at::Tensor requantize(const at::Tensor& acc, const at::Tensor& scale,

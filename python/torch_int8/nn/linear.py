@@ -162,9 +162,7 @@ class QuantizedLinear(torch.nn.Module):
         qw = QTensor(self.weight_int8.t(), self.weight_scale, None, 1)
         if self.out_scale is not None:
             y = scaled_gemm(self._quantize_input(x2), qw, bias=self.bias, out_dtype=torch.int8,
-                            out_scale=self.out_scale)
-            y = y.clamp_min(0) if self.relu else y
+                            out_scale=self.out_scale, relu=self.relu)
         else:
-            y = scaled_gemm(self._quantize_input(x2), qw, bias=self.bias, out_dtype=x.dtype)
-            y = torch.relu(y) if self.relu else y
+            y = scaled_gemm(self._quantize_input(x2), qw, bias=self.bias, out_dtype=x.dtype, relu=self.relu)
         return y.reshape(*x.shape[:-1], self.out_features)
