@@ -254,6 +254,42 @@ def test_wgrad_split_into_pixel_slices_is_exact(device, limit):
     assert torch.equal(dw.cpu().double(), conv2d_weight(x.double(), w.shape, gy.double(), *geometry_args(g)))
 
 
+# (N, C, H, W, K, R, S, stride, padding, dilation, groups) for wgrad's column rows (pixels
+# contiguous), which the GPU fills 16 pixels per thread: vectors crossing output rows and images,
+# partial last vectors, padding 0 / 1 / 2, stride 2, dilation 2, groups.
+WGRAD_VECTOR_CASES = [
+    (3, 5, 7, 5, 4, 3, 3, 1, 1, 1, 1),       # 35 pixels per image
+    (2, 6, 13, 9, 8, 3, 3, 2, 1, 1, 2),      # stride 2, groups 2
+    (2, 4, 11, 10, 6, 3, 3, 1, 2, 2, 1),     # dilation 2, padding 2
+    (5, 8, 9, 9, 8, 1, 1, 2, 0, 1, 1),       # 1x1 stride 2: 25 pixels per image
+    (2, 3, 17, 4, 5, 3, 2, (2, 1), (0, 1), (1, 2), 1),
+]
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("case", WGRAD_VECTOR_CASES, ids=case_id)
+@pytest.mark.parametrize("fmt", ["cnhw", "contiguous", "channels_last"])
+@pytest.mark.parametrize("limit", [None, 2000], ids=["one_chunk", "chunks"])
+def test_wgrad_column_rows_exact(device, case, fmt, limit):
+    """conv2d_wgrad on x in the [C, N, H, W] memory Conv2d's backward passes (and two others); with a
+    small workspace the chunks of pixels start inside images and end in partial vectors."""
+    x, w, g = make_case(case, seed=31)
+    if fmt == "cnhw":
+        x = x.permute(1, 0, 2, 3).contiguous().permute(1, 0, 2, 3)
+    elif fmt == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    ref_shape = F.conv2d(x.float(), w.float(), None, *geometry_args(g)).shape
+    gy = rand_int8(ref_shape, seed=32)
+    old = torch_int8.conv.workspace_limit()
+    try:
+        if limit:
+            torch_int8.conv.set_workspace_limit(limit)
+        dw = torch_int8.conv2d_wgrad(gy.to(device), x.to(device), w.shape[2:], *geometry_args(g))
+    finally:
+        torch_int8.conv.set_workspace_limit(old)
+    assert torch.equal(dw.cpu().double(), conv2d_weight(x.double(), w.shape, gy.double(), *geometry_args(g)))
+
+
 # (N, C, H, W, K, R, S, padding, dilation, groups) of stride-1 convolutions
 DGRAD_AS_FORWARD_CASES = [
     (2, 32, 9, 7, 32, 3, 3, (1, 1), (1, 1), 1),

@@ -39,13 +39,29 @@ TORCH_INT8_HD int64_t column_offset(const ColumnStrides& cs, const ConvProblem& 
   return i.g * cs.g + i.c * cs.c + (i.r * p.s + i.s) * cs.tap + i.n * cs.n + (i.oh * p.q + i.ow) * cs.pixel;
 }
 
+// The input coordinates column element i reads (outside the image: padding).
+struct InputPoint {
+  int64_t h, w;
+};
+
+TORCH_INT8_HD InputPoint input_point(const ConvProblem& p, const ColumnIndex& i) {
+  return {i.oh * p.stride_h - p.pad_h + i.r * p.dilation_h, i.ow * p.stride_w - p.pad_w + i.s * p.dilation_w};
+}
+
+TORCH_INT8_HD bool inside(const ConvProblem& p, const InputPoint& x) {
+  return x.h >= 0 && x.h < p.h && x.w >= 0 && x.w < p.w;
+}
+
+// Offset of input element (n, channel, x.h, x.w).
+TORCH_INT8_HD int64_t input_offset(const ImageStrides& xs, int64_t n, int64_t channel, const InputPoint& x) {
+  return n * xs.n + channel * xs.c + x.h * xs.h + x.w * xs.w;
+}
+
 TORCH_INT8_HD int8_t im2col_value(const Im2Col& a, const ColumnIndex& i) {
   const ConvProblem& p = a.geometry;
-  const int64_t h = i.oh * p.stride_h - p.pad_h + i.r * p.dilation_h;
-  const int64_t w = i.ow * p.stride_w - p.pad_w + i.s * p.dilation_w;
-  if (h < 0 || h >= p.h || w < 0 || w >= p.w) return a.pad_value;
-  const ImageStrides& xs = a.x_strides;
-  return a.x[i.n * xs.n + (i.g * (p.c / p.groups) + i.c) * xs.c + h * xs.h + w * xs.w];
+  const InputPoint x = input_point(p, i);
+  if (!inside(p, x)) return a.pad_value;
+  return a.x[input_offset(a.x_strides, i.n, i.g * (p.c / p.groups) + i.c, x)];
 }
 
 // The output coordinate whose filter tap f reads input coordinate in, or -1 when none does.
