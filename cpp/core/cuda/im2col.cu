@@ -9,6 +9,8 @@
 // Indices are int32 split with CUTLASS's FastDivmod (a multiply-high instead
 // of a division); each launch therefore covers at most kMaxLaunchElements, and
 // larger problems run as several launches over pixel (image) ranges.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -131,7 +133,8 @@ __device__ __forceinline__ Bytes<V> gather_pixels(const Im2Col& a, int channel, 
             xw = static_cast<int>(a.x_strides.w);
   const uint8_t* x = reinterpret_cast<const uint8_t*>(a.x);
   const uint32_t pad = static_cast<uint8_t>(a.pad_value);
-  int image = channel * static_cast<int>(a.x_strides.c) + t.n * xn, h = t.h0 + t.oh * sh, w = t.w0 + t.ow * sw, oh = t.oh, ow = t.ow;
+  int image = channel * static_cast<int>(a.x_strides.c) + t.n * xn;
+  int h = t.h0 + t.oh * sh, w = t.w0 + t.ow * sw, oh = t.oh, ow = t.ow;
   // The input row of h, when h is inside the image (only then is its offset formed).
   bool row_inside = static_cast<unsigned>(h) < static_cast<unsigned>(H);
   int row = row_inside ? image + h * xh : 0;  // element offsets in x
@@ -242,42 +245,91 @@ Status launch_im2col(const Im2Col& a, cudaStream_t stream) {
   } else {
     with_width(width, [&](auto v) {
       if (channel_inner)
-        im2col_channel_vectors_kernel<decltype(v)::value><<<blocks, kThreads, 0, stream>>>(a, d, static_cast<int>(total));
+        im2col_channel_vectors_kernel<decltype(v)::value>
+            <<<blocks, kThreads, 0, stream>>>(a, d, static_cast<int>(total));
       else
-        im2col_pixel_vectors_kernel<decltype(v)::value><<<blocks, kThreads, 0, stream>>>(a, d, static_cast<int>(total));
+        im2col_pixel_vectors_kernel<decltype(v)::value>
+            <<<blocks, kThreads, 0, stream>>>(a, d, static_cast<int>(total));
     });
   }
   return launched();
 }
 
 // --- col2im -------------------------------------------------------------------
+//
+// One image element per thread, its taps found with int32 arithmetic (the
+// launch checks the padded sizes fit); images [n0, n0 + count) per launch.
 
 struct Col2ImDivisors {
   FastDivmod c, h, w;
 };
 
-template <class Col, class Acc, bool kChannelInner>
-__global__ void col2im_kernel(Col2Im a, Col2ImDivisors d, int total) {
-  Acc* image = static_cast<Acc*>(a.image);
+// Where a sum goes: the image itself (Acc), or rescaled into T (Col2ImScales).
+template <class Acc>
+struct StoreSum {
+  Acc* image;
+  __device__ void operator()(int64_t offset, int, int, Acc sum) const { image[offset] = sum; }
+};
+
+template <class T>
+__device__ T from_float(float v) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>)
+    return __float2bfloat16_rn(v);
+  else if constexpr (std::is_same_v<T, __half>)
+    return __float2half_rn(v);
+  else
+    return v;
+}
+
+template <class T>
+struct StoreScaled {
+  T* image;
+  Col2ImScales scales;
+  __device__ void operator()(int64_t offset, int n, int c, int32_t sum) const {
+    image[offset] = from_float<T>(
+        detail::scaled_sum(sum, detail::scale_of_image(scales, n), detail::scale_of_channel(scales, c)));
+  }
+};
+
+template <class Col, class Acc, bool kChannelInner, class Store>
+__global__ void col2im_kernel(Col2Im a, Col2ImDivisors d, int n0, int total, Store store) {
   const ImageStrides& is = a.image_strides;
   for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += gridDim.x * blockDim.x) {
     int c, h, w;
-    const int n = kChannelInner ? split_index(idx, d.c, c, d.w, w, d.h, h) : split_index(idx, d.w, w, d.h, h, d.c, c);
-    image[n * is.n + c * is.c + h * is.h + w * is.w] = detail::col2im_value<Col, Acc>(a, n, c, h, w);
+    const int n =
+        n0 + (kChannelInner ? split_index(idx, d.c, c, d.w, w, d.h, h) : split_index(idx, d.w, w, d.h, h, d.c, c));
+    store(n * is.n + c * is.c + h * is.h + w * is.w, n, c, detail::col2im_value<Col, Acc, int>(a, n, c, h, w));
   }
 }
 
-template <class Col, class Acc>
-Status launch_col2im(const Col2Im& a, cudaStream_t stream) {
+template <class Col, class Acc, class Store>
+Status launch_col2im(const Col2Im& a, int64_t n0, int64_t count, Store store, cudaStream_t stream) {
   const ConvProblem& p = a.geometry;
   const Col2ImDivisors d{FastDivmod(static_cast<int>(p.c)), FastDivmod(static_cast<int>(p.h)),
                          FastDivmod(static_cast<int>(p.w))};
-  const int64_t total = p.n * p.c * p.h * p.w;
+  const int64_t total = count * p.c * p.h * p.w;
+  const int blocks = blocks_for(total);
   if (a.image_strides.c == 1)
-    col2im_kernel<Col, Acc, true><<<blocks_for(total), kThreads, 0, stream>>>(a, d, static_cast<int>(total));
+    col2im_kernel<Col, Acc, true>
+        <<<blocks, kThreads, 0, stream>>>(a, d, static_cast<int>(n0), static_cast<int>(total), store);
   else
-    col2im_kernel<Col, Acc, false><<<blocks_for(total), kThreads, 0, stream>>>(a, d, static_cast<int>(total));
+    col2im_kernel<Col, Acc, false>
+        <<<blocks, kThreads, 0, stream>>>(a, d, static_cast<int>(n0), static_cast<int>(total), store);
   return launched();
+}
+
+// fn(store) with the store of a's output (valid_scales checked).
+template <class Acc, class Fn>
+Status visit_store(const Col2Im& a, Fn&& fn) {
+  if (!a.scales.scale_n) return fn(StoreSum<Acc>{static_cast<Acc*>(a.image)});
+  if constexpr (std::is_same_v<Acc, int32_t>) {
+    switch (a.scales.out_type) {
+      case OutType::kBFloat16: return fn(StoreScaled<__nv_bfloat16>{static_cast<__nv_bfloat16*>(a.image), a.scales});
+      case OutType::kFloat16: return fn(StoreScaled<__half>{static_cast<__half*>(a.image), a.scales});
+      default: return fn(StoreScaled<float>{static_cast<float*>(a.image), a.scales});
+    }
+  }
+  return Status::kInvalidArgument;
 }
 
 }  // namespace
@@ -303,20 +355,21 @@ Status im2col_cuda(const Im2Col& a, void* stream) {
 Status col2im_cuda(const Col2Im& a, void* stream) {
   const ConvProblem& p = a.geometry;
   const int64_t per_image = p.c * p.h * p.w;
-  if (!detail::valid_geometry(p) || per_image > kMaxLaunchElements) return Status::kInvalidArgument;
+  if (!detail::valid_geometry(p) || !detail::valid_scales(a, true) || per_image > kMaxLaunchElements ||
+      p.n >= (int64_t{1} << 31) || p.h + 2 * p.pad_h >= (int64_t{1} << 31) || p.w + 2 * p.pad_w >= (int64_t{1} << 31))
+    return Status::kInvalidArgument;
   return detail::visit_column_type(a.cols_type, [&](auto col, auto acc) {
     using Col = decltype(col);
     using Acc = decltype(acc);
-    const int64_t step = kMaxLaunchElements / per_image;
-    for (int64_t n0 = 0; n0 < p.n; n0 += step) {
-      Col2Im part = a;
-      part.geometry.n = std::min(step, p.n - n0);
-      part.cols = static_cast<const Col*>(a.cols) + n0 * a.cols_strides.n;
-      part.image = static_cast<Acc*>(a.image) + n0 * a.image_strides.n;
-      if (const Status s = launch_col2im<Col, Acc>(part, static_cast<cudaStream_t>(stream)); s != Status::kSuccess)
-        return s;
-    }
-    return Status::kSuccess;
+    return visit_store<Acc>(a, [&](auto store) {
+      const int64_t step = kMaxLaunchElements / per_image;
+      for (int64_t n0 = 0; n0 < p.n; n0 += step)
+        if (const Status s = launch_col2im<Col, Acc>(a, n0, std::min(step, p.n - n0), store,
+                                                     static_cast<cudaStream_t>(stream));
+            s != Status::kSuccess)
+          return s;
+      return Status::kSuccess;
+    });
   });
 }
 
