@@ -462,10 +462,13 @@ at::Tensor scaled_conv2d_kernel(const at::Tensor& x, const at::Tensor& weight, c
   TORCH_CHECK_VALUE(zp >= -128 && zp <= 127, "scaled_conv2d: zero_point_x must be in [-128, 127], got ", int_str(zp));
   ForwardScales fs;
   fs.scale_x = scale_x.reshape({-1});
-  // Requantizing to int8 folds 1/out_scale into the column vectors (as scaled_gemm does).
-  const double inv = out_dtype == at::kChar ? 1.0 / out_scale : 1.0;
-  fs.col_scale = scale_w.reshape({-1}).mul(inv);
-  if (bias) fs.col_bias = bias->to(at::kFloat).mul(inv);
+  // Requantizing to int8 folds 1/out_scale into the column vectors (as scaled_gemm does); float
+  // outputs take them as they are (no kernel, no allocation per call).
+  auto folded = [&](const at::Tensor& v) {
+    return out_dtype == at::kChar ? v.to(at::kFloat).mul(1.0 / out_scale) : v.to(at::kFloat);
+  };
+  fs.col_scale = folded(scale_w.reshape({-1}));
+  if (bias) fs.col_bias = folded(*bias);
   // An asymmetric x: sum (x - z) w = acc - z * (sum of the filter of each output channel).
   if (zp != 0) {
     fs.row_offset_value = at::full({1}, static_cast<float>(-zp), x.options().dtype(at::kFloat));
