@@ -91,6 +91,53 @@ def test_chunked_workspace_gives_the_same_results(device):
     assert torch.equal(dw.cpu().double(), conv2d_weight(x.double(), w.shape, gy.double(), *geometry_args(g)))
 
 
+def scaled_dgrad_reference(gy, w, sg, sw, x_size, g, out_dtype):
+    """What scaled_conv2d_dgrad computes: the exact sums (float64 conv2d_input on the int8 values),
+    then float32 products (sum * scale_grad_out[n]) * scale_weight[c], then out_dtype."""
+    acc = conv2d_input(x_size, w.double(), gy.double(), *geometry_args(g)).float()
+    return (acc * sg.reshape(-1, 1, 1, 1) * sw.reshape(1, -1, 1, 1)).to(out_dtype)
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("case", [CASES[1], CASES[3], CASES[6], (4, 16, 12, 10, 24, 1, 1, 2, 0, 1, 1)], ids=case_id)
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("per_tensor", [False, True], ids=["per_image_channel", "per_tensor"])
+def test_scaled_conv2d_dgrad_is_rescaled_dgrad(device, case, out_dtype, per_tensor):
+    """Bit for bit the rescaled exact dgrad, on the CPU and the GPU alike (1x1 stride 2: most input
+    elements have no tap)."""
+    x, w, g = make_case(case, seed=13)
+    gy = rand_int8(F.conv2d(x.float(), w.float(), None, *geometry_args(g)).shape, seed=14)
+    gen = make_gen(15)
+    n, c = x.shape[:2]
+    sg = torch.rand(1 if per_tensor else n, generator=gen) * 0.01 + 1e-3
+    sw = torch.rand(1 if per_tensor else c, generator=gen) * 0.01 + 1e-3
+    got = torch_int8.conv.scaled_conv2d_dgrad(QTensor(gy.to(device), sg.to(device), None, 0),
+                                              QTensor(w.to(device), sw.to(device), None, None), x.shape[2:],
+                                              *geometry_args(g), out_dtype=out_dtype)
+    want = scaled_dgrad_reference(gy, w, sg, sw, x.shape, g, out_dtype)
+    assert got.dtype == out_dtype and got.shape == want.shape
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got.cpu(), want)
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+def test_scaled_conv2d_dgrad_in_chunks(device):
+    """A small workspace: several chunks of images, each reading its own images' scales."""
+    case = (5, 6, 9, 8, 4, 3, 3, 2, 1, 1, 2)
+    x, w, g = make_case(case, seed=16)
+    gy = rand_int8(F.conv2d(x.float(), w.float(), None, *geometry_args(g)).shape, seed=17)
+    sg, sw = torch.rand(5, generator=make_gen(18)) + 0.5, torch.rand(6, generator=make_gen(19)) + 0.5
+    old = torch_int8.conv.workspace_limit()
+    try:
+        torch_int8.conv.set_workspace_limit(600)
+        got = torch_int8.conv.scaled_conv2d_dgrad(QTensor(gy.to(device), sg.to(device), None, 0),
+                                                  QTensor(w.to(device), sw.to(device), None, None), x.shape[2:],
+                                                  *geometry_args(g))
+    finally:
+        torch_int8.conv.set_workspace_limit(old)
+    assert torch.equal(got.cpu(), scaled_dgrad_reference(gy, w, sg, sw, x.shape, g, torch.float32))
+
+
 def scaled_reference(x, w, sx, sw, zp, bias, g):
     """float64 value of scale_x[n] * scale_w[k] * conv(x - zp, w) + bias, padding holding real zeros."""
     acc = F.conv2d(x.double() - zp, w.double(), None, *geometry_args(g))
@@ -188,6 +235,28 @@ SCALED_BAD = [
 ]
 
 
+DGRAD_SCALED_BAD = [
+    (dict(sg=torch.ones(3)), ValueError, "scale_grad_out must have one element or 2"),
+    (dict(sw=torch.ones(6)), ValueError, "scale_weight must have one element or 4"),
+    (dict(sw=torch.ones(4, dtype=torch.float64)), TypeError, "scale_weight must be Float"),
+    (dict(out_dtype=torch.int8), TypeError, "out_dtype must be bfloat16, float16 or float32"),
+    (dict(out_dtype=torch.int32), TypeError, "out_dtype must be bfloat16, float16 or float32"),
+    (dict(g_dim=1), ValueError, "per tensor or per image"),
+    (dict(g_zero_point=torch.tensor(1, dtype=torch.int32)), ValueError, "grad_out must be quantized symmetrically"),
+    (dict(input_size=(7, 7)), ValueError, "scaled_conv2d_dgrad: grad_out .* does not match input_size"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(DGRAD_SCALED_BAD)))
+def test_scaled_conv2d_dgrad_bad_input(case):
+    kw, exc, msg = DGRAD_SCALED_BAD[case]
+    qg = QTensor(GY, kw.get("sg", torch.ones(2)), kw.get("g_zero_point"), kw.get("g_dim", 0))
+    qw = QTensor(W, kw.get("sw", torch.ones(4)), None, None)
+    with pytest.raises(exc, match=msg):
+        torch_int8.conv.scaled_conv2d_dgrad(qg, qw, kw.get("input_size", (6, 6)), 1, 1, 1, 2,
+                                            out_dtype=kw.get("out_dtype", torch.float32))
+
+
 @pytest.mark.parametrize("case", range(len(BAD)))
 def test_bad_input(case):
     fn, exc, msg = BAD[case]
@@ -224,8 +293,10 @@ def test_compile_traces_the_conv_ops():
         ys = torch_int8.scaled_conv2d(QTensor(x, sx, None, None), QTensor(w, sw, None, 0), None, *geometry_args(g),
                                       out_dtype=torch.float32)
         dx = torch_int8.conv2d_dgrad(gy, w, x.shape[2:], *geometry_args(g))
+        dxs = torch_int8.conv.scaled_conv2d_dgrad(QTensor(gy, sx, None, None), QTensor(w, sx, None, None),
+                                                  x.shape[2:], *geometry_args(g), out_dtype=torch.bfloat16)
         dw = torch_int8.conv2d_wgrad(gy, x, w.shape[2:], *geometry_args(g))
-        return y, ys, dx, dw
+        return y, ys, dx, dxs, dw
 
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
     for got, want in zip(compiled(x, w, gy, sx, sw), fn(x, w, gy, sx, sw)):
@@ -244,6 +315,42 @@ def test_wgrad_split_into_pixel_slices_is_exact(device, limit):
     case = (3, 5, 29, 61, 7, 3, 3, 1, 1, 1, 1)
     x, w, g = make_case(case, seed=11, fmt="channels_last")
     gy = rand_int8((3, 7, 29, 61), seed=12)
+    old = torch_int8.conv.workspace_limit()
+    try:
+        if limit:
+            torch_int8.conv.set_workspace_limit(limit)
+        dw = torch_int8.conv2d_wgrad(gy.to(device), x.to(device), w.shape[2:], *geometry_args(g))
+    finally:
+        torch_int8.conv.set_workspace_limit(old)
+    assert torch.equal(dw.cpu().double(), conv2d_weight(x.double(), w.shape, gy.double(), *geometry_args(g)))
+
+
+# (N, C, H, W, K, R, S, stride, padding, dilation, groups) for wgrad's column rows (pixels
+# contiguous), which the GPU fills 16 pixels per thread: vectors crossing output rows and images,
+# partial last vectors, padding 0 / 1 / 2, stride 2, dilation 2, groups.
+WGRAD_VECTOR_CASES = [
+    (3, 5, 7, 5, 4, 3, 3, 1, 1, 1, 1),       # 35 pixels per image
+    (2, 6, 13, 9, 8, 3, 3, 2, 1, 1, 2),      # stride 2, groups 2
+    (2, 4, 11, 10, 6, 3, 3, 1, 2, 2, 1),     # dilation 2, padding 2
+    (5, 8, 9, 9, 8, 1, 1, 2, 0, 1, 1),       # 1x1 stride 2: 25 pixels per image
+    (2, 3, 17, 4, 5, 3, 2, (2, 1), (0, 1), (1, 2), 1),
+]
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("case", WGRAD_VECTOR_CASES, ids=case_id)
+@pytest.mark.parametrize("fmt", ["cnhw", "contiguous", "channels_last"])
+@pytest.mark.parametrize("limit", [None, 2000], ids=["one_chunk", "chunks"])
+def test_wgrad_column_rows_exact(device, case, fmt, limit):
+    """conv2d_wgrad on x in the [C, N, H, W] memory Conv2d's backward passes (and two others); with a
+    small workspace the chunks of pixels start inside images and end in partial vectors."""
+    x, w, g = make_case(case, seed=31)
+    if fmt == "cnhw":
+        x = x.permute(1, 0, 2, 3).contiguous().permute(1, 0, 2, 3)
+    elif fmt == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    ref_shape = F.conv2d(x.float(), w.float(), None, *geometry_args(g)).shape
+    gy = rand_int8(ref_shape, seed=32)
     old = torch_int8.conv.workspace_limit()
     try:
         if limit:

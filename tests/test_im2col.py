@@ -57,6 +57,44 @@ def test_im2col_equals_unfold(device, geometry, fmt):
     assert torch.equal(got_nhwc.cpu().double(), to_nhwc_cols(ref, c))
 
 
+# (C, H, W, kernel, dilation, padding, stride) for the GPU's vectorized im2col: NCHW columns of one
+# image write rows of P*Q pixels, NHWC columns of contiguous input write runs of C channels, in
+# vectors of the largest width in {16, 8, 4} dividing that length (else the byte kernel).
+VECTOR_GEOMETRIES = [
+    (16, 8, 8, (3, 3), (1, 1), (1, 1), (1, 1)),   # P*Q = 64 (16), C = 16 (16)
+    (8, 11, 10, (3, 3), (2, 1), (2, 0), (1, 1)),  # 88 (8), 8 (8); dilation 2, padding 2
+    (12, 9, 9, (3, 3), (1, 1), (0, 0), (1, 1)),   # 49 (bytes), 12 (4)
+    (4, 11, 11, (1, 1), (1, 1), (0, 0), (2, 2)),  # 36 (4), 4 (4); 1x1 stride 2
+    (6, 10, 9, (3, 2), (1, 2), (2, 1), (2, 1)),   # 54 (bytes), 6 (bytes)
+    (32, 6, 6, (2, 2), (1, 1), (0, 0), (1, 1)),   # 25 (bytes), 32 (16)
+]
+
+
+def with_storage_offset(t: torch.Tensor, offset: int) -> torch.Tensor:
+    """A contiguous copy of t whose data starts `offset` bytes into its storage (alignment misses)."""
+    flat = torch.empty(t.numel() + offset, dtype=t.dtype, device=t.device)
+    out = flat[offset:].view(t.shape)
+    out.copy_(t)
+    return out
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("geometry", VECTOR_GEOMETRIES, ids=lambda g: "c{}_{}x{}".format(*g[:3]))
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("offset", [0, 4, 1], ids=["aligned", "offset4", "offset1"])
+def test_im2col_vector_widths_equal_unfold(device, geometry, batch, offset):
+    """Every vector width and the byte kernel, padding filled with pad_value; the NHWC input also
+    at a storage offset that lowers (offset 4) or removes (offset 1) the vectors."""
+    c, h, w, k, d, p, s = geometry
+    x = rand_int8((batch, c, h, w), seed=c * h + w)
+    ref = F.unfold(F.pad(x.double(), (p[1], p[1], p[0], p[0]), value=-3.0), k, d, 0, s)
+    got = torch_int8.im2col(x.to(device), k, d, p, s, pad_value=-3)
+    assert torch.equal(got.cpu().double(), ref)
+    nhwc = with_storage_offset(x.to(device).permute(0, 2, 3, 1), offset)
+    got_nhwc = torch_int8.im2col(nhwc, k, d, p, s, pad_value=-3, layout="NHWC")
+    assert torch.equal(got_nhwc.cpu().double(), to_nhwc_cols(ref, c))
+
+
 @pytest.mark.parametrize("device", DEVICE_PARAMS)
 def test_im2col_pads_with_pad_value(device):
     x = rand_int8((2, 3, 6, 5), seed=1)

@@ -185,9 +185,8 @@ Dims<kSym> forward_dims(const at::Tensor& x, const at::Tensor& weight, const Con
 // grad_out [N, K, P, Q] with weight [K, C/G, R, S] and the input size (H, W).
 template <bool kSym>
 Dims<kSym> dgrad_dims(const at::Tensor& grad_out, const at::Tensor& weight, at::IntArrayRef input_size,
-                      const ConvParams& cp) {
+                      const ConvParams& cp, const char* op) {
   using S = Shape<kSym>;
-  const char* op = "conv2d_dgrad";
   check_int8_4d_pair(grad_out, "grad_out", "[N, K, P, Q]", weight, "weight", "[K, C/groups, R, S]", op);
   const auto hw = hw_pair(input_size, op, "input_size", 1);
   TORCH_CHECK_VALUE(S::size(grad_out, 1) == S::size(weight, 0), op, ": channel mismatch: grad_out has ",
@@ -262,6 +261,12 @@ void run_im2col(const kernels::Im2Col& a, const at::Tensor& x) {
   });
 }
 
+// The rescaling of images [n0, ...) of s.
+kernels::Col2ImScales scales_from(kernels::Col2ImScales s, int64_t n0) {
+  if (s.scale_n && s.per_image) s.scale_n += n0;
+  return s;
+}
+
 void run_col2im(const kernels::Col2Im& a, const at::Tensor& cols, int64_t col_bytes, int64_t image_bytes) {
   if (cols.is_cuda()) {
     check_status(kernels::col2im_cuda(a, stream_of(cols)), "col2im");
@@ -272,6 +277,7 @@ void run_col2im(const kernels::Col2Im& a, const at::Tensor& cols, int64_t col_by
     part.geometry.n = end - begin;
     part.cols = static_cast<const char*>(a.cols) + begin * a.cols_strides.n * col_bytes;
     part.image = static_cast<char*>(a.image) + begin * a.image_strides.n * image_bytes;
+    part.scales = scales_from(a.scales, begin);
     check_status(kernels::col2im_cpu(part), "col2im");
   });
 }
@@ -456,10 +462,13 @@ at::Tensor scaled_conv2d_kernel(const at::Tensor& x, const at::Tensor& weight, c
   TORCH_CHECK_VALUE(zp >= -128 && zp <= 127, "scaled_conv2d: zero_point_x must be in [-128, 127], got ", int_str(zp));
   ForwardScales fs;
   fs.scale_x = scale_x.reshape({-1});
-  // Requantizing to int8 folds 1/out_scale into the column vectors (as scaled_gemm does).
-  const double inv = out_dtype == at::kChar ? 1.0 / out_scale : 1.0;
-  fs.col_scale = scale_w.reshape({-1}).mul(inv);
-  if (bias) fs.col_bias = bias->to(at::kFloat).mul(inv);
+  // Requantizing to int8 folds 1/out_scale into the column vectors (as scaled_gemm does); float
+  // outputs take them as they are (no kernel, no allocation per call).
+  auto folded = [&](const at::Tensor& v) {
+    return out_dtype == at::kChar ? v.to(at::kFloat).mul(1.0 / out_scale) : v.to(at::kFloat);
+  };
+  fs.col_scale = folded(scale_w.reshape({-1}));
+  if (bias) fs.col_bias = folded(*bias);
   // An asymmetric x: sum (x - z) w = acc - z * (sum of the filter of each output channel).
   if (zp != 0) {
     fs.row_offset_value = at::full({1}, static_cast<float>(-zp), x.options().dtype(at::kFloat));
@@ -483,12 +492,10 @@ at::Tensor scaled_conv2d_meta(const at::Tensor& x, const at::Tensor& weight, con
 
 // --- dgrad ----------------------------------------------------------------------------
 
-at::Tensor conv2d_dgrad_kernel(const at::Tensor& grad_out, const at::Tensor& weight, at::IntArrayRef input_size,
-                               at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                               int64_t groups) {
-  const ConvParams cp = conv_params("conv2d_dgrad", stride, padding, dilation, groups);
-  const ConvProblem p = problem_of(dgrad_dims<false>(grad_out, weight, input_size, cp), cp);
-  c10::DeviceGuard guard(grad_out.device());
+// grad_in [N, H, W, C] (dense NHWC) = dgrad(grad_out, weight): the int32 sums, or with
+// scales.scale_n set those sums rescaled (kernels::Col2ImScales) into grad_in's dtype.
+void dgrad_into(const ConvProblem& p, const at::Tensor& grad_out, const at::Tensor& weight, const at::Tensor& grad_in,
+                const kernels::Col2ImScales& scales) {
   const int64_t align = grad_out.is_cuda() ? kGpuAlign : 1;
   const int64_t g = p.groups, cg = p.c / g, kg = p.k / g, per_image = p.p * p.q;
   const int64_t depth = p.r * p.s * cg, kg_pad = round_up(kg, align), n_pad = round_up(depth, align);
@@ -497,14 +504,14 @@ at::Tensor conv2d_dgrad_kernel(const at::Tensor& grad_out, const at::Tensor& wei
       grad_out.permute({0, 2, 3, 1}).reshape({p.n * per_image, g, kg}).permute({1, 0, 2}), p.n * per_image, kg_pad);
   const at::Tensor wt = padded(
       weight.contiguous().view({g, kg, cg, p.r, p.s}).permute({0, 3, 4, 2, 1}).reshape({g, depth, kg}), n_pad, kg_pad);
-  const at::Tensor grad_in = new_output({p.n, p.h, p.w, p.c}, grad_out.options().dtype(at::kInt));
 
   const int64_t chunk = units_per_chunk(g * per_image * n_pad * 4, p.n);
-  const at::Tensor dcols = at::empty({g, chunk * per_image, n_pad}, grad_in.options());
+  const at::Tensor dcols = at::empty({g, chunk * per_image, n_pad}, grad_out.options().dtype(at::kInt));
   kernels::Col2Im c;
   c.geometry = p, c.cols_type = kernels::ColumnType::kInt32;
   c.cols_strides = {chunk * per_image * n_pad, 1, cg, per_image * n_pad, n_pad};
   c.cols = dcols.const_data_ptr<int32_t>(), c.image_strides = nhwc_strides(grad_in);
+  const int64_t image_bytes = grad_in.element_size();
   for (int64_t n0 = 0; n0 < p.n; n0 += chunk) {
     const int64_t count = std::min(chunk, p.n - n0), rows = count * per_image;
     for (int64_t gi = 0; gi < g; ++gi) {
@@ -516,19 +523,82 @@ at::Tensor conv2d_dgrad_kernel(const at::Tensor& grad_out, const at::Tensor& wei
       run_gemm(gp, Epilogue{}, grad_out);
     }
     c.geometry.n = count;
-    c.image = grad_in.data_ptr<int32_t>() + n0 * p.h * p.w * p.c;
-    run_col2im(c, grad_out, 4, 4);
+    c.image = static_cast<char*>(grad_in.data_ptr()) + n0 * p.h * p.w * p.c * image_bytes;
+    c.scales = scales_from(scales, n0);
+    run_col2im(c, grad_out, 4, image_bytes);
   }
+}
+
+at::Tensor conv2d_dgrad_kernel(const at::Tensor& grad_out, const at::Tensor& weight, at::IntArrayRef input_size,
+                               at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                               int64_t groups) {
+  const char* op = "conv2d_dgrad";
+  const ConvParams cp = conv_params(op, stride, padding, dilation, groups);
+  const ConvProblem p = problem_of(dgrad_dims<false>(grad_out, weight, input_size, cp, op), cp);
+  c10::DeviceGuard guard(grad_out.device());
+  const at::Tensor grad_in = new_output({p.n, p.h, p.w, p.c}, grad_out.options().dtype(at::kInt));
+  dgrad_into(p, grad_out, weight, grad_in, {});
   return as_nchw(grad_in);
 }
 
 at::Tensor conv2d_dgrad_meta(const at::Tensor& grad_out, const at::Tensor& weight, at::IntArrayRef input_size,
                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                              int64_t groups) {
-  const auto d =
-      dgrad_dims<true>(grad_out, weight, input_size, conv_params("conv2d_dgrad", stride, padding, dilation, groups));
+  const char* op = "conv2d_dgrad";
+  const auto d = dgrad_dims<true>(grad_out, weight, input_size, conv_params(op, stride, padding, dilation, groups), op);
   return at::empty_symint({d.n, d.c, d.h, d.w},
                           grad_out.options().dtype(at::kInt).memory_format(at::MemoryFormat::ChannelsLast));
+}
+
+// --- scaled_conv2d_dgrad ------------------------------------------------------------------
+
+template <bool kSym>
+Dims<kSym> scaled_dgrad_dims(const at::Tensor& grad_out, const at::Tensor& weight, const at::Tensor& scale_grad_out,
+                             const at::Tensor& scale_weight, at::IntArrayRef input_size, const ConvParams& cp,
+                             at::ScalarType out_dtype) {
+  const char* op = "scaled_conv2d_dgrad";
+  const auto d = dgrad_dims<kSym>(grad_out, weight, input_size, cp, op);
+  TORCH_CHECK_TYPE(out_dtype == at::kFloat || out_dtype == at::kBFloat16 || out_dtype == at::kHalf, op,
+                   ": out_dtype must be bfloat16, float16 or float32, got ", out_dtype);
+  check_dtype(scale_grad_out, at::kFloat, op, "scale_grad_out");
+  check_dtype(scale_weight, at::kFloat, op, "scale_weight");
+  check_epilogue_vector<kSym>(scale_grad_out, d.n, grad_out, op, "scale_grad_out", "per tensor or per image");
+  check_epilogue_vector<kSym>(scale_weight, d.c, grad_out, op, "scale_weight", "per tensor or per input channel");
+  return d;
+}
+
+// The CPU kernel writes float32 (cast afterwards), the GPU kernel any float dtype.
+at::ScalarType scaled_dgrad_staging(const at::Tensor& grad_out, at::ScalarType out_dtype) {
+  return grad_out.is_cuda() ? out_dtype : at::kFloat;
+}
+
+at::Tensor scaled_conv2d_dgrad_kernel(const at::Tensor& grad_out, const at::Tensor& weight,
+                                      const at::Tensor& scale_grad_out, const at::Tensor& scale_weight,
+                                      at::IntArrayRef input_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                                      at::IntArrayRef dilation, int64_t groups, at::ScalarType out_dtype) {
+  const ConvParams cp = conv_params("scaled_conv2d_dgrad", stride, padding, dilation, groups);
+  const ConvProblem p = problem_of(
+      scaled_dgrad_dims<false>(grad_out, weight, scale_grad_out, scale_weight, input_size, cp, out_dtype), cp);
+  c10::DeviceGuard guard(grad_out.device());
+  const at::ScalarType staging = scaled_dgrad_staging(grad_out, out_dtype);
+  const at::Tensor grad_in = new_output({p.n, p.h, p.w, p.c}, grad_out.options().dtype(staging));
+  const at::Tensor sn = scale_grad_out.contiguous(), sc = scale_weight.contiguous();
+  kernels::Col2ImScales scales;
+  scales.scale_n = sn.const_data_ptr<float>(), scales.per_image = sn.numel() > 1;
+  scales.scale_c = sc.const_data_ptr<float>(), scales.per_channel = sc.numel() > 1;
+  scales.out_type = out_type_of(staging, "scaled_conv2d_dgrad");
+  dgrad_into(p, grad_out, weight, grad_in, scales);
+  return staging == out_dtype ? as_nchw(grad_in) : as_nchw(grad_in).to(out_dtype);
+}
+
+at::Tensor scaled_conv2d_dgrad_meta(const at::Tensor& grad_out, const at::Tensor& weight,
+                                    const at::Tensor& scale_grad_out, const at::Tensor& scale_weight,
+                                    at::IntArrayRef input_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                                    at::IntArrayRef dilation, int64_t groups, at::ScalarType out_dtype) {
+  const ConvParams cp = conv_params("scaled_conv2d_dgrad", stride, padding, dilation, groups);
+  const auto d = scaled_dgrad_dims<true>(grad_out, weight, scale_grad_out, scale_weight, input_size, cp, out_dtype);
+  return at::empty_symint({d.n, d.c, d.h, d.w},
+                          grad_out.options().dtype(out_dtype).memory_format(at::MemoryFormat::ChannelsLast));
 }
 
 // --- wgrad ----------------------------------------------------------------------------
@@ -751,6 +821,10 @@ TORCH_LIBRARY_FRAGMENT(int8, m) {
       "conv2d_dgrad(Tensor grad_out, Tensor weight, int[2] input_size, int[2] stride=1, int[2] padding=0, "
       "int[2] dilation=1, int groups=1) -> Tensor");
   m.def(
+      "scaled_conv2d_dgrad(Tensor grad_out, Tensor weight, Tensor scale_grad_out, Tensor scale_weight, "
+      "int[2] input_size, int[2] stride=1, int[2] padding=0, int[2] dilation=1, int groups=1, "
+      "ScalarType out_dtype=float32) -> Tensor");
+  m.def(
       "conv2d_wgrad(Tensor grad_out, Tensor x, int[2] kernel_size, int[2] stride=1, int[2] padding=0, "
       "int[2] dilation=1, int groups=1) -> Tensor");
   m.def("get_conv_workspace_limit() -> int", get_conv_workspace_limit);
@@ -763,6 +837,7 @@ TORCH_LIBRARY_IMPL(int8, CPU, m) {
   m.impl("conv2d", conv2d_kernel);
   m.impl("scaled_conv2d", scaled_conv2d_kernel);
   m.impl("conv2d_dgrad", conv2d_dgrad_kernel);
+  m.impl("scaled_conv2d_dgrad", scaled_conv2d_dgrad_kernel);
   m.impl("conv2d_wgrad", conv2d_wgrad_kernel);
 }
 
@@ -773,6 +848,7 @@ TORCH_LIBRARY_IMPL(int8, CUDA, m) {
   m.impl("conv2d", conv2d_kernel);
   m.impl("scaled_conv2d", scaled_conv2d_kernel);
   m.impl("conv2d_dgrad", conv2d_dgrad_kernel);
+  m.impl("scaled_conv2d_dgrad", scaled_conv2d_dgrad_kernel);
   m.impl("conv2d_wgrad", conv2d_wgrad_kernel);
 }
 #endif
@@ -783,6 +859,7 @@ TORCH_LIBRARY_IMPL(int8, Meta, m) {
   m.impl("conv2d", conv2d_meta);
   m.impl("scaled_conv2d", scaled_conv2d_meta);
   m.impl("conv2d_dgrad", conv2d_dgrad_meta);
+  m.impl("scaled_conv2d_dgrad", scaled_conv2d_dgrad_meta);
   m.impl("conv2d_wgrad", conv2d_wgrad_meta);
 }
 

@@ -59,6 +59,25 @@ def conv2d_dgrad(grad_out: torch.Tensor, weight: torch.Tensor, input_size: IntPa
                              int(groups))
 
 
+def scaled_conv2d_dgrad(grad_out: QTensor, weight: QTensor, input_size: IntPair, stride: IntPair = 1,
+                        padding: IntPair = 0, dilation: IntPair = 1, groups: int = 1,
+                        out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Dequantized input gradient of conv2d: ``out_dtype(float(dgrad[n, c, h, w]) * scale_grad_out[n] *
+    scale_weight[c])`` (float32 products, left to right), the exact int32 sums of conv2d_dgrad rescaled
+    as they are written (no int32 image). grad_out: symmetric QTensor ``[N, K, P, Q]`` per tensor or per
+    image (dim=0); weight: symmetric QTensor ``[K, C/groups, R, S]`` whose scale is one value or one per
+    input channel ``c = g*C/groups + c'`` (shape ``[C]``, dim=None or 1). out_dtype: bfloat16, float16 or
+    float32."""
+    if grad_out.dim not in (None, 0):
+        raise ValueError(f"scaled_conv2d_dgrad: grad_out must be quantized per tensor or per image (dim=0), "
+                         f"got dim={grad_out.dim}")
+    _check_symmetric(grad_out, "scaled_conv2d_dgrad", "grad_out")
+    _check_symmetric(weight, "scaled_conv2d_dgrad", "weight")
+    return _ops.scaled_conv2d_dgrad(grad_out.data, weight.data, grad_out.scale.reshape(-1), weight.scale.reshape(-1),
+                                    _pair(input_size), _pair(stride), _pair(padding), _pair(dilation), int(groups),
+                                    out_dtype)
+
+
 def conv2d_wgrad(grad_out: torch.Tensor, x: torch.Tensor, kernel_size: IntPair, stride: IntPair = 1,
                  padding: IntPair = 0, dilation: IntPair = 1, groups: int = 1) -> torch.Tensor:
     """Exact gradient of conv2d with respect to its weight: int8 grad_out ``[N, K, P, Q]`` and x

@@ -1,6 +1,8 @@
 // CPU reference im2col / col2im: plain loops over the elements of
 // im2col_math.h. Single-threaded; the torch layer splits work across threads
 // by pixel ranges (im2col) and images (col2im).
+#include <type_traits>
+
 #include "../im2col_math.h"
 
 namespace torch_int8::kernels {
@@ -26,17 +28,26 @@ Status im2col_cpu(const Im2Col& a) {
 
 Status col2im_cpu(const Col2Im& a) {
   const ConvProblem& p = a.geometry;
-  if (!detail::valid_geometry(p)) return Status::kInvalidArgument;
+  if (!detail::valid_geometry(p) || !detail::valid_scales(a, false)) return Status::kInvalidArgument;
   return detail::visit_column_type(a.cols_type, [&](auto col, auto acc) {
     using Col = decltype(col);
     using Acc = decltype(acc);
-    Acc* image = static_cast<Acc*>(a.image);
     const ImageStrides& is = a.image_strides;
     for (int64_t n = 0; n < p.n; ++n)
       for (int64_t c = 0; c < p.c; ++c)
         for (int64_t h = 0; h < p.h; ++h)
-          for (int64_t w = 0; w < p.w; ++w)
-            image[n * is.n + c * is.c + h * is.h + w * is.w] = detail::col2im_value<Col, Acc>(a, n, c, h, w);
+          for (int64_t w = 0; w < p.w; ++w) {
+            const Acc sum = detail::col2im_value<Col, Acc, int64_t>(a, n, c, h, w);
+            const int64_t offset = n * is.n + c * is.c + h * is.h + w * is.w;
+            if constexpr (std::is_integral_v<Acc>) {
+              if (a.scales.scale_n) {
+                static_cast<float*>(a.image)[offset] = detail::scaled_sum(
+                    sum, detail::scale_of_image(a.scales, n), detail::scale_of_channel(a.scales, c));
+                continue;
+              }
+            }
+            static_cast<Acc*>(a.image)[offset] = sum;
+          }
     return Status::kSuccess;
   });
 }

@@ -88,13 +88,28 @@ Status im2col_cuda(const Im2Col& a, void* stream);
 // tap order (r, s ascending), so results are deterministic and equal on CPU and
 // GPU. int8 and int32 columns sum into int32, float32 columns into float32.
 enum class ColumnType { kInt8, kInt32, kFloat32 };
+
+// Optional rescaling of int8 / int32 column sums (a dequantized input
+// gradient): image element (n, c, h, w) is stored as
+// out_type(float(sum) * scale_n[n] * scale_c[c]), float32 products left to
+// right; per_image / per_channel false: the vector holds one value for all.
+// out_type: kFloat32 (CPU and GPU), kBFloat16 or kFloat16 (GPU; round to
+// nearest even).
+struct Col2ImScales {
+  const float* scale_n = nullptr;  // null: no rescaling, the image holds the int32 sums
+  const float* scale_c = nullptr;
+  bool per_image = false, per_channel = false;
+  OutType out_type = OutType::kFloat32;
+};
+
 struct Col2Im {
   ConvProblem geometry;
   const void* cols = nullptr;  // all N*P*Q pixels
   ColumnType cols_type = ColumnType::kInt32;
   ColumnStrides cols_strides;
-  void* image = nullptr;  // N x C x H x W, int32 (or float32 for float32 columns)
+  void* image = nullptr;  // N x C x H x W, int32 (float32 for float32 columns; scales.out_type when rescaled)
   ImageStrides image_strides;
+  Col2ImScales scales;
 };
 Status col2im_cpu(const Col2Im& a);
 Status col2im_cuda(const Col2Im& a, void* stream);

@@ -7,8 +7,9 @@ operand quantized along a dimension that the product does not reduce, so the sca
   grad_weight  dW = wgrad(dY, X)      dY per output channel, X per input channel
 ("tensor" granularity: one scale per operand). A stride-1 dgrad is the forward convolution of dY
 with the rotated, transposed filter (implicit GEMM, scales in its epilogue); other strides sum taps
-after their GEMM (col2im) and rescale the int32 result. wgrad is split into batches of at most
-131071 output pixels, its operands quantized straight into the [C, N, H, W] layout it reads.
+after their GEMM (col2im), which rescales the int32 sums as it writes them (scaled_conv2d_dgrad).
+wgrad is split into batches of at most 131071 output pixels, its operands quantized straight into
+the [C, N, H, W] layout it reads.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import Int8Config
-from ..conv import conv2d_dgrad, conv2d_wgrad, scaled_conv2d
+from ..conv import conv2d_dgrad, conv2d_wgrad, scaled_conv2d, scaled_conv2d_dgrad
 from ..functional import QTensor, quantize, quantize_columns_t, quantize_rows
 from ._common import load_int8_weight, output_dtype, quantize_activation, register_int8_weight, sharing_parameters
 
@@ -112,6 +113,9 @@ def _grad_input(grad_out, weight, x_shape, geometry, config: Int8Config, dtype):
         # forward epilogue's row and column scales, so no int32 image and no column buffer.
         qw = QTensor(_rotated_filter(w_data, groups), w_scale, None, 0 if w_scale.dim() else None)
         return scaled_conv2d(qg, qw, None, 1, forward_padding, dilation, groups, out_dtype=dtype)
+    if dtype in _EPILOGUE_DTYPES:  # rescaled as col2im writes it: no int32 image
+        return scaled_conv2d_dgrad(qg, QTensor(w_data, w_scale, None, None), x_shape[2:], stride, padding, dilation,
+                                   groups, out_dtype=dtype)
     acc = conv2d_dgrad(qg.data, w_data, x_shape[2:], stride, padding, dilation, groups)
     return (acc * (_scale_along(qg.scale, 0) * _scale_along(w_scale, 1))).to(dtype)
 
