@@ -66,6 +66,13 @@ class _Int8LinearFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None
 
 
+def _channel_forward(x2, weight, bias, out_dtype, x_col_amax: bool, w_col_amax: bool):
+    """X W^T + b per channel; the column maxima of X (for grad_weight) and W (for grad_input) only if asked for."""
+    qx, x_amax = quantize_rows(x2, col_amax=x_col_amax)
+    qw, w_amax = quantize_rows(weight, col_amax=w_col_amax)
+    return scaled_gemm(qx, _transposed(qw), bias=bias, out_dtype=out_dtype), x_amax, w_amax
+
+
 class _Int8LinearChannelFunction(torch.autograd.Function):
     """All three products in INT8 with per-channel scales, through the fused quantize kernels.
 
@@ -78,11 +85,10 @@ class _Int8LinearChannelFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x2, weight, bias, config: Int8Config, out_dtype):
         wgrad, dgrad = ctx.needs_input_grad[1], ctx.needs_input_grad[0]
-        qx, x_amax = quantize_rows(x2, col_amax=wgrad)
-        qw, w_amax = quantize_rows(weight, col_amax=dgrad)
+        y, x_amax, w_amax = _channel_forward(x2, weight, bias, out_dtype, x_col_amax=wgrad, w_col_amax=dgrad)
         ctx.save_for_backward(x2, weight, x_amax, w_amax)
         ctx.config, ctx.has_bias = config, bias is not None
-        return scaled_gemm(qx, _transposed(qw), bias=bias, out_dtype=out_dtype)
+        return y
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -127,7 +133,13 @@ class Linear(torch.nn.Linear):
         out_dtype = output_dtype(x)
         with torch.autocast(x.device.type, enabled=False):
             x2 = x.reshape(-1, self.in_features)
-            y = _linear_function(self.config).apply(x2, self.weight, self.bias, self.config, out_dtype)
+            function = _linear_function(self.config)
+            if function is _Int8LinearChannelFunction and not torch.is_grad_enabled():
+                # No graph is recorded, so no backward needs the column maxima (inside the
+                # Function, needs_input_grad still says True for parameters under no_grad).
+                y = _channel_forward(x2, self.weight, self.bias, out_dtype, x_col_amax=False, w_col_amax=False)[0]
+            else:
+                y = function.apply(x2, self.weight, self.bias, self.config, out_dtype)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
