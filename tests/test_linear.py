@@ -76,8 +76,12 @@ def test_nd_input_no_grad_and_frozen_weight(device):
     assert y.shape == (2, 37, 53) and not y.requires_grad
     lin.weight.requires_grad_(False)
     xr = x.clone().requires_grad_(True)
-    layer(xr).sum().backward()
+    layer(xr).sum().backward()  # grad_input only: the bias gradient from dY's column sums without maxima
     assert xr.grad is not None and lin.weight.grad is None
+    assert torch.equal(lin.bias.grad, torch.full_like(lin.bias, 37.0))
+    lin.bias.grad = None
+    layer(x).sum().backward()  # only the bias needs a gradient: no INT8 product at all
+    assert torch.equal(lin.bias.grad, torch.full_like(lin.bias, 37.0))
 
 
 @pytest.mark.parametrize("device", DEVICE_PARAMS)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import Int8Config
-from ..functional import QTensor, quantize, quantize_columns_t, quantize_rows, scaled_gemm
+from ..functional import QTensor, quantize, quantize_columns_t, quantize_rows, quantize_rows_with_sums, scaled_gemm
 from ._common import load_int8_weight, output_dtype, quantize_activation, register_int8_weight, sharing_parameters
 
 
@@ -79,7 +79,8 @@ class _Int8LinearChannelFunction(torch.autograd.Function):
     The forward's per-row passes over X and W also collect their column maxima,
     so the backward writes the transposed (K-major) operands X^T and W^T in one
     pass each, without reducing X or W again; dY is read once for its per-row
-    copy (and column maxima) and once for its transposed copy.
+    copy, once for its column maxima and sums (the bias gradient) and once for
+    its transposed copy.
     """
 
     @staticmethod
@@ -94,10 +95,12 @@ class _Int8LinearChannelFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         x2, weight, x_amax, w_amax = ctx.saved_tensors
         dgrad, wgrad = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_x = grad_w = grad_b = None
+        bgrad = ctx.has_bias and ctx.needs_input_grad[2]
+        grad_x = grad_w = grad_b = dy_sum = None
         if dgrad or wgrad:
             rounding = ctx.config.grad_rounding
-            q_dy, dy_amax = quantize_rows(grad_out, col_amax=wgrad, rounding=rounding)
+            # The bias gradient (column sums of dY) comes from the pass that finds dY's column maxima.
+            q_dy, dy_amax, dy_sum = quantize_rows_with_sums(grad_out, col_amax=wgrad, col_sum=bgrad, rounding=rounding)
             if dgrad:  # dX = dY W: W^T [in, out] quantized per input channel
                 q_wt = quantize_columns_t(weight, w_amax)
                 grad_x = scaled_gemm(q_dy, _transposed(q_wt), out_dtype=x2.dtype)
@@ -105,8 +108,8 @@ class _Int8LinearChannelFunction(torch.autograd.Function):
                 q_dyt = quantize_columns_t(grad_out, dy_amax, rounding=rounding)
                 q_xt = quantize_columns_t(x2, x_amax)
                 grad_w = scaled_gemm(q_dyt, _transposed(q_xt), out_dtype=weight.dtype)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad_out.sum(0).to(weight.dtype)
+        if bgrad:
+            grad_b = (grad_out.sum(0, dtype=torch.float32) if dy_sum is None else dy_sum).to(weight.dtype)
         return grad_x, grad_w, grad_b, None, None
 
 
