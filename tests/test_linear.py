@@ -76,8 +76,45 @@ def test_nd_input_no_grad_and_frozen_weight(device):
     assert y.shape == (2, 37, 53) and not y.requires_grad
     lin.weight.requires_grad_(False)
     xr = x.clone().requires_grad_(True)
-    layer(xr).sum().backward()
+    layer(xr).sum().backward()  # grad_input only: the bias gradient from dY's column sums without maxima
     assert xr.grad is not None and lin.weight.grad is None
+    assert torch.equal(lin.bias.grad, torch.full_like(lin.bias, 37.0))
+    lin.bias.grad = None
+    layer(x).sum().backward()  # only the bias needs a gradient: no INT8 product at all
+    assert torch.equal(lin.bias.grad, torch.full_like(lin.bias, 37.0))
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+def test_forward_gathers_column_maxima_only_for_a_backward(device, monkeypatch):
+    """X's column maxima serve grad_weight, W's grad_input: neither without a graph needing them."""
+    import torch_int8.nn.linear as linear_module
+
+    asked = []
+
+    def spy(t, *, col_amax=False, **kwargs):
+        asked.append(col_amax)
+        return torch_int8.quantize_rows(t, col_amax=col_amax, **kwargs)
+
+    monkeypatch.setattr(linear_module, "quantize_rows", spy)
+    x, lin = make(device)
+    layer = torch_int8.nn.Linear.from_float(lin)
+    expected = {  # (grad enabled, x requires grad, weight requires grad) -> (X maxima, W maxima)
+        (False, True, True): [False, False],
+        (True, False, False): [False, False],
+        (True, False, True): [True, False],
+        (True, True, False): [False, True],
+        (True, True, True): [True, True],
+    }
+    for (grad, x_grad, w_grad), want in expected.items():
+        asked.clear()
+        lin.weight.requires_grad_(w_grad)
+        with torch.set_grad_enabled(grad):
+            y = layer(x.clone().requires_grad_(x_grad))
+        assert asked == want, (grad, x_grad, w_grad)
+        assert y.requires_grad == (grad and (x_grad or w_grad or lin.bias.requires_grad))
+    with torch.no_grad():
+        y_inference = layer(x)
+    assert torch.equal(y_inference, layer(x.clone().requires_grad_(True)).detach())
 
 
 @pytest.mark.parametrize("device", DEVICE_PARAMS)

@@ -16,10 +16,15 @@ from conftest import CUDA_ONLY, DEVICE_PARAMS, make_gen  # noqa: E402
 import torch_int8  # noqa: E402
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-# Ragged against the 128x64 tiles and the 16-byte packs, one row, one column, and
-# sizes whose rows start unaligned (cols odd) so the single-element paths run.
-# The last two have rows too long for one block's registers (the two-pass path).
-SHAPES = [(1, 1), (1, 4096), (3, 1000), (64, 4096), (7, 333), (130, 65), (257, 96), (100, 8), (3, 40000), (4, 33333)]
+# Ragged against the transposing tiles (64 rows x 128 bf16/fp16 or 64 fp32 columns) and the
+# 16-byte packs, one whole tile, one row, one column, and sizes whose rows start unaligned (cols
+# odd) so the single-element paths run; (136, 264) has some 16-byte aligned transposed rows and
+# some not. The last two have rows too long for one block's registers (the two-pass path).
+SHAPES = [(1, 1), (1, 4096), (1000, 1), (3, 1000), (64, 4096), (64, 128), (136, 264), (7, 333), (130, 65),
+          (257, 96), (100, 8), (3, 40000), (4, 33333)]
+# Column statistics: also several slices of rows per column (merged in order), narrow matrices
+# (a block spread over few columns and many rows), ragged and unaligned widths.
+STATS_SHAPES = SHAPES + [(3000, 4096), (3000, 4100), (50000, 3), (20000, 16)]
 
 
 def make_x(rows, cols, dtype, seed):
@@ -64,6 +69,78 @@ def test_quantize_columns_t_is_per_column_quantize_transposed(device, dtype, row
     assert qt.dim == 0 and qt.data.shape == (cols, rows) and qt.data.is_contiguous()
     assert torch.equal(qt.data.cpu(), ref.data.t())
     assert same(qt.scale.cpu(), ref.scale)
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("rows,cols", STATS_SHAPES)
+def test_column_sums_and_maxima(device, dtype, rows, cols):
+    x = make_x(rows, cols, dtype, seed=rows + cols)
+    q, amax, total = torch_int8.quantize_rows_with_sums(x.to(device), col_amax=True, col_sum=True)
+    assert torch.equal(q.data.cpu(), torch_int8.quantize(x, 0).data)
+    assert same(amax.cpu(), x.float().abs().amax(0))
+    assert total.dtype == torch.float32 and total.shape == (cols,)
+    # float32 accumulation of `rows` terms, in any order: |error| <= rows * eps * sum|x|
+    want, finite = x.double().sum(0), x.isfinite().all(0)
+    bound = rows * torch.finfo(torch.float32).eps * x.double().abs().sum(0)
+    assert ((total.cpu().double() - want).abs() <= bound)[finite].all()
+    assert not total.cpu()[~finite].isfinite().any()  # inf and NaN propagate
+    assert torch.equal(total.cpu().isnan(), want.isnan())
+    # reproducible, and the same without the maxima
+    _, none, again = torch_int8.quantize_rows_with_sums(x.to(device), col_amax=False, col_sum=True)
+    assert none is None and same(again, total)
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("rows,cols", STATS_SHAPES)
+def test_column_amax(device, dtype, rows, cols):
+    x = make_x(rows, cols, dtype, seed=3 * rows + cols)
+    amax = torch_int8.column_amax(x.to(device))
+    assert amax.dtype == torch.float32 and amax.device.type == device
+    assert same(amax.cpu(), torch.linalg.vector_norm(x.float(), float("inf"), dim=0))
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+def test_column_amax_of_views_and_special_values(device):
+    x = make_x(90, 300, torch.bfloat16, seed=8).to(device)
+    for view in (x[3:80, 17:250], x.t()):
+        assert same(torch_int8.column_amax(view).cpu(), view.float().abs().amax(0).cpu())
+    y = torch.tensor([[float("nan"), float("-inf"), -2.0, 0.0], [float("inf"), 1.0, 1.5, -0.0]], device=device)
+    got = torch_int8.column_amax(y).cpu()
+    assert got[0].isnan() and got[1] == float("inf") and got[2] == 2.0 and got[3] == 0.0
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+def test_column_amax_bad_inputs(device):
+    x = torch.randn(4, 6, device=device)
+    with pytest.raises(TypeError, match="column_amax: x must be a float tensor"):
+        torch_int8.column_amax(x.to(torch.int32))
+    for bad in (x[0], x[None]):
+        with pytest.raises(ValueError, match="column_amax: x must be 2-D"):
+            torch_int8.column_amax(bad)
+    for empty in (x[:0], x[:, :0]):
+        with pytest.raises(ValueError, match="column_amax: x is empty"):
+            torch_int8.column_amax(empty)
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+def test_values_next_to_rounding_ties(device):
+    """v = (k + 1/2) * s and its float neighbours, per row and per column: the GPU's reciprocal
+    product must round exactly as the composite's division, also where the scale is subnormal
+    (no reciprocal) or close to the largest float."""
+    amax = torch.tensor([1.0, 0.1234567, 3e-3, 7.77e5, 1e-39, 3e38])  # row scales: amax / 127
+    s = (amax / 127).double()
+    k = torch.arange(-127, 127, dtype=torch.float64)
+    ties = ((k + 0.5)[None, :] * s[:, None]).float()
+    up = torch.nextafter(ties, torch.full_like(ties, float("inf")))
+    down = torch.nextafter(ties, torch.full_like(ties, float("-inf")))
+    x = torch.cat([amax[:, None], ties, up, down], dim=1)
+    x = torch.maximum(torch.minimum(x, amax[:, None]), -amax[:, None])  # amax stays the maximum
+    q, col_amax = torch_int8.quantize_rows(x.to(device), col_amax=True)
+    assert torch.equal(q.data.cpu(), torch_int8.quantize(x, 0).data)
+    qt = torch_int8.quantize_columns_t(x.t().contiguous().to(device), torch_int8.column_amax(x.t().to(device)))
+    assert torch.equal(qt.data.cpu(), torch_int8.quantize(x.t(), 1).data.t())
 
 
 @pytest.mark.parametrize("device", DEVICE_PARAMS)
@@ -144,3 +221,7 @@ def test_meta_shapes():
     assert amax.shape == (70,) and amax.dtype == torch.float32
     qt = torch_int8.quantize_columns_t(x, amax)
     assert qt.data.shape == (70, 33) and qt.scale.shape == (70,)
+    _, _, total = torch_int8.quantize_rows_with_sums(x, col_amax=False, col_sum=True)
+    assert total.shape == (70,) and total.dtype == torch.float32
+    amax = torch_int8.column_amax(x)
+    assert amax.shape == (70,) and amax.dtype == torch.float32 and amax.device.type == "meta"

@@ -1,7 +1,8 @@
 // int8::quantize and int8::dequantize: absmax quantization, per tensor or per
 // channel, nearest or stochastic rounding; int8::quantize_rows and
 // int8::quantize_columns_t: the two symmetric 2-D cases of the training layers,
-// the second writing the transposed (K-major) operand of a GEMM. Written with
+// the second writing the transposed (K-major) operand of a GEMM;
+// int8::column_amax: the column maxima on their own. Written with
 // ATen ops, so one implementation (CompositeExplicitAutograd) serves CPU, CUDA
 // and Meta; on the GPU fused kernels (cuda/quantize.cu) take the 2-D cases.
 #include <torch/library.h>
@@ -102,16 +103,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize(const at::Tensor& x, std
   return {q, scale.reshape_symint(channel_shape), zero_point};
 }
 
+// max|x| of every column of a float matrix, float32: NaN for a column holding
+// NaN, else inf for one holding inf.
+at::Tensor column_amax_of(const at::Tensor& x) { return x.to(at::kFloat).abs().amax(0); }
+
+at::Tensor column_amax(const at::Tensor& x) {
+  check_float_matrix(x, "column_amax");
+  return column_amax_of(x);
+}
+
 // Per row (symmetric), and optionally the absolute maximum of every column
-// (inf or NaN for a non-finite column), for quantize_columns_t.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_rows(const at::Tensor& x, bool with_col_amax,
-                                                             c10::string_view rounding,
-                                                             std::optional<at::Generator> generator) {
+// (for quantize_columns_t) and the float32 sum of every column (a bias gradient).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_rows(const at::Tensor& x, bool with_col_amax,
+                                                                         c10::string_view rounding,
+                                                                         std::optional<at::Generator> generator,
+                                                                         bool with_col_sum) {
   check_float_matrix(x, "quantize_rows");
   check_rounding(rounding, "quantize_rows");
   auto [q, scale, zero_point] = quantize(x, 0, true, rounding, std::move(generator));
-  at::Tensor col_amax = with_col_amax ? x.to(at::kFloat).abs().amax(0) : at::empty({0}, scale.options());
-  return {q, scale, col_amax};
+  at::Tensor col_amax = with_col_amax ? column_amax_of(x) : at::empty({0}, scale.options());
+  at::Tensor col_sum = with_col_sum ? x.to(at::kFloat).sum(0) : at::empty({0}, scale.options());
+  return {q, scale, col_amax, col_sum};
 }
 
 // The arguments of quantize_columns_t (CPU and CUDA kernels): x a float
@@ -202,47 +214,80 @@ kernels::Rounding rounding_of(c10::string_view rounding, std::optional<at::Gener
   return r;
 }
 
+// The column statistics asked for (float32 [cols] each, or [0]) and, if any, their workspace.
+struct ColumnStatsOutputs {
+  at::Tensor amax, sum, workspace;
+  ColumnStatsOutputs(const at::Tensor& x, bool with_amax, bool with_sum) {
+    const auto options = x.options().dtype(at::kFloat);
+    auto output = [&](bool wanted) { return wanted ? new_output({x.size(1)}, options) : at::empty({0}, options); };
+    amax = output(with_amax), sum = output(with_sum);
+    if (with_amax || with_sum)
+      workspace = at::empty({kernels::column_stats_workspace(x.size(0), x.size(1))}, options);
+  }
+};
+
+float* data_or_null(at::Tensor& t) { return t.numel() > 0 ? t.data_ptr<float>() : nullptr; }
+
+using RowsResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
 // The fused per-row kernel for op `op` (named in errors); nullopt when it does not take x (the caller then
 // runs the composite).
-std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> quantize_rows_fused(
-    const char* op, const at::Tensor& x, bool with_col_amax, c10::string_view rounding,
-    std::optional<at::Generator> generator) {
+std::optional<RowsResult> quantize_rows_fused(const char* op, const at::Tensor& x, bool with_col_amax,
+                                              bool with_col_sum, c10::string_view rounding,
+                                              std::optional<at::Generator> generator) {
   const auto in_type = in_type_of(x.scalar_type());
   if (!in_type || x.dim() != 2 || x.numel() == 0) return std::nullopt;
   check_rounding(rounding, op);
   const at::Tensor xc = x.contiguous();
   at::Tensor q = new_output(x.sizes(), x.options().dtype(at::kChar));
   at::Tensor scale = new_output({x.size(0)}, x.options().dtype(at::kFloat));
-  at::Tensor col_amax = with_col_amax ? at::zeros({x.size(1)}, scale.options()) : at::empty({0}, scale.options());
+  ColumnStatsOutputs stats(x, with_col_amax, with_col_sum);
   kernels::QuantizeRows r;
   r.x = xc.const_data_ptr(), r.in_type = *in_type, r.rows = x.size(0), r.cols = x.size(1);
   r.q = q.data_ptr<int8_t>(), r.scale = scale.data_ptr<float>();
-  r.col_amax = with_col_amax ? col_amax.data_ptr<float>() : nullptr;
+  r.col_amax = data_or_null(stats.amax), r.col_sum = data_or_null(stats.sum);
+  r.workspace = stats.workspace.defined() ? stats.workspace.data_ptr<float>() : nullptr;
   c10::DeviceGuard guard(x.device());
   r.rounding = rounding_of(rounding, std::move(generator), x.device());
   const kernels::Status status = kernels::quantize_rows_cuda(r, current_stream(x.device()));
   if (status == kernels::Status::kInvalidArgument) return std::nullopt;
   check_status(status, op);
-  return std::make_tuple(q, scale, col_amax);
+  return RowsResult{q, scale, stats.amax, stats.sum};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_cuda(const at::Tensor& x, std::optional<int64_t> dim,
                                                              bool symmetric, c10::string_view rounding,
                                                              std::optional<at::Generator> generator) {
   if (symmetric && dim && (*dim == 0 || *dim == -2))
-    if (auto fused = quantize_rows_fused("quantize", x, false, rounding, generator)) {
-      auto& [q, scale, unused] = *fused;
+    if (auto fused = quantize_rows_fused("quantize", x, false, false, rounding, generator)) {
+      auto& [q, scale, unused_amax, unused_sum] = *fused;
       return {q, scale, at::empty({0}, x.options().dtype(at::kInt))};
     }
   return quantize(x, dim, symmetric, rounding, std::move(generator));
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_rows_cuda(const at::Tensor& x, bool with_col_amax,
-                                                                  c10::string_view rounding,
-                                                                  std::optional<at::Generator> generator) {
+RowsResult quantize_rows_cuda(const at::Tensor& x, bool with_col_amax, c10::string_view rounding,
+                              std::optional<at::Generator> generator, bool with_col_sum) {
   check_float_matrix(x, "quantize_rows");
-  if (auto fused = quantize_rows_fused("quantize_rows", x, with_col_amax, rounding, generator)) return *fused;
-  return quantize_rows(x, with_col_amax, rounding, std::move(generator));
+  if (auto fused = quantize_rows_fused("quantize_rows", x, with_col_amax, with_col_sum, rounding, generator))
+    return *fused;
+  return quantize_rows(x, with_col_amax, rounding, std::move(generator), with_col_sum);
+}
+
+at::Tensor column_amax_cuda(const at::Tensor& x) {
+  check_float_matrix(x, "column_amax");
+  const auto in_type = in_type_of(x.scalar_type());
+  if (!in_type) return column_amax_of(x);
+  const at::Tensor xc = x.contiguous();
+  ColumnStatsOutputs stats(x, true, false);
+  kernels::ColumnStats c;
+  c.x = xc.const_data_ptr(), c.in_type = *in_type, c.rows = x.size(0), c.cols = x.size(1);
+  c.amax = stats.amax.data_ptr<float>(), c.workspace = stats.workspace.data_ptr<float>();
+  c10::DeviceGuard guard(x.device());
+  const kernels::Status status = kernels::column_stats_cuda(c, current_stream(x.device()));
+  if (status == kernels::Status::kInvalidArgument) return column_amax_of(x);
+  check_status(status, "column_amax");
+  return stats.amax;
 }
 
 std::tuple<at::Tensor, at::Tensor> quantize_columns_t_cuda(const at::Tensor& x, const at::Tensor& col_amax,
@@ -274,11 +319,12 @@ TORCH_LIBRARY_FRAGMENT(int8, m) {
       "-> (Tensor data, Tensor scale, Tensor zero_point)");
   m.def("dequantize(Tensor data, Tensor scale, Tensor? zero_point=None, int? dim=None, ScalarType dtype=float) -> Tensor");
   m.def(
-      "quantize_rows(Tensor x, bool with_col_amax=False, str rounding='nearest', Generator? generator=None) "
-      "-> (Tensor data, Tensor scale, Tensor col_amax)");
+      "quantize_rows(Tensor x, bool with_col_amax=False, str rounding='nearest', Generator? generator=None, "
+      "bool with_col_sum=False) -> (Tensor data, Tensor scale, Tensor col_amax, Tensor col_sum)");
   m.def(
       "quantize_columns_t(Tensor x, Tensor col_amax, str rounding='nearest', Generator? generator=None) "
       "-> (Tensor data_t, Tensor scale)");
+  m.def("column_amax(Tensor x) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(int8, CompositeExplicitAutograd, m) {
@@ -286,6 +332,7 @@ TORCH_LIBRARY_IMPL(int8, CompositeExplicitAutograd, m) {
   m.impl("dequantize", dequantize);
   m.impl("quantize_rows", quantize_rows);
   m.impl("quantize_columns_t", quantize_columns_t);
+  m.impl("column_amax", column_amax);
 }
 
 #ifdef TORCH_INT8_WITH_CUDA
@@ -293,6 +340,7 @@ TORCH_LIBRARY_IMPL(int8, CUDA, m) {
   m.impl("quantize", quantize_cuda);
   m.impl("quantize_rows", quantize_rows_cuda);
   m.impl("quantize_columns_t", quantize_columns_t_cuda);
+  m.impl("column_amax", column_amax_cuda);
 }
 #endif
 

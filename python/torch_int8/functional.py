@@ -68,8 +68,34 @@ def quantize_rows(
     returns max|x| of every column (inf/NaN for a non-finite column), the input
     of quantize_columns_t, so that x need not be reduced a second time.
     """
-    data, scale, amax = _ops.quantize_rows(x, col_amax, rounding, generator)
-    return QTensor(data, scale, None, 0), (amax if col_amax else None)
+    q, amax, _ = quantize_rows_with_sums(x, col_amax=col_amax, col_sum=False, rounding=rounding, generator=generator)
+    return q, amax
+
+
+def quantize_rows_with_sums(
+    x: torch.Tensor,
+    *,
+    col_amax: bool,
+    col_sum: bool,
+    rounding: str = "nearest",
+    generator: Optional[torch.Generator] = None,
+) -> tuple[QTensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """quantize_rows that can also return the float32 sum of every column (None unless col_sum=True),
+    from the same pass as the column maxima: the bias gradient, when x is an output gradient.
+
+    The sums accumulate in float32 in an order fixed by the shape (reproducible); inf and NaN propagate.
+    """
+    data, scale, amax, total = _ops.quantize_rows(x, col_amax, rounding, generator, col_sum)
+    return QTensor(data, scale, None, 0), (amax if col_amax else None), (total if col_sum else None)
+
+
+def column_amax(x: torch.Tensor) -> torch.Tensor:
+    """max|x| of every column of a 2-D float tensor, as float32 [C] (one streaming kernel on the GPU).
+
+    A column holding NaN gets NaN, else one holding inf gets inf: the values of
+    torch.linalg.vector_norm(x, inf, dim=0), and the col_amax quantize_columns_t takes.
+    """
+    return _ops.column_amax(x)
 
 
 def quantize_columns_t(

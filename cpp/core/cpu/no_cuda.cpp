@@ -12,6 +12,7 @@ Status set_gemm_backend(const char* name) { return name && *name ? Status::kInva
 const char* gemm_backend_override() { return nullptr; }
 Status gemm_cuda(const GemmProblem&, const Epilogue&, void*) { return Status::kNoKernel; }
 Status requantize_cuda(const Requantize&, void*) { return Status::kNoKernel; }
+Status column_stats_cuda(const ColumnStats&, void*) { return Status::kNoKernel; }
 Status quantize_rows_cuda(const QuantizeRows&, void*) { return Status::kNoKernel; }
 Status quantize_columns_t_cuda(const QuantizeColumnsT&, void*) { return Status::kNoKernel; }
 Status conv2d_fprop_cuda(const ConvProblem&, const Epilogue&, void*) { return Status::kNoKernel; }

@@ -1,18 +1,21 @@
 // The fused quantize kernels of kernels.h, each one read of x:
 //   quantize_rows:       a block per row, the row held in registers between its
 //                        reduction and its quantization (longer rows: two passes,
-//                        max-reduce then quantize); the column maxima, if
-//                        asked for, come from a separate streaming kernel (one
-//                        more read of x, but no atomics on the row kernel's path).
-//   quantize_columns_t:  64 x 64 tiles transposed through shared memory, so that
-//                        both the bf16/fp32 reads and the int8 writes are 16-byte
-//                        vectors.
-// Both use IEEE division and the same rounding as the ATen composite, so nearest
-// rounding gives its results bit for bit.
+//                        max-reduce then quantize);
+//   column_stats:        column maxima and sums (quantize_rows' col_amax /
+//                        col_sum, the column_amax op): a streaming pass over
+//                        slices of rows, then an in-order merge of the slices
+//                        (no atomics: the float sums are reproducible);
+//   quantize_columns_t:  64-row tiles transposed through shared memory as
+//                        4-row words, so that the bf16/fp32 reads and the int8
+//                        writes are 16-byte vectors.
+// Both quantize with IEEE-exact results and the same rounding as the ATen
+// composite, so nearest rounding gives its results bit for bit.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cfloat>
 #include <cmath>
 
@@ -71,26 +74,64 @@ __device__ __forceinline__ float scale_of(float amax) {
   return s == 0.f ? 1.f : s;
 }
 
-// round(v / s) clamped to the symmetric int8 range; 0 in a non-finite channel.
-template <class Round>
-__device__ __forceinline__ int8_t quantize_value(float v, float s, const Round& round, int64_t index) {
-  if (isnan(s)) return 0;
-  return static_cast<int8_t>(fminf(fmaxf(round(__fdiv_rn(v, s), index), -127.f), 127.f));
+// A channel's scale and its reciprocal, which exists (is finite and normal)
+// for every normal scale; NaN otherwise, which sends every value of the
+// channel down the exact division.
+struct Divisor {
+  float s, r;
+};
+__device__ __forceinline__ Divisor divisor_of(float amax) {
+  const float s = scale_of(amax);
+  return {s, s >= FLT_MIN ? __frcp_rn(s) : nanf("")};
 }
 
-__device__ __forceinline__ float warp_max(float v) {
-  for (int offset = 16; offset > 0; offset /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+// round(v / s) clamped to the symmetric int8 range; 0 in a non-finite channel.
+template <class Round>
+__device__ __forceinline__ int8_t quantize_value(float v, const Divisor& d, const Round& round, int64_t index) {
+  if (isnan(d.s)) return 0;
+  return static_cast<int8_t>(fminf(fmaxf(round(__fdiv_rn(v, d.s), index), -127.f), 127.f));
+}
+
+// y + 1.5 * 2^23 (|y| <= 2^22) is rounded by the FADD to an integer (nearest,
+// ties to even) held in the low mantissa bits: rint and the float -> int
+// conversion in full-rate instructions.
+constexpr float kRoundMagic = 12582912.f;
+constexpr int kRoundMagicBits = 0x4B400000;
+// |v * r - fl(v / s)| <= 3 * 2^-24 * |v / s| (two roundings of the product,
+// one of the quotient), below 2^-12 wherever |v / s| <= 128; beyond that both
+// clamp to +-127.
+constexpr float kTieMargin = 0x1p-12f;
+
+// Nearest rounding, bit for bit the same as the division above, without it:
+// the division (MUFU.RCP and its check), rintf and the float -> int8
+// conversion each issue at a quarter of the FP32 rate on sm_90, and by
+// instruction count they, not memory, bounded the kernels. The quotient is
+// v * (1 / s); only a product this close to a tie takes the division.
+__device__ __forceinline__ int8_t quantize_value(float v, const Divisor& d, const Nearest& round, int64_t index) {
+  if (isnan(d.s)) return 0;
+  const float y = __fmul_rn(v, d.r);
+  const float z = fminf(fmaxf(y, -127.f), 127.f) + kRoundMagic;
+  if (fabsf(y - (z - kRoundMagic)) < 0.5f - kTieMargin) return static_cast<int8_t>(__float_as_int(z) - kRoundMagicBits);
+  return quantize_value<Nearest>(v, d, round, index);  // also a NaN product: s subnormal, or v not finite
+}
+
+// |v| as bits: for non-negative floats (and |NaN|) integer order is float
+// order, with NaN above inf above every finite value.
+__device__ __forceinline__ unsigned amax_bits(float v) { return __float_as_uint(fabsf(v)); }
+
+__device__ __forceinline__ unsigned warp_max(unsigned v) {
+  for (int offset = 16; offset > 0; offset /= 2) v = max(v, __shfl_xor_sync(0xffffffffu, v, offset));
   return v;
 }
 
 // The maximum of v over the block (blockDim.x a multiple of 32), in every thread.
-__device__ float block_max(float v) {
-  __shared__ float warp_maxima[32];
+__device__ unsigned block_max(unsigned v) {
+  __shared__ unsigned warp_maxima[32];
   v = warp_max(v);
   if (threadIdx.x % 32 == 0) warp_maxima[threadIdx.x / 32] = v;
   __syncthreads();
   v = warp_maxima[0];
-  for (int w = 1; w < static_cast<int>(blockDim.x / 32); ++w) v = fmaxf(v, warp_maxima[w]);
+  for (int w = 1; w < static_cast<int>(blockDim.x / 32); ++w) v = max(v, warp_maxima[w]);
   __syncthreads();  // warp_maxima is written again by the next call
   return v;
 }
@@ -109,7 +150,7 @@ __global__ void __launch_bounds__(1024)
   const int64_t r = blockIdx.x, packs = cols / N;
   const auto* xr = reinterpret_cast<const Pack<T, N>*>(x + r * cols);
   Pack<T, N> v[kPacks];
-  float amax = 0.f;
+  unsigned amax = 0;
 #pragma unroll
   for (int i = 0; i < kPacks; ++i) {
     const int64_t p = threadIdx.x + int64_t{i} * blockDim.x;
@@ -119,13 +160,10 @@ __global__ void __launch_bounds__(1024)
   for (int i = 0; i < kPacks; ++i) {
     if (threadIdx.x + int64_t{i} * blockDim.x >= packs) break;
 #pragma unroll
-    for (int j = 0; j < N; ++j) {
-      const float a = fabsf(to_float(v[i].v[j]));
-      amax = a <= FLT_MAX ? fmaxf(amax, a) : INFINITY;  // inf and NaN make the row non-finite
-    }
+    for (int j = 0; j < N; ++j) amax = max(amax, amax_bits(to_float(v[i].v[j])));
   }
-  const float s = scale_of(block_max(amax));
-  if (threadIdx.x == 0) scale[r] = s;
+  const Divisor d = divisor_of(__uint_as_float(block_max(amax)));
+  if (threadIdx.x == 0) scale[r] = d.s;
   auto* qr = reinterpret_cast<Pack<int8_t, N>*>(q + r * cols);
 #pragma unroll
   for (int i = 0; i < kPacks; ++i) {
@@ -133,15 +171,14 @@ __global__ void __launch_bounds__(1024)
     if (p >= packs) break;
     Pack<int8_t, N> o;
 #pragma unroll
-    for (int j = 0; j < N; ++j) o.v[j] = quantize_value(to_float(v[i].v[j]), s, round, r * cols + p * N + j);
+    for (int j = 0; j < N; ++j) o.v[j] = quantize_value(to_float(v[i].v[j]), d, round, r * cols + p * N + j);
     qr[p] = o;
   }
 }
 
 // Rows too long for one block's registers (e.g. a whole image of a convolution)
 // take two passes: blocks of kLongRowPacks packs max-reduce their piece into
-// the row's amax (float bits of a non-negative float, inf for a non-finite
-// piece; integer order is float order), then quantize it.
+// the row's amax (amax_bits), then quantize it.
 constexpr int kLongRowPacks = 4 * kThreads;
 
 template <class T, int N>
@@ -149,17 +186,14 @@ __global__ void __launch_bounds__(kThreads)
     long_row_amax_kernel(const T* __restrict__ x, int64_t cols, unsigned* __restrict__ row_amax) {
   const int64_t packs = cols / N, first = int64_t{blockIdx.x} * kLongRowPacks;
   const auto* xr = reinterpret_cast<const Pack<T, N>*>(x + int64_t{blockIdx.y} * cols);
-  float amax = 0.f;
+  unsigned amax = 0;
   for (int64_t p = first + threadIdx.x; p < min(packs, first + kLongRowPacks); p += kThreads) {
     const Pack<T, N> v = xr[p];
 #pragma unroll
-    for (int j = 0; j < N; ++j) {
-      const float a = fabsf(to_float(v.v[j]));
-      amax = a <= FLT_MAX ? fmaxf(amax, a) : INFINITY;  // fmaxf would drop a NaN: inf marks non-finite
-    }
+    for (int j = 0; j < N; ++j) amax = max(amax, amax_bits(to_float(v.v[j])));
   }
   amax = block_max(amax);
-  if (threadIdx.x == 0 && amax != 0.f) atomicMax(&row_amax[blockIdx.y], __float_as_uint(amax));
+  if (threadIdx.x == 0 && amax != 0) atomicMax(&row_amax[blockIdx.y], amax);
 }
 
 template <class T, int N, class Round>
@@ -167,14 +201,14 @@ __global__ void __launch_bounds__(kThreads)
     quantize_long_rows_kernel(const T* __restrict__ x, int64_t cols, const unsigned* __restrict__ row_amax,
                               int8_t* __restrict__ q, Round round) {
   const int64_t r = blockIdx.y, packs = cols / N, first = int64_t{blockIdx.x} * kLongRowPacks;
-  const float s = scale_of(__uint_as_float(row_amax[r]));
+  const Divisor d = divisor_of(__uint_as_float(row_amax[r]));
   const auto* xr = reinterpret_cast<const Pack<T, N>*>(x + r * cols);
   auto* qr = reinterpret_cast<Pack<int8_t, N>*>(q + r * cols);
   for (int64_t p = first + threadIdx.x; p < min(packs, first + kLongRowPacks); p += kThreads) {
     const Pack<T, N> v = xr[p];
     Pack<int8_t, N> o;
 #pragma unroll
-    for (int j = 0; j < N; ++j) o.v[j] = quantize_value(to_float(v.v[j]), s, round, r * cols + p * N + j);
+    for (int j = 0; j < N; ++j) o.v[j] = quantize_value(to_float(v.v[j]), d, round, r * cols + p * N + j);
     qr[p] = o;
   }
 }
@@ -185,82 +219,138 @@ __global__ void amax_to_scale_kernel(float* scale, int64_t rows) {
   if (r < rows) scale[r] = scale_of(scale[r]);
 }
 
-constexpr int kColAmaxRows = 64;  // rows per block of the column-maxima kernel
-
-// Column maxima as float bit patterns: for non-negative floats (and |NaN|)
-// integer order is float order, with NaN above inf above every finite value.
-// Block (x, y): packs [256 x, 256 (x + 1)) of rows [64 y, 64 (y + 1)); a warp
-// reads 32 consecutive packs of a row, and one atomic per column and block
-// merges the blocks.
+// Column statistics, pass 1: block (x, y) reduces `lanes` consecutive packs
+// (a power of two <= kThreads, so narrow matrices still fill the block) over
+// slice y of the rows; the kThreads / lanes threads of a pack take every
+// (kThreads / lanes)-th row of the slice and merge in a fixed order. Slice y's
+// maxima (amax_bits) and sums go to row y of part_amax / part_sum.
 template <class T, int N>
 __global__ void __launch_bounds__(kThreads)
-    column_amax_kernel(const T* __restrict__ x, int64_t rows, int64_t cols, unsigned* __restrict__ col_amax) {
-  const int64_t p = int64_t{blockIdx.x} * kThreads + threadIdx.x, packs = cols / N;
-  if (p >= packs) return;
-  const int64_t r0 = int64_t{blockIdx.y} * kColAmaxRows, r1 = min(rows, r0 + kColAmaxRows);
+    column_stats_kernel(const T* __restrict__ x, int64_t rows, int64_t cols, int64_t slice_rows, int lanes_log2,
+                        unsigned* __restrict__ part_amax, float* __restrict__ part_sum) {
+  __shared__ unsigned amax_of[kThreads];
+  __shared__ float sum_of[kThreads];
+  const int lanes = 1 << lanes_log2, lane = threadIdx.x & (lanes - 1), row_step = kThreads >> lanes_log2;
+  const int64_t p = int64_t{blockIdx.x} * lanes + lane, packs = cols / N;
+  const int64_t r1 = min(rows, (int64_t{blockIdx.y} + 1) * slice_rows);
   unsigned m[N] = {};
-  for (int64_t r = r0; r < r1; ++r) {
-    const Pack<T, N> v = reinterpret_cast<const Pack<T, N>*>(x + r * cols)[p];
+  float sum[N] = {};
+  if (p < packs) {
+#pragma unroll 8  // independent loads in flight; the sums still add in row order
+    for (int64_t r = blockIdx.y * slice_rows + (threadIdx.x >> lanes_log2); r < r1; r += row_step) {
+      const Pack<T, N> v = reinterpret_cast<const Pack<T, N>*>(x + r * cols)[p];
 #pragma unroll
-    for (int j = 0; j < N; ++j) m[j] = max(m[j], __float_as_uint(fabsf(to_float(v.v[j]))));
+      for (int j = 0; j < N; ++j) {
+        m[j] = max(m[j], amax_bits(to_float(v.v[j])));
+        sum[j] += to_float(v.v[j]);
+      }
+    }
   }
 #pragma unroll
-  for (int j = 0; j < N; ++j)
-    if (m[j] != 0) atomicMax(&col_amax[p * N + j], m[j]);
+  for (int j = 0; j < N; ++j) {
+    if (row_step > 1) {  // uniform: merge the block's row groups in order
+      __syncthreads();
+      amax_of[threadIdx.x] = m[j], sum_of[threadIdx.x] = sum[j];
+      __syncthreads();
+      if (threadIdx.x >= lanes) continue;
+      for (int g = 1; g < row_step; ++g) m[j] = max(m[j], amax_of[g * lanes + lane]), sum[j] += sum_of[g * lanes + lane];
+    }
+    const int64_t at = int64_t{blockIdx.y} * cols + p * N + j;
+    if (p < packs && part_amax) part_amax[at] = m[j];
+    if (p < packs && part_sum) part_sum[at] = sum[j];
+  }
 }
 
-// quantize_columns_t: 64 x 64 tiles, quantized into a transposed int8 tile in
-// shared memory, written out in 16-byte pieces. (A 128 x 64 variant storing
-// 4-row words into an XOR-swizzled tile, free of the byte stores' bank
-// conflicts, measured slower on the H200: 34-37% of copy bandwidth against
-// 41-47% for this one; benchmarks/NOTES.md.)
-constexpr int kTile = 64;                // rows and columns of a quantize_columns_t tile
-constexpr int kTilePitch = kTile + 16;  // bytes per transposed tile row: 16-byte aligned
+// Column statistics, pass 2: each column's slices merged in order.
+__global__ void __launch_bounds__(kThreads)
+    column_stats_merge_kernel(const unsigned* __restrict__ part_amax, const float* __restrict__ part_sum,
+                              int64_t slices, int64_t cols, float* __restrict__ amax, float* __restrict__ sum) {
+  const int64_t c = int64_t{blockIdx.x} * kThreads + threadIdx.x;
+  if (c >= cols) return;
+  unsigned m = 0;
+  float total = 0.f;
+  for (int64_t y = 0; y < slices; ++y) {
+    if (amax) m = max(m, part_amax[y * cols + c]);
+    if (sum) total += part_sum[y * cols + c];
+  }
+  if (amax) amax[c] = __uint_as_float(m);
+  if (sum) sum[c] = total;
+}
+
+// quantize_columns_t: tiles of 64 rows x kTilePacks packs (128 columns of
+// bf16/fp16, 64 of fp32). A thread quantizes 4 consecutive rows of a pack and
+// stores the 4 bytes of each column as one word of the transposed tile (the
+// byte stores of a 64 x 64 tile were 8-way bank conflicts); the block then
+// writes each column of the tile as four 16-byte pieces.
+constexpr int kTileRows = 64, kRowGroups = kTileRows / 4, kTilePacks = kThreads / kRowGroups;
+
+// Words per transposed tile row (>= kRowGroups): with N * pitch = 16 (mod 32),
+// the two packs of a warp store their 16 row groups into the two halves of the
+// banks, free of conflicts.
+constexpr int tile_pitch(int n) {
+  int pitch = kRowGroups;
+  while (n * pitch % 32 != 16) ++pitch;
+  return pitch;
+}
+
+// Row i of the 4 x N block at (r, c); zeros outside x. Vectors when the tile is whole.
+template <class T, int N>
+__device__ __forceinline__ Pack<T, N> load_pack(const T* x, int64_t rows, int64_t cols, int64_t r, int64_t c,
+                                                bool whole) {
+  if (whole) return *reinterpret_cast<const Pack<T, N>*>(x + r * cols + c);
+  Pack<T, N> p;
+#pragma unroll
+  for (int j = 0; j < N; ++j) p.v[j] = r < rows && c + j < cols ? x[r * cols + c + j] : T(0.f);
+  return p;
+}
 
 template <class T, int N, class Round>
 __global__ void __launch_bounds__(kThreads)
     quantize_columns_t_kernel(const T* __restrict__ x, int64_t rows, int64_t cols, const float* __restrict__ col_amax,
                               int8_t* __restrict__ q_t, float* __restrict__ scale, Round round) {
-  __shared__ alignas(16) int8_t tile[kTile][kTilePitch];  // [column][row]
-  __shared__ float tile_scale[kTile];
-  const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kTile, r0 = static_cast<int64_t>(blockIdx.y) * kTile;
-  if (threadIdx.x < kTile && c0 + threadIdx.x < cols) {
-    const float s = scale_of(col_amax[c0 + threadIdx.x]);
-    tile_scale[threadIdx.x] = s;
-    if (blockIdx.y == 0) scale[c0 + threadIdx.x] = s;
+  constexpr int kCols = kTilePacks * N, kPitch = tile_pitch(N);
+  __shared__ alignas(16) unsigned tile[kCols][kPitch];  // [column][row group]: 4 rows a word
+  __shared__ Divisor tile_div[kCols];
+  const int64_t c0 = int64_t{blockIdx.x} * kCols, r0 = int64_t{blockIdx.y} * kTileRows;
+  for (int tc = threadIdx.x; tc < kCols; tc += kThreads) {
+    const bool in = c0 + tc < cols;
+    tile_div[tc] = in ? divisor_of(col_amax[c0 + tc]) : Divisor{1.f, 1.f};
+    if (in && blockIdx.y == 0) scale[c0 + tc] = tile_div[tc].s;
   }
   __syncthreads();
 
-  // Read: each thread a pack of N columns of a row; vectors when the tile is whole.
-  constexpr int kPacksPerRow = kTile / N, kRowsPerStep = kThreads / kPacksPerRow;
-  const int pc = threadIdx.x % kPacksPerRow;
-  const bool whole = r0 + kTile <= rows && c0 + kTile <= cols;
-  for (int tr = threadIdx.x / kPacksPerRow; tr < kTile; tr += kRowsPerStep) {
-    const int64_t r = r0 + tr, c = c0 + pc * N;
-    float v[N];
-    if (whole) {
-      const Pack<T, N> p = *reinterpret_cast<const Pack<T, N>*>(x + r * cols + c);
+  const int group = threadIdx.x % kRowGroups, pc = threadIdx.x / kRowGroups;
+  const int64_t r = r0 + group * 4, c = c0 + pc * N;
+  const bool whole = r0 + kTileRows <= rows && c0 + kCols <= cols;
+  Pack<T, N> v[4];
 #pragma unroll
-      for (int j = 0; j < N; ++j) v[j] = to_float(p.v[j]);
+  for (int i = 0; i < 4; ++i) v[i] = load_pack<T, N>(x, rows, cols, r + i, c, whole);
+#pragma unroll
+  for (int j = 0; j < N; ++j) {
+    const Divisor d = tile_div[pc * N + j];
+    unsigned word = 0;
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+      word |= unsigned{static_cast<uint8_t>(quantize_value(to_float(v[i].v[j]), d, round, (r + i) * cols + c + j))}
+              << (8 * i);
+    tile[pc * N + j][group] = word;
+  }
+  __syncthreads();
+
+  // Column tc of the tile is rows [r0, r0 + 64) of row c0 + tc of q_t.
+  for (int item = threadIdx.x; item < kCols * 4; item += kThreads) {
+    const int tc = item / 4, piece = item % 4;
+    const int64_t out_r = r0 + piece * 16;
+    if (c0 + tc >= cols || out_r >= rows) continue;
+    const auto* words = reinterpret_cast<const uint2*>(&tile[tc][piece * 4]);  // kPitch is even: 8-byte aligned
+    const uint2 lo = words[0], hi = words[1];
+    int8_t* out = q_t + (c0 + tc) * rows + out_r;
+    if (out_r + 16 <= rows && reinterpret_cast<uintptr_t>(out) % 16 == 0) {
+      *reinterpret_cast<uint4*>(out) = make_uint4(lo.x, lo.y, hi.x, hi.y);
     } else {
-#pragma unroll
-      for (int j = 0; j < N; ++j) v[j] = r < rows && c + j < cols ? to_float(x[r * cols + c + j]) : 0.f;
+      const auto* bytes = reinterpret_cast<const int8_t*>(&tile[tc][piece * 4]);
+      for (int b = 0; b < 16 && out_r + b < rows; ++b) out[b] = bytes[b];
     }
-#pragma unroll
-    for (int j = 0; j < N; ++j)
-      if (c + j < cols) tile[pc * N + j][tr] = quantize_value(v[j], tile_scale[pc * N + j], round, r * cols + c + j);
-  }
-  __syncthreads();
-
-  // Write: four 16-byte pieces per transposed row (= column of x).
-  const int tc = threadIdx.x / 4, piece = threadIdx.x % 4;
-  const int64_t c = c0 + tc, r = r0 + piece * 16;
-  if (c >= cols) return;
-  int8_t* out = q_t + c * rows + r;
-  if (r + 16 <= rows && reinterpret_cast<uintptr_t>(out) % 16 == 0) {
-    *reinterpret_cast<uint4*>(out) = *reinterpret_cast<const uint4*>(&tile[tc][piece * 16]);
-  } else {
-    for (int b = 0; b < 16 && r + b < rows; ++b) out[b] = tile[tc][piece * 16 + b];
   }
 }
 
@@ -305,25 +395,56 @@ Status launch_long_rows(const T* x, const QuantizeRows& r, const Round& round, c
   return launched();
 }
 
+// The two passes of column_stats_cuda for packs of N elements of type T.
+template <class T, int N>
+Status launch_column_stats(const ColumnStats& c, cudaStream_t s) {
+  const int64_t packs = c.cols / N;
+  int lanes_log2 = 0;
+  while ((int64_t{1} << lanes_log2) < packs && (1 << lanes_log2) < kThreads) ++lanes_log2;
+  const int64_t blocks_x = (packs + (int64_t{1} << lanes_log2) - 1) >> lanes_log2;
+  if (blocks_x > 0x7fffffff) return Status::kInvalidArgument;
+  // Slices of at least kColumnStatsSliceRows rows per thread, as many as keep
+  // about kColumnStatsSlices blocks busy (within column_stats_workspace).
+  const int64_t rows_per_block = kColumnStatsSliceRows * (kThreads >> lanes_log2);
+  const int64_t wanted = std::max<int64_t>(1, kColumnStatsSlices / blocks_x);
+  const int64_t slices = std::min((c.rows + rows_per_block - 1) / rows_per_block, wanted);
+  const int64_t slice_rows = (c.rows + slices - 1) / slices;
+  auto* part_amax = reinterpret_cast<unsigned*>(c.workspace);
+  float* part_sum = c.workspace + slices * c.cols;
+  column_stats_kernel<T, N><<<dim3(static_cast<unsigned>(blocks_x), static_cast<unsigned>(slices)), kThreads, 0, s>>>(
+      static_cast<const T*>(c.x), c.rows, c.cols, slice_rows, lanes_log2, c.amax ? part_amax : nullptr,
+      c.sum ? part_sum : nullptr);
+  column_stats_merge_kernel<<<static_cast<unsigned>((c.cols + kThreads - 1) / kThreads), kThreads, 0, s>>>(
+      part_amax, part_sum, slices, c.cols, c.amax, c.sum);
+  return launched();
+}
+
 }  // namespace
+
+Status column_stats_cuda(const ColumnStats& c, void* stream) {
+  if (c.rows < 1 || c.cols < 1 || !c.x || !c.workspace || (!c.amax && !c.sum)) return Status::kInvalidArgument;
+  if ((c.cols + kThreads - 1) / kThreads > 0x7fffffff) return Status::kInvalidArgument;
+  const bool vector = c.cols % (16 / element_bytes(c.in_type)) == 0 && aligned16(c.x);
+  return dispatch(c.in_type, vector, Rounding{}, [&](auto t, auto n, auto /* rounding: unused */) {
+    return launch_column_stats<decltype(t), decltype(n)::value>(c, static_cast<cudaStream_t>(stream));
+  });
+}
 
 Status quantize_rows_cuda(const QuantizeRows& r, void* stream) {
   if (r.rows < 1 || r.cols < 1 || r.rows > 0x7fffffff || !r.x || !r.q || !r.scale) return Status::kInvalidArgument;
+  if (r.col_amax || r.col_sum) {
+    const Status status =
+        column_stats_cuda({r.x, r.in_type, r.rows, r.cols, r.col_amax, r.col_sum, r.workspace}, stream);
+    if (status != Status::kSuccess) return status;
+  }
   const bool vector = r.cols % (16 / element_bytes(r.in_type)) == 0 && aligned16(r.x) && aligned16(r.q);
   return dispatch(r.in_type, vector, r.rounding, [&](auto t, auto n, auto round) {
     using T = decltype(t);
     constexpr int kN = decltype(n)::value;
     const auto s = static_cast<cudaStream_t>(stream);
     const auto* x = static_cast<const T*>(r.x);
-    const int64_t packs = r.cols / kN;
-    if (r.col_amax) {
-      const int64_t blocks_x = (packs + kThreads - 1) / kThreads, blocks_y = (r.rows + kColAmaxRows - 1) / kColAmaxRows;
-      if (blocks_x > 0x7fffffff || blocks_y > 65535) return Status::kInvalidArgument;
-      column_amax_kernel<T, kN><<<dim3(static_cast<unsigned>(blocks_x), static_cast<unsigned>(blocks_y)), kThreads, 0,
-                                  s>>>(x, r.rows, r.cols, reinterpret_cast<unsigned*>(r.col_amax));
-    }
     // Enough threads for the row to fit in registers, else the two-pass path.
-    const int64_t threads = ((packs + kRowPacks<T, kN> - 1) / kRowPacks<T, kN> + 31) / 32 * 32;
+    const int64_t threads = ((r.cols / kN + kRowPacks<T, kN> - 1) / kRowPacks<T, kN> + 31) / 32 * 32;
     if (threads > 1024) return launch_long_rows<T, kN>(x, r, round, s);
     quantize_rows_kernel<T, kN, decltype(round)><<<static_cast<unsigned>(r.rows), static_cast<unsigned>(threads), 0,
                                                     s>>>(x, r.cols, r.q, r.scale, round);
@@ -333,15 +454,15 @@ Status quantize_rows_cuda(const QuantizeRows& r, void* stream) {
 
 Status quantize_columns_t_cuda(const QuantizeColumnsT& r, void* stream) {
   if (r.rows < 1 || r.cols < 1 || !r.x || !r.col_amax || !r.q_t || !r.scale) return Status::kInvalidArgument;
-  const int64_t grid_x = (r.cols + kTile - 1) / kTile, grid_y = (r.rows + kTile - 1) / kTile;
-  if (grid_x > 0x7fffffff || grid_y > 65535) return Status::kInvalidArgument;
   const bool vector = r.cols % (16 / element_bytes(r.in_type)) == 0 && aligned16(r.x);
   return dispatch(r.in_type, vector, r.rounding, [&](auto t, auto n, auto round) {
     using T = decltype(t);
+    constexpr int kN = decltype(n)::value;
+    const int64_t grid_x = (r.cols + kTilePacks * kN - 1) / (kTilePacks * kN), grid_y = (r.rows + kTileRows - 1) / kTileRows;
+    if (grid_x > 0x7fffffff || grid_y > 65535) return Status::kInvalidArgument;
     const dim3 grid(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y));
-    quantize_columns_t_kernel<T, decltype(n)::value, decltype(round)>
-        <<<grid, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(static_cast<const T*>(r.x), r.rows, r.cols,
-                                                                   r.col_amax, r.q_t, r.scale, round);
+    quantize_columns_t_kernel<T, kN, decltype(round)><<<grid, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+        static_cast<const T*>(r.x), r.rows, r.cols, r.col_amax, r.q_t, r.scale, round);
     return launched();
   });
 }

@@ -118,12 +118,36 @@ struct Rounding {
   uint64_t seed = 0, offset = 0;
 };
 
+// Column statistics of a rows x cols row-major float matrix, one streaming read:
+//   amax[c] = max_r |x[r, c]|: NaN for a column holding NaN, else inf for one
+//             holding inf (what torch.linalg.vector_norm(x, inf, dim=0) gives);
+//   sum[c]  = sum_r x[r, c] accumulated in float32 in an order fixed by the
+//             shape (deterministic); inf and NaN propagate.
+// Either output may be null. Slices of rows are reduced into `workspace`
+// (column_stats_workspace(rows, cols) floats), then across slices in order.
+struct ColumnStats {
+  const void* x = nullptr;
+  InType in_type = InType::kFloat32;
+  int64_t rows = 0, cols = 0;
+  float* amax = nullptr;
+  float* sum = nullptr;
+  float* workspace = nullptr;
+};
+// At least kColumnStatsSliceRows rows per slice, at most kColumnStatsSlices slices.
+constexpr int64_t kColumnStatsSliceRows = 32, kColumnStatsSlices = 1024;
+inline int64_t column_stats_workspace(int64_t rows, int64_t cols) {
+  const int64_t slices = (rows + kColumnStatsSliceRows - 1) / kColumnStatsSliceRows;
+  return 2 * cols * (slices < kColumnStatsSlices ? slices : kColumnStatsSlices);
+}
+Status column_stats_cuda(const ColumnStats& c, void* stream);
+
 // Per row: scale[r] = max|x[r, :]| / 127 (1 for an all-zero row, NaN for a row
 // holding inf or NaN) and q[r, c] = round(x[r, c] / scale[r]) clamped to
 // [-127, 127] (0 in a non-finite row): the results of the ATen composite.
-// If col_amax is set (cols entries, zero-filled by the caller) it also
-// receives max|x[:, c]| of every column, inf or NaN for a non-finite column,
-// which quantize_columns_t then takes instead of a second reduction pass.
+// If col_amax or col_sum is set (cols entries each) they also receive the
+// column statistics of x (ColumnStats, with `workspace`): quantize_columns_t
+// takes the maxima instead of a second reduction pass, and the sums of a
+// gradient are the bias gradient.
 struct QuantizeRows {
   const void* x = nullptr;
   InType in_type = InType::kFloat32;
@@ -131,6 +155,8 @@ struct QuantizeRows {
   int8_t* q = nullptr;
   float* scale = nullptr;
   float* col_amax = nullptr;
+  float* col_sum = nullptr;
+  float* workspace = nullptr;
   Rounding rounding;
 };
 Status quantize_rows_cuda(const QuantizeRows& r, void* stream);

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import Int8Config
-from ..functional import QTensor, quantize, quantize_columns_t, quantize_rows, scaled_gemm
+from ..functional import QTensor, quantize, quantize_columns_t, quantize_rows, quantize_rows_with_sums, scaled_gemm
 from ._common import load_int8_weight, output_dtype, quantize_activation, register_int8_weight, sharing_parameters
 
 
@@ -66,32 +66,41 @@ class _Int8LinearFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None
 
 
+def _channel_forward(x2, weight, bias, out_dtype, x_col_amax: bool, w_col_amax: bool):
+    """X W^T + b per channel; the column maxima of X (for grad_weight) and W (for grad_input) only if asked for."""
+    qx, x_amax = quantize_rows(x2, col_amax=x_col_amax)
+    qw, w_amax = quantize_rows(weight, col_amax=w_col_amax)
+    return scaled_gemm(qx, _transposed(qw), bias=bias, out_dtype=out_dtype), x_amax, w_amax
+
+
 class _Int8LinearChannelFunction(torch.autograd.Function):
     """All three products in INT8 with per-channel scales, through the fused quantize kernels.
 
     The forward's per-row passes over X and W also collect their column maxima,
     so the backward writes the transposed (K-major) operands X^T and W^T in one
     pass each, without reducing X or W again; dY is read once for its per-row
-    copy (and column maxima) and once for its transposed copy.
+    copy, once for its column maxima and sums (the bias gradient) and once for
+    its transposed copy.
     """
 
     @staticmethod
     def forward(ctx, x2, weight, bias, config: Int8Config, out_dtype):
         wgrad, dgrad = ctx.needs_input_grad[1], ctx.needs_input_grad[0]
-        qx, x_amax = quantize_rows(x2, col_amax=wgrad)
-        qw, w_amax = quantize_rows(weight, col_amax=dgrad)
+        y, x_amax, w_amax = _channel_forward(x2, weight, bias, out_dtype, x_col_amax=wgrad, w_col_amax=dgrad)
         ctx.save_for_backward(x2, weight, x_amax, w_amax)
         ctx.config, ctx.has_bias = config, bias is not None
-        return scaled_gemm(qx, _transposed(qw), bias=bias, out_dtype=out_dtype)
+        return y
 
     @staticmethod
     def backward(ctx, grad_out):
         x2, weight, x_amax, w_amax = ctx.saved_tensors
         dgrad, wgrad = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_x = grad_w = grad_b = None
+        bgrad = ctx.has_bias and ctx.needs_input_grad[2]
+        grad_x = grad_w = grad_b = dy_sum = None
         if dgrad or wgrad:
             rounding = ctx.config.grad_rounding
-            q_dy, dy_amax = quantize_rows(grad_out, col_amax=wgrad, rounding=rounding)
+            # The bias gradient (column sums of dY) comes from the pass that finds dY's column maxima.
+            q_dy, dy_amax, dy_sum = quantize_rows_with_sums(grad_out, col_amax=wgrad, col_sum=bgrad, rounding=rounding)
             if dgrad:  # dX = dY W: W^T [in, out] quantized per input channel
                 q_wt = quantize_columns_t(weight, w_amax)
                 grad_x = scaled_gemm(q_dy, _transposed(q_wt), out_dtype=x2.dtype)
@@ -99,8 +108,8 @@ class _Int8LinearChannelFunction(torch.autograd.Function):
                 q_dyt = quantize_columns_t(grad_out, dy_amax, rounding=rounding)
                 q_xt = quantize_columns_t(x2, x_amax)
                 grad_w = scaled_gemm(q_dyt, _transposed(q_xt), out_dtype=weight.dtype)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad_out.sum(0).to(weight.dtype)
+        if bgrad:
+            grad_b = (grad_out.sum(0, dtype=torch.float32) if dy_sum is None else dy_sum).to(weight.dtype)
         return grad_x, grad_w, grad_b, None, None
 
 
@@ -127,7 +136,13 @@ class Linear(torch.nn.Linear):
         out_dtype = output_dtype(x)
         with torch.autocast(x.device.type, enabled=False):
             x2 = x.reshape(-1, self.in_features)
-            y = _linear_function(self.config).apply(x2, self.weight, self.bias, self.config, out_dtype)
+            function = _linear_function(self.config)
+            if function is _Int8LinearChannelFunction and not torch.is_grad_enabled():
+                # No graph is recorded, so no backward needs the column maxima (inside the
+                # Function, needs_input_grad still says True for parameters under no_grad).
+                y = _channel_forward(x2, self.weight, self.bias, out_dtype, x_col_amax=False, w_col_amax=False)[0]
+            else:
+                y = function.apply(x2, self.weight, self.bias, self.config, out_dtype)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
