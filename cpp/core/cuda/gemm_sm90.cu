@@ -33,16 +33,21 @@ constexpr const Sm90Tile* kTiles[] = {&kCooperative256, &kPingpong128, &kPingpon
 
 int64_t tiles(const GemmProblem& p, const Sm90Tile& t) { return (p.m + t.m - 1) / t.m * ((p.n + t.n - 1) / t.n) * p.batch; }
 
-// The tile rule:
+// The tile rule (each choice measured against the others on the H200 with
+// TORCH_INT8_SM90_TILE, benchmarks/NOTES.md entry 8):
 //   256x128 cooperative once the GEMM has at least two waves of them on the
-//     device (half the operand traffic per MAC of 128x128);
-//   128x128 ping-pong while it still has at least half a wave of those (one
-//     warpgroup's epilogue overlaps the other's mainloop);
-//   64x32 below that: few-row GEMMs (decode, M <= ~256 at N = 4096) are bound
-//     by reading B, and 128x128 tiles would stream it through a quarter of the SMs.
+//     device (half the operand traffic per MAC of 128x128), unless it has a
+//     fused epilogue and K < 8192: then each tile's epilogue is a large part of
+//     its time, and 128x128 ping-pong, where one warpgroup's epilogue overlaps
+//     the other's mainloop, was 4-11% faster (M = 8192, N, K in {4096, 11008, 14336});
+//   128x128 ping-pong while those tiles fill at least a quarter of the SMs;
+//   64x32 below that: few-row GEMMs (decode) are bound by reading B, and
+//     128x128 tiles would stream it through a few SMs (M = 16..128, N = K = 4096:
+//     7-12 us against 15 us).
 const Sm90Tile& pick_tile(const GemmProblem& p, int sm_count) {
-  if (tiles(p, kCooperative256) >= 2 * sm_count) return kCooperative256;
-  if (2 * tiles(p, kPingpong128) >= sm_count) return kPingpong128;
+  const bool short_fused = p.out_type != OutType::kInt32 && p.k < 8192;
+  if (tiles(p, kCooperative256) >= 2 * sm_count && !short_fused) return kCooperative256;
+  if (4 * tiles(p, kPingpong128) >= sm_count) return kPingpong128;
   return kPingpong64x32;
 }
 

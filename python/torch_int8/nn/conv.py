@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..config import Int8Config
 from ..conv import conv2d_dgrad, conv2d_wgrad, scaled_conv2d, scaled_conv2d_dgrad
-from ..functional import QTensor, quantize, quantize_columns_t, quantize_rows
+from ..functional import QTensor, column_amax, quantize, quantize_columns_t, quantize_rows
 from ._common import load_int8_weight, output_dtype, quantize_activation, register_int8_weight, sharing_parameters
 
 _MAX_PIXELS = 131071  # conv2d_wgrad's largest N*P*Q
@@ -128,7 +128,7 @@ def _quantize_channels(t: torch.Tensor, config: Int8Config, rounding: str = "nea
         return quantize(t, None, rounding=rounding)
     n, c, h, w = t.shape
     pixels = t.permute(0, 2, 3, 1).reshape(-1, c)  # a view for channels_last t, else one copy
-    amax = torch.linalg.vector_norm(pixels, float("inf"), dim=0).float()  # exact; inf / NaN if not finite
+    amax = column_amax(pixels)  # exact; inf / NaN if not finite
     q = quantize_columns_t(pixels, amax, rounding=rounding)
     return QTensor(q.data.view(c, n, h, w).permute(1, 0, 2, 3), q.scale, None, 1)
 
