@@ -35,7 +35,7 @@ def info() -> None:
             rows.append((f"GPU {i} gemm / scaled_gemm",
                          f"{backend} ({FAMILY_KINDS.get(backend, '?')})" if backend else "none: rebuild for this GPU"))
             if major * 10 + minor >= 61 and "dp4a" in backends.built_backends():  # gemm_skinny.cu comes with dp4a
-                rows.append((f"GPU {i} gemm with M <= 8", "dp4a few-row kernel (unless a family is forced)"))
+                rows.append((f"GPU {i} gemm with M <= 4", "dp4a few-row kernel (unless a family is forced)"))
             rows.append((f"GPU {i} requantize", "CUDA elementwise kernel" if build["cuda"] else "none"))
             rows.append((f"GPU {i} quantize_rows / quantize_columns_t", "fused CUDA kernels (one read of x)"))
             rows.append((f"GPU {i} quantize (other layouts) / dequantize", "ATen ops (composite)"))

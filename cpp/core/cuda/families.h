@@ -19,10 +19,11 @@ Status gemm_simt(const GemmProblem& p, const Epilogue& e, cudaStream_t stream); 
 
 // Few-row products (M <= kSkinnyMaxM), bound by reading B once: a dp4a kernel
 // (sm_61+, gemm_skinny.cu) that the dispatcher prefers to every family unless
-// one is forced. Measured on the H200 (N = K = 4096, int32 out): M = 1 14 us
-// and M = 8 17 us against 21 us for the sm90 tile kernel, but M = 16 31 us
-// (each B chunk meets 16 rows of A from L1), so the tile kernels keep M > 8.
-constexpr int64_t kSkinnyMaxM = 8;
+// one is forced. Measured on the H200 (N = K = 4096, int32 out, CUDA-graph
+// replays, 9487153): M = 1 5.3 us, M = 4 9.6 us, M = 8 16.6 us (each B chunk
+// meets M rows of A from L1), against 12.2-12.6 us for the sm90 64x32 tile
+// kernel at M = 1..8 (bf16: 10-11 us), so the tile kernels take M > 4.
+constexpr int64_t kSkinnyMaxM = 4;
 Status gemm_skinny(const GemmProblem& p, const Epilogue& e, cudaStream_t stream);
 
 }  // namespace torch_int8::kernels::detail

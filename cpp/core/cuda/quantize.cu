@@ -261,18 +261,34 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Column statistics, pass 2: each column's slices merged in order.
-__global__ void __launch_bounds__(kThreads)
+// Column statistics, pass 2: a block merges the slices of kMergeCols columns.
+// Its kMergeLanes warps take every kMergeLanes-th slice (a warp reads 32
+// neighbouring columns of one slice: coalesced), then lane group 0 merges the
+// groups in order, so every run adds in the same order. One thread per column
+// walking all slices left most SMs idle: 15 us for 4096 columns x 256 slices,
+// 72 us for 256 columns x 1024 slices on the H200.
+constexpr int kMergeCols = 32, kMergeLanes = 32;
+
+__global__ void __launch_bounds__(kMergeCols * kMergeLanes)
     column_stats_merge_kernel(const unsigned* __restrict__ part_amax, const float* __restrict__ part_sum,
                               int64_t slices, int64_t cols, float* __restrict__ amax, float* __restrict__ sum) {
-  const int64_t c = int64_t{blockIdx.x} * kThreads + threadIdx.x;
-  if (c >= cols) return;
+  __shared__ unsigned amax_of[kMergeLanes][kMergeCols];
+  __shared__ float sum_of[kMergeLanes][kMergeCols];
+  const int col = threadIdx.x % kMergeCols, group = threadIdx.x / kMergeCols;
+  const int64_t c = int64_t{blockIdx.x} * kMergeCols + col;
   unsigned m = 0;
   float total = 0.f;
-  for (int64_t y = 0; y < slices; ++y) {
-    if (amax) m = max(m, part_amax[y * cols + c]);
-    if (sum) total += part_sum[y * cols + c];
+  if (c < cols) {
+#pragma unroll 8  // independent loads in flight; the sum still adds in slice order
+    for (int64_t y = group; y < slices; y += kMergeLanes) {
+      if (amax) m = max(m, part_amax[y * cols + c]);
+      if (sum) total += part_sum[y * cols + c];
+    }
   }
+  amax_of[group][col] = m, sum_of[group][col] = total;
+  __syncthreads();
+  if (group != 0 || c >= cols) return;
+  for (int g = 1; g < kMergeLanes; ++g) m = max(m, amax_of[g][col]), total += sum_of[g][col];
   if (amax) amax[c] = __uint_as_float(m);
   if (sum) sum[c] = total;
 }
@@ -414,7 +430,8 @@ Status launch_column_stats(const ColumnStats& c, cudaStream_t s) {
   column_stats_kernel<T, N><<<dim3(static_cast<unsigned>(blocks_x), static_cast<unsigned>(slices)), kThreads, 0, s>>>(
       static_cast<const T*>(c.x), c.rows, c.cols, slice_rows, lanes_log2, c.amax ? part_amax : nullptr,
       c.sum ? part_sum : nullptr);
-  column_stats_merge_kernel<<<static_cast<unsigned>((c.cols + kThreads - 1) / kThreads), kThreads, 0, s>>>(
+  column_stats_merge_kernel<<<static_cast<unsigned>((c.cols + kMergeCols - 1) / kMergeCols), kMergeCols * kMergeLanes, 0,
+                              s>>>(
       part_amax, part_sum, slices, c.cols, c.amax, c.sum);
   return launched();
 }
@@ -423,7 +440,7 @@ Status launch_column_stats(const ColumnStats& c, cudaStream_t s) {
 
 Status column_stats_cuda(const ColumnStats& c, void* stream) {
   if (c.rows < 1 || c.cols < 1 || !c.x || !c.workspace || (!c.amax && !c.sum)) return Status::kInvalidArgument;
-  if ((c.cols + kThreads - 1) / kThreads > 0x7fffffff) return Status::kInvalidArgument;
+  if ((c.cols + kMergeCols - 1) / kMergeCols > 0x7fffffff) return Status::kInvalidArgument;
   const bool vector = c.cols % (16 / element_bytes(c.in_type)) == 0 && aligned16(c.x);
   return dispatch(c.in_type, vector, Rounding{}, [&](auto t, auto n, auto /* rounding: unused */) {
     return launch_column_stats<decltype(t), decltype(n)::value>(c, static_cast<cudaStream_t>(stream));
