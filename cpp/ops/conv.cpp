@@ -635,9 +635,10 @@ at::Tensor conv2d_wgrad_kernel(const at::Tensor& grad_out, const at::Tensor& x, 
   const at::Tensor dyt =
       padded(grad_out.permute({1, 0, 2, 3}).reshape({g, kg, pixels}), kg, round_up(pixels, chunk));
   const int64_t pixels_pad = dyt.size(2);
-  // Zeros: the padding rows (r, s, c) >= depth, and the columns past a chunk's pixels, are never
-  // written (stale columns of an earlier chunk meet zero padding of dY^T).
-  const at::Tensor cols = at::zeros({g, n_pad, chunk}, x.options());
+  // Only the padding rows (r, s, c) >= depth need zeros: im2col writes the rest, and the columns
+  // past a chunk's pixels (stale or never written) meet the zero padding of dY^T.
+  const at::Tensor cols = at::empty({g, n_pad, chunk}, x.options());
+  if (n_pad > depth) cols.narrow(1, depth, n_pad - depth).zero_();
   const at::Tensor grad_w = at::empty({g, kg, n_pad}, x.options().dtype(at::kInt));
   // One int32 partial product per slice (split-K over the pixels), summed after each chunk.
   const at::Tensor partial = at::empty({split.slices, g, kg, n_pad}, grad_w.options());
