@@ -315,6 +315,12 @@ def test_wgrad_split_into_pixel_slices_is_exact(device, limit):
     case = (3, 5, 29, 61, 7, 3, 3, 1, 1, 1, 1)
     x, w, g = make_case(case, seed=11, fmt="channels_last")
     gy = rand_int8((3, 7, 29, 61), seed=12)
+    assert_wgrad_exact(gy, x, w, g, device, limit)
+
+
+def assert_wgrad_exact(gy, x, w, g, device, limit):
+    """conv2d_wgrad on device, under workspace limit `limit` (None: the default), equals the float64
+    weight gradient."""
     old = torch_int8.conv.workspace_limit()
     try:
         if limit:
@@ -351,14 +357,7 @@ def test_wgrad_column_rows_exact(device, case, fmt, limit):
         x = x.contiguous(memory_format=torch.channels_last)
     ref_shape = F.conv2d(x.float(), w.float(), None, *geometry_args(g)).shape
     gy = rand_int8(ref_shape, seed=32)
-    old = torch_int8.conv.workspace_limit()
-    try:
-        if limit:
-            torch_int8.conv.set_workspace_limit(limit)
-        dw = torch_int8.conv2d_wgrad(gy.to(device), x.to(device), w.shape[2:], *geometry_args(g))
-    finally:
-        torch_int8.conv.set_workspace_limit(old)
-    assert torch.equal(dw.cpu().double(), conv2d_weight(x.double(), w.shape, gy.double(), *geometry_args(g)))
+    assert_wgrad_exact(gy, x, w, g, device, limit)
 
 
 # (N, C, H, W, K, R, S, padding, dilation, groups) of stride-1 convolutions
