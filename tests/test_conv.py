@@ -555,3 +555,52 @@ def test_quantized_conv2d_bn_folding_relu_and_int8_chain(device):
     want = nxt(deq)
     got = nxt(y8)
     assert float((got - want).abs().max()) < 0.05 * float(want.abs().max())
+
+
+# ------------------------------------------------------------------------------------------------
+# strided 1x1 convolutions: grad_input as one GEMM scattered to every stride-th pixel
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("n,c,h,w,k,stride", [(2, 5, 9, 7, 6, (2, 2)), (3, 16, 8, 11, 24, (3, 2)), (1, 3, 5, 5, 1, (2, 1))])
+@pytest.mark.parametrize("per_image", [True, False], ids=["per_image", "per_tensor"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
+def test_pointwise_grad_input_equals_scaled_dgrad(device, n, c, h, w, k, stride, per_image, dtype, fmt):
+    # The same exact sums, scales and float32 rounding as the col2im path it replaces.
+    from torch_int8.nn.conv import _pointwise_grad_input
+
+    p, q = (h - 1) // stride[0] + 1, (w - 1) // stride[1] + 1
+    g = make_gen(n * c + k)
+    gy = rand_int8((n, k, p, q), seed=n + k)
+    if fmt == "channels_last":
+        gy = gy.contiguous(memory_format=torch.channels_last)
+    wt = rand_int8((k, c, 1, 1), seed=c)
+    s_gy = torch.rand(n if per_image else (), generator=g) + 0.5
+    s_w = torch.rand(c if per_image else (), generator=g) * 1e-2 + 1e-3
+    qg = QTensor(gy.to(device), s_gy.to(device), None, 0 if per_image else None)
+    got = _pointwise_grad_input(qg, wt.to(device), s_w.to(device), (n, c, h, w), stride, dtype)
+    ref = torch_int8.conv.scaled_conv2d_dgrad(qg, QTensor(wt.to(device), s_w.to(device), None, None), (h, w),
+                                              stride, 0, 1, 1, out_dtype=dtype)
+    assert got.shape == (n, c, h, w) and got.dtype == dtype
+    assert torch.equal(got.cpu(), ref.cpu())
+    assert bool((got != 0).any())
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+def test_strided_pointwise_layer_gradients(device):
+    # nn.Conv2d(16 -> 24, 1x1, stride 2) through the layer: grad_input within the quantization bound.
+    gen = make_gen(5)
+    conv = torch.nn.Conv2d(16, 24, 1, stride=2, bias=False).to(device)
+    layer = torch_int8.nn.Conv2d.from_float(conv)
+    x = torch.randn(3, 16, 9, 10, generator=gen).to(device).requires_grad_()
+    gy = torch.randn(3, 24, 5, 5, generator=gen).to(device)
+    layer(x).backward(gy)
+    ref = conv2d_input(x.shape, conv.weight.detach().double(), gy.double(), stride=2)
+    assert bool((x.grad[:, :, 1::2] == 0).all()) and bool((x.grad[:, :, :, 1::2] == 0).all())
+    err = float((x.grad.double() - ref).abs().max())
+    # dY per image and W per input channel round to half a step (max / 254) each; 24 products per output
+    d_gy, d_w = float(gy.abs().max()) / 254, float(conv.weight.detach().abs().max()) / 254
+    bound = 24 * (float(gy.abs().max()) * d_w + float(conv.weight.detach().abs().max()) * d_gy + d_gy * d_w)
+    assert err <= bound and bound < 0.1 * float(ref.abs().max())

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..config import Int8Config
 from ..conv import conv2d_dgrad, conv2d_wgrad, scaled_conv2d, scaled_conv2d_dgrad
-from ..functional import QTensor, column_amax, quantize, quantize_columns_t, quantize_rows
+from ..functional import QTensor, column_amax, quantize, quantize_columns_t, quantize_rows, scaled_gemm
 from ._common import load_int8_weight, output_dtype, quantize_activation, register_int8_weight, sharing_parameters
 
 _MAX_PIXELS = 131071  # conv2d_wgrad's largest N*P*Q
@@ -102,11 +102,36 @@ def _dgrad_as_forward_padding(weight_shape, geometry):
     return tuple(pads) if tuple(stride) == (1, 1) and min(pads) >= 0 else None
 
 
+def _is_strided_pointwise(weight_shape, geometry) -> bool:
+    """A 1x1 filter without padding or groups and with a stride > 1 (ResNet's downsampling shortcut):
+    its input gradient is one GEMM whose rows land on every stride-th pixel, the rest being zero."""
+    stride, padding, _, groups = geometry
+    return tuple(weight_shape[2:]) == (1, 1) and tuple(padding) == (0, 0) and groups == 1 and tuple(stride) != (1, 1)
+
+
+def _pointwise_grad_input(qg: QTensor, w_data, w_scale, x_shape, stride, dtype):
+    """dX of a 1x1 convolution: dX[n, c, p*sh, q*sw] = sum_k dY[n, k, p, q] W[k, c], zero elsewhere.
+    One scaled_gemm over the pixels (dY per image x W per input channel: the products, scales and
+    rounding of scaled_conv2d_dgrad), written into a zero NHWC image; no col2im gather."""
+    n, k, p, q = qg.data.shape
+    c = w_data.shape[1]
+    pixels = qg.data.permute(0, 2, 3, 1).reshape(-1, k)  # a view for channels_last dY
+    row_scale = qg.scale if qg.scale.dim() == 0 else qg.scale.reshape(n, 1).expand(n, p * q).reshape(-1)
+    a = QTensor(pixels, row_scale, None, None if qg.scale.dim() == 0 else 0)
+    b = QTensor(w_data.reshape(k, c), w_scale, None, None if w_scale.dim() == 0 else 1)
+    rows = scaled_gemm(a, b, out_dtype=dtype).view(n, p, q, c)
+    grad_x = torch.zeros(n, x_shape[2], x_shape[3], c, dtype=dtype, device=rows.device)
+    grad_x[:, : p * stride[0] : stride[0], : q * stride[1] : stride[1]] = rows
+    return grad_x.permute(0, 3, 1, 2)
+
+
 def _grad_input(grad_out, weight, x_shape, geometry, config: Int8Config, dtype):
     stride, padding, dilation, groups = geometry
     per_channel = config.granularity == "channel"
     qg = _quantize_operand(grad_out, config, config.grad_rounding)
     w_data, w_scale = _per_input_channel(weight, groups, per_channel)
+    if _is_strided_pointwise(weight.shape, geometry) and dtype in _EPILOGUE_DTYPES:
+        return _pointwise_grad_input(qg, w_data, w_scale, x_shape, stride, dtype)
     forward_padding = _dgrad_as_forward_padding(weight.shape, geometry)
     if forward_padding is not None and dtype in _EPILOGUE_DTYPES:
         # Exact int32 sums of the same products; the scales (per image x per input channel) are the
