@@ -214,6 +214,13 @@ class TestForcedFamily:
         ulp = {torch.float32: 2.0**-23, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}[out_dtype]
         assert torch.all((gpu - cpu).abs() <= ulp * cpu.abs() + 1e-30)
 
+    @pytest.mark.parametrize("M,N,K", [(2, 40, 64), (77, 130, 300), (300, 520, 640)])
+    @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+    def test_row_amax_is_the_max_of_the_output(self, family, M, N, K, out_dtype):
+        a, b, bias = _qtensors(M, N, K, seed=M + K)
+        out, amax = torch_int8.scaled_gemm_row_amax(_cuda(a), _cuda(b), bias=bias.cuda(), out_dtype=out_dtype)
+        assert torch.equal(amax, out.float().abs().amax(-1)) and bool((amax > 0).all())
+
     def test_layers_run_unchanged(self, family):
         # nn.Linear and nn.Conv2d call the same ops whatever family runs the GEMMs (a
         # convolution the family has no implicit-GEMM kernel for goes through im2col), and
@@ -294,6 +301,12 @@ class TestSm90Tiles:
         gpu = torch_int8.scaled_gemm(_cuda(a), _cuda(b), bias=bias.cuda(), out_dtype=out_dtype).cpu().double()
         ulp = {torch.float32: 2.0**-23, torch.bfloat16: 2.0**-7}[out_dtype]
         assert torch.all((gpu - cpu).abs() <= ulp * cpu.abs() + 1e-30)
+
+    @pytest.mark.parametrize("M,N,K", [(1, 64, 128), (37, 53, 91), (300, 520, 640)])
+    def test_row_amax_is_the_max_of_the_output(self, tile, M, N, K):
+        a, b, bias = _qtensors(M, N, K, seed=M + K)
+        out, amax = torch_int8.scaled_gemm_row_amax(_cuda(a), _cuda(b), bias=bias.cuda(), out_dtype=torch.bfloat16)
+        assert torch.equal(amax, out.float().abs().amax(-1)) and bool((amax > 0).all())
 
     def test_unknown_tile_is_refused(self, monkeypatch):
         monkeypatch.setenv("TORCH_INT8_SM90_TILE", "96x96")

@@ -424,13 +424,73 @@ def test_relu_is_max_with_zero_of_the_same_epilogue(device, M, K, N, out_dtype, 
     assert bool((plain < floor).any()) and bool((plain > floor).any())  # both sides of the ReLU occur
 
 
+def with_nan_row(M, K, N, row, device):
+    """(a, b) with a per row whose scale is NaN at `row`: how quantize marks a non-finite input row."""
+    a = make_a(M, K, "row-sym", 1, device)
+    scale = a.scale.clone()
+    scale[row] = float("nan")
+    return QTensor(a.data, scale, None, 0), make_b(K, N, "col", 2, device)
+
+
 @pytest.mark.parametrize("device", DEVICE_PARAMS)
 def test_relu_keeps_nan(device):
     # A non-finite scale marks a non-finite input slice: the NaN must reach the output through the ReLU.
-    a = make_a(4, 32, "row-sym", 1, device)
-    b = make_b(32, 16, "col", 2, device)
-    scale = a.scale.clone()
-    scale[1] = float("nan")
-    out = torch_int8.scaled_gemm(QTensor(a.data, scale, None, 0), b, out_dtype=torch.float32, relu=True).cpu()
+    a, b = with_nan_row(4, 32, 16, 1, device)
+    out = torch_int8.scaled_gemm(a, b, out_dtype=torch.float32, relu=True).cpu()
     assert torch.isnan(out[1]).all()
     assert (out[[0, 2, 3]] >= 0).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# row maxima of |out| from the epilogue (scaled_gemm_row_amax)
+# ------------------------------------------------------------------------------------------------
+
+FLOAT_OUT = [torch.bfloat16, torch.float16, torch.float32]
+
+
+def row_amax_of(out):
+    """max |out| over the last dimension, NaN for a row holding NaN (amax propagates NaN)."""
+    return out.float().abs().amax(-1)
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("M,K,N", [(1, 64, 40), (3, 32, 20), (37, 91, 53), (300, 256, 136)])
+@pytest.mark.parametrize("out_dtype", FLOAT_OUT, ids=str)
+@pytest.mark.parametrize("relu", [False, True], ids=["", "relu"])
+def test_row_amax_is_the_max_of_the_stored_output(device, M, K, N, out_dtype, relu):
+    a = make_a(M, K, "row-asym", M + K, device)
+    b = make_b(K, N, "col", N, device)
+    ref, _ = ref_scaled_gemm(a, b, None)
+    bias = make_bias(N, M, 0.3 * float(ref.abs().max()), device)
+    out, amax = torch_int8.scaled_gemm_row_amax(a, b, bias=bias, out_dtype=out_dtype, relu=relu)
+    assert torch.equal(out, torch_int8.scaled_gemm(a, b, bias=bias, out_dtype=out_dtype, relu=relu))
+    assert amax.dtype == torch.float32 and amax.shape == (M,) and amax.device == out.device
+    assert torch.equal(amax, row_amax_of(out))
+    assert bool((amax > 0).all())
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+def test_row_amax_batched_a_and_nan_rows(device):
+    a, b = with_nan_row(12, 48, 24, 5, device)
+    a3 = QTensor(a.data.reshape(3, 4, 48), a.scale, None, 1)
+    out, amax = torch_int8.scaled_gemm_row_amax(a3, b, out_dtype=torch.float32)
+    assert out.shape == (3, 4, 24) and amax.shape == (3, 4)
+    assert torch.isnan(amax[1, 1]) and torch.isnan(out[1, 1]).all() and int(torch.isnan(amax).sum()) == 1
+    torch.testing.assert_close(amax, row_amax_of(out), rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("out_dtype", [torch.int8, torch.int32], ids=str)
+def test_error_row_amax_needs_a_float_output(device, out_dtype):
+    a = make_a(4, 32, "row-sym", 1, device)
+    b = make_b(32, 16, "col", 2, device)
+    with pytest.raises(ValueError, match="scaled_gemm_row_amax: out_dtype must be bfloat16, float16 or float32"):
+        torch_int8.scaled_gemm_row_amax(a, b, out_dtype=out_dtype)
+
+
+def test_row_amax_meta():
+    a = QTensor(torch.empty(2, 7, 64, dtype=torch.int8, device="meta"), torch.empty(14, device="meta"), None, 1)
+    b = QTensor(torch.empty(64, 40, dtype=torch.int8, device="meta"), torch.empty(40, device="meta"), None, 1)
+    out, amax = torch_int8.scaled_gemm_row_amax(a, b, out_dtype=torch.float16)
+    assert out.shape == (2, 7, 40) and out.dtype == torch.float16
+    assert amax.shape == (2, 7) and amax.dtype == torch.float32

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "torch_int8/kernels.h"
 
@@ -16,6 +17,10 @@
 #endif
 
 namespace torch_int8::kernels::detail {
+
+// Output element types with a float value (the ones row maxima are taken of).
+template <class ElementD>
+constexpr bool kFloatOutput = !std::is_same_v<ElementD, int8_t> && !std::is_same_v<ElementD, int32_t>;
 
 TORCH_INT8_HOST_DEVICE inline float load_or(const float* v, int64_t i, float fallback) { return v ? v[i] : fallback; }
 

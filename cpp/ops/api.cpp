@@ -46,6 +46,18 @@ at::Tensor scaled_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tenso
   return handle.call(a, b, scale_a, scale_b, zero_point_a, bias, out_dtype, out_scale, out_zero_point, relu);
 }
 
+std::tuple<at::Tensor, at::Tensor> scaled_gemm_row_amax(const at::Tensor& a, const at::Tensor& b,
+                                                        const at::Tensor& scale_a, const at::Tensor& scale_b,
+                                                        const std::optional<at::Tensor>& zero_point_a,
+                                                        const std::optional<at::Tensor>& bias, at::ScalarType out_dtype,
+                                                        bool relu) {
+  static const auto handle =
+      op<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                            const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+                                            at::ScalarType, bool)>("int8::scaled_gemm_row_amax");
+  return handle.call(a, b, scale_a, scale_b, zero_point_a, bias, out_dtype, relu);
+}
+
 at::Tensor requantize(const at::Tensor& acc, const at::Tensor& scale, int64_t zero_point, const std::string& mode) {
   static const auto handle =
       op<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, c10::string_view)>("int8::requantize");

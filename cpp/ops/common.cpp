@@ -100,6 +100,7 @@ void gemm_cpu_parallel(const kernels::GemmProblem& p, const kernels::Epilogue& e
       kernels::Epilogue se = e;
       if (se.row_scale) se.row_scale += m0;
       if (se.row_offset) se.row_offset += m0;
+      if (se.row_amax) se.row_amax += m0;
       check_status(kernels::gemm_cpu(s, se), op);
       row += m1 - m0;
     }

@@ -164,10 +164,14 @@ std::vector<typename Shape<kSym>::Int> scaled_gemm_shape(const at::Tensor& a, co
   return shape;
 }
 
-at::Tensor scaled_gemm_kernel(const at::Tensor& a, const at::Tensor& b, const at::Tensor& scale_a,
-                              const at::Tensor& scale_b, const std::optional<at::Tensor>& zero_point_a,
-                              const std::optional<at::Tensor>& bias, at::ScalarType out_dtype, double out_scale,
-                              int64_t out_zero_point, bool relu) {
+// scaled_gemm, and with with_row_amax also max |out[..., m, :]| per row (float32, shaped like out
+// without its last dimension; an undefined tensor otherwise).
+std::tuple<at::Tensor, at::Tensor> run_scaled_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& scale_a,
+                                                   const at::Tensor& scale_b,
+                                                   const std::optional<at::Tensor>& zero_point_a,
+                                                   const std::optional<at::Tensor>& bias, at::ScalarType out_dtype,
+                                                   double out_scale, int64_t out_zero_point, bool relu,
+                                                   bool with_row_amax) {
   const auto shape =
       scaled_gemm_shape<false>(a, b, scale_a, scale_b, zero_point_a, bias, out_dtype, out_scale, out_zero_point);
   const int64_t k = b.size(0), n = b.size(1);
@@ -200,7 +204,19 @@ at::Tensor scaled_gemm_kernel(const at::Tensor& a, const at::Tensor& b, const at
   e.col_bias = ptr(col_bias);
   e.out_zero_point = static_cast<int32_t>(out_zero_point);
   e.relu = relu;
-  return run_gemm(a3, b.t().unsqueeze(0), out_dtype, e).view(shape);
+  // Zeros: the kernels take the maximum with what is there (|v| >= 0).
+  const at::Tensor row_amax = with_row_amax ? at::zeros({m}, row_scale.options()) : at::Tensor();
+  if (with_row_amax) e.row_amax = row_amax.data_ptr<float>();
+  at::Tensor out = run_gemm(a3, b.t().unsqueeze(0), out_dtype, e).view(shape);
+  return {out, with_row_amax ? row_amax.view(at::IntArrayRef(shape).slice(0, shape.size() - 1)) : row_amax};
+}
+
+at::Tensor scaled_gemm_kernel(const at::Tensor& a, const at::Tensor& b, const at::Tensor& scale_a,
+                              const at::Tensor& scale_b, const std::optional<at::Tensor>& zero_point_a,
+                              const std::optional<at::Tensor>& bias, at::ScalarType out_dtype, double out_scale,
+                              int64_t out_zero_point, bool relu) {
+  return std::get<0>(run_scaled_gemm(a, b, scale_a, scale_b, zero_point_a, bias, out_dtype, out_scale,
+                                     out_zero_point, relu, false));
 }
 
 at::Tensor scaled_gemm_meta(const at::Tensor& a, const at::Tensor& b, const at::Tensor& scale_a,
@@ -212,6 +228,33 @@ at::Tensor scaled_gemm_meta(const at::Tensor& a, const at::Tensor& b, const at::
       a.options().dtype(out_dtype));
 }
 
+// --- int8::scaled_gemm_row_amax -----------------------------------------------
+
+void check_row_amax_dtype(at::ScalarType out_dtype) {
+  TORCH_CHECK_VALUE(out_dtype == at::kBFloat16 || out_dtype == at::kHalf || out_dtype == at::kFloat,
+                    "scaled_gemm_row_amax: out_dtype must be bfloat16, float16 or float32 (the row maxima are "
+                    "taken of float outputs), got ", out_dtype);
+}
+
+std::tuple<at::Tensor, at::Tensor> scaled_gemm_row_amax_kernel(
+    const at::Tensor& a, const at::Tensor& b, const at::Tensor& scale_a, const at::Tensor& scale_b,
+    const std::optional<at::Tensor>& zero_point_a, const std::optional<at::Tensor>& bias, at::ScalarType out_dtype,
+    bool relu) {
+  check_row_amax_dtype(out_dtype);
+  return run_scaled_gemm(a, b, scale_a, scale_b, zero_point_a, bias, out_dtype, 1.0, 0, relu, true);
+}
+
+std::tuple<at::Tensor, at::Tensor> scaled_gemm_row_amax_meta(
+    const at::Tensor& a, const at::Tensor& b, const at::Tensor& scale_a, const at::Tensor& scale_b,
+    const std::optional<at::Tensor>& zero_point_a, const std::optional<at::Tensor>& bias, at::ScalarType out_dtype,
+    bool relu) {
+  check_row_amax_dtype(out_dtype);
+  auto shape = scaled_gemm_shape<true>(a, b, scale_a, scale_b, zero_point_a, bias, out_dtype, 1.0, 0);
+  at::Tensor out = at::empty_symint(shape, a.options().dtype(out_dtype));
+  shape.pop_back();
+  return {out, at::empty_symint(shape, a.options().dtype(at::kFloat))};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(int8, m) {
@@ -219,23 +262,29 @@ TORCH_LIBRARY_FRAGMENT(int8, m) {
   m.def(
       "scaled_gemm(Tensor a, Tensor b, Tensor scale_a, Tensor scale_b, Tensor? zero_point_a=None, "
       "Tensor? bias=None, ScalarType out_dtype=bfloat16, float out_scale=1.0, int out_zero_point=0, bool relu=False) -> Tensor");
+  m.def(
+      "scaled_gemm_row_amax(Tensor a, Tensor b, Tensor scale_a, Tensor scale_b, Tensor? zero_point_a=None, "
+      "Tensor? bias=None, ScalarType out_dtype=bfloat16, bool relu=False) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(int8, CPU, m) {
   m.impl("gemm", gemm_kernel);
   m.impl("scaled_gemm", scaled_gemm_kernel);
+  m.impl("scaled_gemm_row_amax", scaled_gemm_row_amax_kernel);
 }
 
 #ifdef TORCH_INT8_WITH_CUDA
 TORCH_LIBRARY_IMPL(int8, CUDA, m) {
   m.impl("gemm", gemm_kernel);
   m.impl("scaled_gemm", scaled_gemm_kernel);
+  m.impl("scaled_gemm_row_amax", scaled_gemm_row_amax_kernel);
 }
 #endif
 
 TORCH_LIBRARY_IMPL(int8, Meta, m) {
   m.impl("gemm", gemm_meta);
   m.impl("scaled_gemm", scaled_gemm_meta);
+  m.impl("scaled_gemm_row_amax", scaled_gemm_row_amax_meta);
 }
 
 }  // namespace torch_int8::ops

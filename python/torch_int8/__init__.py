@@ -12,7 +12,7 @@ torch.ops.load_library(str(Path(__file__).resolve().parent / "lib" / "libtorch_i
 
 from . import _C  # noqa: E402
 from .functional import (QTensor, column_amax, dequantize, gemm, quantize, quantize_columns_t, quantize_rows,
-                         quantize_rows_with_sums, requantize, scaled_gemm)
+                         quantize_rows_with_sums, requantize, scaled_gemm, scaled_gemm_row_amax)
 from .backends import use_backend
 from .config import Int8Config
 from .conv import col2im, conv2d, conv2d_dgrad, conv2d_wgrad, im2col, scaled_conv2d
@@ -24,6 +24,6 @@ __version__ = _C.build_info()["version"]
 cmake_prefix_path = str(Path(__file__).resolve().parent / "lib" / "cmake")
 
 __all__ = ["QTensor", "gemm", "quantize", "quantize_rows", "quantize_columns_t", "quantize_rows_with_sums",
-           "column_amax", "dequantize", "scaled_gemm",
+           "column_amax", "dequantize", "scaled_gemm", "scaled_gemm_row_amax",
            "requantize", "Int8Config", "convert", "im2col", "col2im", "conv2d", "conv2d_dgrad", "conv2d_wgrad",
            "scaled_conv2d", "nn", "use_backend", "cmake_prefix_path"]

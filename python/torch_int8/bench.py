@@ -63,7 +63,7 @@ PEAK_BF16_DENSE_TFLOPS = 989.5
 _MIN_EVENT_MS = 0.1
 _MAX_BATCH = 1000
 
-METHODS = ("ours", "int_mm", "bf16", "scaled_gemm", "scaled_int8")
+METHODS = ("ours", "int_mm", "bf16", "scaled_gemm", "scaled_int8", "row_amax")
 # Shapes with M <= GRAPH_MAX_M are also timed as CUDA-graph replays (GPU time without host overhead).
 GRAPH_MAX_M = 1024
 GRAPH_METHODS = ("ours", "bf16", "scaled_gemm")
@@ -191,7 +191,7 @@ def format_table(results: Sequence[dict]) -> str:
     head = " ".join(f"{c:>{w}}" for c, w in cols)
     for meth in METHODS:
         head += f" | {meth + ' ms':>14} {'TOPS':>7}"
-    head += f" | {'ours/int_mm':>11} {'scaled/bf16':>11} {'int8 epi %':>10} {'%peak':>6} {'exact':>5}"
+    head += f" | {'ours/int_mm':>11} {'scaled/bf16':>11} {'int8 epi %':>10} {'amax %':>6} {'%peak':>6} {'exact':>5}"
     lines = [head, "-" * len(head)]
     for r in results:
         line = f"{r['M']:>7} {r['N']:>6} {r['K']:>6}"
@@ -202,7 +202,8 @@ def format_table(results: Sequence[dict]) -> str:
         exact_s = "-" if exact is None else ("yes" if exact else "NO")
         line += (
             f" | {_fmt(r.get('ratio_ours_int_mm'), 11, 3)} {_fmt(r.get('ratio_scaled_bf16'), 11, 3)}"
-            f" {_fmt(r.get('int8_epilogue_overhead_pct'), 10, 1)} {_fmt(r.get('pct_peak_ours'), 6, 1)} {exact_s:>5}"
+            f" {_fmt(r.get('int8_epilogue_overhead_pct'), 10, 1)} {_fmt(r.get('row_amax_overhead_pct'), 6, 1)}"
+            f" {_fmt(r.get('pct_peak_ours'), 6, 1)} {exact_s:>5}"
         )
         lines.append(line)
     graphs = [r for r in results if r.get("graph_methods")]
@@ -218,7 +219,7 @@ def format_table(results: Sequence[dict]) -> str:
     lines.append(
         f"TOPS = 2*M*N*K/t (bf16: TFLOPS); ratios are TOPS ratios (>1: first one faster); "
         f"%peak = ours / {PEAK_INT8_DENSE_TOPS:g} TOPS (H200 dense INT8); int8 epi % = time of scaled_gemm with "
-        f"int8 output over the int32 kernel's, in %"
+        f"int8 output over the int32 kernel's, in %; amax % = time of scaled_gemm_row_amax over scaled_gemm's (bf16)"
     )
     return "\n".join(lines)
 
@@ -375,6 +376,8 @@ def bench_gemm_shape(m: int, n: int, k: int, args, seed: int, device: str = "cud
         "scaled_gemm": lambda: torch_int8.scaled_gemm(qa, qb, bias=bias, out_dtype=torch.bfloat16),
         # the requantizing epilogue (int8 out), for its cost over the int32 kernel
         "scaled_int8": lambda: torch_int8.scaled_gemm(qa, qb, bias=bias, out_dtype=torch.int8, out_scale=64.0),
+        # bf16 output plus the per-row max |out| from the same epilogue, for its cost over scaled_gemm
+        "row_amax": lambda: torch_int8.scaled_gemm_row_amax(qa, qb, bias=bias, out_dtype=torch.bfloat16),
     }
 
     res: dict = {"M": m, "N": n, "K": k, "ops": 2 * m * n * k, "seed": seed, "methods": {}}
@@ -430,6 +433,8 @@ def bench_gemm_shape(m: int, n: int, k: int, args, seed: int, device: str = "cud
     # time of the int8-output epilogue kernel over the int32-output one, in percent
     res["int8_epilogue_overhead_pct"] = None if not (t["ours"] and t["scaled_int8"]) else \
         100.0 * (t["ours"] / t["scaled_int8"] - 1.0)
+    res["row_amax_overhead_pct"] = None if not (t["scaled_gemm"] and t["row_amax"]) else \
+        100.0 * (t["scaled_gemm"] / t["row_amax"] - 1.0)
     res["pct_peak_ours"] = None if t["ours"] is None else 100.0 * t["ours"] / PEAK_INT8_DENSE_TOPS
     res["pct_peak_int_mm"] = None if t["int_mm"] is None else 100.0 * t["int_mm"] / PEAK_INT8_DENSE_TOPS
     return res

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -169,6 +169,24 @@ def scaled_gemm(
     return _ops.scaled_gemm(
         a.data, b.data, a.scale, b.scale, a.zero_point, bias, out_dtype, out_scale, int(out_zero_point), bool(relu)
     )
+
+
+def scaled_gemm_row_amax(
+    a: QTensor,
+    b: QTensor,
+    bias: Optional[torch.Tensor] = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+    relu: bool = False,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """scaled_gemm with a float output, and max |out| of every row written by the same epilogue:
+    (out [..., M, N], row_amax float32 [..., M]), the maxima of the values as stored (after rounding
+    to out_dtype; NaN for a row holding NaN). The next layer's per-row scale (row_amax / 127) then
+    needs no pass over out. out_dtype: bfloat16, float16 or float32.
+    """
+    _check_channel_dim(a, "a", -2, "per row (dim=0)")
+    _check_channel_dim(b, "b", 1, "per column (dim=1)")
+    _check_symmetric(b, "scaled_gemm_row_amax", "b")
+    return _ops.scaled_gemm_row_amax(a.data, b.data, a.scale, b.scale, a.zero_point, bias, out_dtype, bool(relu))
 
 
 def requantize(

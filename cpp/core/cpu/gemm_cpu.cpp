@@ -34,6 +34,29 @@ uint16_t float_to_fp16_rne(float v) {
   return bits;
 }
 
+float bf16_to_float(uint16_t bits) {
+  const uint32_t wide = static_cast<uint32_t>(bits) << 16;
+  float v;
+  std::memcpy(&v, &wide, sizeof(v));
+  return v;
+}
+
+float fp16_to_float(uint16_t bits) {
+  _Float16 h;
+  std::memcpy(&h, &bits, sizeof(h));
+  return static_cast<float>(h);
+}
+
+// Stores the float output v at offset off as p.out_type; returns the value
+// stored, read back as a float (what the row maxima see).
+float store_float(const GemmProblem& p, int64_t off, float v) {
+  switch (p.out_type) {
+    case OutType::kBFloat16: return bf16_to_float(static_cast<uint16_t*>(p.d)[off] = float_to_bf16_rne(v));
+    case OutType::kFloat16: return fp16_to_float(static_cast<uint16_t*>(p.d)[off] = float_to_fp16_rne(v));
+    default: return static_cast<float*>(p.d)[off] = v;
+  }
+}
+
 void store(const GemmProblem& p, const Epilogue& e, int64_t bi, int64_t m, int64_t n, int32_t acc) {
   const int64_t off = bi * p.batch_stride_d + m * p.ldd + n;
   if (p.out_type == OutType::kInt32) {
@@ -41,13 +64,12 @@ void store(const GemmProblem& p, const Epilogue& e, int64_t bi, int64_t m, int64
     return;
   }
   const float v = detail::epilogue_value(e, acc, m, n);
-  switch (p.out_type) {
-    case OutType::kFloat32: static_cast<float*>(p.d)[off] = v; break;
-    case OutType::kBFloat16: static_cast<uint16_t*>(p.d)[off] = float_to_bf16_rne(v); break;
-    case OutType::kFloat16: static_cast<uint16_t*>(p.d)[off] = float_to_fp16_rne(v); break;
-    case OutType::kInt8: static_cast<int8_t*>(p.d)[off] = detail::requantize_value(v, e.out_zero_point); break;
-    case OutType::kInt32: break;
+  if (p.out_type == OutType::kInt8) {
+    static_cast<int8_t*>(p.d)[off] = detail::requantize_value(v, e.out_zero_point);
+    return;
   }
+  const float stored = store_float(p, off, v);
+  if (e.row_amax) e.row_amax[m] = detail::max_keep_nan(std::fabs(stored), e.row_amax[m]);
 }
 
 }  // namespace
@@ -64,6 +86,7 @@ const char* status_string(Status s) {
 
 Status gemm_cpu(const GemmProblem& p, const Epilogue& e) {
   if (p.m < 0 || p.n < 0 || p.k < 0 || p.k > kMaxK || p.batch < 1) return Status::kInvalidArgument;
+  if (!epilogue_supported(e, p.out_type) || (e.row_amax && p.batch > 1)) return Status::kInvalidArgument;
   for (int64_t bi = 0; bi < p.batch; ++bi) {
     const int8_t* a = p.a + bi * p.batch_stride_a;
     const int8_t* b = p.b + bi * p.batch_stride_b;

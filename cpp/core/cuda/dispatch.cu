@@ -100,6 +100,7 @@ const char* built_gemm_families() {
 Status gemm_cuda(const GemmProblem& p, const Epilogue& e, void* stream) {
   if (p.m < 1 || p.n < 1 || p.k < 1 || p.k > kMaxPaddedK || p.batch < 1) return Status::kInvalidArgument;
   if (p.batch > 1 && p.out_type != OutType::kInt32) return Status::kInvalidArgument;
+  if (!epilogue_supported(e, p.out_type)) return Status::kInvalidArgument;
   int device = 0, major = 0, minor = 0;
   if (cudaGetDevice(&device) != cudaSuccess ||
       cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||

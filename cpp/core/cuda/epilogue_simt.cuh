@@ -30,6 +30,15 @@ __device__ ElementD epilogue_output(int32_t acc, const RowParams& r, const ColPa
   }
 }
 
+// |v| as float bits orders like the unsigned integers (NaN, its sign cleared,
+// above inf), so an unsigned max of these bits is a max of |v| that keeps NaN:
+// Epilogue::row_amax is accumulated with atomicMax on them.
+__device__ inline unsigned abs_bits(float v) { return __float_as_uint(fabsf(v)); }
+
+__device__ inline void add_row_amax(const Epilogue& e, int64_t m, unsigned bits) {
+  atomicMax(reinterpret_cast<unsigned*>(e.row_amax) + m, bits);
+}
+
 // The output of element (m, n) given the accumulator, reading the epilogue's
 // vectors; the accumulator itself for int32 output.
 template <class ElementD>

@@ -23,12 +23,17 @@ struct Sm90Nodes {
   using Compute = cutlass::epilogue::fusion::Sm90Compute<Op, Out, float, cutlass::FloatRoundStyle::round_to_nearest>;
   template <class... Nodes>
   using EVT = cutlass::epilogue::fusion::Sm90EVT<Nodes...>;
+  // max |D[m, :]| per row: registers, warp shuffles, then one atomic max per row and CTA (no workspace).
+  using RowAbsMax = cutlass::epilogue::fusion::Sm90ColReduction<MaxAbsKeepNaN, MaxKeepNaN, cutlass::atomic_maximum, 0,
+                                                                TileShape, float, float,
+                                                                cutlass::FloatRoundStyle::round_to_nearest>;
 };
 
 // The collective epilogue writing D of ElementD in LayoutD (RowMajor for a
 // GEMM, TensorNHWC for a convolution): the accumulator itself for int32,
 // otherwise the EpilogueTree of kernels.h.
-template <class TileShape, class ClusterShape, class EpilogueSchedule, class ElementD, class LayoutD>
+template <class TileShape, class ClusterShape, class EpilogueSchedule, class ElementD, class LayoutD,
+          bool kRowAmax = false>
 struct Sm90FusedEpilogue {
   static constexpr bool kStoresAccumulator = std::is_same_v<ElementD, int32_t>;
   static constexpr int kAlignD = 128 / cutlass::sizeof_bits<ElementD>::value;
@@ -38,7 +43,7 @@ struct Sm90FusedEpilogue {
   using Identity = typename Nodes::template EVT<
       cutlass::epilogue::fusion::Sm90Compute<cutlass::epilogue::thread::Identity, int32_t, int32_t, kRound>,
       typename Nodes::Acc>;
-  using Fused = EpilogueTree<Nodes, ElementD>;
+  using Fused = EpilogueTree<Nodes, ElementD, kRowAmax>;
   using Tree = std::conditional_t<kStoresAccumulator, Identity, typename Fused::Output>;
 
   using CollectiveOp = typename cutlass::epilogue::collective::CollectiveBuilder<

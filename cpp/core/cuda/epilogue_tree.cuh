@@ -9,7 +9,10 @@
 //   v = fma(v, col_scale[n], col_bias[n])
 //   v = max(v, floor)  (NaN kept)                  -> float outputs store v
 //   q = rint(v) + out_zero_point                   -> int8 output, saturated
-// floor is relu_floor(relu) of epilogue_math.h: 0 or -inf.
+// floor is relu_floor(relu) of epilogue_math.h: 0 or -inf. With kRowAmax (float
+// outputs) a RowAbsMax node above the output reduces max |D[m, :]| of the
+// converted values into row_amax[m] (register, warp, then atomic max) and
+// passes them on to the store unchanged.
 #pragma once
 
 #include "../epilogue_math.h"
@@ -20,8 +23,11 @@ namespace torch_int8::kernels::detail {
 // cutlass::maximum with NaN propagation as a one-parameter template (a Compute node's Op).
 template <class T>
 struct MaxKeepNaN : cutlass::maximum<T, true> {};
+// max(a, |b|) keeping NaN: the register step of the row maxima of |D|.
+template <class T>
+struct MaxAbsKeepNaN : cutlass::maximum_absolute_value_reduction<T, true> {};
 
-template <class Nodes, class ElementD>
+template <class Nodes, class ElementD, bool kRowAmax = false>
 struct EpilogueTree {
   template <template <class> class Op, class Out>
   using Compute = typename Nodes::template Compute<Op, Out>;
@@ -38,7 +44,9 @@ struct EpilogueTree {
   template <class Out>
   using FlooredTo = EVT<Compute<MaxKeepNaN, Out>, Dequant, typename Nodes::Scalar>;
   using Requant = EVT<Compute<RoundThenAdd, ElementD>, FlooredTo<float>, typename Nodes::Scalar>;
-  using Output = std::conditional_t<kRequantizes, Requant, FlooredTo<ElementD>>;
+  static_assert(!(kRowAmax && kRequantizes), "row maxima are taken of float outputs");
+  using WithRowAmax = EVT<typename Nodes::RowAbsMax, FlooredTo<ElementD>>;
+  using Output = std::conditional_t<kRequantizes, Requant, std::conditional_t<kRowAmax, WithRowAmax, FlooredTo<ElementD>>>;
 
   static typename Nodes::Scalar::Arguments scalar(float v) { return {{v}, {}, {}}; }
 
@@ -54,6 +62,8 @@ struct EpilogueTree {
   static typename Output::Arguments args(const Epilogue& e) {
     if constexpr (kRequantizes) {
       return {floored_args<float>(e), scalar(static_cast<float>(e.out_zero_point)), {}};
+    } else if constexpr (kRowAmax) {
+      return {floored_args<ElementD>(e), {e.row_amax, 0.f, {}}};
     } else {
       return floored_args<ElementD>(e);
     }

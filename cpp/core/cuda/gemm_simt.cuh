@@ -201,6 +201,15 @@ __device__ void store_outputs(const GemmProblem& p, const Epilogue& e, int64_t m
         }
       }
       store_quad(d + m * p.ldd, n_first, p.n, q);
+      if constexpr (kFloatOutput<ElementD>) {
+        if (e.row_amax) {
+          unsigned bits = 0;
+          CUTLASS_PRAGMA_UNROLL
+          for (int j = 0; j < 4; ++j)
+            if (n_first + j < p.n) bits = max(bits, abs_bits(static_cast<float>(q.v[j])));
+          add_row_amax(e, m, bits);
+        }
+      }
     }
   }
 }

@@ -25,10 +25,18 @@ __device__ __forceinline__ int dot16(const int4& a, const int4& b, int acc) {
   return __dp4a(a.w, b.w, acc);
 }
 
-__device__ __forceinline__ int warp_sum(int v) {
-  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+// v combined over the warp with op; every lane gets the result.
+template <class T, class Op>
+__device__ __forceinline__ T warp_reduce(T v, Op op) {
+  for (int offset = 16; offset > 0; offset /= 2) v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
   return v;
 }
+struct Plus {
+  __device__ int operator()(int a, int b) const { return a + b; }
+};
+struct Max {
+  __device__ unsigned operator()(unsigned a, unsigned b) const { return max(a, b); }
+};
 
 // Warp w of block (x, y) computes columns [kCols (x kWarpsPerBlock + w), +kCols)
 // of batch y, for rows m < M <= kMaxM.
@@ -60,10 +68,21 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) skinny_gemm_kernel(GemmPr
 #pragma unroll
   for (int m = 0; m < kMaxM; ++m) {
     if (m >= p.m) break;
+    unsigned bits = 0;  // the warp's row maximum of |output| (Epilogue::row_amax)
 #pragma unroll
     for (int c = 0; c < kCols; ++c) {
-      const int sum = warp_sum(acc[m][c]);
-      if (lane == (m * kCols + c) % 32 && c < cols) d[m * p.ldd + n0 + c] = epilogue_output<ElementD>(sum, e, m, n0 + c);
+      const int sum = warp_reduce(acc[m][c], Plus{});
+      if (lane == (m * kCols + c) % 32 && c < cols) {
+        const ElementD out = epilogue_output<ElementD>(sum, e, m, n0 + c);
+        d[m * p.ldd + n0 + c] = out;
+        if constexpr (kFloatOutput<ElementD>) bits = max(bits, abs_bits(static_cast<float>(out)));
+      }
+    }
+    if constexpr (kFloatOutput<ElementD>) {
+      if (e.row_amax) {
+        bits = warp_reduce(bits, Max{});
+        if (lane == 0) add_row_amax(e, m, bits);
+      }
     }
   }
 }
@@ -89,10 +108,10 @@ Status gemm_skinny(const GemmProblem& p, const Epilogue& e, cudaStream_t stream)
       reinterpret_cast<uintptr_t>(p.a) % 16 || reinterpret_cast<uintptr_t>(p.b) % 16 ||
       (p.batch > 1 && (p.batch_stride_a % 16 || p.batch_stride_b % 16)))
     return Status::kInvalidArgument;
+  static_assert(kSkinnyMaxM == 4, "one instantiation per row count class up to kSkinnyMaxM");
   if (p.m == 1) return launch_skinny<1>(p, e, stream);
   if (p.m <= 2) return launch_skinny<2>(p, e, stream);
-  if (p.m <= 4) return launch_skinny<4>(p, e, stream);
-  return launch_skinny<8>(p, e, stream);
+  return launch_skinny<4>(p, e, stream);
 }
 
 }  // namespace torch_int8::kernels::detail

@@ -39,9 +39,12 @@ struct Sm80Nodes {
   using Compute = cutlass::epilogue::threadblock::VisitorCompute<Op, Out, float, cutlass::FloatRoundStyle::round_to_nearest>;
   template <class... Nodes>
   using EVT = cutlass::epilogue::threadblock::Sm80EVT<Nodes...>;
+  // max |D[m, :]| per row: registers, warp shuffles, then one atomic max per row and warp.
+  using RowAbsMax = cutlass::epilogue::threadblock::VisitorColReduction<
+      MaxAbsKeepNaN, cutlass::atomic_maximum, ThreadMap, float, float, cutlass::FloatRoundStyle::round_to_nearest>;
 };
 
-template <class Config, class ElementD>
+template <class Config, class ElementD, bool kRowAmax = false>
 struct Sm8xGemm {
   static constexpr bool kStoresAccumulator = std::is_same_v<ElementD, int32_t>;
   static constexpr int kAlignD = 128 / cutlass::sizeof_bits<ElementD>::value;
@@ -50,7 +53,7 @@ struct Sm8xGemm {
 
   using Store = cutlass::epilogue::threadblock::VisitorAuxStore<
       ThreadMap, ElementD, cutlass::FloatRoundStyle::round_to_nearest, cute::Stride<int64_t, cute::_1, int64_t>>;
-  using Fused = EpilogueTree<Sm80Nodes<ThreadMap>, ElementD>;
+  using Fused = EpilogueTree<Sm80Nodes<ThreadMap>, ElementD, kRowAmax>;
   using Tree = typename Sm80Nodes<ThreadMap>::template EVT<
       Store, std::conditional_t<kStoresAccumulator, typename Sm80Nodes<ThreadMap>::Acc, typename Fused::Output>>;
 
@@ -90,6 +93,9 @@ Status gemm_sm8x(const GemmProblem& p, const Epilogue& e, cudaStream_t stream) {
   return visit_out_type(p.out_type, [&](auto tag) {
     using ElementD = typename decltype(tag)::type;
     if (!meets_alignment(p, sizeof(ElementD))) return Status::kInvalidArgument;
+    if constexpr (kFloatOutput<ElementD>) {
+      if (e.row_amax) return Sm8xGemm<Config, ElementD, true>::run(p, e, stream);
+    }
     return Sm8xGemm<Config, ElementD>::run(p, e, stream);
   });
 }

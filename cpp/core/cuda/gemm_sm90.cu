@@ -13,6 +13,7 @@ using TileRunner = Status (*)(const GemmProblem&, const Epilogue&, cudaStream_t,
 
 template <class Tile>
 Status run_tile(const GemmProblem& p, const Epilogue& e, cudaStream_t stream, int sm_count) {
+  if (e.row_amax) return run_sm90_row_amax<Tile>(p, e, stream, sm_count);
   return visit_out_type(p.out_type, [&](auto tag) {
     using ElementD = typename decltype(tag)::type;
     if (!meets_alignment(p, sizeof(ElementD))) return Status::kInvalidArgument;

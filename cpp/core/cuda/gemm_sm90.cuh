@@ -37,11 +37,11 @@ using Sm90Pingpong64x32 = Sm90TileConfig<64, 32, 128, 1, 1,
                                          cutlass::gemm::KernelTmaWarpSpecializedPingpong,
                                          cutlass::epilogue::TmaWarpSpecialized>;
 
-template <class Tile, class ElementD>
+template <class Tile, class ElementD, bool kRowAmax = false>
 struct Sm90Gemm {
   using TileShape = typename Tile::TileShape;
   using FusedEpilogue = Sm90FusedEpilogue<TileShape, typename Tile::ClusterShape, typename Tile::EpilogueSchedule,
-                                          ElementD, cutlass::layout::RowMajor>;
+                                          ElementD, cutlass::layout::RowMajor, kRowAmax>;
   using CollectiveEpilogue = typename FusedEpilogue::CollectiveOp;
 
   using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
@@ -75,5 +75,11 @@ struct Sm90Gemm {
     return run_cutlass<Device>(args, stream);
   }
 };
+
+// The float-output GEMMs that also write the row maxima of |D|
+// (Epilogue::row_amax), one per tile configuration: instantiated in
+// gemm_sm90_row_amax.cu, so that they compile in parallel with the others.
+template <class Tile>
+Status run_sm90_row_amax(const GemmProblem& p, const Epilogue& e, cudaStream_t stream, int sm_count);
 
 }  // namespace torch_int8::kernels::detail

@@ -56,6 +56,9 @@ struct GemmProblem {
 // to round_up(N, 16). Requantizing to int8 with output scale s is col_scale / s
 // and col_bias / s, folded by the caller; the zero point is added after
 // rounding, as TFLite does. Only batch == 1 is supported with an epilogue.
+// row_amax (float outputs only; M entries, zero-filled by the caller), if set,
+// receives max over n of |D[m, n]| as stored (after rounding to out_type),
+// NaN for a row holding NaN: the next layer's per-row scale without a pass over D.
 struct Epilogue {
   const float* row_scale = nullptr;
   const float* col_scale = nullptr;
@@ -64,7 +67,13 @@ struct Epilogue {
   const float* col_bias = nullptr;
   int32_t out_zero_point = 0;  // int8 output only
   bool relu = false;
+  float* row_amax = nullptr;
 };
+
+// Whether the kernels take e with output type t: row maxima need a float output.
+inline bool epilogue_supported(const Epilogue& e, OutType t) {
+  return !e.row_amax || t == OutType::kFloat32 || t == OutType::kBFloat16 || t == OutType::kFloat16;
+}
 
 // Which kernel family serves a GPU of compute capability cc (e.g. 90):
 // "sm90", "sm80", "sm75" (INT8 tensor cores), "dp4a" (sm_61+), "simt"

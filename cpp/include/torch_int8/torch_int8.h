@@ -43,6 +43,16 @@ at::Tensor scaled_gemm(const at::Tensor& a, const at::Tensor& b,
                        double out_scale = 1.0, int64_t out_zero_point = 0,
                        bool relu = false);
 
+// scaled_gemm with a float out_dtype (bf16, fp16, fp32) that also returns
+// max_n |out[m, n]| per row (float32, as stored; NaN for a row holding NaN),
+// computed in the same epilogue.
+std::tuple<at::Tensor, at::Tensor> scaled_gemm_row_amax(const at::Tensor& a, const at::Tensor& b,
+                                                        const at::Tensor& scale_a, const at::Tensor& scale_b,
+                                                        const std::optional<at::Tensor>& zero_point_a,
+                                                        const std::optional<at::Tensor>& bias,
+                                                        at::ScalarType out_dtype = at::kBFloat16,
+                                                        bool relu = false);
+
 // int32 -> int8 with mode "float" or "fixed_point" (gemmlowp / TFLite).
 at::Tensor requantize(const at::Tensor& acc, const at::Tensor& scale,
                       int64_t zero_point = 0,
