@@ -6,6 +6,7 @@
 
 #include <cutlass/bfloat16.h>
 #include <cutlass/cutlass.h>
+#include <cutlass/device_kernel.h>
 #include <cutlass/array.h>
 #include <cutlass/half.h>
 
@@ -56,6 +57,25 @@ Status run_cutlass(typename DeviceOp::Arguments const& args, cudaStream_t stream
   if (DeviceOp::get_workspace_size(args) != 0) return Status::kInvalidArgument;
   if (op.initialize(args, nullptr, stream) != cutlass::Status::kSuccess) return Status::kCudaError;
   return op.run(stream) == cutlass::Status::kSuccess ? Status::kSuccess : Status::kCudaError;
+}
+
+// run_cutlass without DeviceOp::initialize, for CUTLASS 3.x kernels whose
+// workspace initialization would only fill an output the caller has filled
+// already (the row maxima, zeroed by the op): CUTLASS fills with the driver
+// API (cuMemsetD32Async), which this library does not link, since CUDA torch
+// loads the driver lazily and a machine without a GPU has none.
+template <class DeviceOp>
+Status run_cutlass_preinitialized(typename DeviceOp::Arguments const& args, cudaStream_t stream) {
+  using Kernel = typename DeviceOp::GemmKernel;
+  if (DeviceOp::can_implement(args) != cutlass::Status::kSuccess) return Status::kInvalidArgument;
+  if (DeviceOp::get_workspace_size(args) != 0) return Status::kInvalidArgument;
+  typename DeviceOp::Params params = Kernel::to_underlying_arguments(args, nullptr);
+  constexpr int kSmemBytes = Kernel::SharedStorageSize;
+  if (kSmemBytes >= (48 << 10) && cudaFuncSetAttribute(cutlass::device_kernel<Kernel>,
+                                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                       kSmemBytes) != cudaSuccess)
+    return Status::kCudaError;
+  return DeviceOp::run(params, stream) == cutlass::Status::kSuccess ? Status::kSuccess : Status::kCudaError;
 }
 
 // Requirements every tensor-core family shares (kernels.h documents them).
