@@ -832,7 +832,10 @@ TORCH_LIBRARY_FRAGMENT(int8, m) {
   m.def("set_conv_workspace_limit(int bytes) -> ()", set_conv_workspace_limit);
 }
 
-TORCH_LIBRARY_IMPL(int8, CPU, m) {
+namespace {
+// The CPU and CUDA kernels are the same functions: they pick the kernel layer's
+// CPU or GPU entry points from the tensors' device.
+void impl_conv_kernels(torch::Library& m) {
   m.impl("im2col", im2col_kernel);
   m.impl("col2im", col2im_kernel);
   m.impl("conv2d", conv2d_kernel);
@@ -841,17 +844,12 @@ TORCH_LIBRARY_IMPL(int8, CPU, m) {
   m.impl("scaled_conv2d_dgrad", scaled_conv2d_dgrad_kernel);
   m.impl("conv2d_wgrad", conv2d_wgrad_kernel);
 }
+}  // namespace
+
+TORCH_LIBRARY_IMPL(int8, CPU, m) { impl_conv_kernels(m); }
 
 #ifdef TORCH_INT8_WITH_CUDA
-TORCH_LIBRARY_IMPL(int8, CUDA, m) {
-  m.impl("im2col", im2col_kernel);
-  m.impl("col2im", col2im_kernel);
-  m.impl("conv2d", conv2d_kernel);
-  m.impl("scaled_conv2d", scaled_conv2d_kernel);
-  m.impl("conv2d_dgrad", conv2d_dgrad_kernel);
-  m.impl("scaled_conv2d_dgrad", scaled_conv2d_dgrad_kernel);
-  m.impl("conv2d_wgrad", conv2d_wgrad_kernel);
-}
+TORCH_LIBRARY_IMPL(int8, CUDA, m) { impl_conv_kernels(m); }
 #endif
 
 TORCH_LIBRARY_IMPL(int8, Meta, m) {

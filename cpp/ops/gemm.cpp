@@ -267,18 +267,19 @@ TORCH_LIBRARY_FRAGMENT(int8, m) {
       "Tensor? bias=None, ScalarType out_dtype=bfloat16, bool relu=False) -> (Tensor, Tensor)");
 }
 
-TORCH_LIBRARY_IMPL(int8, CPU, m) {
+namespace {
+// The CPU and CUDA kernels are the same functions (run_gemm picks the device).
+void impl_gemm_kernels(torch::Library& m) {
   m.impl("gemm", gemm_kernel);
   m.impl("scaled_gemm", scaled_gemm_kernel);
   m.impl("scaled_gemm_row_amax", scaled_gemm_row_amax_kernel);
 }
+}  // namespace
+
+TORCH_LIBRARY_IMPL(int8, CPU, m) { impl_gemm_kernels(m); }
 
 #ifdef TORCH_INT8_WITH_CUDA
-TORCH_LIBRARY_IMPL(int8, CUDA, m) {
-  m.impl("gemm", gemm_kernel);
-  m.impl("scaled_gemm", scaled_gemm_kernel);
-  m.impl("scaled_gemm_row_amax", scaled_gemm_row_amax_kernel);
-}
+TORCH_LIBRARY_IMPL(int8, CUDA, m) { impl_gemm_kernels(m); }
 #endif
 
 TORCH_LIBRARY_IMPL(int8, Meta, m) {
