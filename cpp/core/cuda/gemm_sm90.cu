@@ -13,12 +13,7 @@ using TileRunner = Status (*)(const GemmProblem&, const Epilogue&, cudaStream_t,
 
 template <class Tile>
 Status run_tile(const GemmProblem& p, const Epilogue& e, cudaStream_t stream, int sm_count) {
-  if (e.row_amax) return run_sm90_row_amax<Tile>(p, e, stream, sm_count);
-  return visit_out_type(p.out_type, [&](auto tag) {
-    using ElementD = typename decltype(tag)::type;
-    if (!meets_alignment(p, sizeof(ElementD))) return Status::kInvalidArgument;
-    return Sm90Gemm<Tile, ElementD>::run(p, e, stream, sm_count);
-  });
+  return e.row_amax ? run_sm90_tile<Tile, true>(p, e, stream, sm_count) : run_sm90_tile<Tile, false>(p, e, stream, sm_count);
 }
 
 struct Sm90Tile {

@@ -78,10 +78,25 @@ struct Sm90Gemm {
   }
 };
 
-// The float-output GEMMs that also write the row maxima of |D|
-// (Epilogue::row_amax), one per tile configuration: instantiated in
-// gemm_sm90_row_amax.cu, so that they compile in parallel with the others.
-template <class Tile>
-Status run_sm90_row_amax(const GemmProblem& p, const Epilogue& e, cudaStream_t stream, int sm_count);
+// The GEMM of one tile configuration for p's output type; kRowAmax: the
+// float-output kernels that also write the row maxima of |D|
+// (Epilogue::row_amax), which gemm_sm90_row_amax.cu instantiates so that they
+// compile in parallel with the others.
+template <class Tile, bool kRowAmax>
+Status run_sm90_tile(const GemmProblem& p, const Epilogue& e, cudaStream_t stream, int sm_count) {
+  return visit_out_type(p.out_type, [&](auto tag) {
+    using ElementD = typename decltype(tag)::type;
+    if constexpr (kRowAmax && !kFloatOutput<ElementD>) {
+      return Status::kInvalidArgument;
+    } else {
+      if (!meets_alignment(p, sizeof(ElementD))) return Status::kInvalidArgument;
+      return Sm90Gemm<Tile, ElementD, kRowAmax>::run(p, e, stream, sm_count);
+    }
+  });
+}
+
+extern template Status run_sm90_tile<Sm90Cooperative256, true>(const GemmProblem&, const Epilogue&, cudaStream_t, int);
+extern template Status run_sm90_tile<Sm90Pingpong128, true>(const GemmProblem&, const Epilogue&, cudaStream_t, int);
+extern template Status run_sm90_tile<Sm90Pingpong64x32, true>(const GemmProblem&, const Epilogue&, cudaStream_t, int);
 
 }  // namespace torch_int8::kernels::detail

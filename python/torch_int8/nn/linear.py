@@ -175,9 +175,7 @@ class QuantizedLinear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)
         qw = QTensor(self.weight_int8.t(), self.weight_scale, None, 1)
-        if self.out_scale is not None:
-            y = scaled_gemm(self._quantize_input(x2), qw, bias=self.bias, out_dtype=torch.int8,
-                            out_scale=self.out_scale, relu=self.relu)
-        else:
-            y = scaled_gemm(self._quantize_input(x2), qw, bias=self.bias, out_dtype=x.dtype, relu=self.relu)
+        out_dtype = x.dtype if self.out_scale is None else torch.int8
+        y = scaled_gemm(self._quantize_input(x2), qw, bias=self.bias, out_dtype=out_dtype, out_scale=self.out_scale,
+                        relu=self.relu)
         return y.reshape(*x.shape[:-1], self.out_features)
