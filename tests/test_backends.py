@@ -184,6 +184,20 @@ class TestForcedFamily:
         out = torch_int8.gemm(a.cuda(), w.cuda().t())
         assert torch.equal(out.cpu(), int64_ref_as_int32(a, w.t()))
 
+    # The few-row kernels (sm75 / dp4a: M <= 4 with dp4a; sm80 / sm90: M <= 32 on tensor cores): each
+    # row-count class and its edges, N not a multiple of the 32 columns of a block, K not a multiple
+    # of the 1024 its warps step by (nor of 128: some lanes of the last step load nothing).
+    @pytest.mark.parametrize("M", [1, 2, 3, 4, 5, 8, 9, 16, 17, 31, 32, 33])
+    def test_few_rows_exact(self, family, M):
+        N, K = 1000 + M, 2064 + 16 * M
+        a = rand_int8((M, K), seed=M)
+        w = rand_int8((N, K), seed=M + 100)
+        assert torch.equal(torch_int8.gemm(a.cuda(), w.cuda().t()).cpu(), int64_ref_as_int32(a, w.t()))
+
+    def test_few_rows_batched(self, family):
+        a, b = rand_int8((3, 5, 96), seed=1), rand_int8((3, 96, 70), seed=2)
+        assert torch.equal(torch_int8.gemm(a.cuda(), b.cuda()).cpu(), int64_ref_as_int32(a, b))
+
     def test_gemm_batched_and_sliced(self, family):
         a = rand_int8((3, 40, 70), seed=1)
         b = rand_int8((3, 70, 90), seed=2)
@@ -192,7 +206,8 @@ class TestForcedFamily:
         a_s, b_s = big[5:45, 17:113], rand_int8((96, 31), seed=4)
         assert torch.equal(torch_int8.gemm(a_s.cuda(), b_s.cuda()).cpu(), int64_ref_as_int32(a_s, b_s))
 
-    @pytest.mark.parametrize("M,N,K", [(1, 64, 128), (37, 53, 91), (256, 384, 640), (16, 250, 4100)])
+    @pytest.mark.parametrize("M,N,K", [(1, 64, 128), (37, 53, 91), (256, 384, 640), (16, 250, 4100),
+                                       (29, 100, 4112)])
     @pytest.mark.parametrize("out_zero_point", [0, -7])
     @pytest.mark.parametrize("relu", [False, True], ids=["", "relu"])
     def test_int8_epilogue_matches_cpu_bit_for_bit(self, family, M, N, K, out_zero_point, relu):
@@ -203,10 +218,11 @@ class TestForcedFamily:
         assert torch.equal(gpu.cpu(), cpu)
         assert int(cpu.min()) == -128 or int(cpu.max()) == 127 or cpu.unique().numel() > 20  # not degenerate
 
+    @pytest.mark.parametrize("M", [77, 12])
     @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
     @pytest.mark.parametrize("relu", [False, True], ids=["", "relu"])
-    def test_float_epilogue_matches_cpu(self, family, out_dtype, relu):
-        a, b, bias = _qtensors(77, 130, 300, seed=5)
+    def test_float_epilogue_matches_cpu(self, family, M, out_dtype, relu):
+        a, b, bias = _qtensors(M, 130, 300, seed=5)
         cpu = torch_int8.scaled_gemm(a, b, bias=bias, out_dtype=out_dtype, relu=relu).double()
         gpu = torch_int8.scaled_gemm(_cuda(a), _cuda(b), bias=bias.cuda(), out_dtype=out_dtype, relu=relu).cpu().double()
         assert (cpu.min() >= 0) == relu
@@ -214,7 +230,7 @@ class TestForcedFamily:
         ulp = {torch.float32: 2.0**-23, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}[out_dtype]
         assert torch.all((gpu - cpu).abs() <= ulp * cpu.abs() + 1e-30)
 
-    @pytest.mark.parametrize("M,N,K", [(2, 40, 64), (77, 130, 300), (300, 520, 640)])
+    @pytest.mark.parametrize("M,N,K", [(2, 40, 64), (20, 70, 160), (77, 130, 300), (300, 520, 640)])
     @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
     def test_row_amax_is_the_max_of_the_output(self, family, M, N, K, out_dtype):
         a, b, bias = _qtensors(M, N, K, seed=M + K)

@@ -14,6 +14,13 @@ FAMILY_KINDS = {
     "dp4a": "SIMT, __dp4a",
     "simt": "SIMT, exact FP32 FMA",
 }
+# The few-row (decode) kernel each family runs (families.h).
+FEW_ROW_KERNELS = {
+    "sm90": "M <= 32: mma.sync with swapped operands",
+    "sm80": "M <= 32: mma.sync with swapped operands",
+    "sm75": "M <= 4: dp4a",
+    "dp4a": "M <= 4: dp4a",
+}
 
 
 def info() -> None:
@@ -34,8 +41,8 @@ def info() -> None:
             rows.append((f"GPU {i}", f"{torch.cuda.get_device_name(i)} (sm_{major}{minor})"))
             rows.append((f"GPU {i} gemm / scaled_gemm",
                          f"{backend} ({FAMILY_KINDS.get(backend, '?')})" if backend else "none: rebuild for this GPU"))
-            if major * 10 + minor >= 61 and "dp4a" in backends.built_backends():  # gemm_skinny.cu comes with dp4a
-                rows.append((f"GPU {i} gemm with M <= 4", "dp4a few-row kernel (unless a family is forced)"))
+            if backend in FEW_ROW_KERNELS:
+                rows.append((f"GPU {i} few-row gemm", FEW_ROW_KERNELS[backend]))
             rows.append((f"GPU {i} requantize", "CUDA elementwise kernel" if build["cuda"] else "none"))
             rows.append((f"GPU {i} quantize_rows / quantize_columns_t", "fused CUDA kernels (one read of x)"))
             rows.append((f"GPU {i} quantize (other layouts) / dequantize", "ATen ops (composite)"))

@@ -112,7 +112,7 @@ def _add_common_args(p: argparse.ArgumentParser) -> None:
 FULL_SHAPES: List[Shape] = (
     [(8192, 8192, 8192)]
     + [(8192, n, k) for (n, k) in [(4096, 4096), (11008, 4096), (4096, 11008), (14336, 4096)]]
-    + [(m, 4096, 4096) for m in (1, 4, 8, 16, 64, 128, 256, 512, 1024)]
+    + [(m, 4096, 4096) for m in (1, 4, 8, 16, 32, 64, 128, 256, 512, 1024)]
     + [(200704, 64, 576)]  # conv-like: 3x3 conv, 64 channels, 224x224 image x batch 4, as implicit GEMM
 )
 

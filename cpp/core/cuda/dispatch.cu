@@ -108,11 +108,6 @@ Status gemm_cuda(const GemmProblem& p, const Epilogue& e, void* stream) {
     return Status::kCudaError;
   const int cc = major * 10 + minor;
   const auto s = static_cast<cudaStream_t>(stream);
-#ifdef TORCH_INT8_SKINNY_MIN_CC
-  if (p.m <= detail::kSkinnyMaxM && cc >= TORCH_INT8_SKINNY_MIN_CC && !forced_family()) {
-    if (const Status st = detail::gemm_skinny(p, e, s); st != Status::kInvalidArgument) return st;
-  }
-#endif
   const Family* f = find_family(cc);
   if (!f) return Status::kNoKernel;
   return f->run(p, e, s);

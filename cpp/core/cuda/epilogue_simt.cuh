@@ -39,6 +39,26 @@ __device__ inline void add_row_amax(const Epilogue& e, int64_t m, unsigned bits)
   atomicMax(reinterpret_cast<unsigned*>(e.row_amax) + m, bits);
 }
 
+// v combined over the warp with op; every lane gets the result.
+template <class T, class Op>
+__device__ __forceinline__ T warp_reduce(T v, Op op) {
+  for (int offset = 16; offset > 0; offset /= 2) v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+struct Plus {
+  __device__ int operator()(int a, int b) const { return a + b; }
+};
+struct Max {
+  __device__ unsigned operator()(unsigned a, unsigned b) const { return max(a, b); }
+};
+
+// Row m's maximum over the outputs of one warp (abs_bits of each lane's, 0 for
+// none), added to Epilogue::row_amax with one atomic.
+__device__ inline void add_warp_row_amax(const Epilogue& e, int64_t m, unsigned bits) {
+  bits = warp_reduce(bits, Max{});
+  if (threadIdx.x % 32 == 0) add_row_amax(e, m, bits);
+}
+
 // The output of element (m, n) given the accumulator, reading the epilogue's
 // vectors; the accumulator itself for int32 output.
 template <class ElementD>

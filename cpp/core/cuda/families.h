@@ -17,13 +17,25 @@ Status gemm_sm90(const GemmProblem& p, const Epilogue& e, cudaStream_t stream); 
 Status gemm_dp4a(const GemmProblem& p, const Epilogue& e, cudaStream_t stream);  // sm_61+: __dp4a
 Status gemm_simt(const GemmProblem& p, const Epilogue& e, cudaStream_t stream);  // sm_50+: exact FP32 FMA
 
-// Few-row products (M <= kSkinnyMaxM), bound by reading B once: a dp4a kernel
-// (sm_61+, gemm_skinny.cu) that the dispatcher prefers to every family unless
-// one is forced. Measured on the H200 (N = K = 4096, int32 out, CUDA-graph
-// replays, 9487153): M = 1 5.3 us, M = 4 9.6 us, M = 8 16.6 us (each B chunk
-// meets M rows of A from L1), against 12.2-12.6 us for the sm90 64x32 tile
-// kernel at M = 1..8 (bf16: 10-11 us), so the tile kernels take M > 4.
+// Few-row products, bound by reading B once, have kernels of their own that
+// the families run instead of their tile kernels:
+// - sm80 and sm90: M <= kSkinnyMmaMaxM on tensor cores with swapped operands
+//   (mma.sync m16n8k32, gemm_skinny_mma.cu);
+// - sm75 and dp4a: M <= kSkinnyMaxM with dp4a (gemm_skinny.cu). Measured on
+//   the H200 (N = K = 4096, int32 out, CUDA-graph replays, 9487153): M = 1
+//   5.3 us, M = 4 9.6 us, M = 8 16.6 us (each B chunk meets M rows of A from L1).
 constexpr int64_t kSkinnyMaxM = 4;
 Status gemm_skinny(const GemmProblem& p, const Epilogue& e, cudaStream_t stream);
+constexpr int64_t kSkinnyMmaMaxM = 32;
+Status gemm_skinny_mma(const GemmProblem& p, const Epilogue& e, cudaStream_t stream);
+
+// few_rows(p) for M <= max_m unless it refuses the problem (alignment), else tiles(p).
+inline Status few_rows_or_tiles(GemmFamilyFn few_rows, int64_t max_m, GemmFamilyFn tiles, const GemmProblem& p,
+                                const Epilogue& e, cudaStream_t stream) {
+  if (p.m <= max_m) {
+    if (const Status st = few_rows(p, e, stream); st != Status::kInvalidArgument) return st;
+  }
+  return tiles(p, e, stream);
+}
 
 }  // namespace torch_int8::kernels::detail

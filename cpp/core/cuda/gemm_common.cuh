@@ -78,13 +78,19 @@ Status run_cutlass_preinitialized(typename DeviceOp::Arguments const& args, cuda
   return DeviceOp::run(params, stream) == cutlass::Status::kSuccess ? Status::kSuccess : Status::kCudaError;
 }
 
+inline bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
+// A and B as rows of 16-byte chunks (kernels.h requirements): what every
+// kernel that loads them 16 bytes at a time needs.
+inline bool operands_aligned(const GemmProblem& p) {
+  return p.k % 16 == 0 && p.lda % 16 == 0 && p.ldb % 16 == 0 && aligned16(p.a) && aligned16(p.b) &&
+         (p.batch == 1 || (p.batch_stride_a % 16 == 0 && p.batch_stride_b % 16 == 0));
+}
+
 // Requirements every tensor-core family shares (kernels.h documents them).
 inline bool meets_alignment(const GemmProblem& p, int out_bytes) {
-  auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
-  return p.k % 16 == 0 && p.lda % 16 == 0 && p.ldb % 16 == 0 && (p.ldd * out_bytes) % 16 == 0 &&
-         aligned(p.a) && aligned(p.b) && aligned(p.d) &&
-         (p.batch == 1 || (p.batch_stride_a % 16 == 0 && p.batch_stride_b % 16 == 0 &&
-                           (p.batch_stride_d * out_bytes) % 16 == 0));
+  return operands_aligned(p) && (p.ldd * out_bytes) % 16 == 0 && aligned16(p.d) &&
+         (p.batch == 1 || (p.batch_stride_d * out_bytes) % 16 == 0);
 }
 
 }  // namespace torch_int8::kernels::detail

@@ -28,7 +28,7 @@ struct Dp4aMath {
 }  // namespace
 
 Status gemm_dp4a(const GemmProblem& p, const Epilogue& e, cudaStream_t stream) {
-  return gemm_simt_family<Dp4aMath>(p, e, stream);
+  return few_rows_or_tiles(gemm_skinny, kSkinnyMaxM, gemm_simt_family<Dp4aMath>, p, e, stream);
 }
 
 }  // namespace torch_int8::kernels::detail

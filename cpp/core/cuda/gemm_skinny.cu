@@ -25,19 +25,6 @@ __device__ __forceinline__ int dot16(const int4& a, const int4& b, int acc) {
   return __dp4a(a.w, b.w, acc);
 }
 
-// v combined over the warp with op; every lane gets the result.
-template <class T, class Op>
-__device__ __forceinline__ T warp_reduce(T v, Op op) {
-  for (int offset = 16; offset > 0; offset /= 2) v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
-  return v;
-}
-struct Plus {
-  __device__ int operator()(int a, int b) const { return a + b; }
-};
-struct Max {
-  __device__ unsigned operator()(unsigned a, unsigned b) const { return max(a, b); }
-};
-
 // Warp w of block (x, y) computes columns [kCols (x kWarpsPerBlock + w), +kCols)
 // of batch y, for rows m < M <= kMaxM.
 template <int kMaxM, class ElementD>
@@ -79,10 +66,7 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) skinny_gemm_kernel(GemmPr
       }
     }
     if constexpr (kFloatOutput<ElementD>) {
-      if (e.row_amax) {
-        bits = warp_reduce(bits, Max{});
-        if (lane == 0) add_row_amax(e, m, bits);
-      }
+      if (e.row_amax) add_warp_row_amax(e, m, bits);
     }
   }
 }
@@ -103,11 +87,7 @@ Status launch_skinny(const GemmProblem& p, const Epilogue& e, cudaStream_t strea
 }  // namespace
 
 Status gemm_skinny(const GemmProblem& p, const Epilogue& e, cudaStream_t stream) {
-  // 16-byte chunks of every row of A and column of B (kernels.h requirements).
-  if (p.m > kSkinnyMaxM || p.k % 16 || p.lda % 16 || p.ldb % 16 ||
-      reinterpret_cast<uintptr_t>(p.a) % 16 || reinterpret_cast<uintptr_t>(p.b) % 16 ||
-      (p.batch > 1 && (p.batch_stride_a % 16 || p.batch_stride_b % 16)))
-    return Status::kInvalidArgument;
+  if (p.m > kSkinnyMaxM || !operands_aligned(p)) return Status::kInvalidArgument;
   static_assert(kSkinnyMaxM == 4, "one instantiation per row count class up to kSkinnyMaxM");
   if (p.m == 1) return launch_skinny<1>(p, e, stream);
   if (p.m <= 2) return launch_skinny<2>(p, e, stream);

@@ -4,6 +4,6 @@
 
 namespace torch_int8::kernels::detail {
 Status gemm_sm80(const GemmProblem& p, const Epilogue& e, cudaStream_t stream) {
-  return gemm_sm8x<Sm80Config>(p, e, stream);
+  return few_rows_or_tiles(gemm_skinny_mma, kSkinnyMmaMaxM, gemm_sm8x<Sm80Config>, p, e, stream);
 }
 }  // namespace torch_int8::kernels::detail

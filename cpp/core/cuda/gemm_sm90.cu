@@ -47,26 +47,31 @@ const Sm90Tile& pick_tile(const GemmProblem& p, int sm_count) {
   return kPingpong64x32;
 }
 
-// TORCH_INT8_SM90_TILE=256x128|128x128|64x32 forces one configuration (read at
-// every call), to benchmark the rule against the alternatives; unset: the rule.
-// An unknown name is refused (kInvalidArgument) rather than silently ignored.
-Status run_forced_or_picked(const GemmProblem& p, const Epilogue& e, cudaStream_t stream, int sm_count) {
-  const char* env = std::getenv("TORCH_INT8_SM90_TILE");
-  if (!env || !*env) return pick_tile(p, sm_count).run(p, e, stream, sm_count);
-  for (const Sm90Tile* t : kTiles)
-    if (std::strcmp(t->name, env) == 0) return t->run(p, e, stream, sm_count);
-  return Status::kInvalidArgument;
-}
-
-}  // namespace
-
-Status gemm_sm90(const GemmProblem& p, const Epilogue& e, cudaStream_t stream) {
+int device_sm_count() {
   static const int sm_count = [] {
     int device = 0;
     cudaGetDevice(&device);
     return cutlass::KernelHardwareInfo::query_device_multiprocessor_count(device);
   }();
-  return run_forced_or_picked(p, e, stream, sm_count);
+  return sm_count;
+}
+
+Status run_picked_tile(const GemmProblem& p, const Epilogue& e, cudaStream_t stream) {
+  return pick_tile(p, device_sm_count()).run(p, e, stream, device_sm_count());
+}
+
+}  // namespace
+
+// TORCH_INT8_SM90_TILE=256x128|128x128|64x32 forces one configuration (read at
+// every call), to benchmark the rule and the few-row kernel against the
+// alternatives; unset: the few-row kernel for M <= kSkinnyMmaMaxM, else the rule.
+// An unknown name is refused (kInvalidArgument) rather than silently ignored.
+Status gemm_sm90(const GemmProblem& p, const Epilogue& e, cudaStream_t stream) {
+  const char* env = std::getenv("TORCH_INT8_SM90_TILE");
+  if (!env || !*env) return few_rows_or_tiles(gemm_skinny_mma, kSkinnyMmaMaxM, run_picked_tile, p, e, stream);
+  for (const Sm90Tile* t : kTiles)
+    if (std::strcmp(t->name, env) == 0) return t->run(p, e, stream, device_sm_count());
+  return Status::kInvalidArgument;
 }
 
 }  // namespace torch_int8::kernels::detail
