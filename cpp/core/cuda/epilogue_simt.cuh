@@ -48,15 +48,14 @@ __device__ __forceinline__ T warp_reduce(T v, Op op) {
 struct Plus {
   __device__ int operator()(int a, int b) const { return a + b; }
 };
-struct Max {
-  __device__ unsigned operator()(unsigned a, unsigned b) const { return max(a, b); }
-};
 
-// Row m's maximum over the outputs of one warp (abs_bits of each lane's, 0 for
-// none), added to Epilogue::row_amax with one atomic.
-__device__ inline void add_warp_row_amax(const Epilogue& e, int64_t m, unsigned bits) {
-  bits = warp_reduce(bits, Max{});
-  if (threadIdx.x % 32 == 0) add_row_amax(e, m, bits);
+// Row m's maximum over the outputs of kLanes consecutive lanes (abs_bits of
+// each lane's, 0 for none), added to Epilogue::row_amax with one atomic. Every
+// lane of the warp takes part; only those with active set contribute a row.
+template <int kLanes = 32>
+__device__ inline void add_lanes_row_amax(const Epilogue& e, int64_t m, unsigned bits, bool active = true) {
+  for (int offset = kLanes / 2; offset > 0; offset /= 2) bits = max(bits, __shfl_xor_sync(0xffffffffu, bits, offset));
+  if (active && threadIdx.x % kLanes == 0) add_row_amax(e, m, bits);
 }
 
 // The output of element (m, n) given the accumulator, reading the epilogue's

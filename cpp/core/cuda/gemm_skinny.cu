@@ -66,7 +66,7 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) skinny_gemm_kernel(GemmPr
       }
     }
     if constexpr (kFloatOutput<ElementD>) {
-      if (e.row_amax) add_warp_row_amax(e, m, bits);
+      if (e.row_amax) add_lanes_row_amax(e, m, bits);
     }
   }
 }
