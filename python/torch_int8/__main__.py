@@ -16,8 +16,8 @@ FAMILY_KINDS = {
 }
 # The few-row (decode) kernel each family runs (families.h).
 FEW_ROW_KERNELS = {
-    "sm90": "M <= 32: mma.sync with swapped operands",
-    "sm80": "M <= 32: mma.sync with swapped operands",
+    "sm90": "M = 1: dp4a; 2 <= M <= 32: mma.sync with swapped operands",
+    "sm80": "M = 1: dp4a; 2 <= M <= 32: mma.sync with swapped operands",
     "sm75": "M <= 4: dp4a",
     "dp4a": "M <= 4: dp4a",
 }

@@ -19,8 +19,8 @@ Status gemm_simt(const GemmProblem& p, const Epilogue& e, cudaStream_t stream); 
 
 // Few-row products, bound by reading B once, have kernels of their own that
 // the families run instead of their tile kernels:
-// - sm80 and sm90: M <= kSkinnyMmaMaxM on tensor cores with swapped operands
-//   (mma.sync m16n8k32, gemm_skinny_mma.cu);
+// - sm80 and sm90: 2 <= M <= kSkinnyMmaMaxM on tensor cores with swapped
+//   operands (mma.sync m16n8k32, gemm_skinny_mma.cu), M = 1 with dp4a;
 // - sm75 and dp4a: M <= kSkinnyMaxM with dp4a (gemm_skinny.cu). Measured on
 //   the H200 (N = K = 4096, int32 out, CUDA-graph replays, 9487153): M = 1
 //   5.3 us, M = 4 9.6 us, M = 8 16.6 us (each B chunk meets M rows of A from L1).

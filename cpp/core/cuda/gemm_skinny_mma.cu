@@ -7,7 +7,7 @@
 //
 // The operands are swapped: the mma's 16 rows are 16 columns of B (rows in
 // memory, K contiguous) and its 8 columns are rows of A, so every row count up
-// to 8 costs one mma per 16 x 32 piece of B. A block owns kColsPerBlock
+// to 8 costs one mma per 16 x 32 piece of B. A block owns kCols
 // columns of B and all of K: its warps split K in interleaved 128-byte steps
 // (the block reads each row of B as whole cache lines) and a shared-memory sum
 // ends the dot products before the epilogue, one output per thread.
@@ -16,9 +16,6 @@
 // same one: each lane loads 16 consecutive bytes of a row of B and of A, which
 // feed two mma steps (bytes 0-7 the first, 8-15 the second).
 #include <cuda_runtime_api.h>
-
-#include <cstdlib>
-#include <cstring>
 
 #include "families.h"
 #include "gemm_common.cuh"
@@ -35,17 +32,21 @@ constexpr int kChunk = 16;             // bytes of k per lane and load
 constexpr int kHalfStep = 4 * kChunk;  // k of one load of the 4 lanes sharing a row
 constexpr int kWarpStep = 2 * kHalfStep;  // k per warp and step: one 128-byte line per row
 
-// A block shape: kWarps warps splitting K, each computing 16 kColTiles columns
-// of B, kUnroll steps of loads in flight per warp.
-template <int kWarps_, int kColTiles_, int kUnroll_>
-struct SkinnyMmaShape {
-  static constexpr int kWarps = kWarps_, kColTiles = kColTiles_, kUnroll = kUnroll_;
-  static constexpr int kThreads = 32 * kWarps;
-  static constexpr int kCols = 16 * kColTiles;  // columns of B per block
-  static constexpr int kBlockStep = kWarps * kWarpStep;
-  static constexpr int kPitch = kCols + 4;  // partial-sum row pitch: conflict-free fragment stores
-  static_assert(kCols == 16 || kCols == 32, "the epilogue maps a row of outputs to 16 or 32 lanes");
-};
+// The block shape, chosen by measurement on the H200 (N = K = 4096, CUDA-graph
+// replays; M = 1 / 8 / 16 / 32): 16 warps x 16 columns, two steps of loads in
+// flight per warp: 6.4 / 6.6 / 7.8 / 9.9 us; 8 warps x 32 columns: 12.2 / 12.5
+// / 9.9 / 14.0 us; 8 x 16: 8.5 / 8.8 / 9.4 / 15.1 us; 4 x 16 or 32 columns (four
+// steps in flight): 12-17 us. Many warps, each with a short stretch of K whose
+// loads all fly at once, hide the memory latency; wider blocks (less re-reading
+// of A from L2) did not pay.
+constexpr int kWarps = 16;
+constexpr int kThreads = 32 * kWarps;
+constexpr int kColTiles = 1;  // 16-column mma tiles of B per warp
+constexpr int kCols = 16 * kColTiles;  // columns of B per block; a row of outputs spans kCols lanes
+constexpr int kUnroll = 2;
+constexpr int kBlockStep = kWarps * kWarpStep;
+constexpr int kPitch = kCols + 4;  // partial-sum row pitch: conflict-free fragment stores
+static_assert(kCols == 16 || kCols == 32, "the epilogue's row segments must divide a warp");
 
 // 16 bytes B is read once: not kept in L1, which holds the rows of A.
 __device__ __forceinline__ int4 load_streaming(const int8_t* ptr) {
@@ -64,13 +65,12 @@ __device__ __forceinline__ void mma_s8(int (&c)[4], int a0, int a1, int a2, int 
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-// Block (x, y) computes columns [Shape::kCols x, +Shape::kCols) of batch y
-// for rows m < M <= 8 kRowTiles.
-template <class Shape, int kRowTiles, class ElementD>
-__global__ void __launch_bounds__(Shape::kThreads) skinny_mma_kernel(GemmProblem p, Epilogue e) {
-  constexpr int kWarps = Shape::kWarps, kColTiles = Shape::kColTiles, kCols = Shape::kCols;
+// Block (x, y) computes columns [kCols x, +kCols) of batch y for rows
+// m < M <= 8 kRowTiles.
+template <int kRowTiles, class ElementD>
+__global__ void __launch_bounds__(kThreads) skinny_mma_kernel(GemmProblem p, Epilogue e) {
   constexpr int kRows = 8 * kRowTiles;
-  __shared__ int partial[kWarps][kRows][Shape::kPitch];
+  __shared__ int partial[kWarps][kRows][kPitch];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int group = lane / 4, quad = lane % 4;  // mma fragment coordinates
   const int64_t n0 = int64_t{blockIdx.x} * kCols;
@@ -90,8 +90,8 @@ __global__ void __launch_bounds__(Shape::kThreads) skinny_mma_kernel(GemmProblem
   }
 
   int acc[kColTiles][kRowTiles][4] = {};
-#pragma unroll Shape::kUnroll
-  for (int64_t k0 = int64_t{warp} * kWarpStep; k0 < p.k; k0 += Shape::kBlockStep) {
+#pragma unroll kUnroll
+  for (int64_t k0 = int64_t{warp} * kWarpStep; k0 < p.k; k0 += kBlockStep) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int64_t k = k0 + half * kHalfStep + quad * kChunk;
@@ -133,7 +133,7 @@ __global__ void __launch_bounds__(Shape::kThreads) skinny_mma_kernel(GemmProblem
   // One output per thread and pass; kRows x kCols is a multiple of 32, so a
   // warp runs a pass whole (the row maxima shuffle over all of its lanes).
   ElementD* d = static_cast<ElementD*>(p.d) + blockIdx.y * p.batch_stride_d;
-  for (int i = threadIdx.x; i < kRows * kCols; i += Shape::kThreads) {
+  for (int i = threadIdx.x; i < kRows * kCols; i += kThreads) {
     const int m = i / kCols, col = i % kCols;
     const int64_t n = n0 + col;
     unsigned bits = 0;  // |output| for the row maximum (Epilogue::row_amax)
@@ -151,48 +151,30 @@ __global__ void __launch_bounds__(Shape::kThreads) skinny_mma_kernel(GemmProblem
   }
 }
 
-template <class Shape, int kRowTiles>
+template <int kRowTiles>
 Status launch_skinny_mma(const GemmProblem& p, const Epilogue& e, cudaStream_t stream) {
   return visit_out_type(p.out_type, [&](auto tag) {
     using ElementD = typename decltype(tag)::type;
-    const int64_t blocks = (p.n + Shape::kCols - 1) / Shape::kCols;
+    const int64_t blocks = (p.n + kCols - 1) / kCols;
     if (blocks > INT32_MAX || p.batch > 65535) return Status::kInvalidArgument;
     const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(p.batch));
-    skinny_mma_kernel<Shape, kRowTiles, ElementD><<<grid, Shape::kThreads, 0, stream>>>(p, e);
+    skinny_mma_kernel<kRowTiles, ElementD><<<grid, kThreads, 0, stream>>>(p, e);
     return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError;
   });
 }
 
-template <class Shape>
-Status run_skinny_mma(const GemmProblem& p, const Epilogue& e, cudaStream_t stream) {
-  static_assert(kSkinnyMmaMaxM == 32, "one instantiation per 8-row class up to kSkinnyMmaMaxM");
-  if (p.m <= 8) return launch_skinny_mma<Shape, 1>(p, e, stream);
-  if (p.m <= 16) return launch_skinny_mma<Shape, 2>(p, e, stream);
-  return launch_skinny_mma<Shape, 4>(p, e, stream);
-}
-
-// EXPERIMENT (to be reduced to the measured best): TORCH_INT8_SKINNY_MMA=WxCxU picks a block shape.
-struct NamedShape {
-  const char* name;
-  GemmFamilyFn run;
-};
-constexpr NamedShape kShapes[] = {
-    {"8x2x2", run_skinny_mma<SkinnyMmaShape<8, 2, 2>>},
-    {"8x1x4", run_skinny_mma<SkinnyMmaShape<8, 1, 4>>},
-    {"4x1x4", run_skinny_mma<SkinnyMmaShape<4, 1, 4>>},
-    {"4x2x4", run_skinny_mma<SkinnyMmaShape<4, 2, 4>>},
-    {"16x1x2", run_skinny_mma<SkinnyMmaShape<16, 1, 2>>},
-};
-
 }  // namespace
 
+// A single row goes to the dp4a few-row kernel (gemm_skinny.cu; built for every
+// arch of this file): 5.2 us against 6.4 here (N = K = 4096, H200), as one row
+// uses an eighth of each mma.
 Status gemm_skinny_mma(const GemmProblem& p, const Epilogue& e, cudaStream_t stream) {
+  if (p.m == 1) return gemm_skinny(p, e, stream);
   if (p.m > kSkinnyMmaMaxM || !operands_aligned(p)) return Status::kInvalidArgument;
-  const char* env = std::getenv("TORCH_INT8_SKINNY_MMA");
-  if (!env || !*env) return kShapes[0].run(p, e, stream);
-  for (const NamedShape& s : kShapes)
-    if (std::strcmp(s.name, env) == 0) return s.run(p, e, stream);
-  return Status::kNoKernel;
+  static_assert(kSkinnyMmaMaxM == 32, "one instantiation per 8-row class up to kSkinnyMmaMaxM");
+  if (p.m <= 8) return launch_skinny_mma<1>(p, e, stream);
+  if (p.m <= 16) return launch_skinny_mma<2>(p, e, stream);
+  return launch_skinny_mma<4>(p, e, stream);
 }
 
 }  // namespace torch_int8::kernels::detail
