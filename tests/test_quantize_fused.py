@@ -23,8 +23,11 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 SHAPES = [(1, 1), (1, 4096), (1000, 1), (3, 1000), (64, 4096), (64, 128), (136, 264), (7, 333), (130, 65),
           (257, 96), (100, 8), (3, 40000), (4, 33333)]
 # Column statistics: also several slices of rows per column (merged in order), narrow matrices
-# (a block spread over few columns and many rows), ragged and unaligned widths.
-STATS_SHAPES = SHAPES + [(3000, 4096), (3000, 4100), (50000, 3), (20000, 16)]
+# (a block spread over few columns and many rows), ragged and unaligned widths. quantize_rows
+# collects them in its own pass over rows of up to 768 threads x 2 packs (12288 bf16 columns);
+# (40, 12800) is longer (a separate statistics pass) and (3000, 4100) in bf16 is unaligned
+# and too long for it.
+STATS_SHAPES = SHAPES + [(3000, 4096), (3000, 4100), (50000, 3), (20000, 16), (40, 12800)]
 
 
 def make_x(rows, cols, dtype, seed):
@@ -141,6 +144,19 @@ def test_values_next_to_rounding_ties(device):
     assert torch.equal(q.data.cpu(), torch_int8.quantize(x, 0).data)
     qt = torch_int8.quantize_columns_t(x.t().contiguous().to(device), torch_int8.column_amax(x.t().to(device)))
     assert torch.equal(qt.data.cpu(), torch_int8.quantize(x.t(), 1).data.t())
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_quantize_columns_t_clamps_values_above_col_amax(device, dtype):
+    """col_amax is an argument: values beyond it clamp to +-127 (the fused kernel's range check)."""
+    x = make_x(200, 136, dtype, seed=12)
+    amax = x.float().abs().amax(0) * torch.linspace(0.01, 1.5, 136)
+    amax[5] = 1e-39  # a subnormal scale: no reciprocal
+    want_q, want_scale = torch.ops.int8.quantize_columns_t(x, amax)  # the CPU composite
+    qt = torch_int8.quantize_columns_t(x.to(device), amax.to(device))
+    assert torch.equal(qt.data.cpu(), want_q)
+    assert same(qt.scale.cpu(), want_scale)
 
 
 @pytest.mark.parametrize("device", DEVICE_PARAMS)

@@ -1,14 +1,17 @@
 // The fused quantize kernels of kernels.h, each one read of x:
-//   quantize_rows:       a block per row, the row held in registers between its
-//                        reduction and its quantization (longer rows: two passes,
-//                        max-reduce then quantize);
-//   column_stats:        column maxima and sums (quantize_rows' col_amax /
-//                        col_sum, the column_amax op): a streaming pass over
-//                        slices of rows, then an in-order merge of the slices
-//                        (no atomics: the float sums are reproducible);
-//   quantize_columns_t:  64-row tiles transposed through shared memory as
+//   quantize_rows:       one wave of blocks, each streaming a slice of whole
+//                        rows: a row is held in registers between its reduction
+//                        and its quantization while the next one is loaded. With
+//                        column statistics a block also keeps its columns' maxima
+//                        and sums over its slice; the slices are then merged in
+//                        order (no atomics: the float sums are reproducible).
+//                        Longer rows: two passes, max-reduce then quantize;
+//   column_stats:        the column statistics alone (the column_amax op, and
+//                        rows too long for the fused ones): a streaming pass over
+//                        slices of rows, then the same merge;
+//   quantize_columns_t:  128-row tiles transposed through shared memory as
 //                        4-row words, so that the bf16/fp32 reads and the int8
-//                        writes are 16-byte vectors.
+//                        writes are 16-byte vectors, each column a 128-byte line.
 // Both quantize with IEEE-exact results and the same rounding as the ATen
 // composite, so nearest rounding gives its results bit for bit.
 #include <cuda_bf16.h>
@@ -17,7 +20,9 @@
 
 #include <algorithm>
 #include <cfloat>
+#include <climits>
 #include <cmath>
+#include <type_traits>
 
 #include "torch_int8/kernels.h"
 
@@ -29,6 +34,18 @@ constexpr int kThreads = 256;
 __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
 __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+__device__ __forceinline__ unsigned bits_of(float v) { return __float_as_uint(v); }
+__device__ __forceinline__ unsigned bits_of(__half v) { return __half_as_ushort(v); }
+__device__ __forceinline__ unsigned bits_of(__nv_bfloat16 v) { return __bfloat16_as_ushort(v); }
+
+// The value of T with the given bits.
+template <class T>
+__device__ __forceinline__ T from_bits(unsigned b) {
+  if constexpr (sizeof(T) == 4) return __uint_as_float(b);
+  else if constexpr (std::is_same_v<T, __half>) return __ushort_as_half(static_cast<unsigned short>(b));
+  else return __ushort_as_bfloat16(static_cast<unsigned short>(b));
+}
 
 // N elements moved as one vector access when N * sizeof(T) is 16 (or 4, 8).
 template <class T, int N>
@@ -92,88 +109,293 @@ __device__ __forceinline__ int8_t quantize_value(float v, const Divisor& d, cons
   return static_cast<int8_t>(fminf(fmaxf(round(__fdiv_rn(v, d.s), index), -127.f), 127.f));
 }
 
-// y + 1.5 * 2^23 (|y| <= 2^22) is rounded by the FADD to an integer (nearest,
-// ties to even) held in the low mantissa bits: rint and the float -> int
-// conversion in full-rate instructions.
-constexpr float kRoundMagic = 12582912.f;
-constexpr int kRoundMagicBits = 0x4B400000;
-// |v * r - fl(v / s)| <= 3 * 2^-24 * |v / s| (two roundings of the product,
-// one of the quotient), below 2^-12 wherever |v / s| <= 128; beyond that both
-// clamp to +-127.
-constexpr float kTieMargin = 0x1p-12f;
-
-// Nearest rounding, bit for bit the same as the division above, without it:
-// the division (MUFU.RCP and its check), rintf and the float -> int8
-// conversion each issue at a quarter of the FP32 rate on sm_90, and by
-// instruction count they, not memory, bounded the kernels. The quotient is
-// v * (1 / s); only a product this close to a tie takes the division.
-__device__ __forceinline__ int8_t quantize_value(float v, const Divisor& d, const Nearest& round, int64_t index) {
-  if (isnan(d.s)) return 0;
-  const float y = __fmul_rn(v, d.r);
-  const float z = fminf(fmaxf(y, -127.f), 127.f) + kRoundMagic;
-  if (fabsf(y - (z - kRoundMagic)) < 0.5f - kTieMargin) return static_cast<int8_t>(__float_as_int(z) - kRoundMagicBits);
-  return quantize_value<Nearest>(v, d, round, index);  // also a NaN product: s subnormal, or v not finite
+// The low bytes of a, b, c, d as one word, a's lowest.
+__device__ __forceinline__ unsigned low_bytes(unsigned a, unsigned b, unsigned c, unsigned d) {
+  return __byte_perm(__byte_perm(a, b, 0x0040), __byte_perm(c, d, 0x0040), 0x5410);
 }
 
-// |v| as bits: for non-negative floats (and |NaN|) integer order is float
-// order, with NaN above inf above every finite value.
+// The low bytes of N words as int8 (whole words when N is a multiple of 4).
+template <int N>
+__device__ __forceinline__ Pack<int8_t, N> low_bytes(const unsigned (&b)[N]) {
+  Pack<int8_t, N> o;
+  if constexpr (N % 4 == 0) {
+    auto* words = reinterpret_cast<unsigned*>(o.v);
+#pragma unroll
+    for (int i = 0; i < N / 4; ++i) words[i] = low_bytes(b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]);
+  } else {
+#pragma unroll
+    for (int j = 0; j < N; ++j) o.v[j] = static_cast<int8_t>(b[j]);
+  }
+  return o;
+}
+
+// Nearest rounding of v / s without the division, whose MUFU.RCP and check,
+// like rintf and the float -> int8 conversion, issue at a quarter of the FP32
+// rate on sm_90 (by instruction count they, not memory, bounded the kernels).
+// z = fl(v * r + 1.5 * 2^23), r = fl(1 / s), holds k = rint(v * r) in its low
+// mantissa bits while |v * r| < 2^22: the low byte of its bits is k as an int8.
+// k is rint(fl(v / s)) too unless v * r lies within kTieMargin of a tie, since
+// |v * r - v / s| and |fl(v / s) - v / s| are each at most 2^-24 |v / s|,
+// below 2^-16 together wherever |v / s| <= 128. Such a value sets `exact` (so
+// does NaN: s subnormal, which has no reciprocal, or v not finite), and so
+// does |k| > 127 unless kBounded: s is then the maximum of these very values
+// over 127, so |v / s| <= 127 up to rounding.
+constexpr float kRoundMagic = 12582912.f, kTieMargin = 0x1p-12f;
+
+template <bool kBounded>
+__device__ __forceinline__ unsigned round_bits(float v, float r, bool& exact) {
+  const float z = __fmaf_rn(v, r, kRoundMagic), k = __fsub_rn(z, kRoundMagic);
+  exact |= !(fabsf(__fmaf_rn(v, r, -k)) < 0.5f - kTieMargin);
+  if (!kBounded) exact |= !(fabsf(k) <= 127.f);
+  return __float_as_uint(z);
+}
+
+// Element j of a pack as a float: a bf16 from its pair's word in one
+// instruction (a shift or a mask), not by extracting the half first.
+template <class T, int N>
+__device__ __forceinline__ float float_at(const Pack<T, N>& p, int j) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16> && N % 2 == 0) {
+    const unsigned word = reinterpret_cast<const unsigned*>(p.v)[j / 2];
+    return __uint_as_float(j % 2 ? word & 0xffff0000u : word << 16);
+  } else {
+    return to_float(p.v[j]);
+  }
+}
+
+template <class T, int N>
+__device__ __forceinline__ void unpack(const Pack<T, N>& p, float (&f)[N]) {
+#pragma unroll
+  for (int j = 0; j < N; ++j) f[j] = float_at(p, j);
+}
+
+// The values of a pack quantized in one channel by the division, in the low
+// bytes of bits; element j has index + j (the stochastic counters).
+template <int N, class Round>
+__device__ __forceinline__ void divide_bits(const float (&v)[N], const Divisor& d, const Round& round, int64_t index,
+                                            unsigned (&bits)[N]) {
+#pragma unroll
+  for (int j = 0; j < N; ++j) bits[j] = static_cast<uint8_t>(quantize_value(v[j], d, round, index + j));
+}
+
+template <bool kBounded, int N, class Round>
+__device__ __forceinline__ void quantize_bits(const float (&v)[N], const Divisor& d, const Round& round, int64_t index,
+                                              unsigned (&bits)[N]) {
+  divide_bits(v, d, round, index, bits);
+}
+
+// Nearest: by the reciprocal; the whole pack by the division in the rare case
+// that one of its values needs it.
+template <bool kBounded, int N>
+__device__ __forceinline__ void quantize_bits(const float (&v)[N], const Divisor& d, const Nearest& round,
+                                              int64_t index, unsigned (&bits)[N]) {
+  bool exact = false;
+#pragma unroll
+  for (int j = 0; j < N; ++j) bits[j] = round_bits<kBounded>(v[j], d.r, exact);
+  if (exact) divide_bits(v, d, round, index, bits);
+}
+
+// A pack quantized in one channel (kBounded: see round_bits).
+template <bool kBounded, class T, int N, class Round>
+__device__ __forceinline__ Pack<int8_t, N> quantize_pack(const Pack<T, N>& v, const Divisor& d, const Round& round,
+                                                         int64_t index) {
+  float f[N];
+  unpack(v, f);
+  unsigned bits[N];
+  quantize_bits<kBounded>(f, d, round, index, bits);
+  return low_bytes(bits);
+}
+
+// |v| of float v as bits: for non-negative floats (and |NaN|) integer order is
+// float order, with NaN above inf above every finite value.
 __device__ __forceinline__ unsigned amax_bits(float v) { return __float_as_uint(fabsf(v)); }
+
+// The magnitudes |v| of a pack in the same integer order, without converting
+// them: a float's bits less the sign, or a 16-bit value's, two to a word when N
+// is even (VIMNMX.U16x2 takes the maxima of both halves at once on sm_90).
+template <class T, int N>
+struct Magnitudes {
+  static constexpr bool kPaired = sizeof(T) == 2 && N % 2 == 0;
+  static constexpr int kWords = kPaired ? N / 2 : N;
+  unsigned w[kWords];
+
+  __device__ __forceinline__ static unsigned max(unsigned a, unsigned b) {
+    return kPaired ? __vmaxu2(a, b) : ::max(a, b);
+  }
+
+  // The magnitude of element j.
+  __device__ __forceinline__ unsigned at(int j) const {
+    return kPaired ? (w[j / 2] >> (16 * (j % 2))) & 0xffffu : w[j];
+  }
+
+  // The float bits (amax_bits) of magnitude m, which may be a pair.
+  __device__ __forceinline__ static unsigned float_bits(unsigned m) {
+    if constexpr (sizeof(T) == 4) return m;
+    else return __float_as_uint(to_float(from_bits<T>(kPaired ? ::max(m & 0xffffu, m >> 16) : m)));
+  }
+};
+
+template <class T, int N>
+__device__ __forceinline__ Magnitudes<T, N> magnitudes(const Pack<T, N>& p) {
+  Magnitudes<T, N> m;
+  if constexpr (Magnitudes<T, N>::kPaired) {
+    const auto* words = reinterpret_cast<const unsigned*>(p.v);
+#pragma unroll
+    for (int i = 0; i < N / 2; ++i) m.w[i] = words[i] & 0x7fff7fffu;
+  } else {
+#pragma unroll
+    for (int j = 0; j < N; ++j) m.w[j] = bits_of(p.v[j]) & (sizeof(T) == 4 ? 0x7fffffffu : 0x7fffu);
+  }
+  return m;
+}
+
+// The largest of acc and the magnitudes of m (a pair for 16-bit types).
+template <class T, int N>
+__device__ __forceinline__ unsigned max_magnitude(unsigned acc, const Magnitudes<T, N>& m) {
+#pragma unroll
+  for (int i = 0; i < Magnitudes<T, N>::kWords; ++i) acc = Magnitudes<T, N>::max(acc, m.w[i]);
+  return acc;
+}
 
 __device__ __forceinline__ unsigned warp_max(unsigned v) {
   for (int offset = 16; offset > 0; offset /= 2) v = max(v, __shfl_xor_sync(0xffffffffu, v, offset));
   return v;
 }
 
-// The maximum of v over the block (blockDim.x a multiple of 32), in every thread.
-__device__ unsigned block_max(unsigned v) {
-  __shared__ unsigned warp_maxima[32];
+// The maximum of v over the block (blockDim.x a multiple of 32), in every
+// thread. `slots` (32 words of shared memory) may be written again only after
+// the next barrier: back-to-back calls alternate two of them.
+__device__ __forceinline__ unsigned block_max(unsigned v, unsigned* slots) {
   v = warp_max(v);
-  if (threadIdx.x % 32 == 0) warp_maxima[threadIdx.x / 32] = v;
+  if (threadIdx.x % 32 == 0) slots[threadIdx.x / 32] = v;
   __syncthreads();
-  v = warp_maxima[0];
-  for (int w = 1; w < static_cast<int>(blockDim.x / 32); ++w) v = max(v, warp_maxima[w]);
-  __syncthreads();  // warp_maxima is written again by the next call
-  return v;
+  return warp_max(threadIdx.x % 32 < blockDim.x / 32 ? slots[threadIdx.x % 32] : 0u);
 }
 
-// Packs of a row held by one thread: the row is read from memory once, into
-// registers, and quantized from there (32 elements of 4 bytes, or 16 of 2).
-template <class T, int N>
-constexpr int kRowPacks = 64 / (N * static_cast<int>(sizeof(T)));
+// The statistics quantize_rows_kernel collects for the columns of its slice.
+enum class Columns { kNone, kAmax, kAmaxSum };
 
-// One block per row; thread t holds packs t, t + blockDim.x, ... of it.
-template <class T, int N, class Round>
-__global__ void __launch_bounds__(1024)
-    quantize_rows_kernel(const T* __restrict__ x, int64_t cols, int8_t* __restrict__ q, float* __restrict__ scale,
+// Packs of a row held by one thread: fewer with column statistics, whose
+// maxima and sums take registers too.
+template <Columns S>
+constexpr int kRowPacks = S == Columns::kNone ? 4 : 2;
+
+// Threads of a block of quantize_rows_kernel: at most 1024, or 768 with column
+// sums, which then keeps them in registers without spilling (85 per thread).
+template <Columns S>
+constexpr int kMaxRowThreads = S == Columns::kAmaxSum ? 768 : 1024;
+
+// Threads of quantize_rows_kernel for rows of `cols` elements (over kMaxRowThreads: too long).
+template <int N, Columns S>
+int64_t row_threads(int64_t cols) {
+  const int64_t packs = cols / N;
+  return (packs + 32 * kRowPacks<S> - 1) / (32 * kRowPacks<S>) * 32;
+}
+
+// *p if `in`, else zeros: as whole words where the pack has them (the
+// compiler would select each 16-bit element of a bf16 pack on its own).
+template <class T, int N>
+__device__ __forceinline__ Pack<T, N> load_or_zero(const Pack<T, N>* p, bool in) {
+  if constexpr (sizeof(Pack<T, N>) % 4 == 0) {
+    using Words = Pack<unsigned, sizeof(Pack<T, N>) / 4>;
+    union {
+      Words w;
+      Pack<T, N> v;
+    } u{in ? *reinterpret_cast<const Words*>(p) : Words{}};
+    return u.v;
+  } else {
+    return in ? *p : Pack<T, N>{};
+  }
+}
+
+// The packs of one row that a thread holds: t, t + blockDim.x, ...; zeros past the end.
+template <class T, int N, int P>
+struct RowPart {
+  Pack<T, N> v[P];
+
+  __device__ __forceinline__ void load(const T* x, int64_t r, int cols) {
+    const auto* xr = reinterpret_cast<const Pack<T, N>*>(x + r * cols);
+#pragma unroll
+    for (int i = 0; i < P; ++i) {
+      const int p = threadIdx.x + i * blockDim.x;
+      v[i] = load_or_zero(xr + p, p < cols / N);
+    }
+  }
+};
+
+// A thread's column statistics over the rows of its block's slice: the
+// maxima of the magnitudes of its packs and (kAmaxSum) their sums in row order.
+template <class T, int N, int P, Columns S>
+struct ColumnPartials {
+  Magnitudes<T, N> amax[P] = {};
+  float sum[P][N] = {};
+
+  __device__ __forceinline__ void add(const RowPart<T, N, P>& row, const Magnitudes<T, N> (&m)[P]) {
+#pragma unroll
+    for (int i = 0; i < P && S != Columns::kNone; ++i) {
+#pragma unroll
+      for (int k = 0; k < Magnitudes<T, N>::kWords; ++k) amax[i].w[k] = Magnitudes<T, N>::max(amax[i].w[k], m[i].w[k]);
+      float f[N];
+      unpack(row.v[i], f);
+#pragma unroll
+      for (int j = 0; j < N && S == Columns::kAmaxSum; ++j) sum[i][j] += f[j];
+    }
+  }
+
+  // Into row `slice` of part_amax (amax_bits) and part_sum, each optional.
+  __device__ __forceinline__ void store(int64_t slice, int cols, unsigned* part_amax, float* part_sum) const {
+#pragma unroll
+    for (int i = 0; i < P && S != Columns::kNone; ++i) {
+      const int p = threadIdx.x + i * blockDim.x;
+      if (p >= cols / N) break;
+#pragma unroll
+      for (int j = 0; j < N; ++j) {
+        const int64_t at = slice * cols + p * N + j;
+        if (part_amax) part_amax[at] = Magnitudes<T, N>::float_bits(amax[i].at(j));
+        if (S == Columns::kAmaxSum && part_sum) part_sum[at] = sum[i][j];
+      }
+    }
+  }
+};
+
+// Block b quantizes rows [b * slice_rows, (b + 1) * slice_rows): the grid is
+// about one wave, so blocks do not wait for their rows' turn, and a block
+// loads a row while it reduces and quantizes the one before (two rows in
+// flight). With column statistics S its slice's go to row b of part_amax /
+// part_sum (each optional).
+template <class T, int N, Columns S, class Round>
+__global__ void __launch_bounds__(kMaxRowThreads<S>)
+    quantize_rows_kernel(const T* __restrict__ x, int64_t rows, int cols, int64_t slice_rows, int8_t* __restrict__ q,
+                         float* __restrict__ scale, unsigned* __restrict__ part_amax, float* __restrict__ part_sum,
                          Round round) {
-  constexpr int kPacks = kRowPacks<T, N>;
-  const int64_t r = blockIdx.x, packs = cols / N;
-  const auto* xr = reinterpret_cast<const Pack<T, N>*>(x + r * cols);
-  Pack<T, N> v[kPacks];
-  unsigned amax = 0;
+  constexpr int P = kRowPacks<S>;
+  __shared__ unsigned warp_maxima[2][32];
+  const int64_t r0 = blockIdx.x * slice_rows, r1 = min(rows, r0 + slice_rows);
+  ColumnPartials<T, N, P, S> stats;
+  // Quantizes row r (held in `row`) after issuing the loads of row r + 1 into `next`.
+  auto step = [&](const RowPart<T, N, P>& row, RowPart<T, N, P>& next, int64_t r) {
+    if (r + 1 < r1) next.load(x, r + 1, cols);
+    Magnitudes<T, N> m[P];
+    unsigned amax = 0;
 #pragma unroll
-  for (int i = 0; i < kPacks; ++i) {
-    const int64_t p = threadIdx.x + int64_t{i} * blockDim.x;
-    if (p < packs) v[i] = xr[p];
+    for (int i = 0; i < P; ++i) amax = max_magnitude(amax, m[i] = magnitudes(row.v[i]));
+    stats.add(row, m);
+    const unsigned row_amax = block_max(Magnitudes<T, N>::float_bits(amax), warp_maxima[r & 1]);
+    const Divisor d = divisor_of(__uint_as_float(row_amax));
+    if (threadIdx.x == 0) scale[r] = d.s;
+    auto* qr = reinterpret_cast<Pack<int8_t, N>*>(q + r * cols);
+#pragma unroll
+    for (int i = 0; i < P; ++i) {
+      const int p = threadIdx.x + i * blockDim.x;
+      if (p < cols / N) qr[p] = quantize_pack<true>(row.v[i], d, round, r * cols + p * N);
+    }
+  };
+  RowPart<T, N, P> a, b;  // alternately the row held and the row loading
+  a.load(x, r0, cols);
+  for (int64_t r = r0; r < r1; r += 2) {
+    step(a, b, r);
+    if (r + 1 < r1) step(b, a, r + 1);
   }
-#pragma unroll
-  for (int i = 0; i < kPacks; ++i) {
-    if (threadIdx.x + int64_t{i} * blockDim.x >= packs) break;
-#pragma unroll
-    for (int j = 0; j < N; ++j) amax = max(amax, amax_bits(to_float(v[i].v[j])));
-  }
-  const Divisor d = divisor_of(__uint_as_float(block_max(amax)));
-  if (threadIdx.x == 0) scale[r] = d.s;
-  auto* qr = reinterpret_cast<Pack<int8_t, N>*>(q + r * cols);
-#pragma unroll
-  for (int i = 0; i < kPacks; ++i) {
-    const int64_t p = threadIdx.x + int64_t{i} * blockDim.x;
-    if (p >= packs) break;
-    Pack<int8_t, N> o;
-#pragma unroll
-    for (int j = 0; j < N; ++j) o.v[j] = quantize_value(to_float(v[i].v[j]), d, round, r * cols + p * N + j);
-    qr[p] = o;
-  }
+  stats.store(blockIdx.x, cols, part_amax, part_sum);
 }
 
 // Rows too long for one block's registers (e.g. a whole image of a convolution)
@@ -186,13 +408,11 @@ __global__ void __launch_bounds__(kThreads)
     long_row_amax_kernel(const T* __restrict__ x, int64_t cols, unsigned* __restrict__ row_amax) {
   const int64_t packs = cols / N, first = int64_t{blockIdx.x} * kLongRowPacks;
   const auto* xr = reinterpret_cast<const Pack<T, N>*>(x + int64_t{blockIdx.y} * cols);
+  __shared__ unsigned warp_maxima[32];
   unsigned amax = 0;
-  for (int64_t p = first + threadIdx.x; p < min(packs, first + kLongRowPacks); p += kThreads) {
-    const Pack<T, N> v = xr[p];
-#pragma unroll
-    for (int j = 0; j < N; ++j) amax = max(amax, amax_bits(to_float(v.v[j])));
-  }
-  amax = block_max(amax);
+  for (int64_t p = first + threadIdx.x; p < min(packs, first + kLongRowPacks); p += kThreads)
+    amax = max_magnitude(amax, magnitudes(xr[p]));
+  amax = block_max(Magnitudes<T, N>::float_bits(amax), warp_maxima);
   if (threadIdx.x == 0 && amax != 0) atomicMax(&row_amax[blockIdx.y], amax);
 }
 
@@ -204,13 +424,8 @@ __global__ void __launch_bounds__(kThreads)
   const Divisor d = divisor_of(__uint_as_float(row_amax[r]));
   const auto* xr = reinterpret_cast<const Pack<T, N>*>(x + r * cols);
   auto* qr = reinterpret_cast<Pack<int8_t, N>*>(q + r * cols);
-  for (int64_t p = first + threadIdx.x; p < min(packs, first + kLongRowPacks); p += kThreads) {
-    const Pack<T, N> v = xr[p];
-    Pack<int8_t, N> o;
-#pragma unroll
-    for (int j = 0; j < N; ++j) o.v[j] = quantize_value(to_float(v.v[j]), d, round, r * cols + p * N + j);
-    qr[p] = o;
-  }
+  for (int64_t p = first + threadIdx.x; p < min(packs, first + kLongRowPacks); p += kThreads)
+    qr[p] = quantize_pack<true>(xr[p], d, round, r * cols + p * N);
 }
 
 // The long-row amax (float bits, in place in `scale`) becomes the scale.
@@ -293,21 +508,15 @@ __global__ void __launch_bounds__(kMergeCols * kMergeLanes)
   if (sum) sum[c] = total;
 }
 
-// quantize_columns_t: tiles of 64 rows x kTilePacks packs (128 columns of
-// bf16/fp16, 64 of fp32). A thread quantizes 4 consecutive rows of a pack and
-// stores the 4 bytes of each column as one word of the transposed tile (the
-// byte stores of a 64 x 64 tile were 8-way bank conflicts); the block then
-// writes each column of the tile as four 16-byte pieces.
-constexpr int kTileRows = 64, kRowGroups = kTileRows / 4, kTilePacks = kThreads / kRowGroups;
-
-// Words per transposed tile row (>= kRowGroups): with N * pitch = 16 (mod 32),
-// the two packs of a warp store their 16 row groups into the two halves of the
-// banks, free of conflicts.
-constexpr int tile_pitch(int n) {
-  int pitch = kRowGroups;
-  while (n * pitch % 32 != 16) ++pitch;
-  return pitch;
-}
+// quantize_columns_t: tiles of kTileRows rows x kTilePacks packs (128 columns
+// of bf16/fp16, 64 of fp32). A thread quantizes kThreadRows consecutive rows of
+// a pack, each 4 rows of a column one word of the transposed tile; the block
+// then writes each column of the tile as one 128-byte line of q_t. A warp
+// loads 2 neighbouring packs (whole 32-byte sectors) of 16 row groups, and
+// stores each column's 16 pairs of words to one 128-byte row of the tile:
+// free of bank conflicts without padding, which keeps the rows 16-byte aligned.
+constexpr int kTileRows = 128, kThreadRows = 8, kRowGroups = kTileRows / kThreadRows,
+              kTilePacks = kThreads / kRowGroups, kTileWords = kTileRows / 4;
 
 // Row i of the 4 x N block at (r, c); zeros outside x. Vectors when the tile is whole.
 template <class T, int N>
@@ -320,12 +529,56 @@ __device__ __forceinline__ Pack<T, N> load_pack(const T* x, int64_t rows, int64_
   return p;
 }
 
+// Column j of a thread's kThreadRows packs (rows r.., columns c..; element
+// (i, j) has index + i * cols + j) quantized with d[j], as words w[j][k] of
+// rows 4k..4k+3: by the division, or by `quantize` (bits with the int8 in the
+// low byte) where that is given.
+template <class T, int N, class Round, class Quantize>
+__device__ __forceinline__ void column_words(const Pack<T, N> (&v)[kThreadRows], const Divisor* d, const Round& round,
+                                             int64_t index, int64_t cols, unsigned (&w)[N][kThreadRows / 4],
+                                             Quantize quantize) {
+#pragma unroll
+  for (int j = 0; j < N; ++j) {
+    unsigned b[kThreadRows];
+#pragma unroll
+    for (int i = 0; i < kThreadRows; ++i) {
+      if constexpr (std::is_same_v<Quantize, std::nullptr_t>)
+        b[i] = static_cast<uint8_t>(quantize_value(float_at(v[i], j), d[j], round, index + i * cols + j));
+      else
+        b[i] = quantize(float_at(v[i], j), d[j]);
+    }
+#pragma unroll
+    for (int k = 0; k < kThreadRows / 4; ++k) w[j][k] = low_bytes(b[4 * k], b[4 * k + 1], b[4 * k + 2], b[4 * k + 3]);
+  }
+}
+
+template <class T, int N, class Round>
+__device__ __forceinline__ void quantize_columns(const Pack<T, N> (&v)[kThreadRows], const Divisor* d,
+                                                 const Round& round, int64_t index, int64_t cols,
+                                                 unsigned (&w)[N][kThreadRows / 4]) {
+  column_words(v, d, round, index, cols, w, nullptr);
+}
+
+// Nearest: by the reciprocals (unbounded: col_amax is an argument); all by the
+// division in the rare case that one value needs it.
+template <class T, int N>
+__device__ __forceinline__ void quantize_columns(const Pack<T, N> (&v)[kThreadRows], const Divisor* d,
+                                                 const Nearest& round, int64_t index, int64_t cols,
+                                                 unsigned (&w)[N][kThreadRows / 4]) {
+  bool exact = false;
+  column_words(v, d, round, index, cols, w,
+               [&](float value, const Divisor& dj) { return round_bits<false>(value, dj.r, exact); });
+  if (exact) column_words(v, d, round, index, cols, w, nullptr);
+}
+
+// 94 registers a thread for bf16: 2 blocks per SM, 32 KB of loads in flight
+// each (a bound of 3 blocks spills).
 template <class T, int N, class Round>
 __global__ void __launch_bounds__(kThreads)
     quantize_columns_t_kernel(const T* __restrict__ x, int64_t rows, int64_t cols, const float* __restrict__ col_amax,
                               int8_t* __restrict__ q_t, float* __restrict__ scale, Round round) {
-  constexpr int kCols = kTilePacks * N, kPitch = tile_pitch(N);
-  __shared__ alignas(16) unsigned tile[kCols][kPitch];  // [column][row group]: 4 rows a word
+  constexpr int kCols = kTilePacks * N;
+  __shared__ alignas(16) unsigned tile[kCols][kTileWords];  // [column][4 rows a word]
   __shared__ Divisor tile_div[kCols];
   const int64_t c0 = int64_t{blockIdx.x} * kCols, r0 = int64_t{blockIdx.y} * kTileRows;
   for (int tc = threadIdx.x; tc < kCols; tc += kThreads) {
@@ -336,36 +589,29 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
 
   const int group = threadIdx.x % kRowGroups, pc = threadIdx.x / kRowGroups;
-  const int64_t r = r0 + group * 4, c = c0 + pc * N;
+  const int64_t r = r0 + group * kThreadRows, c = c0 + pc * N;
   const bool whole = r0 + kTileRows <= rows && c0 + kCols <= cols;
-  Pack<T, N> v[4];
+  Pack<T, N> v[kThreadRows];
 #pragma unroll
-  for (int i = 0; i < 4; ++i) v[i] = load_pack<T, N>(x, rows, cols, r + i, c, whole);
+  for (int i = 0; i < kThreadRows; ++i) v[i] = load_pack<T, N>(x, rows, cols, r + i, c, whole);
+  unsigned w[N][kThreadRows / 4];
+  quantize_columns(v, &tile_div[pc * N], round, r * cols + c, cols, w);
 #pragma unroll
-  for (int j = 0; j < N; ++j) {
-    const Divisor d = tile_div[pc * N + j];
-    unsigned word = 0;
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-      word |= unsigned{static_cast<uint8_t>(quantize_value(to_float(v[i].v[j]), d, round, (r + i) * cols + c + j))}
-              << (8 * i);
-    tile[pc * N + j][group] = word;
-  }
+  for (int j = 0; j < N; ++j) *reinterpret_cast<uint2*>(&tile[pc * N + j][group * 2]) = make_uint2(w[j][0], w[j][1]);
   __syncthreads();
 
-  // Column tc of the tile is rows [r0, r0 + 64) of row c0 + tc of q_t.
-  for (int item = threadIdx.x; item < kCols * 4; item += kThreads) {
-    const int tc = item / 4, piece = item % 4;
+  // Column tc of the tile is rows [r0, r0 + kTileRows) of row c0 + tc of q_t.
+  constexpr int kPieces = kTileRows / 16;
+  for (int item = threadIdx.x; item < kCols * kPieces; item += kThreads) {
+    const int tc = item / kPieces, piece = item % kPieces;
     const int64_t out_r = r0 + piece * 16;
     if (c0 + tc >= cols || out_r >= rows) continue;
-    const auto* words = reinterpret_cast<const uint2*>(&tile[tc][piece * 4]);  // kPitch is even: 8-byte aligned
-    const uint2 lo = words[0], hi = words[1];
     int8_t* out = q_t + (c0 + tc) * rows + out_r;
     if (out_r + 16 <= rows && reinterpret_cast<uintptr_t>(out) % 16 == 0) {
-      *reinterpret_cast<uint4*>(out) = make_uint4(lo.x, lo.y, hi.x, hi.y);
+      *reinterpret_cast<uint4*>(out) = *reinterpret_cast<const uint4*>(&tile[tc][piece * 4]);
     } else {
       const auto* bytes = reinterpret_cast<const int8_t*>(&tile[tc][piece * 4]);
-      for (int b = 0; b < 16 && out_r + b < rows; ++b) out[b] = bytes[b];
+      for (int k = 0; k < 16 && out_r + k < rows; ++k) out[k] = bytes[k];
     }
   }
 }
@@ -411,6 +657,14 @@ Status launch_long_rows(const T* x, const QuantizeRows& r, const Round& round, c
   return launched();
 }
 
+// Column statistics from the partials of `slices` slices (either may be null).
+Status merge_column_stats(const unsigned* part_amax, const float* part_sum, int64_t slices, int64_t cols, float* amax,
+                          float* sum, cudaStream_t s) {
+  column_stats_merge_kernel<<<static_cast<unsigned>((cols + kMergeCols - 1) / kMergeCols), kMergeCols * kMergeLanes, 0,
+                              s>>>(part_amax, part_sum, slices, cols, amax, sum);
+  return launched();
+}
+
 // The two passes of column_stats_cuda for packs of N elements of type T.
 template <class T, int N>
 Status launch_column_stats(const ColumnStats& c, cudaStream_t s) {
@@ -419,9 +673,9 @@ Status launch_column_stats(const ColumnStats& c, cudaStream_t s) {
   while ((int64_t{1} << lanes_log2) < packs && (1 << lanes_log2) < kThreads) ++lanes_log2;
   const int64_t blocks_x = (packs + (int64_t{1} << lanes_log2) - 1) >> lanes_log2;
   if (blocks_x > 0x7fffffff) return Status::kInvalidArgument;
-  // Slices of at least kColumnStatsSliceRows rows per thread, as many as keep
-  // about kColumnStatsSlices blocks busy (within column_stats_workspace).
-  const int64_t rows_per_block = kColumnStatsSliceRows * (kThreads >> lanes_log2);
+  // Slices of at least 2 * kColumnStatsSliceRows rows per thread, as many as
+  // keep about kColumnStatsSlices blocks busy (within column_stats_workspace).
+  const int64_t rows_per_block = 2 * kColumnStatsSliceRows * (kThreads >> lanes_log2);
   const int64_t wanted = std::max<int64_t>(1, kColumnStatsSlices / blocks_x);
   const int64_t slices = std::min((c.rows + rows_per_block - 1) / rows_per_block, wanted);
   const int64_t slice_rows = (c.rows + slices - 1) / slices;
@@ -430,10 +684,49 @@ Status launch_column_stats(const ColumnStats& c, cudaStream_t s) {
   column_stats_kernel<T, N><<<dim3(static_cast<unsigned>(blocks_x), static_cast<unsigned>(slices)), kThreads, 0, s>>>(
       static_cast<const T*>(c.x), c.rows, c.cols, slice_rows, lanes_log2, c.amax ? part_amax : nullptr,
       c.sum ? part_sum : nullptr);
-  column_stats_merge_kernel<<<static_cast<unsigned>((c.cols + kMergeCols - 1) / kMergeCols), kMergeCols * kMergeLanes, 0,
-                              s>>>(
-      part_amax, part_sum, slices, c.cols, c.amax, c.sum);
-  return launched();
+  return merge_column_stats(part_amax, part_sum, slices, c.cols, c.amax, c.sum, s);
+}
+
+// Blocks of `kernel` with `threads` threads that the device holds at once,
+// at most per_sm per multiprocessor.
+template <class Kernel>
+Status resident_blocks(Kernel kernel, int threads, int per_sm, int64_t& blocks) {
+  int device = 0, sms = 0, fit = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, kernel, threads, 0) != cudaSuccess)
+    return Status::kCudaError;
+  blocks = int64_t{sms} * std::clamp(fit, 1, per_sm);
+  return Status::kSuccess;
+}
+
+// Column statistics come from at most kStatsBlocksPerSm blocks per
+// multiprocessor: every block's slice adds a row of partials to write and
+// merge (2 blocks of 256 threads keep 32 KB of rows in flight per SM).
+constexpr int kStatsBlocksPerSm = 2;
+
+// quantize_rows_kernel (rows of at most kMaxRowThreads<S> threads) and, with column
+// statistics S, their merge.
+template <class T, int N, Columns S, class Round>
+Status launch_rows(const T* x, const QuantizeRows& r, const Round& round, cudaStream_t s) {
+  const auto kernel = quantize_rows_kernel<T, N, S, Round>;
+  const int threads = static_cast<int>(row_threads<N, S>(r.cols));
+  int64_t blocks = 0;
+  const Status status = resident_blocks(kernel, threads, S == Columns::kNone ? INT_MAX : kStatsBlocksPerSm, blocks);
+  if (status != Status::kSuccess) return status;
+  if (S != Columns::kNone)  // slices within column_stats_workspace
+    blocks = std::min({blocks, (r.rows + kColumnStatsSliceRows - 1) / kColumnStatsSliceRows, kColumnStatsSlices});
+  const int64_t slice_rows = (r.rows + blocks - 1) / blocks, slices = (r.rows + slice_rows - 1) / slice_rows;
+  unsigned* part_amax = nullptr;
+  float* part_sum = nullptr;
+  if (S != Columns::kNone) {
+    if (r.col_amax) part_amax = reinterpret_cast<unsigned*>(r.workspace);
+    if (r.col_sum) part_sum = r.workspace + slices * r.cols;
+  }
+  kernel<<<static_cast<unsigned>(slices), threads, 0, s>>>(x, r.rows, static_cast<int>(r.cols), slice_rows, r.q, r.scale,
+                                                            part_amax, part_sum, round);
+  if (S == Columns::kNone) return launched();
+  return merge_column_stats(part_amax, part_sum, slices, r.cols, r.col_amax, r.col_sum, s);
 }
 
 }  // namespace
@@ -449,23 +742,25 @@ Status column_stats_cuda(const ColumnStats& c, void* stream) {
 
 Status quantize_rows_cuda(const QuantizeRows& r, void* stream) {
   if (r.rows < 1 || r.cols < 1 || r.rows > 0x7fffffff || !r.x || !r.q || !r.scale) return Status::kInvalidArgument;
-  if (r.col_amax || r.col_sum) {
-    const Status status =
-        column_stats_cuda({r.x, r.in_type, r.rows, r.cols, r.col_amax, r.col_sum, r.workspace}, stream);
-    if (status != Status::kSuccess) return status;
-  }
+  if ((r.col_amax || r.col_sum) && !r.workspace) return Status::kInvalidArgument;
   const bool vector = r.cols % (16 / element_bytes(r.in_type)) == 0 && aligned16(r.x) && aligned16(r.q);
   return dispatch(r.in_type, vector, r.rounding, [&](auto t, auto n, auto round) {
     using T = decltype(t);
     constexpr int kN = decltype(n)::value;
     const auto s = static_cast<cudaStream_t>(stream);
     const auto* x = static_cast<const T*>(r.x);
-    // Enough threads for the row to fit in registers, else the two-pass path.
-    const int64_t threads = ((r.cols / kN + kRowPacks<T, kN> - 1) / kRowPacks<T, kN> + 31) / 32 * 32;
-    if (threads > 1024) return launch_long_rows<T, kN>(x, r, round, s);
-    quantize_rows_kernel<T, kN, decltype(round)><<<static_cast<unsigned>(r.rows), static_cast<unsigned>(threads), 0,
-                                                    s>>>(x, r.cols, r.q, r.scale, round);
-    return launched();
+    if (r.col_amax || r.col_sum) {
+      if (row_threads<kN, Columns::kAmaxSum>(r.cols) <= kMaxRowThreads<Columns::kAmaxSum>)
+        return r.col_sum ? launch_rows<T, kN, Columns::kAmaxSum>(x, r, round, s)
+                         : launch_rows<T, kN, Columns::kAmax>(x, r, round, s);
+      // Rows too long to keep their column statistics in registers: a pass of their own.
+      const Status status =
+          column_stats_cuda({r.x, r.in_type, r.rows, r.cols, r.col_amax, r.col_sum, r.workspace}, stream);
+      if (status != Status::kSuccess) return status;
+    }
+    // Rows too long for the registers of one block: the two-pass path.
+    if (row_threads<kN, Columns::kNone>(r.cols) > kMaxRowThreads<Columns::kNone>) return launch_long_rows<T, kN>(x, r, round, s);
+    return launch_rows<T, kN, Columns::kNone>(x, r, round, s);
   });
 }
 

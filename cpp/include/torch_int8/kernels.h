@@ -142,8 +142,9 @@ struct ColumnStats {
   float* sum = nullptr;
   float* workspace = nullptr;
 };
-// At least kColumnStatsSliceRows rows per slice, at most kColumnStatsSlices slices.
-constexpr int64_t kColumnStatsSliceRows = 32, kColumnStatsSlices = 1024;
+// At least kColumnStatsSliceRows rows per slice, at most kColumnStatsSlices slices
+// (quantize_rows' fused statistics take slices of 16 rows and more).
+constexpr int64_t kColumnStatsSliceRows = 16, kColumnStatsSlices = 1024;
 inline int64_t column_stats_workspace(int64_t rows, int64_t cols) {
   const int64_t slices = (rows + kColumnStatsSliceRows - 1) / kColumnStatsSliceRows;
   return 2 * cols * (slices < kColumnStatsSlices ? slices : kColumnStatsSlices);
