@@ -406,7 +406,7 @@ def poisoned(t, image):
 def test_layer_quantizers_equal_quantize(device, dtype, fmt):
     """Conv2d's quantizers (fewer passes over the tensor) give quantize()'s data and scales bit for
     bit, non-finite images and channels included."""
-    from torch_int8.nn.conv import _quantize_channels, _quantize_images
+    from torch_int8.nn.conv import _quantize_channels, _quantize_images, _quantize_images_with_channel_stats
     t = torch.randn(4, 6, 5, 7, generator=make_gen(41)) * torch.rand(4, 6, 1, 1, generator=make_gen(42)) * 3
     t[3] = 0  # an all-zero image: scale 1
     t = poisoned(t, 1).to(device, dtype)
@@ -419,6 +419,12 @@ def test_layer_quantizers_equal_quantize(device, dtype, fmt):
         assert got.dim == dim and got.data.shape == t.shape
         assert torch.equal(got.data.cpu(), want.data.cpu())
         assert torch.allclose(got.scale.cpu(), want.scale.cpu(), rtol=0, atol=0, equal_nan=True)
+    # the backward's one pass over dY: per-image data, and the channel maxima / sums of wgrad and the bias
+    q, amax, total = _quantize_images_with_channel_stats(t, "nearest", amax=True, sums=True)
+    assert torch.equal(q.data.cpu(), torch_int8.quantize(t, 0).data.cpu())
+    pixels = t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+    assert torch.allclose(amax.cpu(), torch_int8.column_amax(pixels).cpu(), rtol=0, atol=0, equal_nan=True)
+    assert torch.allclose(total.cpu(), t.float().sum((0, 2, 3)).cpu(), rtol=1e-5, atol=1e-5, equal_nan=True)
 
 
 # ------------------------------------------------------------------------------------------------
