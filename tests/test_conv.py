@@ -318,6 +318,22 @@ def test_wgrad_split_into_pixel_slices_is_exact(device, limit):
     assert_wgrad_exact(gy, x, w, g, device, limit)
 
 
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("images,hw", [((1, 5), (32, 32)), ((1, 2), (32, 32)), ((1, 5), (2, 4)), ((0, 6), (3, 5))],
+                         ids=["slices", "one_slice", "row_start_unaligned", "ragged_pixels"])
+def test_wgrad_reads_a_batch_slice_of_dy_in_place(device, images, hw):
+    """What Conv2d's backward passes: dY and x in [C, N, H, W] memory, sliced along the batch. With
+    16-byte aligned rows whose pixels the split-K slices divide exactly (4096 or 1024 pixels), the
+    GPU's GEMM reads dY^T where it lies; rows starting 8 bytes past the boundary, or 90 pixels,
+    take the zero-padded copy."""
+    n0, n1 = images
+    case = (7, 8, hw[0], hw[1], 16, 3, 3, 1, 1, 1, 1)
+    x, w, g = make_case(case, seed=51)
+    cnhw = lambda t: t.permute(1, 0, 2, 3).contiguous().permute(1, 0, 2, 3)  # noqa: E731
+    gy = cnhw(rand_int8((7, 16, hw[0], hw[1]), seed=52))
+    assert_wgrad_exact(gy[n0:n1], cnhw(x)[n0:n1], w, g, device, None)
+
+
 def assert_wgrad_exact(gy, x, w, g, device, limit):
     """conv2d_wgrad on device, under workspace limit `limit` (None: the default), equals the float64
     weight gradient."""

@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cstdint>
 #include <cstdlib>
 
 #include "common.h"
@@ -607,16 +608,30 @@ at::Tensor scaled_conv2d_dgrad_meta(const at::Tensor& grad_out, const at::Tensor
 // GEMM-K: a few output tiles, so one GEMM would leave most SMs idle. A chunk
 // of pixels is split into `slices` slices of `slice` pixels (a multiple of
 // align), one batch entry each, enough for kWgradTiles output tiles but no
-// slice shorter than kWgradMinSlice pixels.
+// slice shorter than kWgradMinSlice pixels. When one chunk takes all the
+// pixels, a split that ends exactly at the last pixel (down to half as many
+// slices) is preferred: dY^T then needs no zero padding past it.
 constexpr int64_t kWgradTiles = 256, kWgradMinSlice = 1024, kWgradTile = 128;
 struct WgradSplit {
   int64_t slices, slice;
 };
-WgradSplit wgrad_split(int64_t rows, int64_t cols, int64_t chunk, int64_t align) {
+WgradSplit wgrad_split(int64_t rows, int64_t cols, int64_t chunk, int64_t align, int64_t pixels) {
   const int64_t tiles = ceil_div(rows, kWgradTile) * ceil_div(cols, kWgradTile);
   const int64_t most = std::max<int64_t>(1, chunk / kWgradMinSlice);
   const int64_t slices = std::clamp(ceil_div(kWgradTiles, tiles), int64_t{1}, most);
+  if (chunk >= pixels && pixels % align == 0)
+    for (int64_t exact = slices; 2 * exact >= slices; --exact)
+      if (pixels / align % exact == 0) return {exact, pixels / exact};
   return {slices, round_up(ceil_div(chunk, slices), align)};
+}
+
+// Whether the GEMM can read dY^T [G][K/G][pixels] where it lies: pixels
+// contiguous, every row (and so every chunk start, a multiple of align) on
+// an align-byte boundary, and no slice reading past the last pixel.
+bool wgrad_reads_in_place(const at::Tensor& dyt, int64_t chunk, int64_t align) {
+  const int64_t pixels = dyt.size(2);
+  return pixels % chunk == 0 && dyt.stride(2) == 1 && dyt.stride(1) % align == 0 && dyt.stride(0) % align == 0 &&
+         reinterpret_cast<uintptr_t>(dyt.const_data_ptr()) % align == 0;
 }
 
 at::Tensor conv2d_wgrad_kernel(const at::Tensor& grad_out, const at::Tensor& x, at::IntArrayRef kernel_size,
@@ -628,13 +643,14 @@ at::Tensor conv2d_wgrad_kernel(const at::Tensor& grad_out, const at::Tensor& x, 
   const int64_t align = x.is_cuda() ? kGpuAlign : 1;
   const int64_t g = p.groups, cg = p.c / g, kg = p.k / g, per_image = p.p * p.q, pixels = p.n * per_image;
   const int64_t depth = p.r * p.s * cg, n_pad = round_up(depth, align);
-  const WgradSplit split = wgrad_split(kg, n_pad, units_per_chunk(g * n_pad, pixels, align), align);
+  const WgradSplit split = wgrad_split(kg, n_pad, units_per_chunk(g * n_pad, pixels, align), align, pixels);
   const int64_t chunk = split.slices * split.slice;
-  // A: dY^T per group [G][K/G][pixels], zero-padded to whole chunks (a chunk's last slice may pass
-  // the last pixel); B: the columns, one row per (r, s, c), pixels contiguous.
+  // A: dY^T per group [G][K/G][pixels] (a view for dY in [K, N, P, Q] memory, Conv2d's layout),
+  // else zero-padded to whole chunks (a chunk's last slice may pass the last pixel); B: the
+  // columns, one row per (r, s, c), pixels contiguous.
+  const at::Tensor dy_rows = grad_out.permute({1, 0, 2, 3}).reshape({g, kg, pixels});
   const at::Tensor dyt =
-      padded(grad_out.permute({1, 0, 2, 3}).reshape({g, kg, pixels}), kg, round_up(pixels, chunk));
-  const int64_t pixels_pad = dyt.size(2);
+      wgrad_reads_in_place(dy_rows, chunk, align) ? dy_rows : padded(dy_rows, kg, round_up(pixels, chunk));
   // Only the padding rows (r, s, c) >= depth need zeros: im2col writes the rest, and the columns
   // past a chunk's pixels (stale or never written) meet the zero padding of dY^T.
   const at::Tensor cols = at::empty({g, n_pad, chunk}, x.options());
@@ -653,7 +669,7 @@ at::Tensor conv2d_wgrad_kernel(const at::Tensor& grad_out, const at::Tensor& x, 
     for (int64_t gi = 0; gi < g; ++gi) {
       GemmProblem gp;
       gp.m = kg, gp.n = n_pad, gp.k = split.slice, gp.batch = slices;
-      gp.a = dyt.const_data_ptr<int8_t>() + gi * kg * pixels_pad + m0, gp.lda = pixels_pad;
+      gp.a = dyt.const_data_ptr<int8_t>() + gi * dyt.stride(0) + m0, gp.lda = dyt.stride(1);
       gp.b = cols.const_data_ptr<int8_t>() + gi * n_pad * chunk, gp.ldb = chunk;
       gp.batch_stride_a = gp.batch_stride_b = split.slice;
       gp.d = partial.data_ptr<int32_t>() + gi * kg * n_pad, gp.ldd = n_pad, gp.batch_stride_d = g * kg * n_pad;
