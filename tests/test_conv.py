@@ -402,6 +402,19 @@ def test_dgrad_of_stride_1_is_a_forward_convolution(device, case):
     assert dx.shape == ref.shape and torch.equal(dx.cpu().double(), ref)
 
 
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("case", [(2, 32, 9, 7, 48, 3, 3, 1, 1, 1, 1), (2, 6, 7, 7, 6, 3, 3, 1, 2, 2, 6)],
+                         ids=["implicit_gemm", "grouped_im2col"])
+def test_channels_last_weight(device, case):
+    """A channels_last weight (a model moved to channels_last; the implicit-GEMM kernel reads it in
+    place) gives the same exact sums as a contiguous one, on both forward paths."""
+    x, w, g = make_case(case, seed=61, fmt="channels_last")
+    x = x.to(device)
+    w_cl = w.contiguous(memory_format=torch.channels_last).to(device)
+    assert torch.equal(torch_int8.conv2d(x, w_cl, *geometry_args(g)).cpu(),
+                       torch_int8.conv2d(x, w.to(device), *geometry_args(g)).cpu())
+
+
 def test_dgrad_as_forward_only_for_stride_1_and_small_padding():
     from torch_int8.nn.conv import _dgrad_as_forward_padding
     assert _dgrad_as_forward_padding((4, 4, 3, 3), ((1, 1), (1, 1), (1, 1), 1)) == (1, 1)

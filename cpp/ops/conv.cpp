@@ -406,10 +406,11 @@ void forward_im2col(const ConvProblem& p, const at::Tensor& x, const at::Tensor&
 at::Tensor forward(const at::Tensor& x, const at::Tensor& weight, const ConvParams& cp, at::ScalarType out_dtype,
                    const ForwardScales& fs, int8_t pad_value, const char* op) {
   const ConvProblem p = problem_of(forward_dims<false>(x, weight, cp, op), cp);
-  const at::Tensor w = weight.contiguous();
   const at::Tensor y = new_output({p.n, p.p, p.q, p.k}, x.options().dtype(out_dtype));
   c10::DeviceGuard guard(x.device());
-  if (!x.is_cuda() || !try_implicit_gemm(p, x, w, y, fs, pad_value)) forward_im2col(p, x, w, y, fs, pad_value);
+  // The implicit-GEMM kernel reads the filter as KRSC: a channels_last weight as it is (no copy).
+  if (!x.is_cuda() || !try_implicit_gemm(p, x, weight, y, fs, pad_value))
+    forward_im2col(p, x, weight.contiguous(), y, fs, pad_value);
   return as_nchw(y);
 }
 
