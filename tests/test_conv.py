@@ -174,6 +174,25 @@ def test_scaled_conv2d(device, case, zp, out_dtype):
 
 
 @pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("case", [(2, 32, 9, 7, 48, 3, 3, 1, 1, 1, 1), CASES[1]], ids=["implicit_gemm", "im2col"])
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+def test_scaled_conv2d_relu_in_the_epilogue(device, case, out_dtype):
+    """relu=True is max(y, 0) of the same epilogue values (both forward paths), NaN kept."""
+    x, w, g = make_case(case, seed=71)
+    gen = make_gen(72)
+    sx = torch.rand(x.shape[0], generator=gen) * 0.01 + 0.005
+    sw = torch.rand(w.shape[0], generator=gen) * 0.01 + 0.005
+    sw[1] = float("nan")
+    qx, qw = QTensor(x.to(device), sx.to(device), None, 0), QTensor(w.to(device), sw.to(device), None, 0)
+    bias = torch.randn(w.shape[0], generator=gen).to(device)
+    plain = torch_int8.scaled_conv2d(qx, qw, bias, *geometry_args(g), out_dtype=out_dtype)
+    fused = torch_int8.scaled_conv2d(qx, qw, bias, *geometry_args(g), out_dtype=out_dtype, relu=True)
+    assert fused.dtype == out_dtype and fused.stride() == plain.stride()
+    assert torch.equal(fused.isnan(), plain.isnan()) and fused[:, 1].isnan().all()
+    assert torch.equal(fused.nan_to_num(), torch.relu(plain).nan_to_num())
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
 def test_scaled_conv2d_per_tensor_scales(device):
     x, w, g = make_case(CASES[2], seed=5)
     sx, sw = torch.tensor(0.02), torch.tensor(0.003)

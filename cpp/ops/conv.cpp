@@ -299,11 +299,12 @@ at::Tensor as_nchw(const at::Tensor& nhwc) { return nhwc.permute({0, 3, 1, 2}); 
 
 // The epilogue's operands for a forward convolution: per-pixel rows (the
 // activation scale of each pixel's image, minus the activation zero point)
-// and per-output-channel columns (weight scale, weight sums, bias). Empty for int32 output.
+// and per-output-channel columns (weight scale, weight sums, bias), and the ReLU. Empty for int32 output.
 struct ForwardScales {
   at::Tensor scale_x, row_offset_value;  // scale_x: [1] or [N]
   at::Tensor col_scale, col_sum, col_bias;  // [K] float32 or undefined
   int32_t out_zero_point = 0;
+  bool relu = false;
 };
 
 // Row vectors for pixels of images [n0, n0 + count), each image P*Q pixels.
@@ -323,12 +324,12 @@ RowVectors row_vectors(const ForwardScales& fs, int64_t n, int64_t n0, int64_t c
 const float* ptr(const at::Tensor& t) { return t.defined() ? t.const_data_ptr<float>() : nullptr; }
 
 Epilogue epilogue_of(const RowVectors& rv, const at::Tensor& col_scale, const at::Tensor& col_sum,
-                     const at::Tensor& col_bias, int64_t col_offset, int32_t out_zero_point) {
+                     const at::Tensor& col_bias, int64_t col_offset, const ForwardScales& fs) {
   auto col = [&](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<float>() + col_offset : nullptr; };
   Epilogue e;
   e.row_scale = ptr(rv.scale), e.row_offset = ptr(rv.offset);
   e.col_scale = col(col_scale), e.col_sum = col(col_sum), e.col_bias = col(col_bias);
-  e.out_zero_point = out_zero_point;
+  e.out_zero_point = fs.out_zero_point, e.relu = fs.relu;
   return e;
 }
 
@@ -351,7 +352,7 @@ bool try_implicit_gemm(ConvProblem p, const at::Tensor& x, const at::Tensor& wei
   p.x = x_nhwc.const_data_ptr<int8_t>(), p.filter = filter.const_data_ptr<int8_t>(), p.y = y.data_ptr();
   p.out_type = out_type_of(y.scalar_type(), "scaled_conv2d");
   const kernels::Status s = kernels::conv2d_fprop_cuda(
-      p, epilogue_of(rv, col_scale, col_sum, col_bias, 0, fs.out_zero_point), stream_of(x));
+      p, epilogue_of(rv, col_scale, col_sum, col_bias, 0, fs), stream_of(x));
   if (s == kernels::Status::kInvalidArgument || s == kernels::Status::kNoKernel) return false;
   check_status(s, "conv2d");
   return true;
@@ -395,7 +396,7 @@ void forward_im2col(const ConvProblem& p, const at::Tensor& x, const at::Tensor&
                     : static_cast<char*>(staging.data_ptr()) + gi * chunk * per_image * n_pad * out_bytes;
       gp.ldd = direct ? p.k : n_pad;
       gp.out_type = out_type_of(y.scalar_type(), "scaled_conv2d");
-      run_gemm(gp, epilogue_of(rv, col_scale, col_sum, col_bias, gi * n_pad, fs.out_zero_point), x);
+      run_gemm(gp, epilogue_of(rv, col_scale, col_sum, col_bias, gi * n_pad, fs), x);
     }
     if (!direct)
       y.view({p.n * per_image, g, kg}).narrow(0, n0 * per_image, rows).copy_(
@@ -456,7 +457,7 @@ at::Tensor scaled_conv2d_kernel(const at::Tensor& x, const at::Tensor& weight, c
                                 const at::Tensor& scale_w, const std::optional<at::Tensor>& zero_point_x,
                                 const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                 at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                                at::ScalarType out_dtype, double out_scale, int64_t out_zero_point) {
+                                at::ScalarType out_dtype, double out_scale, int64_t out_zero_point, bool relu) {
   const ConvParams cp = conv_params("scaled_conv2d", stride, padding, dilation, groups);
   scaled_dims<false>(x, weight, scale_x, scale_w, zero_point_x, bias, cp, out_dtype, out_scale, out_zero_point);
   // The pad value must be known on the host (one sync for a GPU tensor).
@@ -476,7 +477,7 @@ at::Tensor scaled_conv2d_kernel(const at::Tensor& x, const at::Tensor& weight, c
     fs.row_offset_value = at::full({1}, static_cast<float>(-zp), x.options().dtype(at::kFloat));
     fs.col_sum = weight.sum({1, 2, 3}, false, at::kInt).to(at::kFloat);
   }
-  fs.out_zero_point = static_cast<int32_t>(out_zero_point);
+  fs.out_zero_point = static_cast<int32_t>(out_zero_point), fs.relu = relu;
   return forward(x, weight, cp, out_dtype, fs, static_cast<int8_t>(zp), "scaled_conv2d");
 }
 
@@ -484,7 +485,7 @@ at::Tensor scaled_conv2d_meta(const at::Tensor& x, const at::Tensor& weight, con
                               const at::Tensor& scale_w, const std::optional<at::Tensor>& zero_point_x,
                               const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
                               at::IntArrayRef dilation, int64_t groups, at::ScalarType out_dtype, double out_scale,
-                              int64_t out_zero_point) {
+                              int64_t out_zero_point, bool relu) {
   const ConvParams cp = conv_params("scaled_conv2d", stride, padding, dilation, groups);
   const auto d =
       scaled_dims<true>(x, weight, scale_x, scale_w, zero_point_x, bias, cp, out_dtype, out_scale, out_zero_point);
@@ -834,7 +835,7 @@ TORCH_LIBRARY_FRAGMENT(int8, m) {
   m.def(
       "scaled_conv2d(Tensor x, Tensor weight, Tensor scale_x, Tensor scale_w, Tensor? zero_point_x=None, "
       "Tensor? bias=None, int[2] stride=1, int[2] padding=0, int[2] dilation=1, int groups=1, "
-      "ScalarType out_dtype=bfloat16, float out_scale=1.0, int out_zero_point=0) -> Tensor");
+      "ScalarType out_dtype=bfloat16, float out_scale=1.0, int out_zero_point=0, bool relu=False) -> Tensor");
   m.def(
       "conv2d_dgrad(Tensor grad_out, Tensor weight, int[2] input_size, int[2] stride=1, int[2] padding=0, "
       "int[2] dilation=1, int groups=1) -> Tensor");

@@ -314,7 +314,7 @@ class QuantizedConv2d(torch.nn.Module):
     out_scale the output is a QTensor (int8, per tensor): with relu its zero point is -128, so the
     int8 saturation of the epilogue is the ReLU (free) and the range [0, 255 * out_scale] uses all
     256 levels; without relu it is symmetric. Float outputs (out_dtype, default: the input's float
-    dtype, float32 for QTensor input) apply the ReLU in place.
+    dtype, float32 for QTensor input) apply the ReLU in the epilogue.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
@@ -355,5 +355,4 @@ class QuantizedConv2d(torch.nn.Module):
             zp = torch.full((), zero_point, dtype=torch.int32, device=y.device) if self.relu else None
             return QTensor(y, torch.full((), float(self.out_scale), dtype=torch.float32, device=y.device), zp, None)
         out_dtype = self.out_dtype or (torch.float32 if isinstance(x, QTensor) else x.dtype)
-        y = scaled_conv2d(qx, qw, self.bias, *geometry, out_dtype=out_dtype)
-        return torch.relu_(y) if self.relu else y
+        return scaled_conv2d(qx, qw, self.bias, *geometry, out_dtype=out_dtype, relu=self.relu)
