@@ -174,6 +174,25 @@ def test_scaled_conv2d(device, case, zp, out_dtype):
 
 
 @pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("case", [(2, 32, 9, 7, 48, 3, 3, 1, 1, 1, 1), CASES[1]], ids=["implicit_gemm", "im2col"])
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+def test_scaled_conv2d_relu_in_the_epilogue(device, case, out_dtype):
+    """relu=True is max(y, 0) of the same epilogue values (both forward paths), NaN kept."""
+    x, w, g = make_case(case, seed=71)
+    gen = make_gen(72)
+    sx = torch.rand(x.shape[0], generator=gen) * 0.01 + 0.005
+    sw = torch.rand(w.shape[0], generator=gen) * 0.01 + 0.005
+    sw[1] = float("nan")
+    qx, qw = QTensor(x.to(device), sx.to(device), None, 0), QTensor(w.to(device), sw.to(device), None, 0)
+    bias = torch.randn(w.shape[0], generator=gen).to(device)
+    plain = torch_int8.scaled_conv2d(qx, qw, bias, *geometry_args(g), out_dtype=out_dtype)
+    fused = torch_int8.scaled_conv2d(qx, qw, bias, *geometry_args(g), out_dtype=out_dtype, relu=True)
+    assert fused.dtype == out_dtype and fused.stride() == plain.stride()
+    assert torch.equal(fused.isnan(), plain.isnan()) and fused[:, 1].isnan().all()
+    assert torch.equal(fused.nan_to_num(), torch.relu(plain).nan_to_num())
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
 def test_scaled_conv2d_per_tensor_scales(device):
     x, w, g = make_case(CASES[2], seed=5)
     sx, sw = torch.tensor(0.02), torch.tensor(0.003)
@@ -318,6 +337,22 @@ def test_wgrad_split_into_pixel_slices_is_exact(device, limit):
     assert_wgrad_exact(gy, x, w, g, device, limit)
 
 
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("images,hw", [((1, 5), (32, 32)), ((1, 2), (32, 32)), ((1, 5), (2, 4)), ((0, 6), (3, 5))],
+                         ids=["slices", "one_slice", "row_start_unaligned", "ragged_pixels"])
+def test_wgrad_reads_a_batch_slice_of_dy_in_place(device, images, hw):
+    """What Conv2d's backward passes: dY and x in [C, N, H, W] memory, sliced along the batch. With
+    16-byte aligned rows whose pixels the split-K slices divide exactly (4096 or 1024 pixels), the
+    GPU's GEMM reads dY^T where it lies; rows starting 8 bytes past the boundary, or 90 pixels,
+    take the zero-padded copy."""
+    n0, n1 = images
+    case = (7, 8, hw[0], hw[1], 16, 3, 3, 1, 1, 1, 1)
+    x, w, g = make_case(case, seed=51)
+    cnhw = lambda t: t.permute(1, 0, 2, 3).contiguous().permute(1, 0, 2, 3)  # noqa: E731
+    gy = cnhw(rand_int8((7, 16, hw[0], hw[1]), seed=52))
+    assert_wgrad_exact(gy[n0:n1], cnhw(x)[n0:n1], w, g, device, None)
+
+
 def assert_wgrad_exact(gy, x, w, g, device, limit):
     """conv2d_wgrad on device, under workspace limit `limit` (None: the default), equals the float64
     weight gradient."""
@@ -386,6 +421,19 @@ def test_dgrad_of_stride_1_is_a_forward_convolution(device, case):
     assert dx.shape == ref.shape and torch.equal(dx.cpu().double(), ref)
 
 
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("case", [(2, 32, 9, 7, 48, 3, 3, 1, 1, 1, 1), (2, 6, 7, 7, 6, 3, 3, 1, 2, 2, 6)],
+                         ids=["implicit_gemm", "grouped_im2col"])
+def test_channels_last_weight(device, case):
+    """A channels_last weight (a model moved to channels_last; the implicit-GEMM kernel reads it in
+    place) gives the same exact sums as a contiguous one, on both forward paths."""
+    x, w, g = make_case(case, seed=61, fmt="channels_last")
+    x = x.to(device)
+    w_cl = w.contiguous(memory_format=torch.channels_last).to(device)
+    assert torch.equal(torch_int8.conv2d(x, w_cl, *geometry_args(g)).cpu(),
+                       torch_int8.conv2d(x, w.to(device), *geometry_args(g)).cpu())
+
+
 def test_dgrad_as_forward_only_for_stride_1_and_small_padding():
     from torch_int8.nn.conv import _dgrad_as_forward_padding
     assert _dgrad_as_forward_padding((4, 4, 3, 3), ((1, 1), (1, 1), (1, 1), 1)) == (1, 1)
@@ -406,7 +454,7 @@ def poisoned(t, image):
 def test_layer_quantizers_equal_quantize(device, dtype, fmt):
     """Conv2d's quantizers (fewer passes over the tensor) give quantize()'s data and scales bit for
     bit, non-finite images and channels included."""
-    from torch_int8.nn.conv import _quantize_channels, _quantize_images
+    from torch_int8.nn.conv import _quantize_channels, _quantize_images, _quantize_images_with_channel_stats
     t = torch.randn(4, 6, 5, 7, generator=make_gen(41)) * torch.rand(4, 6, 1, 1, generator=make_gen(42)) * 3
     t[3] = 0  # an all-zero image: scale 1
     t = poisoned(t, 1).to(device, dtype)
@@ -419,6 +467,12 @@ def test_layer_quantizers_equal_quantize(device, dtype, fmt):
         assert got.dim == dim and got.data.shape == t.shape
         assert torch.equal(got.data.cpu(), want.data.cpu())
         assert torch.allclose(got.scale.cpu(), want.scale.cpu(), rtol=0, atol=0, equal_nan=True)
+    # the backward's one pass over dY: per-image data, and the channel maxima / sums of wgrad and the bias
+    q, amax, total = _quantize_images_with_channel_stats(t, "nearest", amax=True, sums=True)
+    assert torch.equal(q.data.cpu(), torch_int8.quantize(t, 0).data.cpu())
+    pixels = t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+    assert torch.allclose(amax.cpu(), torch_int8.column_amax(pixels).cpu(), rtol=0, atol=0, equal_nan=True)
+    assert torch.allclose(total.cpu(), t.float().sum((0, 2, 3)).cpu(), rtol=1e-5, atol=1e-5, equal_nan=True)
 
 
 # ------------------------------------------------------------------------------------------------

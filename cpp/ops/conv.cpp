@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cstdint>
 #include <cstdlib>
 
 #include "common.h"
@@ -298,11 +299,12 @@ at::Tensor as_nchw(const at::Tensor& nhwc) { return nhwc.permute({0, 3, 1, 2}); 
 
 // The epilogue's operands for a forward convolution: per-pixel rows (the
 // activation scale of each pixel's image, minus the activation zero point)
-// and per-output-channel columns (weight scale, weight sums, bias). Empty for int32 output.
+// and per-output-channel columns (weight scale, weight sums, bias), and the ReLU. Empty for int32 output.
 struct ForwardScales {
   at::Tensor scale_x, row_offset_value;  // scale_x: [1] or [N]
   at::Tensor col_scale, col_sum, col_bias;  // [K] float32 or undefined
   int32_t out_zero_point = 0;
+  bool relu = false;
 };
 
 // Row vectors for pixels of images [n0, n0 + count), each image P*Q pixels.
@@ -322,12 +324,12 @@ RowVectors row_vectors(const ForwardScales& fs, int64_t n, int64_t n0, int64_t c
 const float* ptr(const at::Tensor& t) { return t.defined() ? t.const_data_ptr<float>() : nullptr; }
 
 Epilogue epilogue_of(const RowVectors& rv, const at::Tensor& col_scale, const at::Tensor& col_sum,
-                     const at::Tensor& col_bias, int64_t col_offset, int32_t out_zero_point) {
+                     const at::Tensor& col_bias, int64_t col_offset, const ForwardScales& fs) {
   auto col = [&](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<float>() + col_offset : nullptr; };
   Epilogue e;
   e.row_scale = ptr(rv.scale), e.row_offset = ptr(rv.offset);
   e.col_scale = col(col_scale), e.col_sum = col(col_sum), e.col_bias = col(col_bias);
-  e.out_zero_point = out_zero_point;
+  e.out_zero_point = fs.out_zero_point, e.relu = fs.relu;
   return e;
 }
 
@@ -350,7 +352,7 @@ bool try_implicit_gemm(ConvProblem p, const at::Tensor& x, const at::Tensor& wei
   p.x = x_nhwc.const_data_ptr<int8_t>(), p.filter = filter.const_data_ptr<int8_t>(), p.y = y.data_ptr();
   p.out_type = out_type_of(y.scalar_type(), "scaled_conv2d");
   const kernels::Status s = kernels::conv2d_fprop_cuda(
-      p, epilogue_of(rv, col_scale, col_sum, col_bias, 0, fs.out_zero_point), stream_of(x));
+      p, epilogue_of(rv, col_scale, col_sum, col_bias, 0, fs), stream_of(x));
   if (s == kernels::Status::kInvalidArgument || s == kernels::Status::kNoKernel) return false;
   check_status(s, "conv2d");
   return true;
@@ -394,7 +396,7 @@ void forward_im2col(const ConvProblem& p, const at::Tensor& x, const at::Tensor&
                     : static_cast<char*>(staging.data_ptr()) + gi * chunk * per_image * n_pad * out_bytes;
       gp.ldd = direct ? p.k : n_pad;
       gp.out_type = out_type_of(y.scalar_type(), "scaled_conv2d");
-      run_gemm(gp, epilogue_of(rv, col_scale, col_sum, col_bias, gi * n_pad, fs.out_zero_point), x);
+      run_gemm(gp, epilogue_of(rv, col_scale, col_sum, col_bias, gi * n_pad, fs), x);
     }
     if (!direct)
       y.view({p.n * per_image, g, kg}).narrow(0, n0 * per_image, rows).copy_(
@@ -405,10 +407,11 @@ void forward_im2col(const ConvProblem& p, const at::Tensor& x, const at::Tensor&
 at::Tensor forward(const at::Tensor& x, const at::Tensor& weight, const ConvParams& cp, at::ScalarType out_dtype,
                    const ForwardScales& fs, int8_t pad_value, const char* op) {
   const ConvProblem p = problem_of(forward_dims<false>(x, weight, cp, op), cp);
-  const at::Tensor w = weight.contiguous();
   const at::Tensor y = new_output({p.n, p.p, p.q, p.k}, x.options().dtype(out_dtype));
   c10::DeviceGuard guard(x.device());
-  if (!x.is_cuda() || !try_implicit_gemm(p, x, w, y, fs, pad_value)) forward_im2col(p, x, w, y, fs, pad_value);
+  // The implicit-GEMM kernel reads the filter as KRSC: a channels_last weight as it is (no copy).
+  if (!x.is_cuda() || !try_implicit_gemm(p, x, weight, y, fs, pad_value))
+    forward_im2col(p, x, weight.contiguous(), y, fs, pad_value);
   return as_nchw(y);
 }
 
@@ -454,7 +457,7 @@ at::Tensor scaled_conv2d_kernel(const at::Tensor& x, const at::Tensor& weight, c
                                 const at::Tensor& scale_w, const std::optional<at::Tensor>& zero_point_x,
                                 const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                 at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                                at::ScalarType out_dtype, double out_scale, int64_t out_zero_point) {
+                                at::ScalarType out_dtype, double out_scale, int64_t out_zero_point, bool relu) {
   const ConvParams cp = conv_params("scaled_conv2d", stride, padding, dilation, groups);
   scaled_dims<false>(x, weight, scale_x, scale_w, zero_point_x, bias, cp, out_dtype, out_scale, out_zero_point);
   // The pad value must be known on the host (one sync for a GPU tensor).
@@ -474,7 +477,7 @@ at::Tensor scaled_conv2d_kernel(const at::Tensor& x, const at::Tensor& weight, c
     fs.row_offset_value = at::full({1}, static_cast<float>(-zp), x.options().dtype(at::kFloat));
     fs.col_sum = weight.sum({1, 2, 3}, false, at::kInt).to(at::kFloat);
   }
-  fs.out_zero_point = static_cast<int32_t>(out_zero_point);
+  fs.out_zero_point = static_cast<int32_t>(out_zero_point), fs.relu = relu;
   return forward(x, weight, cp, out_dtype, fs, static_cast<int8_t>(zp), "scaled_conv2d");
 }
 
@@ -482,7 +485,7 @@ at::Tensor scaled_conv2d_meta(const at::Tensor& x, const at::Tensor& weight, con
                               const at::Tensor& scale_w, const std::optional<at::Tensor>& zero_point_x,
                               const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
                               at::IntArrayRef dilation, int64_t groups, at::ScalarType out_dtype, double out_scale,
-                              int64_t out_zero_point) {
+                              int64_t out_zero_point, bool relu) {
   const ConvParams cp = conv_params("scaled_conv2d", stride, padding, dilation, groups);
   const auto d =
       scaled_dims<true>(x, weight, scale_x, scale_w, zero_point_x, bias, cp, out_dtype, out_scale, out_zero_point);
@@ -607,16 +610,30 @@ at::Tensor scaled_conv2d_dgrad_meta(const at::Tensor& grad_out, const at::Tensor
 // GEMM-K: a few output tiles, so one GEMM would leave most SMs idle. A chunk
 // of pixels is split into `slices` slices of `slice` pixels (a multiple of
 // align), one batch entry each, enough for kWgradTiles output tiles but no
-// slice shorter than kWgradMinSlice pixels.
+// slice shorter than kWgradMinSlice pixels. When one chunk takes all the
+// pixels, a split that ends exactly at the last pixel (down to half as many
+// slices) is preferred: dY^T then needs no zero padding past it.
 constexpr int64_t kWgradTiles = 256, kWgradMinSlice = 1024, kWgradTile = 128;
 struct WgradSplit {
   int64_t slices, slice;
 };
-WgradSplit wgrad_split(int64_t rows, int64_t cols, int64_t chunk, int64_t align) {
+WgradSplit wgrad_split(int64_t rows, int64_t cols, int64_t chunk, int64_t align, int64_t pixels) {
   const int64_t tiles = ceil_div(rows, kWgradTile) * ceil_div(cols, kWgradTile);
   const int64_t most = std::max<int64_t>(1, chunk / kWgradMinSlice);
   const int64_t slices = std::clamp(ceil_div(kWgradTiles, tiles), int64_t{1}, most);
+  if (chunk >= pixels && pixels % align == 0)
+    for (int64_t exact = slices; 2 * exact >= slices; --exact)
+      if (pixels / align % exact == 0) return {exact, pixels / exact};
   return {slices, round_up(ceil_div(chunk, slices), align)};
+}
+
+// Whether the GEMM can read dY^T [G][K/G][pixels] where it lies: pixels
+// contiguous, every row (and so every chunk start, a multiple of align) on
+// an align-byte boundary, and no slice reading past the last pixel.
+bool wgrad_reads_in_place(const at::Tensor& dyt, int64_t chunk, int64_t align) {
+  const int64_t pixels = dyt.size(2);
+  return pixels % chunk == 0 && dyt.stride(2) == 1 && dyt.stride(1) % align == 0 && dyt.stride(0) % align == 0 &&
+         reinterpret_cast<uintptr_t>(dyt.const_data_ptr()) % align == 0;
 }
 
 at::Tensor conv2d_wgrad_kernel(const at::Tensor& grad_out, const at::Tensor& x, at::IntArrayRef kernel_size,
@@ -628,13 +645,14 @@ at::Tensor conv2d_wgrad_kernel(const at::Tensor& grad_out, const at::Tensor& x, 
   const int64_t align = x.is_cuda() ? kGpuAlign : 1;
   const int64_t g = p.groups, cg = p.c / g, kg = p.k / g, per_image = p.p * p.q, pixels = p.n * per_image;
   const int64_t depth = p.r * p.s * cg, n_pad = round_up(depth, align);
-  const WgradSplit split = wgrad_split(kg, n_pad, units_per_chunk(g * n_pad, pixels, align), align);
+  const WgradSplit split = wgrad_split(kg, n_pad, units_per_chunk(g * n_pad, pixels, align), align, pixels);
   const int64_t chunk = split.slices * split.slice;
-  // A: dY^T per group [G][K/G][pixels], zero-padded to whole chunks (a chunk's last slice may pass
-  // the last pixel); B: the columns, one row per (r, s, c), pixels contiguous.
+  // A: dY^T per group [G][K/G][pixels] (a view for dY in [K, N, P, Q] memory, Conv2d's layout),
+  // else zero-padded to whole chunks (a chunk's last slice may pass the last pixel); B: the
+  // columns, one row per (r, s, c), pixels contiguous.
+  const at::Tensor dy_rows = grad_out.permute({1, 0, 2, 3}).reshape({g, kg, pixels});
   const at::Tensor dyt =
-      padded(grad_out.permute({1, 0, 2, 3}).reshape({g, kg, pixels}), kg, round_up(pixels, chunk));
-  const int64_t pixels_pad = dyt.size(2);
+      wgrad_reads_in_place(dy_rows, chunk, align) ? dy_rows : padded(dy_rows, kg, round_up(pixels, chunk));
   // Only the padding rows (r, s, c) >= depth need zeros: im2col writes the rest, and the columns
   // past a chunk's pixels (stale or never written) meet the zero padding of dY^T.
   const at::Tensor cols = at::empty({g, n_pad, chunk}, x.options());
@@ -653,7 +671,7 @@ at::Tensor conv2d_wgrad_kernel(const at::Tensor& grad_out, const at::Tensor& x, 
     for (int64_t gi = 0; gi < g; ++gi) {
       GemmProblem gp;
       gp.m = kg, gp.n = n_pad, gp.k = split.slice, gp.batch = slices;
-      gp.a = dyt.const_data_ptr<int8_t>() + gi * kg * pixels_pad + m0, gp.lda = pixels_pad;
+      gp.a = dyt.const_data_ptr<int8_t>() + gi * dyt.stride(0) + m0, gp.lda = dyt.stride(1);
       gp.b = cols.const_data_ptr<int8_t>() + gi * n_pad * chunk, gp.ldb = chunk;
       gp.batch_stride_a = gp.batch_stride_b = split.slice;
       gp.d = partial.data_ptr<int32_t>() + gi * kg * n_pad, gp.ldd = n_pad, gp.batch_stride_d = g * kg * n_pad;
@@ -817,7 +835,7 @@ TORCH_LIBRARY_FRAGMENT(int8, m) {
   m.def(
       "scaled_conv2d(Tensor x, Tensor weight, Tensor scale_x, Tensor scale_w, Tensor? zero_point_x=None, "
       "Tensor? bias=None, int[2] stride=1, int[2] padding=0, int[2] dilation=1, int groups=1, "
-      "ScalarType out_dtype=bfloat16, float out_scale=1.0, int out_zero_point=0) -> Tensor");
+      "ScalarType out_dtype=bfloat16, float out_scale=1.0, int out_zero_point=0, bool relu=False) -> Tensor");
   m.def(
       "conv2d_dgrad(Tensor grad_out, Tensor weight, int[2] input_size, int[2] stride=1, int[2] padding=0, "
       "int[2] dilation=1, int groups=1) -> Tensor");

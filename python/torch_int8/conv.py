@@ -90,7 +90,7 @@ def conv2d_wgrad(grad_out: torch.Tensor, x: torch.Tensor, kernel_size: IntPair, 
 def scaled_conv2d(x: QTensor, weight: QTensor, bias: Optional[torch.Tensor] = None, stride: IntPair = 1,
                   padding: IntPair = 0, dilation: IntPair = 1, groups: int = 1,
                   out_dtype: torch.dtype = torch.bfloat16, out_scale: Optional[float] = None,
-                  out_zero_point: int = 0) -> torch.Tensor:
+                  out_zero_point: int = 0, relu: bool = False) -> torch.Tensor:
     """Dequantizing int8 convolution, rescale / zero point / bias fused in the GEMM epilogue:
     ``scale_x[n] * scale_w[k] * sum (x - zero_point_x) * w + bias[k]``.
 
@@ -98,6 +98,7 @@ def scaled_conv2d(x: QTensor, weight: QTensor, bias: Optional[torch.Tensor] = No
     tensor, and padding then holds the zero point (real value 0). weight: symmetric QTensor
     ``[K, C/groups, R, S]`` per tensor or per output channel (dim=0). out_dtype: bfloat16, float16,
     float32, or int8 with out_scale (rounded half to even, + out_zero_point, saturated).
+    relu: max(y, 0) before the output conversion (NaN stays NaN), as in scaled_gemm.
     """
     if x.dim not in (None, 0):
         raise ValueError(f"scaled_conv2d: x must be quantized per tensor or per image (dim=0), got dim={x.dim}")
@@ -111,7 +112,7 @@ def scaled_conv2d(x: QTensor, weight: QTensor, bias: Optional[torch.Tensor] = No
     zero_point = None if x.zero_point is None else x.zero_point.reshape(1)
     return _ops.scaled_conv2d(x.data, weight.data, x.scale.reshape(-1), weight.scale.reshape(-1), zero_point, bias,
                               _pair(stride), _pair(padding), _pair(dilation), int(groups), out_dtype, out_scale,
-                              int(out_zero_point))
+                              int(out_zero_point), bool(relu))
 
 
 def workspace_limit() -> int:

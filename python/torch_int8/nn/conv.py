@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..config import Int8Config
 from ..conv import conv2d_dgrad, conv2d_wgrad, scaled_conv2d, scaled_conv2d_dgrad
-from ..functional import QTensor, column_amax, quantize, quantize_columns_t, quantize_rows, scaled_gemm
+from ..functional import QTensor, column_amax, quantize, quantize_columns_t, quantize_rows_with_sums, scaled_gemm
 from ._common import load_int8_weight, output_dtype, quantize_activation, register_int8_weight, sharing_parameters
 
 _MAX_PIXELS = 131071  # conv2d_wgrad's largest N*P*Q
@@ -73,16 +73,38 @@ def _scale_along(scale: torch.Tensor, dim: int) -> torch.Tensor:
 def _quantize_images(t: torch.Tensor, rounding: str) -> QTensor:
     """quantize(t, 0) (per image) as quantize_rows of t's memory viewed as one row per image
     (any layout, no copy for contiguous or channels_last t): one fused kernel pass on the GPU."""
+    return _quantize_images_with_channel_stats(t, rounding, amax=False, sums=False)[0]
+
+
+def _quantize_images_with_channel_stats(t: torch.Tensor, rounding: str, amax: bool, sums: bool):
+    """(quantize(t, 0), max|t| of every channel or None, float32 sum of every channel or None).
+
+    The channel statistics come from the column statistics of the per-image rows (one entry per
+    (c, h, w) position: a [C*H*W] vector, not another pass over t) reduced over the positions. The
+    maxima are exact (those column_amax gives); the sums are the bias gradient when t is dY."""
     nhwc = _memory_format(t) == torch.channels_last
     images = t.permute(0, 2, 3, 1) if nhwc else t.contiguous()
-    q, _ = quantize_rows(images.reshape(t.shape[0], -1), rounding=rounding)
+    q, position_amax, position_sum = quantize_rows_with_sums(images.reshape(t.shape[0], -1), col_amax=amax,
+                                                             col_sum=sums, rounding=rounding)
     data = q.data.view(images.shape)
-    return QTensor(data.permute(0, 3, 1, 2) if nhwc else data, q.scale, None, 0)
+    positions = (0, 1) if nhwc else (1, 2)  # the non-channel dims of one image [H, W, C] or [C, H, W]
+    channel_amax = None if position_amax is None else position_amax.view(images.shape[1:]).amax(positions)
+    channel_sum = None if position_sum is None else position_sum.view(images.shape[1:]).sum(positions)
+    return QTensor(data.permute(0, 3, 1, 2) if nhwc else data, q.scale, None, 0), channel_amax, channel_sum
 
 
 def _quantize_operand(t: torch.Tensor, config: Int8Config, rounding: str = "nearest") -> QTensor:
     """An activation or output gradient quantized per image (channel granularity) or per tensor."""
     return _quantize_images(t, rounding) if config.granularity == "channel" else quantize(t, None, rounding=rounding)
+
+
+def _quantize_grad_out(grad_out: torch.Tensor, config: Int8Config, channel_amax: bool, channel_sum: bool):
+    """dY quantized for grad_input (_quantize_operand), with channel granularity also its channel
+    maxima (wgrad's per-channel scales) and sums (the bias gradient) if asked for, from the same
+    kernels: (QTensor, amax or None, sum or None)."""
+    if config.granularity != "channel":
+        return quantize(grad_out, None, rounding=config.grad_rounding), None, None
+    return _quantize_images_with_channel_stats(grad_out, config.grad_rounding, channel_amax, channel_sum)
 
 
 def _rotated_filter(weight: torch.Tensor, groups: int) -> torch.Tensor:
@@ -125,10 +147,10 @@ def _pointwise_grad_input(qg: QTensor, w_data, w_scale, x_shape, stride, dtype):
     return grad_x.permute(0, 3, 1, 2)
 
 
-def _grad_input(grad_out, weight, x_shape, geometry, config: Int8Config, dtype):
+def _grad_input(qg: QTensor, weight, x_shape, geometry, config: Int8Config, dtype):
+    """dX from dY quantized by _quantize_grad_out."""
     stride, padding, dilation, groups = geometry
     per_channel = config.granularity == "channel"
-    qg = _quantize_operand(grad_out, config, config.grad_rounding)
     w_data, w_scale = _per_input_channel(weight, groups, per_channel)
     if _is_strided_pointwise(weight.shape, geometry) and dtype in _EPILOGUE_DTYPES:
         return _pointwise_grad_input(qg, w_data, w_scale, x_shape, stride, dtype)
@@ -145,26 +167,35 @@ def _grad_input(grad_out, weight, x_shape, geometry, config: Int8Config, dtype):
     return (acc * (_scale_along(qg.scale, 0) * _scale_along(w_scale, 1))).to(dtype)
 
 
-def _quantize_channels(t: torch.Tensor, config: Int8Config, rounding: str = "nearest") -> QTensor:
-    """quantize(t, 1) (per channel; channel granularity): the column maxima, then one quantizing pass, its data stored
-    [C, N, H, W] (viewed as [N, C, H, W]): t as the matrix [N*H*W, C] quantized per column and written
-    transposed, which is the layout wgrad reads (its GEMM reduces over the pixels). Per tensor otherwise."""
+def _quantize_channels(t: torch.Tensor, config: Int8Config, rounding: str = "nearest",
+                       amax: Optional[torch.Tensor] = None) -> QTensor:
+    """quantize(t, 1) (per channel; channel granularity): the column maxima (or `amax`, the channel
+    maxima found by an earlier pass), then one quantizing pass, its data stored [C, N, H, W] (viewed
+    as [N, C, H, W]): t as the matrix [N*H*W, C] quantized per column and written transposed, which
+    is the layout wgrad reads (its GEMM reduces over the pixels). Per tensor otherwise."""
     if config.granularity != "channel":
         return quantize(t, None, rounding=rounding)
     n, c, h, w = t.shape
     pixels = t.permute(0, 2, 3, 1).reshape(-1, c)  # a view for channels_last t, else one copy
-    amax = column_amax(pixels)  # exact; inf / NaN if not finite
+    if amax is None:
+        amax = column_amax(pixels)  # exact; inf / NaN if not finite
     q = quantize_columns_t(pixels, amax, rounding=rounding)
     return QTensor(q.data.view(c, n, h, w).permute(1, 0, 2, 3), q.scale, None, 1)
 
 
-def _grad_weight(grad_out, x, weight, geometry, config: Int8Config):
+def _wgrad_in_int32(grad_out: torch.Tensor) -> bool:
+    """Whether conv2d_wgrad can take one image (P*Q pixels) without overflowing int32."""
+    return grad_out.shape[2] * grad_out.shape[3] <= _MAX_PIXELS
+
+
+def _grad_weight(grad_out, x, weight, geometry, config: Int8Config, grad_amax: Optional[torch.Tensor] = None):
+    """dW; grad_amax: dY's channel maxima if an earlier pass found them."""
     stride, padding, dilation, groups = geometry
     n, _, p, q = grad_out.shape
-    if p * q > _MAX_PIXELS:  # one image alone could overflow int32: float product
+    if not _wgrad_in_int32(grad_out):  # one image alone could overflow int32: float product
         return torch.nn.grad.conv2d_weight(x.to(grad_out.dtype), weight.shape, grad_out, stride, padding, dilation,
                                            groups).to(weight.dtype)
-    qg = _quantize_channels(grad_out, config, config.grad_rounding)
+    qg = _quantize_channels(grad_out, config, config.grad_rounding, grad_amax)
     qx = _quantize_channels(x, config)
     images = max(1, _MAX_PIXELS // (p * q))
     acc = sum(conv2d_wgrad(qg.data[i:i + images], qx.data[i:i + images], weight.shape[2:], stride, padding, dilation,
@@ -196,22 +227,25 @@ class _Int8Conv2dFunction(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         config, geometry = ctx.config, ctx.geometry
         stride, padding, dilation, groups = geometry
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            if config.grad_input:
-                grad_x = _grad_input(grad_out, weight, x.shape, geometry, config, x.dtype)
-                grad_x = grad_x.contiguous(memory_format=_memory_format(x))
-            else:
-                grad_x = torch.nn.grad.conv2d_input(x.shape, weight.to(grad_out.dtype), grad_out, stride, padding,
-                                                    dilation, groups).to(x.dtype)
+        int8_dgrad = ctx.needs_input_grad[0] and config.grad_input
+        int8_wgrad = ctx.needs_input_grad[1] and config.grad_weight and _wgrad_in_int32(grad_out)
+        bgrad = ctx.has_bias and ctx.needs_input_grad[2]
+        grad_x = grad_w = grad_b = grad_amax = grad_sum = None
+        if int8_dgrad:  # its pass over dY also finds wgrad's channel maxima and the bias gradient
+            qg, grad_amax, grad_sum = _quantize_grad_out(grad_out, config, int8_wgrad, bgrad)
+            grad_x = _grad_input(qg, weight, x.shape, geometry, config, x.dtype)
+            grad_x = grad_x.contiguous(memory_format=_memory_format(x))
+        elif ctx.needs_input_grad[0]:
+            grad_x = torch.nn.grad.conv2d_input(x.shape, weight.to(grad_out.dtype), grad_out, stride, padding,
+                                                dilation, groups).to(x.dtype)
         if ctx.needs_input_grad[1]:
             if config.grad_weight:
-                grad_w = _grad_weight(grad_out, x, weight, geometry, config)
+                grad_w = _grad_weight(grad_out, x, weight, geometry, config, grad_amax)
             else:
                 grad_w = torch.nn.grad.conv2d_weight(x.to(grad_out.dtype), weight.shape, grad_out, stride, padding,
                                                      dilation, groups).to(weight.dtype)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad_out.sum((0, 2, 3)).to(weight.dtype)
+        if bgrad:
+            grad_b = (grad_out.sum((0, 2, 3)) if grad_sum is None else grad_sum).to(weight.dtype)
         return grad_x, grad_w, grad_b, None, None, None
 
 
@@ -280,7 +314,7 @@ class QuantizedConv2d(torch.nn.Module):
     out_scale the output is a QTensor (int8, per tensor): with relu its zero point is -128, so the
     int8 saturation of the epilogue is the ReLU (free) and the range [0, 255 * out_scale] uses all
     256 levels; without relu it is symmetric. Float outputs (out_dtype, default: the input's float
-    dtype, float32 for QTensor input) apply the ReLU in place.
+    dtype, float32 for QTensor input) apply the ReLU in the epilogue.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
@@ -321,5 +355,4 @@ class QuantizedConv2d(torch.nn.Module):
             zp = torch.full((), zero_point, dtype=torch.int32, device=y.device) if self.relu else None
             return QTensor(y, torch.full((), float(self.out_scale), dtype=torch.float32, device=y.device), zp, None)
         out_dtype = self.out_dtype or (torch.float32 if isinstance(x, QTensor) else x.dtype)
-        y = scaled_conv2d(qx, qw, self.bias, *geometry, out_dtype=out_dtype)
-        return torch.relu_(y) if self.relu else y
+        return scaled_conv2d(qx, qw, self.bias, *geometry, out_dtype=out_dtype, relu=self.relu)
