@@ -184,18 +184,21 @@ class TestForcedFamily:
         out = torch_int8.gemm(a.cuda(), w.cuda().t())
         assert torch.equal(out.cpu(), int64_ref_as_int32(a, w.t()))
 
-    # The few-row kernels (sm75 / dp4a: M <= 4 with dp4a; sm80 / sm90: M <= 32 on tensor cores): each
-    # row-count class and its edges, N not a multiple of the 32 columns of a block, K not a multiple
-    # of the 1024 its warps step by (nor of 128: some lanes of the last step load nothing).
+    # The few-row kernels (sm75 / dp4a: M <= 4 with dp4a; sm80 / sm90: M = 1 with dp4a, 2 <= M <= 32
+    # on tensor cores): each row-count class and its edges; N odd (no multiple of a block's 16
+    # columns); K long (not a multiple of the 2048 a block's warps step by, nor of 128: some lanes of
+    # the last step load nothing) or short (one warp of the block has k, the others none).
     @pytest.mark.parametrize("M", [1, 2, 3, 4, 5, 8, 9, 16, 17, 31, 32, 33])
-    def test_few_rows_exact(self, family, M):
-        N, K = 1000 + M, 2064 + 16 * M
+    @pytest.mark.parametrize("long_k", [True, False], ids=["long_k", "short_k"])
+    def test_few_rows_exact(self, family, M, long_k):
+        N, K = 999 + 2 * M, 2064 + 16 * M if long_k else 80
         a = rand_int8((M, K), seed=M)
         w = rand_int8((N, K), seed=M + 100)
         assert torch.equal(torch_int8.gemm(a.cuda(), w.cuda().t()).cpu(), int64_ref_as_int32(a, w.t()))
 
-    def test_few_rows_batched(self, family):
-        a, b = rand_int8((3, 5, 96), seed=1), rand_int8((3, 96, 70), seed=2)
+    @pytest.mark.parametrize("M", [3, 5, 12, 20])
+    def test_few_rows_batched(self, family, M):
+        a, b = rand_int8((3, M, 96), seed=1), rand_int8((3, 96, 70), seed=2)
         assert torch.equal(torch_int8.gemm(a.cuda(), b.cuda()).cpu(), int64_ref_as_int32(a, b))
 
     def test_gemm_batched_and_sliced(self, family):
@@ -207,7 +210,7 @@ class TestForcedFamily:
         assert torch.equal(torch_int8.gemm(a_s.cuda(), b_s.cuda()).cpu(), int64_ref_as_int32(a_s, b_s))
 
     @pytest.mark.parametrize("M,N,K", [(1, 64, 128), (37, 53, 91), (256, 384, 640), (16, 250, 4100),
-                                       (29, 100, 4112)])
+                                       (5, 100, 4112), (29, 100, 4112)])
     @pytest.mark.parametrize("out_zero_point", [0, -7])
     @pytest.mark.parametrize("relu", [False, True], ids=["", "relu"])
     def test_int8_epilogue_matches_cpu_bit_for_bit(self, family, M, N, K, out_zero_point, relu):
@@ -230,7 +233,7 @@ class TestForcedFamily:
         ulp = {torch.float32: 2.0**-23, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}[out_dtype]
         assert torch.all((gpu - cpu).abs() <= ulp * cpu.abs() + 1e-30)
 
-    @pytest.mark.parametrize("M,N,K", [(2, 40, 64), (20, 70, 160), (77, 130, 300), (300, 520, 640)])
+    @pytest.mark.parametrize("M,N,K", [(2, 40, 64), (12, 70, 160), (20, 70, 160), (77, 130, 300), (300, 520, 640)])
     @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
     def test_row_amax_is_the_max_of_the_output(self, family, M, N, K, out_dtype):
         a, b, bias = _qtensors(M, N, K, seed=M + K)

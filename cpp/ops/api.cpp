@@ -90,13 +90,14 @@ at::Tensor scaled_conv2d(const at::Tensor& x, const at::Tensor& weight, const at
                          const at::Tensor& scale_w, const std::optional<at::Tensor>& zero_point_x,
                          const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
                          at::IntArrayRef dilation, int64_t groups, at::ScalarType out_dtype, double out_scale,
-                         int64_t out_zero_point) {
+                         int64_t out_zero_point, bool relu) {
   static const auto handle =
       op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                     const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, at::IntArrayRef,
-                    at::IntArrayRef, at::IntArrayRef, int64_t, at::ScalarType, double, int64_t)>("int8::scaled_conv2d");
+                    at::IntArrayRef, at::IntArrayRef, int64_t, at::ScalarType, double, int64_t, bool)>(
+          "int8::scaled_conv2d");
   return handle.call(x, weight, scale_x, scale_w, zero_point_x, bias, stride, padding, dilation, groups, out_dtype,
-                     out_scale, out_zero_point);
+                     out_scale, out_zero_point, relu);
 }
 
 at::Tensor conv2d_dgrad(const at::Tensor& grad_out, const at::Tensor& weight, at::IntArrayRef input_size,

@@ -1,4 +1,4 @@
-// Checks its own results: torch_int8::gemm / scaled_gemm on at::Tensor, and
+// Checks its own results: torch_int8::gemm / scaled_gemm / scaled_conv2d on at::Tensor, and
 // the torch-free kernel layer on raw pointers, against plain int64 loops.
 // Runs on the CPU, and on the GPU too when one is visible.
 #include <torch/torch.h>
@@ -41,6 +41,24 @@ void check_tensor_api(const torch::Device& device) {
   expect(err < 1e-4, device.is_cuda() ? "scaled_gemm (cuda) matches float64" : "scaled_gemm (cpu) matches float64");
 }
 
+// A dequantizing, ReLU-fused convolution through the C++ API (every argument
+// of the op's schema) against float64.
+void check_conv_api(const torch::Device& device) {
+  torch::manual_seed(1);
+  const torch::Tensor x = torch::randn({2, 8, 9, 7}), w = torch::randn({6, 8, 3, 3});
+  auto [xq, xs, xz] = torch_int8::quantize(x.to(device), 0);  // per image
+  auto [wq, ws, wz] = torch_int8::quantize(w.to(device), 0);  // per output channel
+  const torch::Tensor y = torch_int8::scaled_conv2d(xq, wq, xs, ws, std::nullopt, std::nullopt, {1, 1}, {1, 1},
+                                                    {1, 1}, 1, torch::kFloat, 1.0, 0, /*relu=*/true)
+                              .cpu();
+  const torch::Tensor yref = torch::relu(torch::conv2d(
+      torch_int8::dequantize(xq, xs, std::nullopt, 0).cpu().to(torch::kDouble),
+      torch_int8::dequantize(wq, ws, std::nullopt, 0).cpu().to(torch::kDouble), {}, 1, 1));
+  const double err = (y.to(torch::kDouble) - yref).abs().max().item<double>();
+  expect(y.sizes() == yref.sizes() && err < 1e-4 && y.min().item<float>() == 0.f,
+         device.is_cuda() ? "scaled_conv2d + relu (cuda) matches float64" : "scaled_conv2d + relu (cpu) matches float64");
+}
+
 // The kernel layer with no torch at all: what deployment code calls.
 void check_raw_kernels() {
   const int64_t m = 5, n = 3, k = 7;
@@ -66,7 +84,11 @@ void check_raw_kernels() {
 
 int main() {
   check_tensor_api(torch::kCPU);
-  if (torch::cuda::is_available()) check_tensor_api(torch::kCUDA);
+  check_conv_api(torch::kCPU);
+  if (torch::cuda::is_available()) {
+    check_tensor_api(torch::kCUDA);
+    check_conv_api(torch::kCUDA);
+  }
   check_raw_kernels();
   std::printf("%s\n", failures == 0 ? "all checks passed" : "some checks FAILED");
   return failures == 0 ? EXIT_SUCCESS : EXIT_FAILURE;

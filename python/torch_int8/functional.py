@@ -83,7 +83,8 @@ def quantize_rows_with_sums(
     """quantize_rows that can also return the float32 sum of every column (None unless col_sum=True),
     from the same pass as the column maxima: the bias gradient, when x is an output gradient.
 
-    The sums accumulate in float32 in an order fixed by the shape (reproducible); inf and NaN propagate.
+    The sums accumulate in float32 in an order fixed by the shape and, on the GPU, the GPU model
+    (reproducible run to run on one GPU); inf and NaN propagate.
     """
     data, scale, amax, total = _ops.quantize_rows(x, col_amax, rounding, generator, col_sum)
     return QTensor(data, scale, None, 0), (amax if col_amax else None), (total if col_sum else None)

@@ -1,5 +1,6 @@
-// The fused epilogue of kernels.h, one output at a time, for the CUDA-core
-// kernels (gemm_simt.cuh, gemm_skinny.cu): the CPU reference's arithmetic
+// The fused epilogue of kernels.h, one output at a time, for the kernels
+// without a CUTLASS epilogue (gemm_simt.cuh, gemm_skinny.cu,
+// gemm_skinny_mma.cu): the CPU reference's arithmetic
 // (epilogue_math.h), so int8 outputs agree with it bit for bit.
 #pragma once
 

@@ -21,9 +21,10 @@ Status gemm_simt(const GemmProblem& p, const Epilogue& e, cudaStream_t stream); 
 // the families run instead of their tile kernels:
 // - sm80 and sm90: 2 <= M <= kSkinnyMmaMaxM on tensor cores with swapped
 //   operands (mma.sync m16n8k32, gemm_skinny_mma.cu), M = 1 with dp4a;
-// - sm75 and dp4a: M <= kSkinnyMaxM with dp4a (gemm_skinny.cu). Measured on
-//   the H200 (N = K = 4096, int32 out, CUDA-graph replays, 9487153): M = 1
-//   5.3 us, M = 4 9.6 us, M = 8 16.6 us (each B chunk meets M rows of A from L1).
+// - sm75 and dp4a: M <= kSkinnyMaxM with dp4a (gemm_skinny.cu): on the H200
+//   (N = K = 4096, int32 out, CUDA-graph replays) M = 1 5.2 us, M = 4 9.6 us,
+//   as dp4a runs out of multiply-adds when rows are added.
+// Figures of the mma kernel: gemm_skinny_mma.cu, benchmarks/NOTES.md entry 11.
 constexpr int64_t kSkinnyMaxM = 4;
 Status gemm_skinny(const GemmProblem& p, const Epilogue& e, cudaStream_t stream);
 constexpr int64_t kSkinnyMmaMaxM = 32;

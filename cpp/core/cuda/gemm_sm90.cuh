@@ -31,8 +31,9 @@ using Sm90Cooperative256 = Sm90TileConfig<256, 128, 128, 2, 1,
                                           cutlass::epilogue::TmaWarpSpecializedCooperative>;
 
 // 64x32x128 tiles (one warpgroup's wgmma of 64 rows), no cluster: for GEMMs
-// with few rows, where 128x128 tiles leave most SMs idle; many small tiles
-// spread the stream of B (the weights) over every SM.
+// with a few hundred rows or less (above the few-row kernel's), where 128x128
+// tiles leave most SMs idle; many small tiles spread the stream of B (the
+// weights) over every SM.
 using Sm90Pingpong64x32 = Sm90TileConfig<64, 32, 128, 1, 1,
                                          cutlass::gemm::KernelTmaWarpSpecializedPingpong,
                                          cutlass::epilogue::TmaWarpSpecialized>;

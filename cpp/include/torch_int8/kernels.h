@@ -131,7 +131,9 @@ struct Rounding {
 //   amax[c] = max_r |x[r, c]|: NaN for a column holding NaN, else inf for one
 //             holding inf (what torch.linalg.vector_norm(x, inf, dim=0) gives);
 //   sum[c]  = sum_r x[r, c] accumulated in float32 in an order fixed by the
-//             shape (deterministic); inf and NaN propagate.
+//             shape (deterministic); inf and NaN propagate. (quantize_rows'
+//             fused statistics slice the rows by the number of blocks the GPU
+//             holds at once: their order is fixed by the shape and the GPU.)
 // Either output may be null. Slices of rows are reduced into `workspace`
 // (column_stats_workspace(rows, cols) floats), then across slices in order.
 struct ColumnStats {

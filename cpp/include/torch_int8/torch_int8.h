@@ -76,13 +76,13 @@ at::Tensor col2im(const at::Tensor& cols, at::IntArrayRef output_size, at::IntAr
 at::Tensor conv2d(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
                   at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups = 1);
 // scale_x[n] * scale_w[k] * conv(x - zero_point_x, w) + bias[k] in the GEMM
-// epilogue (padding holds the zero point); out_dtype as in scaled_gemm.
+// epilogue (padding holds the zero point); out_dtype and relu as in scaled_gemm.
 at::Tensor scaled_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale_x,
                          const at::Tensor& scale_w, const std::optional<at::Tensor>& zero_point_x,
                          const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                          at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups = 1,
                          at::ScalarType out_dtype = at::kBFloat16, double out_scale = 1.0,
-                         int64_t out_zero_point = 0);
+                         int64_t out_zero_point = 0, bool relu = false);
 // Exact input gradient: int8 grad_out [N, K, P, Q] -> int32 [N, C, H, W]; input_size = {H, W}.
 at::Tensor conv2d_dgrad(const at::Tensor& grad_out, const at::Tensor& weight, at::IntArrayRef input_size,
                         at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,

@@ -100,8 +100,10 @@ def _quantize_operand(t: torch.Tensor, config: Int8Config, rounding: str = "near
 
 def _quantize_grad_out(grad_out: torch.Tensor, config: Int8Config, channel_amax: bool, channel_sum: bool):
     """dY quantized for grad_input (_quantize_operand), with channel granularity also its channel
-    maxima (wgrad's per-channel scales) and sums (the bias gradient) if asked for, from the same
-    kernels: (QTensor, amax or None, sum or None)."""
+    maxima (wgrad's per-channel scales) and sums (the bias gradient) if asked for: (QTensor, amax or
+    None, sum or None). The statistics come from the quantize pass itself for images of at most
+    24 KB (12288 bf16 values of C*H*W), else from a column-statistics pass of their own (ResNet-sized
+    dY), either way without ATen reductions."""
     if config.granularity != "channel":
         return quantize(grad_out, None, rounding=config.grad_rounding), None, None
     return _quantize_images_with_channel_stats(grad_out, config.grad_rounding, channel_amax, channel_sum)
@@ -231,7 +233,7 @@ class _Int8Conv2dFunction(torch.autograd.Function):
         int8_wgrad = ctx.needs_input_grad[1] and config.grad_weight and _wgrad_in_int32(grad_out)
         bgrad = ctx.has_bias and ctx.needs_input_grad[2]
         grad_x = grad_w = grad_b = grad_amax = grad_sum = None
-        if int8_dgrad:  # its pass over dY also finds wgrad's channel maxima and the bias gradient
+        if int8_dgrad:  # with dY's quantization come wgrad's channel maxima and the bias gradient
             qg, grad_amax, grad_sum = _quantize_grad_out(grad_out, config, int8_wgrad, bgrad)
             grad_x = _grad_input(qg, weight, x.shape, geometry, config, x.dtype)
             grad_x = grad_x.contiguous(memory_format=_memory_format(x))
