@@ -9,9 +9,11 @@
 //   column_stats:        the column statistics alone (the column_amax op, and
 //                        rows too long for the fused ones): a streaming pass over
 //                        slices of rows, then the same merge;
-//   quantize_columns_t:  128-row tiles transposed through shared memory as
+//   quantize_columns_t:  64-row tiles transposed through shared memory as
 //                        4-row words, so that the bf16/fp32 reads and the int8
-//                        writes are 16-byte vectors, each column a 128-byte line.
+//                        writes are 16-byte vectors. (128-row tiles written as
+//                        whole 128-byte lines measured slower on the H200:
+//                        27-34% of the copy rate against 42-51%, NOTES entry 12.)
 // Both quantize with IEEE-exact results and the same rounding as the ATen
 // composite, so nearest rounding gives its results bit for bit.
 #include <cuda_bf16.h>
@@ -150,6 +152,14 @@ __device__ __forceinline__ unsigned round_bits(float v, float r, bool& exact) {
   return __float_as_uint(z);
 }
 
+// Nearest rounding of one value by the reciprocal (round_bits), the division
+// only where round_bits asks for it: bit for bit quantize_value's result.
+__device__ __forceinline__ int8_t quantize_value(float v, const Divisor& d, const Nearest& round, int64_t index) {
+  bool exact = false;
+  const unsigned bits = round_bits<false>(v, d.r, exact);
+  return exact ? quantize_value<Nearest>(v, d, round, index) : static_cast<int8_t>(bits & 0xffu);
+}
+
 // Element j of a pack as a float: a bf16 from its pair's word in one
 // instruction (a shift or a mask), not by extracting the half first.
 template <class T, int N>
@@ -174,7 +184,7 @@ template <int N, class Round>
 __device__ __forceinline__ void divide_bits(const float (&v)[N], const Divisor& d, const Round& round, int64_t index,
                                             unsigned (&bits)[N]) {
 #pragma unroll
-  for (int j = 0; j < N; ++j) bits[j] = static_cast<uint8_t>(quantize_value(v[j], d, round, index + j));
+  for (int j = 0; j < N; ++j) bits[j] = static_cast<uint8_t>(quantize_value<Round>(v[j], d, round, index + j));
 }
 
 template <bool kBounded, int N, class Round>
@@ -508,15 +518,21 @@ __global__ void __launch_bounds__(kMergeCols * kMergeLanes)
   if (sum) sum[c] = total;
 }
 
-// quantize_columns_t: tiles of kTileRows rows x kTilePacks packs (128 columns
-// of bf16/fp16, 64 of fp32). A thread quantizes kThreadRows consecutive rows of
-// a pack, each 4 rows of a column one word of the transposed tile; the block
-// then writes each column of the tile as one 128-byte line of q_t. A warp
-// loads 2 neighbouring packs (whole 32-byte sectors) of 16 row groups, and
-// stores each column's 16 pairs of words to one 128-byte row of the tile:
-// free of bank conflicts without padding, which keeps the rows 16-byte aligned.
-constexpr int kTileRows = 128, kThreadRows = 8, kRowGroups = kTileRows / kThreadRows,
-              kTilePacks = kThreads / kRowGroups, kTileWords = kTileRows / 4;
+// quantize_columns_t: tiles of 64 rows x kTilePacks packs (128 columns of
+// bf16/fp16, 64 of fp32). A thread quantizes 4 consecutive rows of a pack and
+// stores the 4 bytes of each column as one word of the transposed tile (the
+// byte stores of a 64 x 64 tile were 8-way bank conflicts); the block then
+// writes each column of the tile as four 16-byte pieces.
+constexpr int kTileRows = 64, kRowGroups = kTileRows / 4, kTilePacks = kThreads / kRowGroups;
+
+// Words per transposed tile row (>= kRowGroups): with N * pitch = 16 (mod 32),
+// the two packs of a warp store their 16 row groups into the two halves of the
+// banks, free of conflicts.
+constexpr int tile_pitch(int n) {
+  int pitch = kRowGroups;
+  while (n * pitch % 32 != 16) ++pitch;
+  return pitch;
+}
 
 // Row i of the 4 x N block at (r, c); zeros outside x. Vectors when the tile is whole.
 template <class T, int N>
@@ -529,56 +545,12 @@ __device__ __forceinline__ Pack<T, N> load_pack(const T* x, int64_t rows, int64_
   return p;
 }
 
-// Column j of a thread's kThreadRows packs (rows r.., columns c..; element
-// (i, j) has index + i * cols + j) quantized with d[j], as words w[j][k] of
-// rows 4k..4k+3: by the division, or by `quantize` (bits with the int8 in the
-// low byte) where that is given.
-template <class T, int N, class Round, class Quantize>
-__device__ __forceinline__ void column_words(const Pack<T, N> (&v)[kThreadRows], const Divisor* d, const Round& round,
-                                             int64_t index, int64_t cols, unsigned (&w)[N][kThreadRows / 4],
-                                             Quantize quantize) {
-#pragma unroll
-  for (int j = 0; j < N; ++j) {
-    unsigned b[kThreadRows];
-#pragma unroll
-    for (int i = 0; i < kThreadRows; ++i) {
-      if constexpr (std::is_same_v<Quantize, std::nullptr_t>)
-        b[i] = static_cast<uint8_t>(quantize_value(float_at(v[i], j), d[j], round, index + i * cols + j));
-      else
-        b[i] = quantize(float_at(v[i], j), d[j]);
-    }
-#pragma unroll
-    for (int k = 0; k < kThreadRows / 4; ++k) w[j][k] = low_bytes(b[4 * k], b[4 * k + 1], b[4 * k + 2], b[4 * k + 3]);
-  }
-}
-
-template <class T, int N, class Round>
-__device__ __forceinline__ void quantize_columns(const Pack<T, N> (&v)[kThreadRows], const Divisor* d,
-                                                 const Round& round, int64_t index, int64_t cols,
-                                                 unsigned (&w)[N][kThreadRows / 4]) {
-  column_words(v, d, round, index, cols, w, nullptr);
-}
-
-// Nearest: by the reciprocals (unbounded: col_amax is an argument); all by the
-// division in the rare case that one value needs it.
-template <class T, int N>
-__device__ __forceinline__ void quantize_columns(const Pack<T, N> (&v)[kThreadRows], const Divisor* d,
-                                                 const Nearest& round, int64_t index, int64_t cols,
-                                                 unsigned (&w)[N][kThreadRows / 4]) {
-  bool exact = false;
-  column_words(v, d, round, index, cols, w,
-               [&](float value, const Divisor& dj) { return round_bits<false>(value, dj.r, exact); });
-  if (exact) column_words(v, d, round, index, cols, w, nullptr);
-}
-
-// 94 registers a thread for bf16: 2 blocks per SM, 32 KB of loads in flight
-// each (a bound of 3 blocks spills).
 template <class T, int N, class Round>
 __global__ void __launch_bounds__(kThreads)
     quantize_columns_t_kernel(const T* __restrict__ x, int64_t rows, int64_t cols, const float* __restrict__ col_amax,
                               int8_t* __restrict__ q_t, float* __restrict__ scale, Round round) {
-  constexpr int kCols = kTilePacks * N;
-  __shared__ alignas(16) unsigned tile[kCols][kTileWords];  // [column][4 rows a word]
+  constexpr int kCols = kTilePacks * N, kPitch = tile_pitch(N);
+  __shared__ alignas(16) unsigned tile[kCols][kPitch];  // [column][row group]: 4 rows a word
   __shared__ Divisor tile_div[kCols];
   const int64_t c0 = int64_t{blockIdx.x} * kCols, r0 = int64_t{blockIdx.y} * kTileRows;
   for (int tc = threadIdx.x; tc < kCols; tc += kThreads) {
@@ -589,29 +561,36 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
 
   const int group = threadIdx.x % kRowGroups, pc = threadIdx.x / kRowGroups;
-  const int64_t r = r0 + group * kThreadRows, c = c0 + pc * N;
+  const int64_t r = r0 + group * 4, c = c0 + pc * N;
   const bool whole = r0 + kTileRows <= rows && c0 + kCols <= cols;
-  Pack<T, N> v[kThreadRows];
+  Pack<T, N> v[4];
 #pragma unroll
-  for (int i = 0; i < kThreadRows; ++i) v[i] = load_pack<T, N>(x, rows, cols, r + i, c, whole);
-  unsigned w[N][kThreadRows / 4];
-  quantize_columns(v, &tile_div[pc * N], round, r * cols + c, cols, w);
+  for (int i = 0; i < 4; ++i) v[i] = load_pack<T, N>(x, rows, cols, r + i, c, whole);
 #pragma unroll
-  for (int j = 0; j < N; ++j) *reinterpret_cast<uint2*>(&tile[pc * N + j][group * 2]) = make_uint2(w[j][0], w[j][1]);
+  for (int j = 0; j < N; ++j) {
+    const Divisor d = tile_div[pc * N + j];
+    unsigned word = 0;
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+      word |= unsigned{static_cast<uint8_t>(quantize_value(to_float(v[i].v[j]), d, round, (r + i) * cols + c + j))}
+              << (8 * i);
+    tile[pc * N + j][group] = word;
+  }
   __syncthreads();
 
-  // Column tc of the tile is rows [r0, r0 + kTileRows) of row c0 + tc of q_t.
-  constexpr int kPieces = kTileRows / 16;
-  for (int item = threadIdx.x; item < kCols * kPieces; item += kThreads) {
-    const int tc = item / kPieces, piece = item % kPieces;
+  // Column tc of the tile is rows [r0, r0 + 64) of row c0 + tc of q_t.
+  for (int item = threadIdx.x; item < kCols * 4; item += kThreads) {
+    const int tc = item / 4, piece = item % 4;
     const int64_t out_r = r0 + piece * 16;
     if (c0 + tc >= cols || out_r >= rows) continue;
+    const auto* words = reinterpret_cast<const uint2*>(&tile[tc][piece * 4]);  // kPitch is even: 8-byte aligned
+    const uint2 lo = words[0], hi = words[1];
     int8_t* out = q_t + (c0 + tc) * rows + out_r;
     if (out_r + 16 <= rows && reinterpret_cast<uintptr_t>(out) % 16 == 0) {
-      *reinterpret_cast<uint4*>(out) = *reinterpret_cast<const uint4*>(&tile[tc][piece * 4]);
+      *reinterpret_cast<uint4*>(out) = make_uint4(lo.x, lo.y, hi.x, hi.y);
     } else {
       const auto* bytes = reinterpret_cast<const int8_t*>(&tile[tc][piece * 4]);
-      for (int k = 0; k < 16 && out_r + k < rows; ++k) out[k] = bytes[k];
+      for (int b = 0; b < 16 && out_r + b < rows; ++b) out[b] = bytes[b];
     }
   }
 }
