@@ -40,14 +40,18 @@ __device__ inline void add_row_amax(const Epilogue& e, int64_t m, unsigned bits)
   atomicMax(reinterpret_cast<unsigned*>(e.row_amax) + m, bits);
 }
 
-// v combined over the warp with op; every lane gets the result.
-template <class T, class Op>
+// v combined with op over each run of kLanes consecutive lanes (a power of two
+// dividing 32); every lane of the run gets the result. The whole warp takes part.
+template <int kLanes = 32, class T, class Op>
 __device__ __forceinline__ T warp_reduce(T v, Op op) {
-  for (int offset = 16; offset > 0; offset /= 2) v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  for (int offset = kLanes / 2; offset > 0; offset /= 2) v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
   return v;
 }
 struct Plus {
   __device__ int operator()(int a, int b) const { return a + b; }
+};
+struct Max {
+  __device__ unsigned operator()(unsigned a, unsigned b) const { return max(a, b); }
 };
 
 // Row m's maximum over the outputs of kLanes consecutive lanes (abs_bits of
@@ -55,7 +59,7 @@ struct Plus {
 // lane of the warp takes part; only those with active set contribute a row.
 template <int kLanes = 32>
 __device__ inline void add_lanes_row_amax(const Epilogue& e, int64_t m, unsigned bits, bool active = true) {
-  for (int offset = kLanes / 2; offset > 0; offset /= 2) bits = max(bits, __shfl_xor_sync(0xffffffffu, bits, offset));
+  bits = warp_reduce<kLanes>(bits, Max{});
   if (active && threadIdx.x % kLanes == 0) add_row_amax(e, m, bits);
 }
 

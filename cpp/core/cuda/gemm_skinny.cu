@@ -1,10 +1,11 @@
 // GEMM for few rows (M <= kSkinnyMaxM: decode, GEMV-like products) with dp4a
 // (sm_61+): the few-row kernel of the sm75 and dp4a families, and of the sm80
-// and sm90 families for M = 1 (families.h). Such products are bound by reading B (N x K int8) once; tile
-// kernels leave most of the GPU idle there (N / 128 blocks, M / 128 of each
-// tile used). Here a warp owns kCols columns and all M rows: each lane streams
-// 16-byte chunks of its columns of B and of the rows of A (a few KB, served by
-// L1), accumulates with dp4a, and a warp reduction ends the dot products.
+// and sm90 families for M = 1 (families.h). Such products are bound by reading
+// B (N x K int8) once; tile kernels leave most of the GPU idle there (N / 128
+// blocks, M / 128 of each tile used). Here a warp owns kCols columns and all M
+// rows: each lane streams 16-byte chunks of its columns of B and of the rows of
+// A (a few KB, served by L1), accumulates with dp4a, and a warp reduction ends
+// the dot products.
 #include <cuda_runtime_api.h>
 
 #include "families.h"

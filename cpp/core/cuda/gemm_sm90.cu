@@ -58,7 +58,8 @@ int device_sm_count() {
 }
 
 Status run_picked_tile(const GemmProblem& p, const Epilogue& e, cudaStream_t stream) {
-  return pick_tile(p, device_sm_count()).run(p, e, stream, device_sm_count());
+  const int sm_count = device_sm_count();
+  return pick_tile(p, sm_count).run(p, e, stream, sm_count);
 }
 
 }  // namespace
