@@ -1,8 +1,7 @@
 // The fused quantize kernels of kernels.h, each one read of x:
 //   quantize_rows:       one wave of blocks, each streaming a slice of whole
-//                        rows through a shared-memory ring (cp.async): a row is
-//                        held in registers between its reduction and its
-//                        quantization while up to 3 more are in flight. With
+//                        rows: a row is held in registers between its reduction
+//                        and its quantization while the next one is loaded. With
 //                        column statistics a block also keeps its columns' maxima
 //                        and sums over its slice; the slices are then merged in
 //                        order (no atomics: the float sums are reproducible).
@@ -318,71 +317,17 @@ __device__ __forceinline__ Pack<T, N> load_or_zero(const Pack<T, N>* p, bool in)
   }
 }
 
-// Asynchronous copies into shared memory (cp.async, sm_80 on): a copy in
-// flight holds no register, so a block can have several rows in flight.
-// Older GPUs, and packs cp.async cannot move (2 bytes), copy synchronously.
-template <class P>
-__device__ __forceinline__ void copy_async(P* smem, const P* global) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  if constexpr (sizeof(P) == 16 || sizeof(P) == 8 || sizeof(P) == 4) {
-    const auto dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-    if constexpr (sizeof(P) == 16)  // streamed once: skip L1
-      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(global) : "memory");
-    else
-      asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(dst), "l"(global), "n"(sizeof(P)) : "memory");
-    return;
-  }
-#endif
-  *smem = *global;
-}
-
-// Closes the group of the copies issued since the last call.
-__device__ __forceinline__ void commit_copies() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-#endif
-}
-
-// Waits until at most `pending` (1 to kMaxRowStages - 1, uniform) of the
-// calling thread's latest groups are still in flight; the copies of the
-// older groups are then visible to it.
-__device__ __forceinline__ void wait_copies(int pending) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  switch (pending) {
-    case 1: asm volatile("cp.async.wait_group 1;\n" ::: "memory"); break;
-    case 2: asm volatile("cp.async.wait_group 2;\n" ::: "memory"); break;
-    default: asm volatile("cp.async.wait_group 3;\n" ::: "memory"); break;
-  }
-#endif
-}
-
-// Rows a block of quantize_rows_kernel has in its shared-memory ring: the row
-// it quantizes and up to kMaxRowStages - 1 rows in flight behind it.
-constexpr int kMaxRowStages = 4;
-
-// The packs of one row that a thread holds: t, t + blockDim.x, ...; zeros past
-// the end. Slot i of a thread in a ring stage is i * blockDim.x + t: a thread
-// reads back only the slots it copied itself, so the ring needs no barrier.
+// The packs of one row that a thread holds: t, t + blockDim.x, ...; zeros past the end.
 template <class T, int N, int P>
 struct RowPart {
   Pack<T, N> v[P];
 
-  // Issues the copies of row r into `stage` (a group of its own; empty past the rows).
-  __device__ __forceinline__ static void fetch(const T* x, int64_t r, int64_t r1, int cols, Pack<T, N>* stage) {
+  __device__ __forceinline__ void load(const T* x, int64_t r, int cols) {
     const auto* xr = reinterpret_cast<const Pack<T, N>*>(x + r * cols);
 #pragma unroll
     for (int i = 0; i < P; ++i) {
       const int p = threadIdx.x + i * blockDim.x;
-      if (r < r1 && p < cols / N) copy_async(stage + p, xr + p);
-    }
-    commit_copies();
-  }
-
-  __device__ __forceinline__ void read(const Pack<T, N>* stage, int cols) {
-#pragma unroll
-    for (int i = 0; i < P; ++i) {
-      const int p = threadIdx.x + i * blockDim.x;
-      v[i] = load_or_zero(stage + p, p < cols / N);
+      v[i] = load_or_zero(xr + p, p < cols / N);
     }
   }
 };
@@ -423,30 +368,22 @@ struct ColumnPartials {
 };
 
 // Block b quantizes rows [b * slice_rows, (b + 1) * slice_rows): the grid is
-// about one wave, so blocks do not wait for their rows' turn. The rows stream
-// through a ring of `stages` rows in dynamic shared memory (stages *
-// blockDim.x * P packs): while a block reduces and quantizes one row, the next
-// stages - 1 are in flight. With column statistics S its slice's go to row b
-// of part_amax / part_sum (each optional).
+// about one wave, so blocks do not wait for their rows' turn, and a block
+// loads a row while it reduces and quantizes the one before (two rows in
+// flight). With column statistics S its slice's go to row b of part_amax /
+// part_sum (each optional).
 template <class T, int N, Columns S, class Round>
 __global__ void __launch_bounds__(kMaxRowThreads<S>)
-    quantize_rows_kernel(const T* __restrict__ x, int64_t rows, int cols, int64_t slice_rows, int stages,
-                         int8_t* __restrict__ q, float* __restrict__ scale, unsigned* __restrict__ part_amax,
-                         float* __restrict__ part_sum, Round round) {
+    quantize_rows_kernel(const T* __restrict__ x, int64_t rows, int cols, int64_t slice_rows, int8_t* __restrict__ q,
+                         float* __restrict__ scale, unsigned* __restrict__ part_amax, float* __restrict__ part_sum,
+                         Round round) {
   constexpr int P = kRowPacks<S>;
-  extern __shared__ uint4 ring_bytes[];  // untyped (16-byte aligned): one declaration for every T
-  auto* ring = reinterpret_cast<Pack<T, N>*>(ring_bytes);
   __shared__ unsigned warp_maxima[2][32];
-  const int stage_packs = blockDim.x * P;
   const int64_t r0 = blockIdx.x * slice_rows, r1 = min(rows, r0 + slice_rows);
-  for (int d = 0; d + 1 < stages; ++d) RowPart<T, N, P>::fetch(x, r0 + d, r1, cols, ring + d * stage_packs);
   ColumnPartials<T, N, P, S> stats;
-  for (int64_t r = r0; r < r1; ++r) {
-    const int64_t ahead = r + stages - 1;  // into the stage of row r - 1, which this thread has read
-    RowPart<T, N, P>::fetch(x, ahead, r1, cols, ring + (ahead - r0) % stages * stage_packs);
-    wait_copies(stages - 1);
-    RowPart<T, N, P> row;
-    row.read(ring + (r - r0) % stages * stage_packs, cols);
+  // Quantizes row r (held in `row`) after issuing the loads of row r + 1 into `next`.
+  auto step = [&](const RowPart<T, N, P>& row, RowPart<T, N, P>& next, int64_t r) {
+    if (r + 1 < r1) next.load(x, r + 1, cols);
     Magnitudes<T, N> m[P];
     unsigned amax = 0;
 #pragma unroll
@@ -461,6 +398,12 @@ __global__ void __launch_bounds__(kMaxRowThreads<S>)
       const int p = threadIdx.x + i * blockDim.x;
       if (p < cols / N) qr[p] = quantize_pack<true>(row.v[i], d, round, r * cols + p * N);
     }
+  };
+  RowPart<T, N, P> a, b;  // alternately the row held and the row loading
+  a.load(x, r0, cols);
+  for (int64_t r = r0; r < r1; r += 2) {
+    step(a, b, r);
+    if (r + 1 < r1) step(b, a, r + 1);
   }
   stats.store(blockIdx.x, cols, part_amax, part_sum);
 }
@@ -723,15 +666,14 @@ Status launch_column_stats(const ColumnStats& c, cudaStream_t s) {
   return merge_column_stats(part_amax, part_sum, slices, c.cols, c.amax, c.sum, s);
 }
 
-// Blocks of `kernel` with `threads` threads and `smem` bytes of dynamic
-// shared memory that the device holds at once, at most per_sm per multiprocessor.
+// Blocks of `kernel` with `threads` threads that the device holds at once,
+// at most per_sm per multiprocessor.
 template <class Kernel>
-Status resident_blocks(Kernel kernel, int threads, size_t smem, int per_sm, int64_t& blocks) {
+Status resident_blocks(Kernel kernel, int threads, int per_sm, int64_t& blocks) {
   int device = 0, sms = 0, fit = 0;
   if (cudaGetDevice(&device) != cudaSuccess ||
       cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)) != cudaSuccess ||
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, kernel, threads, smem) != cudaSuccess)
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, kernel, threads, 0) != cudaSuccess)
     return Status::kCudaError;
   blocks = int64_t{sms} * std::clamp(fit, 1, per_sm);
   return Status::kSuccess;
@@ -739,46 +681,17 @@ Status resident_blocks(Kernel kernel, int threads, size_t smem, int per_sm, int6
 
 // Column statistics come from at most kStatsBlocksPerSm blocks per
 // multiprocessor: every block's slice adds a row of partials to write and
-// merge (2 blocks of 256 threads with 3 rows in flight keep 48 KB of bf16
-// rows of 4096 in flight per SM).
+// merge (2 blocks of 256 threads keep 32 KB of rows in flight per SM).
 constexpr int kStatsBlocksPerSm = 2;
 
-// The launch of quantize_rows_kernel<T, N, S> for rows of `cols` elements: its
-// threads and ring; stages < 2 when a row needs more threads than
-// kMaxRowThreads<S> or two of its stages more shared memory than a block may
-// have (the row is too long for the kernel).
-struct RowLaunch {
-  int threads = 0, stages = 0;
-  size_t smem = 0;
-};
-
-template <class T, int N, Columns S>
-Status row_launch(int64_t cols, RowLaunch& l) {
-  const int64_t threads = row_threads<N, S>(cols);
-  if (threads > kMaxRowThreads<S>) return Status::kSuccess;
-  int device = 0, optin = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess)
-    return Status::kCudaError;
-  constexpr int64_t kStaticSmem = 2 * 32 * sizeof(unsigned);  // the kernel's warp_maxima
-  const int64_t stage = threads * kRowPacks<S> * static_cast<int64_t>(sizeof(Pack<T, N>));
-  l.threads = static_cast<int>(threads);
-  l.stages = static_cast<int>(std::min<int64_t>(kMaxRowStages, (optin - kStaticSmem) / stage));
-  l.smem = static_cast<size_t>(l.stages * stage);
-  return Status::kSuccess;
-}
-
-// quantize_rows_kernel and, with column statistics S, their merge; kNoKernel
-// when the rows are too long for it (row_launch).
+// quantize_rows_kernel (rows of at most kMaxRowThreads<S> threads) and, with column
+// statistics S, their merge.
 template <class T, int N, Columns S, class Round>
 Status launch_rows(const T* x, const QuantizeRows& r, const Round& round, cudaStream_t s) {
   const auto kernel = quantize_rows_kernel<T, N, S, Round>;
-  RowLaunch l;
-  Status status = row_launch<T, N, S>(r.cols, l);
-  if (status != Status::kSuccess) return status;
-  if (l.stages < 2) return Status::kNoKernel;
+  const int threads = static_cast<int>(row_threads<N, S>(r.cols));
   int64_t blocks = 0;
-  status = resident_blocks(kernel, l.threads, l.smem, S == Columns::kNone ? INT_MAX : kStatsBlocksPerSm, blocks);
+  const Status status = resident_blocks(kernel, threads, S == Columns::kNone ? INT_MAX : kStatsBlocksPerSm, blocks);
   if (status != Status::kSuccess) return status;
   if (S != Columns::kNone)  // slices within column_stats_workspace
     blocks = std::min({blocks, (r.rows + kColumnStatsSliceRows - 1) / kColumnStatsSliceRows, kColumnStatsSlices});
@@ -789,8 +702,8 @@ Status launch_rows(const T* x, const QuantizeRows& r, const Round& round, cudaSt
     if (r.col_amax) part_amax = reinterpret_cast<unsigned*>(r.workspace);
     if (r.col_sum) part_sum = r.workspace + slices * r.cols;
   }
-  kernel<<<static_cast<unsigned>(slices), l.threads, l.smem, s>>>(x, r.rows, static_cast<int>(r.cols), slice_rows,
-                                                                  l.stages, r.q, r.scale, part_amax, part_sum, round);
+  kernel<<<static_cast<unsigned>(slices), threads, 0, s>>>(x, r.rows, static_cast<int>(r.cols), slice_rows, r.q, r.scale,
+                                                            part_amax, part_sum, round);
   if (S == Columns::kNone) return launched();
   return merge_column_stats(part_amax, part_sum, slices, r.cols, r.col_amax, r.col_sum, s);
 }
@@ -816,16 +729,17 @@ Status quantize_rows_cuda(const QuantizeRows& r, void* stream) {
     const auto s = static_cast<cudaStream_t>(stream);
     const auto* x = static_cast<const T*>(r.x);
     if (r.col_amax || r.col_sum) {
-      Status status = r.col_sum ? launch_rows<T, kN, Columns::kAmaxSum>(x, r, round, s)
-                                : launch_rows<T, kN, Columns::kAmax>(x, r, round, s);
-      if (status != Status::kNoKernel) return status;
+      if (row_threads<kN, Columns::kAmaxSum>(r.cols) <= kMaxRowThreads<Columns::kAmaxSum>)
+        return r.col_sum ? launch_rows<T, kN, Columns::kAmaxSum>(x, r, round, s)
+                         : launch_rows<T, kN, Columns::kAmax>(x, r, round, s);
       // Rows too long to keep their column statistics in registers: a pass of their own.
-      status = column_stats_cuda({r.x, r.in_type, r.rows, r.cols, r.col_amax, r.col_sum, r.workspace}, stream);
+      const Status status =
+          column_stats_cuda({r.x, r.in_type, r.rows, r.cols, r.col_amax, r.col_sum, r.workspace}, stream);
       if (status != Status::kSuccess) return status;
     }
-    const Status status = launch_rows<T, kN, Columns::kNone>(x, r, round, s);
-    // Rows too long for one block: the two-pass path.
-    return status == Status::kNoKernel ? launch_long_rows<T, kN>(x, r, round, s) : status;
+    // Rows too long for the registers of one block: the two-pass path.
+    if (row_threads<kN, Columns::kNone>(r.cols) > kMaxRowThreads<Columns::kNone>) return launch_long_rows<T, kN>(x, r, round, s);
+    return launch_rows<T, kN, Columns::kNone>(x, r, round, s);
   });
 }
 
