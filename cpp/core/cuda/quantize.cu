@@ -116,14 +116,19 @@ __device__ __forceinline__ unsigned low_bytes(unsigned a, unsigned b, unsigned c
   return __byte_perm(__byte_perm(a, b, 0x0040), __byte_perm(c, d, 0x0040), 0x5410);
 }
 
-// The low bytes of N words as int8 (whole words when N is a multiple of 4).
+// N int8 values as they are stored: whole words when N is a multiple of 4. (A
+// Pack<int8_t, N> filled through words was split back into bytes and
+// reassembled for its store: ~20 more instructions per 8 values.)
 template <int N>
-__device__ __forceinline__ Pack<int8_t, N> low_bytes(const unsigned (&b)[N]) {
-  Pack<int8_t, N> o;
+using Int8Pack = std::conditional_t<N % 4 == 0, Pack<unsigned, (N + 3) / 4>, Pack<int8_t, N>>;
+
+// The low bytes of N words as int8.
+template <int N>
+__device__ __forceinline__ Int8Pack<N> low_bytes(const unsigned (&b)[N]) {
+  Int8Pack<N> o;
   if constexpr (N % 4 == 0) {
-    auto* words = reinterpret_cast<unsigned*>(o.v);
 #pragma unroll
-    for (int i = 0; i < N / 4; ++i) words[i] = low_bytes(b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]);
+    for (int i = 0; i < N / 4; ++i) o.v[i] = low_bytes(b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]);
   } else {
 #pragma unroll
     for (int j = 0; j < N; ++j) o.v[j] = static_cast<int8_t>(b[j]);
@@ -152,14 +157,6 @@ __device__ __forceinline__ unsigned round_bits(float v, float r, bool& exact) {
   return __float_as_uint(z);
 }
 
-// Nearest rounding of one value by the reciprocal (round_bits), the division
-// only where round_bits asks for it: bit for bit quantize_value's result.
-__device__ __forceinline__ int8_t quantize_value(float v, const Divisor& d, const Nearest& round, int64_t index) {
-  bool exact = false;
-  const unsigned bits = round_bits<false>(v, d.r, exact);
-  return exact ? quantize_value<Nearest>(v, d, round, index) : static_cast<int8_t>(bits & 0xffu);
-}
-
 // Element j of a pack as a float: a bf16 from its pair's word in one
 // instruction (a shift or a mask), not by extracting the half first.
 template <class T, int N>
@@ -178,40 +175,40 @@ __device__ __forceinline__ void unpack(const Pack<T, N>& p, float (&f)[N]) {
   for (int j = 0; j < N; ++j) f[j] = float_at(p, j);
 }
 
-// The values of a pack quantized in one channel by the division, in the low
-// bytes of bits; element j has index + j (the stochastic counters).
+// N values of one channel quantized by the division, in the low bytes of
+// bits; value j has index + j * stride (the stochastic counters).
 template <int N, class Round>
 __device__ __forceinline__ void divide_bits(const float (&v)[N], const Divisor& d, const Round& round, int64_t index,
-                                            unsigned (&bits)[N]) {
+                                            int64_t stride, unsigned (&bits)[N]) {
 #pragma unroll
-  for (int j = 0; j < N; ++j) bits[j] = static_cast<uint8_t>(quantize_value<Round>(v[j], d, round, index + j));
+  for (int j = 0; j < N; ++j) bits[j] = static_cast<uint8_t>(quantize_value<Round>(v[j], d, round, index + j * stride));
 }
 
 template <bool kBounded, int N, class Round>
 __device__ __forceinline__ void quantize_bits(const float (&v)[N], const Divisor& d, const Round& round, int64_t index,
-                                              unsigned (&bits)[N]) {
-  divide_bits(v, d, round, index, bits);
+                                              int64_t stride, unsigned (&bits)[N]) {
+  divide_bits(v, d, round, index, stride, bits);
 }
 
 // Nearest: by the reciprocal; the whole pack by the division in the rare case
 // that one of its values needs it.
 template <bool kBounded, int N>
 __device__ __forceinline__ void quantize_bits(const float (&v)[N], const Divisor& d, const Nearest& round,
-                                              int64_t index, unsigned (&bits)[N]) {
+                                              int64_t index, int64_t stride, unsigned (&bits)[N]) {
   bool exact = false;
 #pragma unroll
   for (int j = 0; j < N; ++j) bits[j] = round_bits<kBounded>(v[j], d.r, exact);
-  if (exact) divide_bits(v, d, round, index, bits);
+  if (exact) divide_bits(v, d, round, index, stride, bits);
 }
 
 // A pack quantized in one channel (kBounded: see round_bits).
 template <bool kBounded, class T, int N, class Round>
-__device__ __forceinline__ Pack<int8_t, N> quantize_pack(const Pack<T, N>& v, const Divisor& d, const Round& round,
+__device__ __forceinline__ Int8Pack<N> quantize_pack(const Pack<T, N>& v, const Divisor& d, const Round& round,
                                                          int64_t index) {
   float f[N];
   unpack(v, f);
   unsigned bits[N];
-  quantize_bits<kBounded>(f, d, round, index, bits);
+  quantize_bits<kBounded>(f, d, round, index, 1, bits);
   return low_bytes(bits);
 }
 
@@ -392,7 +389,7 @@ __global__ void __launch_bounds__(kMaxRowThreads<S>)
     const unsigned row_amax = block_max(Magnitudes<T, N>::float_bits(amax), warp_maxima[r & 1]);
     const Divisor d = divisor_of(__uint_as_float(row_amax));
     if (threadIdx.x == 0) scale[r] = d.s;
-    auto* qr = reinterpret_cast<Pack<int8_t, N>*>(q + r * cols);
+    auto* qr = reinterpret_cast<Int8Pack<N>*>(q + r * cols);
 #pragma unroll
     for (int i = 0; i < P; ++i) {
       const int p = threadIdx.x + i * blockDim.x;
@@ -433,7 +430,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t r = blockIdx.y, packs = cols / N, first = int64_t{blockIdx.x} * kLongRowPacks;
   const Divisor d = divisor_of(__uint_as_float(row_amax[r]));
   const auto* xr = reinterpret_cast<const Pack<T, N>*>(x + r * cols);
-  auto* qr = reinterpret_cast<Pack<int8_t, N>*>(q + r * cols);
+  auto* qr = reinterpret_cast<Int8Pack<N>*>(q + r * cols);
   for (int64_t p = first + threadIdx.x; p < min(packs, first + kLongRowPacks); p += kThreads)
     qr[p] = quantize_pack<true>(xr[p], d, round, r * cols + p * N);
 }
@@ -568,13 +565,12 @@ __global__ void __launch_bounds__(kThreads)
   for (int i = 0; i < 4; ++i) v[i] = load_pack<T, N>(x, rows, cols, r + i, c, whole);
 #pragma unroll
   for (int j = 0; j < N; ++j) {
-    const Divisor d = tile_div[pc * N + j];
-    unsigned word = 0;
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-      word |= unsigned{static_cast<uint8_t>(quantize_value(to_float(v[i].v[j]), d, round, (r + i) * cols + c + j))}
-              << (8 * i);
-    tile[pc * N + j][group] = word;
+    // The 4 rows of column j: one channel, one word of the transposed tile.
+    // Not bounded: col_amax comes from the caller.
+    const float f[4] = {to_float(v[0].v[j]), to_float(v[1].v[j]), to_float(v[2].v[j]), to_float(v[3].v[j])};
+    unsigned bits[4];
+    quantize_bits<false>(f, tile_div[pc * N + j], round, r * cols + c + j, cols, bits);
+    tile[pc * N + j][group] = low_bytes(bits[0], bits[1], bits[2], bits[3]);
   }
   __syncthreads();
 
