@@ -47,6 +47,7 @@ import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -259,13 +260,17 @@ def plot_grouped_bars(path: str, labels: Sequence[str], series: Dict[str, Sequen
     return True
 
 
-def plot_speedups(results: Sequence[dict], labels: Sequence[str], path: str, baseline: str, title: str) -> bool:
-    """Forward and forward+backward speed-ups of an INT8 layer over its float baseline, per shape."""
-    return plot_grouped_bars(
-        path, labels,
-        {"forward": [r["fwd_speedup"] for r in results],
-         "forward + backward": [r["fwd_bwd_speedup"] for r in results]},
-        ylabel=f"speed-up over {baseline}", title=title, lines=[(1.0, "--", None)])
+def plot_speedups(results: Sequence[dict], labels: Sequence[str], path: str, baseline: str, title: str,
+                  graphs: bool = False) -> bool:
+    """Forward and forward+backward speed-ups of an INT8 layer over its float baseline, per shape;
+    graphs: also those of the CUDA-graph replays (fwd_graph_speedup, fwd_bwd_graph_speedup; None
+    draws as 0)."""
+    keys = {"forward": "fwd_speedup", "forward + backward": "fwd_bwd_speedup"}
+    if graphs:
+        keys.update({"forward, CUDA graph": "fwd_graph_speedup",
+                     "forward + backward, CUDA graph": "fwd_bwd_graph_speedup"})
+    return plot_grouped_bars(path, labels, {name: [r.get(key) for r in results] for name, key in keys.items()},
+                             ylabel=f"speed-up over {baseline}", title=title, lines=[(1.0, "--", None)])
 
 
 def plot_gemm(results: Sequence[dict], path: str, title: str = "") -> bool:
@@ -319,17 +324,25 @@ def timeit(fn: Callable[[], object], reps: int = 50, warmup: int = 10) -> dict:
 
 
 def _measure(name: str, fn: Callable[[], object], m: int, n: int, k: int, args) -> dict:
+    t = _time_or_error(f"{name} {m}x{n}x{k}", lambda: fn, args)
+    t["tops"] = tops(m, n, k, t["ms"])
+    return t
+
+
+def _time_or_error(label: str, make: Callable[[], Callable[[], object]], args) -> dict:
+    """timeit(make()) plus "error": None; if making or timing the call raises, {"ms": None, "error":
+    message} instead (also printed to stderr), so that one failing method (or CUDA-graph capture)
+    does not stop the whole benchmark."""
     try:
-        t = timeit(fn, reps=args.reps, warmup=args.warmup)
+        t = timeit(make(), reps=args.reps, warmup=args.warmup)
     except Exception as exc:  # noqa: BLE001 - a failing method must not stop the whole benchmark
         if torch.cuda.is_available():
             try:
                 torch.cuda.synchronize()
             except Exception:  # noqa: BLE001 - e.g. a sticky CUDA error; reported below
                 pass
-        print(f"  {name} {m}x{n}x{k}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return {"ms": None, "tops": None, "error": f"{type(exc).__name__}: {exc}"}
-    t["tops"] = tops(m, n, k, t["ms"])
+        print(f"  {label}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return {"ms": None, "error": f"{type(exc).__name__}: {exc}"}
     t["error"] = None
     return t
 
@@ -528,11 +541,25 @@ def training_step(layer: torch.nn.Module, x: torch.Tensor, gy: torch.Tensor) -> 
 
     def step():
         layer(x).backward(gy)
-        x.grad = None
-        for p in layer.parameters():
-            p.grad = None
+        drop_grads(layer, x)
 
     return step
+
+
+def drop_grads(layer: torch.nn.Module, x: torch.Tensor) -> None:
+    """Sets the .grad of x and of layer's parameters to None."""
+    x.grad = None
+    for p in layer.parameters():
+        p.grad = None
+
+
+def graphed_training_step(layer: torch.nn.Module, x: torch.Tensor, gy: torch.Tensor) -> Callable[[], object]:
+    """The GPU work of training_step(layer, x, gy) as a CUDA-graph replay: forward and backward are
+    captured after a side-stream warm-up of training_step, which leaves every .grad None, so the
+    captured backward creates x.grad and the parameters' .grad in the graph's private memory pool
+    (PyTorch's whole-network capture) and each replay rewrites them in place: no accumulation, as in
+    training_step. x must require grad. Call drop_grads(layer, x) when done replaying."""
+    return graphed(lambda: layer(x).backward(gy), warm=training_step(layer, x, gy))
 
 
 def bench_linear_shape(m: int, d_in: int, d_out: int, args, seed: int) -> dict:
@@ -577,13 +604,15 @@ QUANTIZE_VARIANTS = {
 DECODE_SHAPES: List[Shape] = [(m, 4096, n) for n in (4096, 11008) for m in (1, 4, 16)]  # (M, in, out)
 
 
-def graphed(fn: Callable[[], object]) -> Callable[[], object]:
-    """fn captured in a CUDA graph (after a warm-up on a side stream): replaying it has no host overhead."""
+def graphed(fn: Callable[[], object], warm: Optional[Callable[[], object]] = None) -> Callable[[], object]:
+    """fn captured in a CUDA graph after a warm-up of 3 calls of warm (default: fn) on a side stream:
+    replaying it has no host overhead. fn must read and write only tensors that stay alive (static
+    addresses) and must not synchronize with the host."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         for _ in range(3):
-            fn()
+            (warm or fn)()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
@@ -786,6 +815,9 @@ CONV_SHAPES = [
     ("r50.layer4.1x1out", 512, 7, 7, 2048, 1, 1, 0),
 ]
 CONV_BATCHES = [128, 256]
+# The timed methods of each side ("bf16_fwd", "int8_fwd", ...; eager, then CUDA-graph replays) with
+# their short table headers; each gets a speed-up "<method>_speedup" = bf16 time / int8 time.
+CONV_METHODS = {"fwd": "fwd", "fwd_bwd": "f+b", "fwd_graph": "g fwd", "fwd_bwd_graph": "g f+b"}
 
 
 def _add_conv_args(p: argparse.ArgumentParser) -> None:
@@ -798,7 +830,8 @@ def _add_conv_args(p: argparse.ArgumentParser) -> None:
 
 def bench_conv_shape(shape, batch: int, args) -> dict:
     """cuDNN bf16 channels_last nn.Conv2d vs torch_int8.nn.Conv2d (bf16 in / bf16 out, quantization
-    included), forward and forward+backward, on the same parameters and input."""
+    included), forward and forward+backward, on the same parameters and input: called eagerly (host
+    overhead included) and replayed from CUDA graphs (GPU time alone; see conv_graph_timings)."""
     name, c, h, w, k, r, stride, padding = shape
     ref, ours, x, y, gy = conv_layer(shape, batch, args.seed)
     p, q = y.shape[2:]
@@ -815,12 +848,30 @@ def bench_conv_shape(shape, batch: int, args) -> dict:
         row["fwd_max_rel_err"] = float(err)
     row["methods"]["bf16_fwd_bwd"] = timeit(training_step(ref, x, gy), args.reps, args.warmup)
     row["methods"]["int8_fwd_bwd"] = timeit(training_step(ours, x, gy), args.reps, args.warmup)
+    row["methods"].update(conv_graph_timings(f"{name} N={batch}", {"bf16": ref, "int8": ours}, x, gy, args))
     t = {m: v["ms"] for m, v in row["methods"].items()}
-    row["fwd_speedup"] = t["bf16_fwd"] / t["int8_fwd"]
-    row["fwd_bwd_speedup"] = t["bf16_fwd_bwd"] / t["int8_fwd_bwd"]
+    for method in CONV_METHODS:  # None where a CUDA-graph capture failed
+        row[f"{method}_speedup"] = ratio(t[f"bf16_{method}"], t[f"int8_{method}"])
     row["int8_fwd_tops"] = flops / t["int8_fwd"] / 1e9
     row["bf16_fwd_tflops"] = flops / t["bf16_fwd"] / 1e9
     return row
+
+
+def conv_graph_timings(label: str, layers: Dict[str, torch.nn.Module], x: torch.Tensor, gy: torch.Tensor,
+                       args) -> Dict[str, dict]:
+    """"{side}_fwd_graph" and "{side}_fwd_bwd_graph" for each (side, layer) of layers: the forward
+    (under no_grad) and the training step (graphed_training_step) captured in CUDA graphs and timed
+    as replays on the same x and gy. A capture or replay that raises gives {"ms": None, "error": ...}
+    (printed to stderr) and the benchmark goes on."""
+    out = {}
+    for side, layer in layers.items():
+        with torch.no_grad():
+            out[f"{side}_fwd_graph"] = _time_or_error(f"{label} {side} forward, CUDA graph",
+                                                      partial(graphed, partial(layer, x)), args)
+        out[f"{side}_fwd_bwd_graph"] = _time_or_error(f"{label} {side} forward+backward, CUDA graph",
+                                                      partial(graphed_training_step, layer, x, gy), args)
+        drop_grads(layer, x)  # the captured step's gradients (graph memory), or a failed capture's
+    return out
 
 
 def conv_layer(shape, batch: int, seed: int):
@@ -892,24 +943,35 @@ def run_conv(args: argparse.Namespace) -> int:
             print(f"[{shape[0]} N={batch}]", file=sys.stderr, flush=True)
             results.append(bench_conv_shape(shape, batch, args))
             torch.cuda.empty_cache()
-    header = (f"{'layer':<18} {'N':>4} | {'bf16 fwd':>9} {'int8 fwd':>9} {'x':>5} | {'bf16 f+b':>9} {'int8 f+b':>9} "
-              f"{'x':>5} | {'int8 TOPS':>9} {'rel err':>8} {'im2col MiB':>10}")
-    print(header)
-    print("-" * len(header))
-    for r in results:
-        t = {m: v["ms"] for m, v in r["methods"].items()}
-        print(f"{r['name']:<18} {r['N']:>4} | {t['bf16_fwd']:>9.4f} {t['int8_fwd']:>9.4f} {r['fwd_speedup']:>5.2f} | "
-              f"{t['bf16_fwd_bwd']:>9.4f} {t['int8_fwd_bwd']:>9.4f} {r['fwd_bwd_speedup']:>5.2f} | "
-              f"{r['int8_fwd_tops']:>9.1f} {r['fwd_max_rel_err']:>8.4f} {r['workspace_bytes'] / 2**20:>10.1f}")
-    print("times in ms (median); x = bf16 time / int8 time; im2col MiB: forward column buffer if the im2col path "
-          "runs (0 used when the implicit-GEMM kernel takes the layer)")
+    print(format_conv_table(results))
     title = f"INT8 vs cuDNN bf16 Conv2d on {info['gpu']}"
     return finish(args, {"meta": info, "results": results}, lambda path: plot_conv(results, path, title))
 
 
+def format_conv_table(results: Sequence[dict]) -> str:
+    """Fixed-width text table of conv results (as produced by :func:`bench_conv_shape`); a method
+    without a time (a failed CUDA-graph capture) prints as '-'."""
+    head = f"{'layer':<18} {'N':>4}"
+    for h in CONV_METHODS.values():
+        head += f" | {'bf16 ' + h:>10} {'int8 ' + h:>10} {'x':>5}"
+    head += f" | {'int8 TOPS':>9} {'rel err':>8} {'im2col MiB':>10}"
+    lines = [head, "-" * len(head)]
+    for r in results:
+        line = f"{r['name']:<18} {r['N']:>4}"
+        for method in CONV_METHODS:
+            t = [(r["methods"].get(f"{side}_{method}") or {}).get("ms") for side in ("bf16", "int8")]
+            line += f" | {_fmt(t[0], 10, 4)} {_fmt(t[1], 10, 4)} {_fmt(r.get(method + '_speedup'), 5, 2)}"
+        lines.append(line + f" | {r['int8_fwd_tops']:>9.1f} {r['fwd_max_rel_err']:>8.4f} "
+                            f"{r['workspace_bytes'] / 2**20:>10.1f}")
+    lines.append("times in ms (median); x = bf16 time / int8 time; f+b = forward+backward; g = replayed from a CUDA "
+                 "graph (GPU time without the host's Python and launch cost); im2col MiB: forward column buffer "
+                 "if the im2col path runs (0 used when the implicit-GEMM kernel takes the layer)")
+    return "\n".join(lines)
+
+
 def plot_conv(results: Sequence[dict], path: str, title: str = "") -> bool:
     return plot_speedups(results, [f"{r['name']} N={r['N']}" for r in results], path,
-                         "cuDNN bf16 (channels_last)", title)
+                         "cuDNN bf16 (channels_last)", title, graphs=True)
 
 
 # --------------------------------------------------------------------------------------------
