@@ -1,7 +1,8 @@
 // The fused quantize kernels of kernels.h, each one read of x:
 //   quantize_rows:       one wave of blocks, each streaming a slice of whole
 //                        rows: a row is held in registers between its reduction
-//                        and its quantization while the next one is loaded. With
+//                        and its quantization while the next one is loaded
+//                        (short rows: several at a time, one per warp segment). With
 //                        column statistics a block also keeps its columns' maxima
 //                        and sums over its slice; the slices are then merged in
 //                        order (no atomics: the float sums are reproducible).
@@ -291,11 +292,31 @@ constexpr int kRowPacks = S == Columns::kNone ? 4 : 2;
 template <Columns S>
 constexpr int kMaxRowThreads = S == Columns::kAmaxSum ? 768 : 1024;
 
-// Threads of quantize_rows_kernel for rows of `cols` elements (over kMaxRowThreads: too long).
+// Threads of a block of quantize_rows_kernel for short rows (at most 32
+// threads a row): several rows at a time, each on its own lanes of a warp.
+constexpr int kShortRowThreads = 128;
+
+// How quantize_rows_kernel covers rows of `cols` elements: `lanes` threads a
+// row, `threads` a block. A row of more than 32 * P packs takes whole warps,
+// the block, one row at a time (threads over kMaxRowThreads<S>: too long); a
+// shorter one the next power of two of lanes, kShortRowThreads / lanes rows at
+// a time (one warp per row of 8 bf16 values measured 150 us for 401408 x 64:
+// 7 lanes in 8 idle, and one row after the other).
+struct RowShape {
+  int64_t threads;
+  int lanes;
+};
+
 template <int N, Columns S>
-int64_t row_threads(int64_t cols) {
-  const int64_t packs = cols / N;
-  return (packs + 32 * kRowPacks<S> - 1) / (32 * kRowPacks<S>) * 32;
+RowShape row_shape(int64_t cols) {
+  const int64_t per_row = (cols / N + kRowPacks<S> - 1) / kRowPacks<S>;
+  if (per_row > 32) {
+    const int64_t threads = (per_row + 31) / 32 * 32;
+    return {threads, static_cast<int>(std::min<int64_t>(threads, INT_MAX))};
+  }
+  int lanes = 1;
+  while (lanes < per_row) lanes *= 2;
+  return {kShortRowThreads, lanes};
 }
 
 // *p if `in`, else zeros: as whole words where the pack has them (the
@@ -314,18 +335,37 @@ __device__ __forceinline__ Pack<T, N> load_or_zero(const Pack<T, N>* p, bool in)
   }
 }
 
-// The packs of one row that a thread holds: t, t + blockDim.x, ...; zeros past the end.
+// A thread's place in quantize_rows_kernel: lane `lane` of the `lanes`
+// threads of a row (row_shape), in group `group` of the block's `groups` rows
+// at a time. Its packs of a row are lane, lane + lanes, ...
+struct RowLanes {
+  int lanes, lane, group, groups;
+
+  __device__ explicit RowLanes(int row_lanes)
+      : lanes(row_lanes), lane(threadIdx.x % row_lanes), group(threadIdx.x / row_lanes),
+        groups(blockDim.x / row_lanes) {}
+
+  __device__ __forceinline__ int pack(int i) const { return lane + i * lanes; }
+};
+
+// The maximum of v over the lanes of each row, in each of them: the block's
+// (block_max) when the block takes one row at a time, else a warp segment's.
+// Every thread of the block calls it (the barrier, the shuffles).
+__device__ __forceinline__ unsigned row_max(unsigned v, const RowLanes& l, unsigned* slots) {
+  if (l.groups == 1) return block_max(v, slots);
+  for (int offset = l.lanes / 2; offset > 0; offset /= 2) v = max(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
+// The packs of one row that a thread holds (RowLanes::pack); zeros past the end.
 template <class T, int N, int P>
 struct RowPart {
   Pack<T, N> v[P];
 
-  __device__ __forceinline__ void load(const T* x, int64_t r, int cols) {
+  __device__ __forceinline__ void load(const T* x, int64_t r, int cols, const RowLanes& l) {
     const auto* xr = reinterpret_cast<const Pack<T, N>*>(x + r * cols);
 #pragma unroll
-    for (int i = 0; i < P; ++i) {
-      const int p = threadIdx.x + i * blockDim.x;
-      v[i] = load_or_zero(xr + p, p < cols / N);
-    }
+    for (int i = 0; i < P; ++i) v[i] = load_or_zero(xr + l.pack(i), l.pack(i) < cols / N);
   }
 };
 
@@ -349,60 +389,93 @@ struct ColumnPartials {
   }
 
   // Into row `slice` of part_amax (amax_bits) and part_sum, each optional.
-  __device__ __forceinline__ void store(int64_t slice, int cols, unsigned* part_amax, float* part_sum) const {
+  // Groups of a block (RowLanes) first merge in group order through `merged`
+  // (dynamic shared memory of blockDim.x * P * N words each for maxima and sums).
+  __device__ __forceinline__ void store(int64_t slice, int cols, const RowLanes& l, unsigned* merged,
+                                        unsigned* part_amax, float* part_sum) const {
+    if (S == Columns::kNone) return;
+    if (l.groups == 1) return store_columns(slice * cols, cols, l, part_amax, part_sum);
+    const int width = l.lanes * P * N;  // >= cols: a group's columns
+    auto* merged_sum = reinterpret_cast<float*>(merged + blockDim.x * P * N);
+    store_columns(l.group * width, cols, l, merged, merged_sum);
+    __syncthreads();
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+      unsigned m = 0;
+      float total = 0.f;
+      for (int g = 0; g < l.groups; ++g) m = max(m, merged[g * width + c]), total += merged_sum[g * width + c];
+      if (part_amax) part_amax[slice * cols + c] = m;
+      if (S == Columns::kAmaxSum && part_sum) part_sum[slice * cols + c] = total;
+    }
+  }
+
+  // Column c of this thread's packs at amax[at + c] (amax_bits) and sum[at + c], each optional.
+  __device__ __forceinline__ void store_columns(int64_t at, int cols, const RowLanes& l, unsigned* amax_out,
+                                                float* sum_out) const {
 #pragma unroll
-    for (int i = 0; i < P && S != Columns::kNone; ++i) {
-      const int p = threadIdx.x + i * blockDim.x;
+    for (int i = 0; i < P; ++i) {
+      const int p = l.pack(i);
       if (p >= cols / N) break;
 #pragma unroll
       for (int j = 0; j < N; ++j) {
-        const int64_t at = slice * cols + p * N + j;
-        if (part_amax) part_amax[at] = Magnitudes<T, N>::float_bits(amax[i].at(j));
-        if (S == Columns::kAmaxSum && part_sum) part_sum[at] = sum[i][j];
+        if (amax_out) amax_out[at + p * N + j] = Magnitudes<T, N>::float_bits(amax[i].at(j));
+        if (S == Columns::kAmaxSum && sum_out) sum_out[at + p * N + j] = sum[i][j];
       }
     }
   }
 };
 
+// Dynamic shared memory of quantize_rows_kernel: ColumnPartials::store's merge
+// of several rows at a time.
+template <int N, Columns S>
+size_t row_merge_bytes(const RowShape& shape) {
+  const bool merged = S != Columns::kNone && shape.lanes < shape.threads;
+  return merged ? 2 * shape.threads * kRowPacks<S> * N * sizeof(unsigned) : 0;
+}
+
 // Block b quantizes rows [b * slice_rows, (b + 1) * slice_rows): the grid is
-// about one wave, so blocks do not wait for their rows' turn, and a block
-// loads a row while it reduces and quantizes the one before (two rows in
-// flight). With column statistics S its slice's go to row b of part_amax /
-// part_sum (each optional).
+// about one wave, so blocks do not wait for their rows' turn. Group g of the
+// block (RowLanes, `lanes` threads a row) takes rows g, g + groups, ... of the
+// slice, and loads its next row while it reduces and quantizes the one before
+// (two rows in flight). With column statistics S the slice's go to row b of
+// part_amax / part_sum (each optional).
 template <class T, int N, Columns S, class Round>
 __global__ void __launch_bounds__(kMaxRowThreads<S>)
-    quantize_rows_kernel(const T* __restrict__ x, int64_t rows, int cols, int64_t slice_rows, int8_t* __restrict__ q,
-                         float* __restrict__ scale, unsigned* __restrict__ part_amax, float* __restrict__ part_sum,
-                         Round round) {
+    quantize_rows_kernel(const T* __restrict__ x, int64_t rows, int cols, int64_t slice_rows, int lanes,
+                         int8_t* __restrict__ q, float* __restrict__ scale, unsigned* __restrict__ part_amax,
+                         float* __restrict__ part_sum, Round round) {
   constexpr int P = kRowPacks<S>;
   __shared__ unsigned warp_maxima[2][32];
+  extern __shared__ unsigned merged[];  // row_merge_bytes
+  const RowLanes l(lanes);
   const int64_t r0 = blockIdx.x * slice_rows, r1 = min(rows, r0 + slice_rows);
   ColumnPartials<T, N, P, S> stats;
-  // Quantizes row r (held in `row`) after issuing the loads of row r + 1 into `next`.
+  // Quantizes row r (held in `row`; none past r1) after issuing the loads of
+  // the group's next row into `next`. Every thread calls it (row_max).
   auto step = [&](const RowPart<T, N, P>& row, RowPart<T, N, P>& next, int64_t r) {
-    if (r + 1 < r1) next.load(x, r + 1, cols);
+    if (r + l.groups < r1) next.load(x, r + l.groups, cols, l);
     Magnitudes<T, N> m[P];
     unsigned amax = 0;
 #pragma unroll
     for (int i = 0; i < P; ++i) amax = max_magnitude(amax, m[i] = magnitudes(row.v[i]));
+    const unsigned row_amax = row_max(Magnitudes<T, N>::float_bits(amax), l, warp_maxima[r & 1]);
+    if (r >= r1) return;
     stats.add(row, m);
-    const unsigned row_amax = block_max(Magnitudes<T, N>::float_bits(amax), warp_maxima[r & 1]);
     const Divisor d = divisor_of(__uint_as_float(row_amax));
-    if (threadIdx.x == 0) scale[r] = d.s;
+    if (l.lane == 0) scale[r] = d.s;
     auto* qr = reinterpret_cast<Int8Pack<N>*>(q + r * cols);
 #pragma unroll
     for (int i = 0; i < P; ++i) {
-      const int p = threadIdx.x + i * blockDim.x;
+      const int p = l.pack(i);
       if (p < cols / N) qr[p] = quantize_pack<true>(row.v[i], d, round, r * cols + p * N);
     }
   };
   RowPart<T, N, P> a, b;  // alternately the row held and the row loading
-  a.load(x, r0, cols);
-  for (int64_t r = r0; r < r1; r += 2) {
-    step(a, b, r);
-    if (r + 1 < r1) step(b, a, r + 1);
+  if (r0 + l.group < r1) a.load(x, r0 + l.group, cols, l);
+  for (int64_t first = r0; first < r1; first += 2 * l.groups) {  // uniform over the block
+    step(a, b, first + l.group);
+    if (first + l.groups < r1) step(b, a, first + l.groups + l.group);
   }
-  stats.store(blockIdx.x, cols, part_amax, part_sum);
+  stats.store(blockIdx.x, cols, l, merged, part_amax, part_sum);
 }
 
 // Rows too long for one block's registers (e.g. a whole image of a convolution)
@@ -662,22 +735,23 @@ Status launch_column_stats(const ColumnStats& c, cudaStream_t s) {
   return merge_column_stats(part_amax, part_sum, slices, c.cols, c.amax, c.sum, s);
 }
 
-// Blocks of `kernel` with `threads` threads that the device holds at once,
-// at most per_sm per multiprocessor.
+// Blocks of `kernel` with `threads` threads and `smem` bytes of dynamic shared
+// memory that the device holds at once, at most per_sm per multiprocessor.
 template <class Kernel>
-Status resident_blocks(Kernel kernel, int threads, int per_sm, int64_t& blocks) {
+Status resident_blocks(Kernel kernel, int threads, size_t smem, int per_sm, int64_t& blocks) {
   int device = 0, sms = 0, fit = 0;
   if (cudaGetDevice(&device) != cudaSuccess ||
       cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, kernel, threads, 0) != cudaSuccess)
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, kernel, threads, smem) != cudaSuccess)
     return Status::kCudaError;
   blocks = int64_t{sms} * std::clamp(fit, 1, per_sm);
   return Status::kSuccess;
 }
 
-// Column statistics come from at most kStatsBlocksPerSm blocks per
-// multiprocessor: every block's slice adds a row of partials to write and
-// merge (2 blocks of 256 threads keep 32 KB of rows in flight per SM).
+// Column statistics of long rows come from at most kStatsBlocksPerSm blocks
+// per multiprocessor: every block's slice adds a row of partials to write and
+// merge (2 blocks of 256 threads keep 32 KB of rows in flight per SM). Short
+// rows (row_shape) have short rows of partials: as many blocks as fit.
 constexpr int kStatsBlocksPerSm = 2;
 
 // quantize_rows_kernel (rows of at most kMaxRowThreads<S> threads) and, with column
@@ -685,9 +759,12 @@ constexpr int kStatsBlocksPerSm = 2;
 template <class T, int N, Columns S, class Round>
 Status launch_rows(const T* x, const QuantizeRows& r, const Round& round, cudaStream_t s) {
   const auto kernel = quantize_rows_kernel<T, N, S, Round>;
-  const int threads = static_cast<int>(row_threads<N, S>(r.cols));
+  const RowShape shape = row_shape<N, S>(r.cols);
+  const int threads = static_cast<int>(shape.threads);
+  const size_t smem = row_merge_bytes<N, S>(shape);
+  const bool few_partials = S == Columns::kNone || shape.lanes < threads;
   int64_t blocks = 0;
-  const Status status = resident_blocks(kernel, threads, S == Columns::kNone ? INT_MAX : kStatsBlocksPerSm, blocks);
+  const Status status = resident_blocks(kernel, threads, smem, few_partials ? INT_MAX : kStatsBlocksPerSm, blocks);
   if (status != Status::kSuccess) return status;
   if (S != Columns::kNone)  // slices within column_stats_workspace
     blocks = std::min({blocks, (r.rows + kColumnStatsSliceRows - 1) / kColumnStatsSliceRows, kColumnStatsSlices});
@@ -698,8 +775,8 @@ Status launch_rows(const T* x, const QuantizeRows& r, const Round& round, cudaSt
     if (r.col_amax) part_amax = reinterpret_cast<unsigned*>(r.workspace);
     if (r.col_sum) part_sum = r.workspace + slices * r.cols;
   }
-  kernel<<<static_cast<unsigned>(slices), threads, 0, s>>>(x, r.rows, static_cast<int>(r.cols), slice_rows, r.q, r.scale,
-                                                            part_amax, part_sum, round);
+  kernel<<<static_cast<unsigned>(slices), threads, smem, s>>>(x, r.rows, static_cast<int>(r.cols), slice_rows,
+                                                               shape.lanes, r.q, r.scale, part_amax, part_sum, round);
   if (S == Columns::kNone) return launched();
   return merge_column_stats(part_amax, part_sum, slices, r.cols, r.col_amax, r.col_sum, s);
 }
@@ -725,7 +802,7 @@ Status quantize_rows_cuda(const QuantizeRows& r, void* stream) {
     const auto s = static_cast<cudaStream_t>(stream);
     const auto* x = static_cast<const T*>(r.x);
     if (r.col_amax || r.col_sum) {
-      if (row_threads<kN, Columns::kAmaxSum>(r.cols) <= kMaxRowThreads<Columns::kAmaxSum>)
+      if (row_shape<kN, Columns::kAmaxSum>(r.cols).threads <= kMaxRowThreads<Columns::kAmaxSum>)
         return r.col_sum ? launch_rows<T, kN, Columns::kAmaxSum>(x, r, round, s)
                          : launch_rows<T, kN, Columns::kAmax>(x, r, round, s);
       // Rows too long to keep their column statistics in registers: a pass of their own.
@@ -734,7 +811,8 @@ Status quantize_rows_cuda(const QuantizeRows& r, void* stream) {
       if (status != Status::kSuccess) return status;
     }
     // Rows too long for the registers of one block: the two-pass path.
-    if (row_threads<kN, Columns::kNone>(r.cols) > kMaxRowThreads<Columns::kNone>) return launch_long_rows<T, kN>(x, r, round, s);
+    if (row_shape<kN, Columns::kNone>(r.cols).threads > kMaxRowThreads<Columns::kNone>)
+      return launch_long_rows<T, kN>(x, r, round, s);
     return launch_rows<T, kN, Columns::kNone>(x, r, round, s);
   });
 }
