@@ -604,11 +604,11 @@ constexpr int tile_pitch(int n) {
   return pitch;
 }
 
-// Row i of the 4 x N block at (r, c); zeros outside x. Vectors when the tile is whole.
+// Row r of x from column c on, N values; zeros outside x. A vector when `inside` (all N are in x).
 template <class T, int N>
 __device__ __forceinline__ Pack<T, N> load_pack(const T* x, int64_t rows, int64_t cols, int64_t r, int64_t c,
-                                                bool whole) {
-  if (whole) return *reinterpret_cast<const Pack<T, N>*>(x + r * cols + c);
+                                                bool inside) {
+  if (inside) return *reinterpret_cast<const Pack<T, N>*>(x + r * cols + c);
   Pack<T, N> p;
 #pragma unroll
   for (int j = 0; j < N; ++j) p.v[j] = r < rows && c + j < cols ? x[r * cols + c + j] : T(0.f);
@@ -632,10 +632,12 @@ __global__ void __launch_bounds__(kThreads)
 
   const int group = threadIdx.x % kRowGroups, pc = threadIdx.x / kRowGroups;
   const int64_t r = r0 + group * 4, c = c0 + pc * N;
-  const bool whole = r0 + kTileRows <= rows && c0 + kCols <= cols;
+  // Vector loads wherever this thread's 4 x N block lies inside x: not only in whole tiles (a matrix
+  // of 64 bf16 columns fills half of every 128-column tile; its halves in x were loaded value by value).
+  const bool inside = r + 4 <= rows && c + N <= cols;
   Pack<T, N> v[4];
 #pragma unroll
-  for (int i = 0; i < 4; ++i) v[i] = load_pack<T, N>(x, rows, cols, r + i, c, whole);
+  for (int i = 0; i < 4; ++i) v[i] = load_pack<T, N>(x, rows, cols, r + i, c, inside);
 #pragma unroll
   for (int j = 0; j < N; ++j) {
     // The 4 rows of column j: one channel, one word of the transposed tile.
