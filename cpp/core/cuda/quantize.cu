@@ -337,13 +337,16 @@ __device__ __forceinline__ Pack<T, N> load_or_zero(const Pack<T, N>* p, bool in)
 
 // A thread's place in quantize_rows_kernel: lane `lane` of the `lanes`
 // threads of a row (row_shape), in group `group` of the block's `groups` rows
-// at a time. Its packs of a row are lane, lane + lanes, ...
+// at a time. Its packs of a row are lane, lane + lanes, ... Long rows
+// (!kShort) take the block, one row at a time: the compiler sees group 0 of
+// 1 (one kernel for both spilled the column sums of long rows).
+template <bool kShort>
 struct RowLanes {
   int lanes, lane, group, groups;
 
   __device__ explicit RowLanes(int row_lanes)
-      : lanes(row_lanes), lane(threadIdx.x % row_lanes), group(threadIdx.x / row_lanes),
-        groups(blockDim.x / row_lanes) {}
+      : lanes(kShort ? row_lanes : blockDim.x), lane(kShort ? threadIdx.x % row_lanes : threadIdx.x),
+        group(kShort ? threadIdx.x / row_lanes : 0), groups(kShort ? blockDim.x / row_lanes : 1) {}
 
   __device__ __forceinline__ int pack(int i) const { return lane + i * lanes; }
 };
@@ -351,8 +354,9 @@ struct RowLanes {
 // The maximum of v over the lanes of each row, in each of them: the block's
 // (block_max) when the block takes one row at a time, else a warp segment's.
 // Every thread of the block calls it (the barrier, the shuffles).
-__device__ __forceinline__ unsigned row_max(unsigned v, const RowLanes& l, unsigned* slots) {
-  if (l.groups == 1) return block_max(v, slots);
+template <bool kShort>
+__device__ __forceinline__ unsigned row_max(unsigned v, const RowLanes<kShort>& l, unsigned* slots) {
+  if constexpr (!kShort) return block_max(v, slots);
   for (int offset = l.lanes / 2; offset > 0; offset /= 2) v = max(v, __shfl_xor_sync(0xffffffffu, v, offset));
   return v;
 }
@@ -362,7 +366,8 @@ template <class T, int N, int P>
 struct RowPart {
   Pack<T, N> v[P];
 
-  __device__ __forceinline__ void load(const T* x, int64_t r, int cols, const RowLanes& l) {
+  template <bool kShort>
+  __device__ __forceinline__ void load(const T* x, int64_t r, int cols, const RowLanes<kShort>& l) {
     const auto* xr = reinterpret_cast<const Pack<T, N>*>(x + r * cols);
 #pragma unroll
     for (int i = 0; i < P; ++i) v[i] = load_or_zero(xr + l.pack(i), l.pack(i) < cols / N);
@@ -391,10 +396,11 @@ struct ColumnPartials {
   // Into row `slice` of part_amax (amax_bits) and part_sum, each optional.
   // Groups of a block (RowLanes) first merge in group order through `merged`
   // (dynamic shared memory of blockDim.x * P * N words each for maxima and sums).
-  __device__ __forceinline__ void store(int64_t slice, int cols, const RowLanes& l, unsigned* merged,
+  template <bool kShort>
+  __device__ __forceinline__ void store(int64_t slice, int cols, const RowLanes<kShort>& l, unsigned* merged,
                                         unsigned* part_amax, float* part_sum) const {
-    if (S == Columns::kNone) return;
-    if (l.groups == 1) return store_columns(slice * cols, cols, l, part_amax, part_sum);
+    if constexpr (S == Columns::kNone) return;
+    if constexpr (!kShort) return store_columns(slice * cols, cols, l, part_amax, part_sum);
     const int width = l.lanes * P * N;  // >= cols: a group's columns
     auto* merged_sum = reinterpret_cast<float*>(merged + blockDim.x * P * N);
     store_columns(l.group * width, cols, l, merged, merged_sum);
@@ -402,14 +408,18 @@ struct ColumnPartials {
     for (int c = threadIdx.x; c < cols; c += blockDim.x) {
       unsigned m = 0;
       float total = 0.f;
-      for (int g = 0; g < l.groups; ++g) m = max(m, merged[g * width + c]), total += merged_sum[g * width + c];
+      for (int g = 0; g < l.groups; ++g) {
+        m = max(m, merged[g * width + c]);
+        if (S == Columns::kAmaxSum) total += merged_sum[g * width + c];
+      }
       if (part_amax) part_amax[slice * cols + c] = m;
       if (S == Columns::kAmaxSum && part_sum) part_sum[slice * cols + c] = total;
     }
   }
 
   // Column c of this thread's packs at amax[at + c] (amax_bits) and sum[at + c], each optional.
-  __device__ __forceinline__ void store_columns(int64_t at, int cols, const RowLanes& l, unsigned* amax_out,
+  template <bool kShort>
+  __device__ __forceinline__ void store_columns(int64_t at, int cols, const RowLanes<kShort>& l, unsigned* amax_out,
                                                 float* sum_out) const {
 #pragma unroll
     for (int i = 0; i < P; ++i) {
@@ -428,8 +438,8 @@ struct ColumnPartials {
 // of several rows at a time.
 template <int N, Columns S>
 size_t row_merge_bytes(const RowShape& shape) {
-  const bool merged = S != Columns::kNone && shape.lanes < shape.threads;
-  return merged ? 2 * shape.threads * kRowPacks<S> * N * sizeof(unsigned) : 0;
+  const int64_t words = S == Columns::kNone || shape.lanes == shape.threads ? 0 : S == Columns::kAmax ? 1 : 2;
+  return static_cast<size_t>(words * shape.threads * kRowPacks<S> * N * sizeof(unsigned));
 }
 
 // Block b quantizes rows [b * slice_rows, (b + 1) * slice_rows): the grid is
@@ -438,15 +448,15 @@ size_t row_merge_bytes(const RowShape& shape) {
 // slice, and loads its next row while it reduces and quantizes the one before
 // (two rows in flight). With column statistics S the slice's go to row b of
 // part_amax / part_sum (each optional).
-template <class T, int N, Columns S, class Round>
-__global__ void __launch_bounds__(kMaxRowThreads<S>)
+template <class T, int N, Columns S, class Round, bool kShort>
+__global__ void __launch_bounds__(kShort ? kShortRowThreads : kMaxRowThreads<S>)
     quantize_rows_kernel(const T* __restrict__ x, int64_t rows, int cols, int64_t slice_rows, int lanes,
                          int8_t* __restrict__ q, float* __restrict__ scale, unsigned* __restrict__ part_amax,
                          float* __restrict__ part_sum, Round round) {
   constexpr int P = kRowPacks<S>;
   __shared__ unsigned warp_maxima[2][32];
   extern __shared__ unsigned merged[];  // row_merge_bytes
-  const RowLanes l(lanes);
+  const RowLanes<kShort> l(lanes);
   const int64_t r0 = blockIdx.x * slice_rows, r1 = min(rows, r0 + slice_rows);
   ColumnPartials<T, N, P, S> stats;
   // Quantizes row r (held in `row`; none past r1) after issuing the loads of
@@ -469,7 +479,7 @@ __global__ void __launch_bounds__(kMaxRowThreads<S>)
       if (p < cols / N) qr[p] = quantize_pack<true>(row.v[i], d, round, r * cols + p * N);
     }
   };
-  RowPart<T, N, P> a, b;  // alternately the row held and the row loading
+  RowPart<T, N, P> a{}, b{};  // alternately the row held and the row loading (zeros: rows past r1)
   if (r0 + l.group < r1) a.load(x, r0 + l.group, cols, l);
   for (int64_t first = r0; first < r1; first += 2 * l.groups) {  // uniform over the block
     step(a, b, first + l.group);
@@ -760,14 +770,17 @@ constexpr int kStatsBlocksPerSm = 2;
 // statistics S, their merge.
 template <class T, int N, Columns S, class Round>
 Status launch_rows(const T* x, const QuantizeRows& r, const Round& round, cudaStream_t s) {
-  const auto kernel = quantize_rows_kernel<T, N, S, Round>;
   const RowShape shape = row_shape<N, S>(r.cols);
   const int threads = static_cast<int>(shape.threads);
+  const bool short_rows = shape.lanes < threads;
+  const auto kernel = short_rows ? quantize_rows_kernel<T, N, S, Round, true> : quantize_rows_kernel<T, N, S, Round, false>;
   const size_t smem = row_merge_bytes<N, S>(shape);
-  const bool few_partials = S == Columns::kNone || shape.lanes < threads;
   int64_t blocks = 0;
-  const Status status = resident_blocks(kernel, threads, smem, few_partials ? INT_MAX : kStatsBlocksPerSm, blocks);
+  const Status status =
+      resident_blocks(kernel, threads, smem, S == Columns::kNone || short_rows ? INT_MAX : kStatsBlocksPerSm, blocks);
   if (status != Status::kSuccess) return status;
+  if (short_rows)  // each group at least two rows (fewer blocks, fewer slices to merge)
+    blocks = std::min(blocks, std::max<int64_t>(1, r.rows / (2 * (threads / shape.lanes))));
   if (S != Columns::kNone)  // slices within column_stats_workspace
     blocks = std::min({blocks, (r.rows + kColumnStatsSliceRows - 1) / kColumnStatsSliceRows, kColumnStatsSlices});
   const int64_t slice_rows = (r.rows + blocks - 1) / blocks, slices = (r.rows + slice_rows - 1) / slice_rows;
