@@ -395,7 +395,8 @@ struct ColumnPartials {
 
   // Into row `slice` of part_amax (amax_bits) and part_sum, each optional.
   // Groups of a block (RowLanes) first merge in group order through `merged`
-  // (dynamic shared memory of blockDim.x * P * N words each for maxima and sums).
+  // (dynamic shared memory: blockDim.x * P * N words of maxima, then as many
+  // sums with kAmaxSum).
   template <bool kShort>
   __device__ __forceinline__ void store(int64_t slice, int cols, const RowLanes<kShort>& l, unsigned* merged,
                                         unsigned* part_amax, float* part_sum) const {
