@@ -77,3 +77,44 @@ def test_format_conv_table_missing_graph_times():
     assert len(lines[0]) == len(lines[2])
     cells = [c.split() for c in lines[2].split("|")]
     assert cells[4] == ["-", "0.2500", "-"]
+
+
+def test_quantize_help_and_shapes(capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["quantize", "--help"])
+    assert exc.value.code == 0
+    assert "--dtype" in capsys.readouterr().out
+    assert bench.parse_matrix("401408x64") == (401408, 64)
+    for bad in ("4096", "0x5", "ax3", "2x3x4"):
+        with pytest.raises(bench.argparse.ArgumentTypeError):
+            bench.parse_matrix(bad)
+
+
+def test_quantize_pass_bytes():
+    x = torch.zeros(3, 5, dtype=torch.bfloat16)
+    assert bench.quantize_pass_bytes("quantize_rows", x) == 15 * 3  # bf16 read + int8 written
+    assert bench.quantize_pass_bytes("column_amax", x) == 15 * 2  # read only
+
+
+def test_quantize_table_prints_missing_times_as_dashes():
+    methods = {name: {"ms": 0.04, "error": None} for name in bench.QUANTIZE_PASSES}
+    methods["copy"] = {"ms": 0.03, "error": None}
+    methods["quantize_columns_t"] = {"ms": None, "error": "RuntimeError: capture failed"}
+    row = {"rows": 8192, "cols": 4096, "dtype": "bfloat16", "methods": methods, "copy_GBps": 4473.9}
+    for name in bench.QUANTIZE_PASSES:
+        row[name + "_pct_of_copy"] = None if methods[name]["ms"] is None else 56.2
+    lines = bench.format_quantize_table([row]).splitlines()
+    assert "columns_t us" in lines[0] and "column_amax us" in lines[0]
+    assert "8192" in lines[2] and "56.2" in lines[2] and " - " in lines[2]
+
+
+def test_bench_quantize_shape_runs_every_pass(monkeypatch):
+    # graphs and CUDA events replaced: each pass runs once, eagerly, on the CPU kernels
+    monkeypatch.setattr(bench, "graphed", lambda fn, warm=None: fn)
+    monkeypatch.setattr(bench, "timeit", _fake_timeit)
+    args = bench.argparse.Namespace(reps=1, warmup=1)
+    row = bench.bench_quantize_shape(6, 16, torch.bfloat16, args, seed=0, device="cpu")
+    assert set(row["methods"]) == {"copy", *bench.QUANTIZE_PASSES}
+    assert all(d["error"] is None for d in row["methods"].values())
+    assert row["copy_GBps"] == 2 * 96 * 2 / 1e6 / 1.0
+    assert row["quantize_rows_pct_of_copy"] == 75.0 and row["column_amax_pct_of_copy"] == 50.0
