@@ -25,7 +25,11 @@
 #include <cfloat>
 #include <climits>
 #include <cmath>
+#include <map>
+#include <mutex>
+#include <tuple>
 #include <type_traits>
+#include <utility>
 
 #include "torch_int8/kernels.h"
 
@@ -749,15 +753,27 @@ Status launch_column_stats(const ColumnStats& c, cudaStream_t s) {
 }
 
 // Blocks of `kernel` with `threads` threads and `smem` bytes of dynamic shared
-// memory that the device holds at once, at most per_sm per multiprocessor.
+// memory that the device holds at once, at most per_sm per multiprocessor. The
+// occupancy query reads the kernel's attributes: it is made once per kernel,
+// block, shared memory and device, not on every call (quantize_rows sizes its
+// grid this way on every call, decode-sized ones included).
 template <class Kernel>
 Status resident_blocks(Kernel kernel, int threads, size_t smem, int per_sm, int64_t& blocks) {
-  int device = 0, sms = 0, fit = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, kernel, threads, smem) != cudaSuccess)
-    return Status::kCudaError;
-  blocks = int64_t{sms} * std::clamp(fit, 1, per_sm);
+  static std::mutex mutex;
+  static std::map<std::tuple<const void*, int, size_t, int>, std::pair<int, int>> known;  // -> (SMs, blocks per SM)
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return Status::kCudaError;
+  const auto key = std::make_tuple(reinterpret_cast<const void*>(kernel), threads, smem, device);
+  const std::lock_guard<std::mutex> lock(mutex);
+  auto it = known.find(key);
+  if (it == known.end()) {
+    int sms = 0, fit = 0;
+    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, kernel, threads, smem) != cudaSuccess)
+      return Status::kCudaError;
+    it = known.emplace(key, std::make_pair(sms, fit)).first;
+  }
+  blocks = int64_t{it->second.first} * std::clamp(it->second.second, 1, per_sm);
   return Status::kSuccess;
 }
 
