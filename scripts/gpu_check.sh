@@ -13,7 +13,7 @@
 #   SKIP_BUILD=1          use the torch_int8 an earlier call installed on this (still warm) machine
 #   SKIP_TESTS=1          skip the full pytest run
 #   BENCH=1               also run `python3 -m torch_int8.bench CMD` for CMD in BENCH_COMMANDS
-#                         (default "gemm linear backends conv"; gemm with BENCH_SHAPES=quick|full, default full)
+#                         (default "gemm linear quantize backends conv"; gemm with BENCH_SHAPES=quick|full, default full)
 #   EXTRA_COMMANDS        ';'-separated shell commands run after the benchmarks (e.g. profiles:
 #                         "python3 -m torch_int8.bench linear --profile 8192x4096x4096"), output in extra.log
 #   TRAIN=1               also train the Fashion-MNIST example (TRAIN_MODELS, default "mlp vit"; TRAIN_EPOCHS,
@@ -169,7 +169,7 @@ fi
 # One JSON + PNG per benchmark command under bench/; packed into results.tgz at the end.
 if [[ "${BENCH:-0}" == 1 ]]; then
     mkdir -p "$OUTDIR/bench"
-    for cmd in ${BENCH_COMMANDS:-gemm linear backends conv}; do
+    for cmd in ${BENCH_COMMANDS:-gemm linear quantize backends conv}; do
         echo "== benchmark: $cmd"
         t=$(now)
         extra=()
