@@ -102,7 +102,7 @@ def test_quantize_table_prints_missing_times_as_dashes():
     methods["quantize_columns_t"] = {"ms": None, "error": "RuntimeError: capture failed"}
     row = {"rows": 8192, "cols": 4096, "dtype": "bfloat16", "methods": methods, "copy_GBps": 4473.9}
     for name in bench.QUANTIZE_PASSES:
-        row[name + "_pct_of_copy"] = None if methods[name]["ms"] is None else 56.2
+        row[name + "_pct_of_copy_bw"] = None if methods[name]["ms"] is None else 56.2
     lines = bench.format_quantize_table([row]).splitlines()
     assert "columns_t us" in lines[0] and "column_amax us" in lines[0]
     assert "8192" in lines[2] and "56.2" in lines[2] and " - " in lines[2]
@@ -117,4 +117,4 @@ def test_bench_quantize_shape_runs_every_pass(monkeypatch):
     assert set(row["methods"]) == {"copy", *bench.QUANTIZE_PASSES}
     assert all(d["error"] is None for d in row["methods"].values())
     assert row["copy_GBps"] == 2 * 96 * 2 / 1e6 / 1.0
-    assert row["quantize_rows_pct_of_copy"] == 75.0 and row["column_amax_pct_of_copy"] == 50.0
+    assert row["quantize_rows_pct_of_copy_bw"] == 75.0 and row["column_amax_pct_of_copy_bw"] == 50.0
