@@ -19,9 +19,11 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # Ragged against the transposing tiles (64 rows x 128 bf16/fp16 or 64 fp32 columns) and the
 # 16-byte packs, one whole tile, one row, one column, and sizes whose rows start unaligned (cols
 # odd) so the single-element paths run; (136, 264) has some 16-byte aligned transposed rows and
-# some not. The last two have rows too long for one block's registers (the two-pass path).
+# some not. The last two have rows too long for one block's registers (the two-pass path). Rows of
+# at most 32 threads go several to a block, one per warp segment: (1000, 1), (100, 8), (5, 64) (fewer
+# rows than a block takes at a time), (3000, 64) (many blocks), (257, 96), (64, 128).
 SHAPES = [(1, 1), (1, 4096), (1000, 1), (3, 1000), (64, 4096), (64, 128), (136, 264), (7, 333), (130, 65),
-          (257, 96), (100, 8), (3, 40000), (4, 33333)]
+          (257, 96), (100, 8), (5, 64), (3000, 64), (3, 40000), (4, 33333)]
 # Column statistics: also several slices of rows per column (merged in order), narrow matrices
 # (a block spread over few columns and many rows), ragged and unaligned widths. quantize_rows
 # collects them in its own pass over rows of up to 768 threads x 2 packs (12288 bf16 columns);
@@ -199,6 +201,35 @@ def test_stochastic_rounding_unbiased_and_reproducible(device):
     c, _ = torch_int8.quantize_rows(x.to(device), rounding="stochastic", generator=g)
     assert torch.equal(a.data, c.data) and not torch.equal(a.data, b.data)
     assert torch.equal(a.scale, torch_int8.quantize_rows(x.to(device))[0].scale)
+
+
+@pytest.mark.parametrize("device", CUDA_ONLY)
+def test_stochastic_rounding_in_cuda_graphs(device):
+    # Captured in a CUDA graph, stochastic rounding reads the generator's device-side Philox state:
+    # every replay draws afresh (a fixed (seed, offset) would repeat its noise), within one step.
+    x = torch.randn(64, 256, device=device, generator=torch.Generator(device).manual_seed(5)) * 3
+    amax = x.abs().amax(0)
+
+    def both():
+        return (torch_int8.quantize_rows(x, rounding="stochastic")[0],
+                torch_int8.quantize_columns_t(x, amax, rounding="stochastic"))
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        both()  # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        q, qt = both()
+    draws = []
+    for _ in range(2):
+        graph.replay()
+        draws.append((q.data.clone(), qt.data.clone()))
+    for rows, cols in draws:
+        assert ((rows.double() - x.double() / q.scale.double()[:, None]).abs() < 1).all()
+        assert ((cols.double() - x.double().t() / qt.scale.double()[:, None]).abs() < 1).all()
+    assert not torch.equal(draws[0][0], draws[1][0]) and not torch.equal(draws[0][1], draws[1][1])
 
 
 @pytest.mark.parametrize("device", DEVICE_PARAMS)

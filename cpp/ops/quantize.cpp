@@ -201,7 +201,8 @@ std::optional<kernels::InType> in_type_of(at::ScalarType t) {
 }
 
 // The rounding of a fused kernel: stochastic rounding takes a fresh Philox
-// (seed, offset) from the generator (or the device's default one).
+// (seed, offset) from the generator (or the device's default one), as values,
+// or under CUDA-graph capture as the generator's device-side state.
 kernels::Rounding rounding_of(c10::string_view rounding, std::optional<at::Generator> generator,
                               const at::Device& device) {
   kernels::Rounding r;
@@ -209,8 +210,13 @@ kernels::Rounding rounding_of(c10::string_view rounding, std::optional<at::Gener
   auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(
       generator, at::cuda::detail::getDefaultCUDAGenerator(device.index()));
   std::lock_guard<std::mutex> lock(gen->mutex_);
-  std::tie(r.seed, r.offset) = gen->philox_engine_inputs(4);
+  const at::PhiloxCudaState state = gen->philox_cuda_state(4);
   r.stochastic = true;
+  if (state.captured_) {
+    r.seed_ptr = state.seed_.ptr, r.offset_ptr = state.offset_.ptr, r.offset = state.offset_intragraph_;
+  } else {
+    r.seed = state.seed_.val, r.offset = state.offset_.val;
+  }
   return r;
 }
 

@@ -73,6 +73,7 @@ __device__ __forceinline__ uint4 philox(uint4 c, uint2 k) {
 }
 
 struct Nearest {
+  __device__ Nearest resolved() const { return *this; }
   __device__ float operator()(float y, int64_t) const { return rintf(y); }
 };
 
@@ -80,6 +81,14 @@ struct Nearest {
 // the noise of an element does not depend on how the work is split.
 struct Stochastic {
   uint64_t seed, offset;
+  const int64_t *seed_ptr, *offset_ptr;  // Rounding's, under CUDA-graph capture
+
+  // This launch's (seed, offset): what Rounding holds, or reads on the device (a kernel calls it once).
+  __device__ Stochastic resolved() const {
+    if (!seed_ptr) return *this;
+    return {static_cast<uint64_t>(*seed_ptr), static_cast<uint64_t>(*offset_ptr) + offset, nullptr, nullptr};
+  }
+
   __device__ float operator()(float y, int64_t index) const {
     const uint64_t block = static_cast<uint64_t>(index) / 4;
     const uint4 r = philox(make_uint4(static_cast<unsigned>(block), static_cast<unsigned>(block >> 32),
@@ -457,8 +466,9 @@ template <class T, int N, Columns S, class Round, bool kShort>
 __global__ void __launch_bounds__(kShort ? kShortRowThreads : kMaxRowThreads<S>)
     quantize_rows_kernel(const T* __restrict__ x, int64_t rows, int cols, int64_t slice_rows, int lanes,
                          int8_t* __restrict__ q, float* __restrict__ scale, unsigned* __restrict__ part_amax,
-                         float* __restrict__ part_sum, Round round) {
+                         float* __restrict__ part_sum, Round rounding) {
   constexpr int P = kRowPacks<S>;
+  const Round round = rounding.resolved();
   __shared__ unsigned warp_maxima[2][32];
   extern __shared__ unsigned merged[];  // row_merge_bytes
   const RowLanes<kShort> l(lanes);
@@ -514,7 +524,8 @@ __global__ void __launch_bounds__(kThreads)
 template <class T, int N, class Round>
 __global__ void __launch_bounds__(kThreads)
     quantize_long_rows_kernel(const T* __restrict__ x, int64_t cols, const unsigned* __restrict__ row_amax,
-                              int8_t* __restrict__ q, Round round) {
+                              int8_t* __restrict__ q, Round rounding) {
+  const Round round = rounding.resolved();
   const int64_t r = blockIdx.y, packs = cols / N, first = int64_t{blockIdx.x} * kLongRowPacks;
   const Divisor d = divisor_of(__uint_as_float(row_amax[r]));
   const auto* xr = reinterpret_cast<const Pack<T, N>*>(x + r * cols);
@@ -633,8 +644,9 @@ __device__ __forceinline__ Pack<T, N> load_pack(const T* x, int64_t rows, int64_
 template <class T, int N, class Round>
 __global__ void __launch_bounds__(kThreads)
     quantize_columns_t_kernel(const T* __restrict__ x, int64_t rows, int64_t cols, const float* __restrict__ col_amax,
-                              int8_t* __restrict__ q_t, float* __restrict__ scale, Round round) {
+                              int8_t* __restrict__ q_t, float* __restrict__ scale, Round rounding) {
   constexpr int kCols = kTilePacks * N, kPitch = tile_pitch(N);
+  const Round round = rounding.resolved();
   __shared__ alignas(16) unsigned tile[kCols][kPitch];  // [column][row group]: 4 rows a word
   __shared__ Divisor tile_div[kCols];
   const int64_t c0 = int64_t{blockIdx.x} * kCols, r0 = int64_t{blockIdx.y} * kTileRows;
@@ -686,7 +698,8 @@ __global__ void __launch_bounds__(kThreads)
 template <class F>
 Status dispatch(InType in_type, bool vector, const Rounding& rounding, F&& f) {
   auto with_round = [&](auto t, auto n) {
-    if (rounding.stochastic) return f(t, n, Stochastic{rounding.seed, rounding.offset});
+    if (rounding.stochastic)
+      return f(t, n, Stochastic{rounding.seed, rounding.offset, rounding.seed_ptr, rounding.offset_ptr});
     return f(t, n, Nearest{});
   };
   auto with_width = [&](auto t) {

@@ -121,10 +121,15 @@ Status requantize_cuda(const Requantize& r, void* stream);
 // GPU, the fused kernels behind the training layers (one read of x each).
 // Rounding is rint (nearest, ties to even) or, when `stochastic`, floor(y + u)
 // with u ~ U[0, 1) drawn by Philox4x32-10 from (seed, offset, element index).
+// Under CUDA-graph capture the seed and offset live on the device (PyTorch's
+// graph-safe generator state, so that every replay draws afresh): the kernels
+// then read *seed_ptr, and *offset_ptr + offset.
 enum class InType { kFloat32, kFloat16, kBFloat16 };
 struct Rounding {
   bool stochastic = false;
   uint64_t seed = 0, offset = 0;
+  const int64_t* seed_ptr = nullptr;    // both set, or neither
+  const int64_t* offset_ptr = nullptr;
 };
 
 // Column statistics of a rows x cols row-major float matrix, one streaming read:
