@@ -218,7 +218,7 @@ __device__ __forceinline__ void quantize_bits(const float (&v)[N], const Divisor
 // A pack quantized in one channel (kBounded: see round_bits).
 template <bool kBounded, class T, int N, class Round>
 __device__ __forceinline__ Int8Pack<N> quantize_pack(const Pack<T, N>& v, const Divisor& d, const Round& round,
-                                                         int64_t index) {
+                                                     int64_t index) {
   float f[N];
   unpack(v, f);
   unsigned bits[N];
