@@ -127,16 +127,23 @@ QUICK_SHAPES: List[Shape] = [
 SHAPE_SETS: Dict[str, List[Shape]] = {"quick": QUICK_SHAPES, "full": FULL_SHAPES}
 
 
-def parse_shape(text: str) -> Shape:
-    """'MxNxK' (or 'M,N,K') -> (M, N, K)."""
+def parse_sizes(text: str, form: str) -> Tuple[int, ...]:
+    """Positive sizes written as `form` ('MxNxK', 'RxC'; commas also separate) -> a tuple of ints."""
     parts = text.lower().replace(",", "x").split("x")
     try:
-        m, n, k = (int(p) for p in parts)
+        sizes = tuple(int(p) for p in parts)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"shape must be MxNxK, got {text!r}") from None
-    if min(m, n, k) <= 0:
+        sizes = ()
+    if len(sizes) != len(form.split("x")):
+        raise argparse.ArgumentTypeError(f"shape must be {form}, got {text!r}")
+    if min(sizes) <= 0:
         raise argparse.ArgumentTypeError(f"shape sizes must be positive, got {text!r}")
-    return (m, n, k)
+    return sizes
+
+
+def parse_shape(text: str) -> Shape:
+    """'MxNxK' (or 'M,N,K') -> (M, N, K)."""
+    return parse_sizes(text, "MxNxK")
 
 
 def int_mm_supported(m: int, n: int, k: int) -> bool:
@@ -585,14 +592,18 @@ def bench_linear_shape(m: int, d_in: int, d_out: int, args, seed: int) -> dict:
     t = {k: v["ms"] for k, v in row["methods"].items()}
     row["fwd_speedup"] = t["bf16_fwd"] / t["int8_fwd"]
     row["fwd_bwd_speedup"] = t["bf16_fwd_bwd"] / t["int8_fwd_bwd"]
-    # Bandwidth: bytes read + written once each (copy: bf16 in and out; quantize:
-    # bf16 in, int8 out); % of copy = how close a quantize pass gets to a copy's speed.
-    row["copy_GBps"] = 2 * xd.numel() * xd.element_size() / t["copy"] / 1e6
-    quant_bytes = xd.numel() * (xd.element_size() + 1)
-    for name in QUANTIZE_VARIANTS:
-        row[f"{name}_GBps"] = quant_bytes / t[name] / 1e6
-        row[f"{name}_pct_of_copy_bw"] = 100 * row[f"{name}_GBps"] / row["copy_GBps"]
+    add_bandwidths(row, xd, t, QUANTIZE_VARIANTS)
     return row
+
+
+def add_bandwidths(row: dict, x: torch.Tensor, ms: Dict[str, Optional[float]], passes: Sequence[str]) -> None:
+    """row["copy_GBps"] (x read and written once) and, per pass, "<pass>_GBps" (quantize_pass_bytes)
+    and "<pass>_pct_of_copy_bw": how close the pass gets to a copy's speed; None where a time is."""
+    row["copy_GBps"] = ratio(2 * x.numel() * x.element_size() / 1e6, ms["copy"])
+    for name in passes:
+        row[f"{name}_GBps"] = ratio(quantize_pass_bytes(name, x) / 1e6, ms[name])
+        pct = ratio(row[f"{name}_GBps"], row["copy_GBps"])
+        row[f"{name}_pct_of_copy_bw"] = None if pct is None else 100 * pct
 
 
 # The quantize passes of the Linear layer: per row, per row + column maxima, per column transposed.
@@ -705,14 +716,8 @@ QUANTIZE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.
 
 
 def parse_matrix(text: str) -> Tuple[int, int]:
-    """'RxC' -> (R, C)."""
-    try:
-        rows, cols = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"shape must be RxC, got {text!r}") from None
-    if min(rows, cols) <= 0:
-        raise argparse.ArgumentTypeError(f"shape sizes must be positive, got {text!r}")
-    return rows, cols
+    """'RxC' (or 'R,C') -> (R, C)."""
+    return parse_sizes(text, "RxC")
 
 
 def _add_quantize_args(p: argparse.ArgumentParser) -> None:
@@ -737,12 +742,8 @@ def bench_quantize_shape(rows: int, cols: int, dtype: torch.dtype, args, seed: i
     methods = {"copy": _time_or_error(f"copy {label}", partial(graphed, x.clone), args)}
     for name, fn in QUANTIZE_PASSES.items():
         methods[name] = _time_or_error(f"{name} {label}", partial(graphed, partial(fn, x, amax)), args)
-    row = {"rows": rows, "cols": cols, "dtype": str(dtype).replace("torch.", ""), "methods": methods,
-           "copy_GBps": ratio(2 * x.numel() * x.element_size() / 1e6, methods["copy"]["ms"])}
-    for name in QUANTIZE_PASSES:
-        row[f"{name}_GBps"] = ratio(quantize_pass_bytes(name, x) / 1e6, methods[name]["ms"])
-        pct = ratio(row[f"{name}_GBps"], row["copy_GBps"])
-        row[f"{name}_pct_of_copy_bw"] = None if pct is None else 100 * pct
+    row = {"rows": rows, "cols": cols, "dtype": str(dtype).replace("torch.", ""), "methods": methods}
+    add_bandwidths(row, x, {name: d["ms"] for name, d in methods.items()}, QUANTIZE_PASSES)
     return row
 
 
