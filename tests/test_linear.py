@@ -16,6 +16,7 @@ from conftest import CUDA_ONLY, DEVICE_PARAMS, check_within, make_gen, quant_ste
 
 import torch_int8  # noqa: E402
 from torch_int8 import Int8Config  # noqa: E402
+from torch_int8.bench import drop_grads, graphed_training_step  # noqa: E402
 
 
 def product_bound(a, a_dim, b, b_dim):
@@ -202,32 +203,16 @@ def test_training_step_in_a_cuda_graph(device, rounding):
     layer = torch_int8.nn.Linear.from_float(ref, Int8Config(grad_rounding=rounding))
     gy = torch.randn(x.shape[0], ref.out_features, device=device)
 
-    def step():
-        layer(x).backward(gy)
-
     def grads():
         return [t.grad.clone() for t in (x, layer.weight, layer.bias)]
 
-    def drop():
-        for t in (x, layer.weight, layer.bias):
-            t.grad = None
-
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(2):  # warm-up outside the capture
-            step()
-            drop()
-    torch.cuda.current_stream().wait_stream(stream)
-    step()
+    layer(x).backward(gy)
     eager = grads()
-    drop()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
+    drop_grads(layer, x)
+    replay = graphed_training_step(layer, x, gy)  # warm-up outside the capture, then the capture
     replays = []
     for _ in range(2):
-        graph.replay()
+        replay()
         replays.append(grads())
     if rounding == "nearest":
         for replay in replays:

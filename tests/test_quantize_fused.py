@@ -14,6 +14,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from conftest import CUDA_ONLY, DEVICE_PARAMS, make_gen  # noqa: E402
 
 import torch_int8  # noqa: E402
+from torch_int8.bench import graphed  # noqa: E402
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # Ragged against the transposing tiles (64 rows x 128 bf16/fp16 or 64 fp32 columns) and the
@@ -214,17 +215,16 @@ def test_stochastic_rounding_in_cuda_graphs(device):
         return (torch_int8.quantize_rows(x, rounding="stochastic")[0],
                 torch_int8.quantize_columns_t(x, amax, rounding="stochastic"))
 
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        both()  # warm-up outside the capture
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        q, qt = both()
+    captured = {}
+
+    def capture():
+        captured["q"], captured["qt"] = both()
+
+    replay = graphed(capture, warm=both)  # warm-up outside the capture, then the capture
+    q, qt = captured["q"], captured["qt"]
     draws = []
     for _ in range(2):
-        graph.replay()
+        replay()
         draws.append((q.data.clone(), qt.data.clone()))
     for rows, cols in draws:
         assert ((rows.double() - x.double() / q.scale.double()[:, None]).abs() < 1).all()
