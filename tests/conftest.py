@@ -31,6 +31,11 @@ MAX_K = 131071  # largest K torch_int8.gemm accepts (131072 * 128 * 128 == 2**31
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: test runs on a CUDA device (skipped without a GPU)")
     config.addinivalue_line("markers", "slow: long-running test")
+    config.addinivalue_line(
+        "markers",
+        "cuda_graph: captures a CUDA graph (left out of compute-sanitizer runs: the tools' own calls on "
+        "the legacy stream and memcheck's uncached allocator both invalidate a capture)",
+    )
 
 
 def devices():

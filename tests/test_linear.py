@@ -193,6 +193,7 @@ def test_quantized_linear(device):
                  product_bound(xd, None, wd.t(), 1).cpu())
 
 
+@pytest.mark.cuda_graph
 @pytest.mark.parametrize("device", CUDA_ONLY)
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
 def test_training_step_in_a_cuda_graph(device, rounding):

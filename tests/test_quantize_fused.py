@@ -204,6 +204,7 @@ def test_stochastic_rounding_unbiased_and_reproducible(device):
     assert torch.equal(a.scale, torch_int8.quantize_rows(x.to(device))[0].scale)
 
 
+@pytest.mark.cuda_graph
 @pytest.mark.parametrize("device", CUDA_ONLY)
 def test_stochastic_rounding_in_cuda_graphs(device):
     # Captured in a CUDA graph, stochastic rounding reads the generator's device-side Philox state:
