@@ -26,7 +26,7 @@ def _fake_timeit(fn, reps=50, warmup=10):
     return {"ms": 1.0, "min_ms": 1.0, "batch": 1, "reps": reps}
 
 
-def test_conv_graph_timings_captures_with_fresh_grads(monkeypatch):
+def test_graph_timings_captures_with_fresh_grads(monkeypatch):
     layer, x, gy = _layer_and_input()
     seen = []
 
@@ -41,7 +41,7 @@ def test_conv_graph_timings_captures_with_fresh_grads(monkeypatch):
     monkeypatch.setattr(bench, "graphed", fake_graphed)
     monkeypatch.setattr(bench, "timeit", _fake_timeit)
     args = type("Args", (), {"reps": 2, "warmup": 1})()
-    out = bench.conv_graph_timings("t", {"bf16": layer}, x, gy, args)
+    out = bench.graph_timings("t", {"bf16": layer}, x, gy, args)
     assert set(out) == {"bf16_fwd_graph", "bf16_fwd_bwd_graph"}
     assert all(d["ms"] == 1.0 and d["error"] is None for d in out.values())
     # forward captured under no_grad; the training step with grad enabled and every .grad None
@@ -49,7 +49,7 @@ def test_conv_graph_timings_captures_with_fresh_grads(monkeypatch):
     assert x.grad is None and layer.weight.grad is None and layer.bias.grad is None
 
 
-def test_conv_graph_timings_survives_failed_capture(monkeypatch, capsys):
+def test_graph_timings_survives_failed_capture(monkeypatch, capsys):
     layer, x, gy = _layer_and_input()
 
     def failing_graphed(fn, warm=None):
@@ -58,7 +58,7 @@ def test_conv_graph_timings_survives_failed_capture(monkeypatch, capsys):
 
     monkeypatch.setattr(bench, "graphed", failing_graphed)
     args = type("Args", (), {"reps": 2, "warmup": 1})()
-    out = bench.conv_graph_timings("t", {"int8": layer}, x, gy, args)
+    out = bench.graph_timings("t", {"int8": layer}, x, gy, args)
     for d in out.values():
         assert d["ms"] is None and "not permitted" in d["error"]
     assert "int8 forward+backward, CUDA graph" in capsys.readouterr().err

@@ -589,9 +589,12 @@ def bench_linear_shape(m: int, d_in: int, d_out: int, args, seed: int) -> dict:
             row["methods"][name] = timeit(lambda: fn(xd, amax), args.reps, args.warmup)
     row["methods"]["bf16_fwd_bwd"] = timeit(training_step(ref, x, gy), args.reps, args.warmup)
     row["methods"]["int8_fwd_bwd"] = timeit(training_step(ours, x, gy), args.reps, args.warmup)
+    row["methods"].update(graph_timings(f"linear {m}x{d_in}x{d_out}", {"bf16": ref, "int8": ours}, x, gy, args))
     t = {k: v["ms"] for k, v in row["methods"].items()}
     row["fwd_speedup"] = t["bf16_fwd"] / t["int8_fwd"]
     row["fwd_bwd_speedup"] = t["bf16_fwd_bwd"] / t["int8_fwd_bwd"]
+    for method in ("fwd_graph", "fwd_bwd_graph"):  # None where a CUDA-graph capture failed
+        row[f"{method}_speedup"] = ratio(t[f"bf16_{method}"], t[f"int8_{method}"])
     add_bandwidths(row, xd, t, QUANTIZE_VARIANTS)
     return row
 
@@ -666,7 +669,8 @@ def run_linear(args: argparse.Namespace) -> int:
     info.update({"command": "linear", "reps": args.reps, "warmup": args.warmup, "seed": args.seed})
     print_meta(info)
     header = (f"{'M':>6} {'in':>6} {'out':>6} | {'bf16 fwd':>9} {'int8 fwd':>9} {'x':>5} | {'bf16 f+b':>9} "
-              f"{'int8 f+b':>9} {'x':>5} | {'copy GB/s':>9} " + " ".join(f"{n[9:] or 'rows':>12}" for n in QUANTIZE_VARIANTS))
+              f"{'int8 f+b':>9} {'x':>5} | {'g fwd x':>7} {'g f+b x':>7} | {'copy GB/s':>9} "
+              + " ".join(f"{n[9:] or 'rows':>12}" for n in QUANTIZE_VARIANTS))
     results = [bench_linear_shape(m, d_in, d_out, args, seed=args.seed + i)
                for i, (m, d_in, d_out) in enumerate(LINEAR_SHAPES)]
     print(header)
@@ -676,8 +680,11 @@ def run_linear(args: argparse.Namespace) -> int:
         pct = " ".join(f"{r[n + '_pct_of_copy_bw']:>11.1f}%" for n in QUANTIZE_VARIANTS)
         print(f"{r['M']:>6} {r['in']:>6} {r['out']:>6} | {t['bf16_fwd']:>9.4f} {t['int8_fwd']:>9.4f} "
               f"{r['fwd_speedup']:>5.2f} | {t['bf16_fwd_bwd']:>9.4f} {t['int8_fwd_bwd']:>9.4f} "
-              f"{r['fwd_bwd_speedup']:>5.2f} | {r['copy_GBps']:>9.0f} {pct}")
-    print("quantize columns: bandwidth as % of the copy's (bytes: bf16 read + int8 written)")
+              f"{r['fwd_bwd_speedup']:>5.2f} | {_fmt(r['fwd_graph_speedup'], 7, 2)} "
+              f"{_fmt(r['fwd_bwd_graph_speedup'], 7, 2)} | {r['copy_GBps']:>9.0f} {pct}")
+    print("x = bf16 time / int8 time, called eagerly; g ... x: the same replayed from CUDA graphs (GPU time "
+          "without the host's Python and launch cost); quantize columns: bandwidth as % of the copy's "
+          "(bytes: bf16 read + int8 written)")
     decode = [bench_decode_shape(m, d_in, d_out, args, seed=args.seed + i)
               for i, (m, d_in, d_out) in enumerate(DECODE_SHAPES)]
     print(f"\nQuantizedLinear vs bf16 nn.Linear, eager | CUDA graph replay")
@@ -695,7 +702,8 @@ def run_linear(args: argparse.Namespace) -> int:
 
 
 def plot_linear(results: Sequence[dict], path: str, title: str = "") -> bool:
-    return plot_speedups(results, [f"{r['M']}x{r['in']}x{r['out']}" for r in results], path, "bf16 nn.Linear", title)
+    return plot_speedups(results, [f"{r['M']}x{r['in']}x{r['out']}" for r in results], path, "bf16 nn.Linear", title,
+                         graphs=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -936,7 +944,7 @@ def _add_conv_args(p: argparse.ArgumentParser) -> None:
 def bench_conv_shape(shape, batch: int, args) -> dict:
     """cuDNN bf16 channels_last nn.Conv2d vs torch_int8.nn.Conv2d (bf16 in / bf16 out, quantization
     included), forward and forward+backward, on the same parameters and input: called eagerly (host
-    overhead included) and replayed from CUDA graphs (GPU time alone; see conv_graph_timings)."""
+    overhead included) and replayed from CUDA graphs (GPU time alone; see graph_timings)."""
     name, c, h, w, k, r, stride, padding = shape
     ref, ours, x, y, gy = conv_layer(shape, batch, args.seed)
     p, q = y.shape[2:]
@@ -953,7 +961,7 @@ def bench_conv_shape(shape, batch: int, args) -> dict:
         row["fwd_max_rel_err"] = float(err)
     row["methods"]["bf16_fwd_bwd"] = timeit(training_step(ref, x, gy), args.reps, args.warmup)
     row["methods"]["int8_fwd_bwd"] = timeit(training_step(ours, x, gy), args.reps, args.warmup)
-    row["methods"].update(conv_graph_timings(f"{name} N={batch}", {"bf16": ref, "int8": ours}, x, gy, args))
+    row["methods"].update(graph_timings(f"{name} N={batch}", {"bf16": ref, "int8": ours}, x, gy, args))
     t = {m: v["ms"] for m, v in row["methods"].items()}
     for method in CONV_METHODS:  # None where a CUDA-graph capture failed
         row[f"{method}_speedup"] = ratio(t[f"bf16_{method}"], t[f"int8_{method}"])
@@ -962,7 +970,7 @@ def bench_conv_shape(shape, batch: int, args) -> dict:
     return row
 
 
-def conv_graph_timings(label: str, layers: Dict[str, torch.nn.Module], x: torch.Tensor, gy: torch.Tensor,
+def graph_timings(label: str, layers: Dict[str, torch.nn.Module], x: torch.Tensor, gy: torch.Tensor,
                        args) -> Dict[str, dict]:
     """"{side}_fwd_graph" and "{side}_fwd_bwd_graph" for each (side, layer) of layers: the forward
     (under no_grad) and the training step (graphed_training_step) captured in CUDA graphs and timed
