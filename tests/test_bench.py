@@ -6,6 +6,8 @@ import torch
 
 from torch_int8 import bench
 
+from conftest import CUDA_ONLY
+
 
 def test_conv_help(capsys):
     with pytest.raises(SystemExit) as exc:
@@ -118,3 +120,43 @@ def test_bench_quantize_shape_runs_every_pass(monkeypatch):
     assert all(d["error"] is None for d in row["methods"].values())
     assert row["copy_GBps"] == 2 * 96 * 2 / 1e6 / 1.0
     assert row["quantize_rows_pct_of_copy_bw"] == 75.0 and row["column_amax_pct_of_copy_bw"] == 50.0
+
+
+def test_time_in_turns_leaves_out_a_failing_method(monkeypatch, capsys):
+    # the turns replaced by a stand-in that records which methods it was given
+    given = {}
+
+    def fake_turns(fns, reps, warmup):
+        given.update(fns)
+        return {name: {"ms": 1.0, "min_ms": 1.0, "batch": 1, "reps": reps} for name in fns}
+
+    def failing():
+        raise RuntimeError("no kernel for this shape")
+
+    monkeypatch.setattr(bench, "timeit_interleaved", fake_turns)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    args = bench.argparse.Namespace(reps=3, warmup=1)
+    out = bench.time_in_turns("t", {"a": lambda: None, "bad": failing, "b": lambda: None}, args)
+    assert list(out) == ["a", "bad", "b"] and set(given) == {"a", "b"}
+    assert out["a"] == {"ms": 1.0, "min_ms": 1.0, "batch": 1, "reps": 3, "error": None}
+    assert out["bad"]["ms"] is None and "no kernel for this shape" in out["bad"]["error"]
+    assert "t bad: RuntimeError" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device", CUDA_ONLY)
+def test_timeit_interleaved_times_each_method(device):
+    x = torch.randn(1024, 1024, device=device)
+    calls = {"copy": 0, "matmul": 0}
+
+    def counted(name, fn):
+        def run():
+            calls[name] += 1
+            fn()
+        return run
+
+    fns = {"copy": counted("copy", x.clone), "matmul": counted("matmul", lambda: x @ x)}
+    out = bench.timeit_interleaved(fns, reps=5, warmup=2)
+    assert list(out) == ["copy", "matmul"]
+    for name, t in out.items():
+        assert t["reps"] == 5 and t["batch"] >= 1 and 0 < t["min_ms"] <= t["ms"]
+        assert calls[name] == 2 + 5 * t["batch"]

@@ -20,9 +20,9 @@ contiguous ``[N, K]`` weight, i.e. a column-major (K-major) ``[K, N]`` matrix, t
 kernels want (and the layout of an ``nn.Linear`` weight).  Data are fresh uniform random int8 values
 in [-128, 127] per shape (seeded, so runs are reproducible).
 
-Timing (:func:`timeit`): CUDA events.  ``warmup`` calls first (also used to estimate the time of
-one call); then ``reps`` measurements, each one an event pair around ``batch`` back-to-back calls, divided
-by ``batch``.  ``batch`` is 1 unless one call takes less than ``_MIN_EVENT_MS`` (0.1 ms); then it is
+Timing (:func:`timeit_interleaved`): CUDA events.  ``warmup`` calls first (also used to estimate the
+time of one call); then ``reps`` measurements, each one an event pair around ``batch`` back-to-back calls,
+divided by ``batch``; the methods compared on one shape take turns, one measurement each per round.  ``batch`` is 1 unless one call takes less than ``_MIN_EVENT_MS`` (0.1 ms); then it is
 enough calls (at most 1000) to span about 0.1 ms, so that event resolution and jitter do not dominate
 tiny kernels.  All events are recorded before a single synchronize, so the GPU runs the calls back to
 back; for microsecond kernels (M = 1..16) the host-side launch overhead of each op can still exceed the
@@ -303,31 +303,47 @@ def require_cuda() -> None:
 
 
 def timeit(fn: Callable[[], object], reps: int = 50, warmup: int = 10) -> dict:
-    """Time ``fn`` (which launches CUDA work) with CUDA events.
+    """Time ``fn`` (which launches CUDA work) with CUDA events: timeit_interleaved of fn alone."""
+    return timeit_interleaved({"fn": fn}, reps, warmup)["fn"]
 
-    ``warmup`` untimed-in-the-result calls (one event pair around all of them gives an estimate of
-    one call), then ``reps`` measurements of ``batch`` back-to-back calls each, divided by ``batch``.
-    Returns {"ms": median, "min_ms": min, "batch": batch, "reps": reps}.  No cache flushing.
+
+def timeit_interleaved(fns: Dict[str, Callable[[], object]], reps: int = 50, warmup: int = 10) -> Dict[str, dict]:
+    """Time each of ``fns`` (which launch CUDA work) with CUDA events, in turns.
+
+    Per fn ``warmup`` untimed-in-the-result calls (one event pair around all of them gives an
+    estimate of one call, and so its ``batch``); then ``reps`` rounds, each measuring ``batch``
+    back-to-back calls of every fn in turn, divided by ``batch``. Taking turns exposes every fn to the
+    same drift of the GPU's clocks (power limit, temperature) over the measurement, instead of
+    favouring the fn timed first.
+    Returns per fn {"ms": median, "min_ms": min, "batch": batch, "reps": reps}. No cache flushing.
     """
     reps = max(1, int(reps))
     warmup = max(1, int(warmup))
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    start.record()
-    for _ in range(warmup):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    batch = choose_batch(start.elapsed_time(end) / warmup)
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
-    for s, e in events:
-        s.record()
-        for _ in range(batch):
+    batches = {}
+    for name, fn in fns.items():
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        for _ in range(warmup):
             fn()
-        e.record()
+        end.record()
+        torch.cuda.synchronize()
+        batches[name] = choose_batch(start.elapsed_time(end) / warmup)
+    events = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            for _ in range(batches[name]):
+                fn()
+            e.record()
+            events[name].append((s, e))
     torch.cuda.synchronize()
-    times = [s.elapsed_time(e) / batch for s, e in events]
-    return {"ms": statistics.median(times), "min_ms": min(times), "batch": batch, "reps": reps}
+    out = {}
+    for name, pairs in events.items():
+        times = [s.elapsed_time(e) / batches[name] for s, e in pairs]
+        out[name] = {"ms": statistics.median(times), "min_ms": min(times), "batch": batches[name], "reps": reps}
+    return out
 
 
 def _measure(name: str, fn: Callable[[], object], m: int, n: int, k: int, args) -> dict:
@@ -336,22 +352,43 @@ def _measure(name: str, fn: Callable[[], object], m: int, n: int, k: int, args) 
     return t
 
 
+def _error_result(label: str, exc: Exception) -> dict:
+    """{"ms": None, "error": message} for a method that raised (also printed to stderr), after
+    draining the GPU's queue."""
+    if torch.cuda.is_available():
+        try:
+            torch.cuda.synchronize()
+        except Exception:  # noqa: BLE001 - e.g. a sticky CUDA error; reported below
+            pass
+    print(f"  {label}: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return {"ms": None, "error": f"{type(exc).__name__}: {exc}"}
+
+
 def _time_or_error(label: str, make: Callable[[], Callable[[], object]], args) -> dict:
-    """timeit(make()) plus "error": None; if making or timing the call raises, {"ms": None, "error":
-    message} instead (also printed to stderr), so that one failing method (or CUDA-graph capture)
-    does not stop the whole benchmark."""
+    """timeit(make()) plus "error": None; if making or timing the call raises, _error_result
+    instead, so that one failing method (or CUDA-graph capture) does not stop the whole benchmark."""
     try:
         t = timeit(make(), reps=args.reps, warmup=args.warmup)
     except Exception as exc:  # noqa: BLE001 - a failing method must not stop the whole benchmark
-        if torch.cuda.is_available():
-            try:
-                torch.cuda.synchronize()
-            except Exception:  # noqa: BLE001 - e.g. a sticky CUDA error; reported below
-                pass
-        print(f"  {label}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return {"ms": None, "error": f"{type(exc).__name__}: {exc}"}
+        return _error_result(label, exc)
     t["error"] = None
     return t
+
+
+def time_in_turns(label: str, fns: Dict[str, Callable[[], object]], args) -> Dict[str, dict]:
+    """timeit_interleaved over those of fns whose first call succeeds, each result plus "error":
+    None; a fn whose first call raises gets _error_result and is left out of the turns."""
+    out, ok = {}, {}
+    for name, fn in fns.items():
+        try:
+            fn()
+            torch.cuda.synchronize()
+            ok[name] = fn
+        except Exception as exc:  # noqa: BLE001 - a failing method must not stop the whole benchmark
+            out[name] = _error_result(f"{label} {name}", exc)
+    for name, t in timeit_interleaved(ok, args.reps, args.warmup).items():
+        out[name] = {**t, "error": None}
+    return {name: out[name] for name in fns}
 
 
 def meta() -> dict:
@@ -371,6 +408,11 @@ def meta() -> dict:
 # --------------------------------------------------------------------------------------------
 # gemm
 # --------------------------------------------------------------------------------------------
+
+
+def with_tops(timed: Dict[str, dict], m: int, n: int, k: int) -> Dict[str, dict]:
+    """timed (time_in_turns) with each method's "tops" at M x N x K added."""
+    return {name: {**t, "tops": tops(m, n, k, t["ms"])} for name, t in timed.items()}
 
 
 def bench_gemm_shape(m: int, n: int, k: int, args, seed: int, device: str = "cuda") -> dict:
@@ -434,15 +476,13 @@ def bench_gemm_shape(m: int, n: int, k: int, args, seed: int, device: str = "cud
             print(f"  check scaled_gemm {m}x{n}x{k}: {res['scaled_check_error']}", file=sys.stderr)
     del ref
 
-    for name, fn in fns.items():
-        if fn is None:
-            res["methods"][name] = None  # not applicable to this shape
-            continue
-        res["methods"][name] = _measure(name, fn, m, n, k, args)
-        torch.cuda.empty_cache()
+    # None: not applicable to this shape
+    res["methods"] = with_tops(time_in_turns(f"{m}x{n}x{k}", {name: fn for name, fn in fns.items() if fn}, args), m, n, k)
+    res["methods"].update({name: None for name, fn in fns.items() if fn is None})
 
     if m <= GRAPH_MAX_M:  # few-row GEMMs: also the GPU time alone, without the host's launch cost
-        res["graph_methods"] = {name: _measure(name, graphed(fns[name]), m, n, k, args) for name in GRAPH_METHODS}
+        graphs = {name: graphed(fns[name]) for name in GRAPH_METHODS}
+        res["graph_methods"] = with_tops(time_in_turns(f"{m}x{n}x{k} CUDA graph", graphs, args), m, n, k)
         tg = {name: d.get("tops") for name, d in res["graph_methods"].items()}
         res["graph_ratio_scaled_bf16"] = ratio(tg["scaled_gemm"], tg["bf16"])
         res["graph_ratio_ours_bf16"] = ratio(tg["ours"], tg["bf16"])
@@ -579,17 +619,17 @@ def bench_linear_shape(m: int, d_in: int, d_out: int, args, seed: int) -> dict:
     gy = torch.randn(m, d_out, device="cuda", dtype=torch.bfloat16)
 
     row = {"M": m, "in": d_in, "out": d_out, "methods": {}}
+    label = f"linear {m}x{d_in}x{d_out}"
     with torch.no_grad():
-        row["methods"]["bf16_fwd"] = timeit(lambda: ref(x), args.reps, args.warmup)
-        row["methods"]["int8_fwd"] = timeit(lambda: ours(x), args.reps, args.warmup)
+        row["methods"].update(time_in_turns(label, {"bf16_fwd": lambda: ref(x), "int8_fwd": lambda: ours(x)}, args))
         xd = x.detach()
         _, amax = torch_int8.quantize_rows(xd, col_amax=True)
         row["methods"]["copy"] = timeit(lambda: xd.clone(), args.reps, args.warmup)
         for name, fn in QUANTIZE_VARIANTS.items():
             row["methods"][name] = timeit(lambda: fn(xd, amax), args.reps, args.warmup)
-    row["methods"]["bf16_fwd_bwd"] = timeit(training_step(ref, x, gy), args.reps, args.warmup)
-    row["methods"]["int8_fwd_bwd"] = timeit(training_step(ours, x, gy), args.reps, args.warmup)
-    row["methods"].update(graph_timings(f"linear {m}x{d_in}x{d_out}", {"bf16": ref, "int8": ours}, x, gy, args))
+    steps = {"bf16_fwd_bwd": training_step(ref, x, gy), "int8_fwd_bwd": training_step(ours, x, gy)}
+    row["methods"].update(time_in_turns(label, steps, args))
+    row["methods"].update(graph_timings(label, {"bf16": ref, "int8": ours}, x, gy, args))
     t = {k: v["ms"] for k, v in row["methods"].items()}
     row["fwd_speedup"] = t["bf16_fwd"] / t["int8_fwd"]
     row["fwd_bwd_speedup"] = t["bf16_fwd_bwd"] / t["int8_fwd_bwd"]
@@ -954,14 +994,14 @@ def bench_conv_shape(shape, batch: int, args) -> dict:
            "P": p, "Q": q, "fwd_flops": flops, "methods": {},
            "workspace_bytes": torch_int8.conv.workspace_bytes(x.shape, ref.weight.shape, stride, padding),
            "workspace_limit": torch_int8.conv.workspace_limit()}
+    label = f"{name} N={batch}"
     with torch.no_grad():
-        row["methods"]["bf16_fwd"] = timeit(lambda: ref(x), args.reps, args.warmup)
-        row["methods"]["int8_fwd"] = timeit(lambda: ours(x), args.reps, args.warmup)
+        row["methods"].update(time_in_turns(label, {"bf16_fwd": lambda: ref(x), "int8_fwd": lambda: ours(x)}, args))
         err = (ours(x).float() - y.float()).abs().max() / y.float().abs().max()
         row["fwd_max_rel_err"] = float(err)
-    row["methods"]["bf16_fwd_bwd"] = timeit(training_step(ref, x, gy), args.reps, args.warmup)
-    row["methods"]["int8_fwd_bwd"] = timeit(training_step(ours, x, gy), args.reps, args.warmup)
-    row["methods"].update(graph_timings(f"{name} N={batch}", {"bf16": ref, "int8": ours}, x, gy, args))
+    steps = {"bf16_fwd_bwd": training_step(ref, x, gy), "int8_fwd_bwd": training_step(ours, x, gy)}
+    row["methods"].update(time_in_turns(label, steps, args))
+    row["methods"].update(graph_timings(label, {"bf16": ref, "int8": ours}, x, gy, args))
     t = {m: v["ms"] for m, v in row["methods"].items()}
     for method in CONV_METHODS:  # None where a CUDA-graph capture failed
         row[f"{method}_speedup"] = ratio(t[f"bf16_{method}"], t[f"int8_{method}"])
