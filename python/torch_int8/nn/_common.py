@@ -2,6 +2,7 @@
 originals, and the inference layers (QuantizedLinear, QuantizedConv2d) with int8 weight buffers."""
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Optional, Sequence
 
 import torch
@@ -12,9 +13,17 @@ from ..functional import QTensor, quantize
 
 def output_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype a torch.nn layer would return for x: autocast's for x's device when it is on, else
-    x's own. The INT8 products then run with autocast off, so that it cannot recast their operands."""
+    x's own. The INT8 products then run with autocast off (autocast_off), so that it cannot recast
+    their operands."""
     device_type = x.device.type
     return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
+
+
+def autocast_off(x: torch.Tensor):
+    """A context with autocast off for x's device: torch.autocast(enabled=False) when it is on, else
+    nothing to enter (entering and leaving an autocast context costs the host microseconds per call)."""
+    device_type = x.device.type
+    return torch.autocast(device_type, enabled=False) if torch.is_autocast_enabled(device_type) else nullcontext()
 
 
 def sharing_parameters(cls, module: torch.nn.Module, attributes: Sequence[str], config: Optional[Int8Config]):

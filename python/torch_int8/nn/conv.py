@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from ..config import Int8Config
 from ..conv import conv2d_dgrad, conv2d_wgrad, scaled_conv2d, scaled_conv2d_dgrad
 from ..functional import QTensor, column_amax, quantize, quantize_columns_t, quantize_rows_with_sums, scaled_gemm
-from ._common import load_int8_weight, output_dtype, quantize_activation, register_int8_weight, sharing_parameters
+from ._common import (autocast_off, load_int8_weight, output_dtype, quantize_activation, register_int8_weight,
+                      sharing_parameters)
 
 _MAX_PIXELS = 131071  # conv2d_wgrad's largest N*P*Q
 _EPILOGUE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)  # scaled_conv2d's float outputs
@@ -284,7 +285,7 @@ class Conv2d(torch.nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out_dtype = output_dtype(x)
-        with torch.autocast(x.device.type, enabled=False):
+        with autocast_off(x):
             return _Int8Conv2dFunction.apply(x, self.weight, self.bias, _geometry(self), self.config, out_dtype)
 
     def extra_repr(self) -> str:

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from ..config import Int8Config
 from ..functional import QTensor, quantize, quantize_columns_t, quantize_rows, quantize_rows_with_sums, scaled_gemm
-from ._common import load_int8_weight, output_dtype, quantize_activation, register_int8_weight, sharing_parameters
+from ._common import (autocast_off, load_int8_weight, output_dtype, quantize_activation, register_int8_weight,
+                      sharing_parameters)
 
 
 def _transposed(q: QTensor) -> QTensor:
@@ -134,7 +135,7 @@ class Linear(torch.nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out_dtype = output_dtype(x)
-        with torch.autocast(x.device.type, enabled=False):
+        with autocast_off(x):
             x2 = x.reshape(-1, self.in_features)
             function = _linear_function(self.config)
             if function is _Int8LinearChannelFunction and not torch.is_grad_enabled():
