@@ -126,7 +126,10 @@ at::Tensor gemm_meta(const at::Tensor& a, const at::Tensor& b) {
 at::Tensor epilogue_vector(const at::Tensor& v, int64_t len, int64_t padded) {
   // Taken as it is only when 16-byte aligned: the epilogues load vectors in 16-byte pieces.
   const bool aligned = reinterpret_cast<uintptr_t>(v.const_data_ptr()) % 16 == 0;
-  if (v.scalar_type() == at::kFloat && v.dim() == 1 && v.numel() == padded && v.is_contiguous() && aligned) return v;
+  const bool whole = v.dim() == 1 && v.numel() == padded;
+  if (whole && v.scalar_type() == at::kFloat && v.is_contiguous() && aligned) return v;
+  // A fresh allocation is aligned: one conversion (e.g. a bf16 bias) instead of zeros, then a copy.
+  if (whole) return v.to(v.options().dtype(at::kFloat), /*non_blocking=*/false, /*copy=*/true);
   at::Tensor r = at::zeros({padded}, v.options().dtype(at::kFloat));
   r.narrow(0, 0, len).copy_(v.reshape({-1}).expand({len}));
   return r;
