@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import Int8Config
-from ..functional import QTensor, quantize, quantize_columns_t, quantize_rows, quantize_rows_with_sums, scaled_gemm
+from ..functional import QTensor, _out_scale_arg, quantize, scaled_gemm
 from ._common import (autocast_off, load_int8_weight, output_dtype, quantize_activation, register_int8_weight,
                       sharing_parameters)
 
@@ -67,11 +67,27 @@ class _Int8LinearFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None
 
 
+# The fused path calls the ops themselves: its operands have the layouts and granularities the ops
+# take by construction, so the checks and QTensor wrapping of torch_int8.functional (host time on
+# every call, ~10 calls a training step) would only repeat what the ops check again.
+_ops = torch.ops.int8
+
+
+def _rows(t: torch.Tensor, col_amax: bool, rounding: str = "nearest", col_sum: bool = False):
+    """(int8 data, per-row scales, column maxima, column sums) of t: torch_int8.quantize_rows_with_sums."""
+    return _ops.quantize_rows(t, col_amax, rounding, None, col_sum)
+
+
+def _product(a, a_scale, b_t, b_scale, bias, out_dtype):
+    """a [M, K] (per-row scales) times b_t^T, b_t [N, K] (per-row scales): scaled_gemm's epilogue."""
+    return _ops.scaled_gemm(a, b_t.t(), a_scale, b_scale, None, bias, out_dtype, 1.0, 0, False)
+
+
 def _channel_forward(x2, weight, bias, out_dtype, x_col_amax: bool, w_col_amax: bool):
     """X W^T + b per channel; the column maxima of X (for grad_weight) and W (for grad_input) only if asked for."""
-    qx, x_amax = quantize_rows(x2, col_amax=x_col_amax)
-    qw, w_amax = quantize_rows(weight, col_amax=w_col_amax)
-    return scaled_gemm(qx, _transposed(qw), bias=bias, out_dtype=out_dtype), x_amax, w_amax
+    qx, sx, x_amax, _ = _rows(x2, x_col_amax)
+    qw, sw, w_amax, _ = _rows(weight, w_col_amax)
+    return _product(qx, sx, qw, sw, bias, out_dtype), x_amax, w_amax
 
 
 class _Int8LinearChannelFunction(torch.autograd.Function):
@@ -97,20 +113,22 @@ class _Int8LinearChannelFunction(torch.autograd.Function):
         x2, weight, x_amax, w_amax = ctx.saved_tensors
         dgrad, wgrad = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         bgrad = ctx.has_bias and ctx.needs_input_grad[2]
-        grad_x = grad_w = grad_b = dy_sum = None
+        grad_x = grad_w = grad_b = None
         if dgrad or wgrad:
             rounding = ctx.config.grad_rounding
             # The bias gradient (column sums of dY) comes from the pass that finds dY's column maxima.
-            q_dy, dy_amax, dy_sum = quantize_rows_with_sums(grad_out, col_amax=wgrad, col_sum=bgrad, rounding=rounding)
+            q_dy, s_dy, dy_amax, dy_sum = _rows(grad_out, wgrad, rounding, col_sum=bgrad)
             if dgrad:  # dX = dY W: W^T [in, out] quantized per input channel
-                q_wt = quantize_columns_t(weight, w_amax)
-                grad_x = scaled_gemm(q_dy, _transposed(q_wt), out_dtype=x2.dtype)
+                q_wt, s_wt = _ops.quantize_columns_t(weight, w_amax, "nearest", None)
+                grad_x = _product(q_dy, s_dy, q_wt, s_wt, None, x2.dtype)
             if wgrad:  # dW = dY^T X: dY^T [out, M] and X^T [in, M], both per feature
-                q_dyt = quantize_columns_t(grad_out, dy_amax, rounding=rounding)
-                q_xt = quantize_columns_t(x2, x_amax)
-                grad_w = scaled_gemm(q_dyt, _transposed(q_xt), out_dtype=weight.dtype)
-        if bgrad:
-            grad_b = (grad_out.sum(0, dtype=torch.float32) if dy_sum is None else dy_sum).to(weight.dtype)
+                q_dyt, s_dyt = _ops.quantize_columns_t(grad_out, dy_amax, rounding, None)
+                q_xt, s_xt = _ops.quantize_columns_t(x2, x_amax, "nearest", None)
+                grad_w = _product(q_dyt, s_dyt, q_xt, s_xt, None, weight.dtype)
+            if bgrad:
+                grad_b = dy_sum.to(weight.dtype)
+        elif bgrad:
+            grad_b = grad_out.sum(0, dtype=torch.float32).to(weight.dtype)
         return grad_x, grad_w, grad_b, None, None
 
 
@@ -169,14 +187,16 @@ class QuantizedLinear(torch.nn.Module):
         load_int8_weight(q, linear.weight, linear.bias)
         return q
 
-    def _quantize_input(self, x2: torch.Tensor) -> QTensor:
-        return quantize_activation(x2, 0, self.activation_scale)  # per token at run time
-
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)
-        qw = QTensor(self.weight_int8.t(), self.weight_scale, None, 1)
         out_dtype = x.dtype if self.out_scale is None else torch.int8
-        y = scaled_gemm(self._quantize_input(x2), qw, bias=self.bias, out_dtype=out_dtype, out_scale=self.out_scale,
-                        relu=self.relu)
+        out_scale = _out_scale_arg("QuantizedLinear", out_dtype, self.out_scale)
+        if self.activation_scale is None:  # per token at run time, straight into the ops (decode: host-bound)
+            qx, sx, _, _ = _rows(x2, False)
+        else:
+            q = quantize_activation(x2, None, self.activation_scale)
+            qx, sx = q.data, q.scale
+        y = _ops.scaled_gemm(qx, self.weight_int8.t(), sx, self.weight_scale, None, self.bias, out_dtype, out_scale,
+                             0, self.relu)
         return y.reshape(*x.shape[:-1], self.out_features)
