@@ -69,7 +69,9 @@ echo "== machine"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 python3 --version
 python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "gpu", torch.cuda.is_available())' || true
-echo "repo $REPO  commit $(git rev-parse HEAD 2>/dev/null || echo "${TORCH_INT8_COMMIT:-unknown}")"
+# TORCH_INT8_COMMIT first: the .git of a copied working tree can be older than the files (set it on
+# the machine that holds the checkout, not from a git command run here).
+echo "repo $REPO  commit ${TORCH_INT8_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
 
 # ---- (a) offline wheels ------------------------------------------------------------------------
 if [[ -d .whl ]]; then
