@@ -494,3 +494,20 @@ def test_row_amax_meta():
     out, amax = torch_int8.scaled_gemm_row_amax(a, b, out_dtype=torch.float16)
     assert out.shape == (2, 7, 40) and out.dtype == torch.float16
     assert amax.shape == (2, 7) and amax.dtype == torch.float32
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("N", [48, 53])  # a multiple of the GPU's 16-byte column padding, and a ragged one
+@pytest.mark.parametrize("bias_dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_bias_of_any_float_dtype_is_its_float32_value(device, N, bias_dtype):
+    # A bias of another dtype (a bf16 Linear's) is converted to float32 before the epilogue: the
+    # result is bit for bit that of its float32 value, whether the vector needs padding or not.
+    g = make_gen(23)
+    M, K = 9, 64
+    qa = QTensor(torch.randint(-128, 128, (M, K), generator=g, dtype=torch.int8).to(device),
+                 (torch.rand(M, generator=g) + 0.5).to(device), None, 0)
+    qb = QTensor(torch.randint(-128, 128, (K, N), generator=g, dtype=torch.int8).to(device),
+                 (torch.rand(N, generator=g) * 1e-3).to(device), None, 1)
+    bias = torch.randn(N, generator=g).to(bias_dtype).to(device)
+    out = torch_int8.scaled_gemm(qa, qb, bias=bias, out_dtype=torch.float32)
+    assert torch.equal(out, torch_int8.scaled_gemm(qa, qb, bias=bias.float(), out_dtype=torch.float32))
