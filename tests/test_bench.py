@@ -1,6 +1,7 @@
-"""torch_int8.bench without a GPU: the command line, the conv table and the CUDA-graph bookkeeping of
-`bench conv` (capture replaced by a stand-in, so what is checked is the logic around it: grads None at
-capture, a failed capture recorded and survived, the gradients dropped afterwards)."""
+"""torch_int8.bench without a GPU: the command line, the tables, the timing in turns and the CUDA-graph
+bookkeeping of `bench linear` / `bench conv` (capture and CUDA events replaced by stand-ins, so what is
+checked is the logic around them: grads None at capture, a failed capture or method recorded and
+survived, the gradients dropped afterwards). One GPU test times two methods in turns for real."""
 import pytest
 import torch
 
@@ -28,6 +29,19 @@ def _fake_timeit(fn, reps=50, warmup=10):
     return {"ms": 1.0, "min_ms": 1.0, "batch": 1, "reps": reps}
 
 
+def _fake_turns(monkeypatch):
+    """CUDA events and synchronization replaced: timeit_interleaved calls each fn once, gives it 1 ms
+    and records the names it was given in _fake_turns.timed."""
+    _fake_turns.timed = []
+
+    def turns(fns, reps, warmup):
+        _fake_turns.timed += list(fns)
+        return {name: _fake_timeit(fn, reps, warmup) for name, fn in fns.items()}
+
+    monkeypatch.setattr(bench, "timeit_interleaved", turns)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+
+
 def test_graph_timings_captures_with_fresh_grads(monkeypatch):
     layer, x, gy = _layer_and_input()
     seen = []
@@ -41,11 +55,12 @@ def test_graph_timings_captures_with_fresh_grads(monkeypatch):
         return lambda: None
 
     monkeypatch.setattr(bench, "graphed", fake_graphed)
-    monkeypatch.setattr(bench, "timeit", _fake_timeit)
+    _fake_turns(monkeypatch)
     args = type("Args", (), {"reps": 2, "warmup": 1})()
     out = bench.graph_timings("t", {"bf16": layer}, x, gy, args)
     assert set(out) == {"bf16_fwd_graph", "bf16_fwd_bwd_graph"}
     assert all(d["ms"] == 1.0 and d["error"] is None for d in out.values())
+    assert set(_fake_turns.timed) == {"bf16_fwd_graph", "bf16_fwd_bwd_graph"}  # timed together, in turns
     # forward captured under no_grad; the training step with grad enabled and every .grad None
     assert seen == [(False, True), False, (True, True), True]
     assert x.grad is None and layer.weight.grad is None and layer.bias.grad is None
@@ -63,7 +78,7 @@ def test_graph_timings_survives_failed_capture(monkeypatch, capsys):
     out = bench.graph_timings("t", {"int8": layer}, x, gy, args)
     for d in out.values():
         assert d["ms"] is None and "not permitted" in d["error"]
-    assert "int8 forward+backward, CUDA graph" in capsys.readouterr().err
+    assert "t int8_fwd_bwd_graph: RuntimeError" in capsys.readouterr().err
     assert x.grad is None and layer.weight.grad is None
 
 
@@ -160,3 +175,47 @@ def test_timeit_interleaved_times_each_method(device):
     for name, t in out.items():
         assert t["reps"] == 5 and t["batch"] >= 1 and 0 < t["min_ms"] <= t["ms"]
         assert calls[name] == 2 + 5 * t["batch"]
+    # a 4 MB copy against 2 GFLOP of fp32 matmul: each time belongs to its own method
+    assert out["copy"]["ms"] < out["matmul"]["ms"]
+
+
+def test_time_in_turns_times_each_alone_after_a_later_failure(monkeypatch, capsys):
+    # a method that fails past its first call (e.g. out of memory while timed): the turns raise, so
+    # each method is timed alone and only the failing one is lost
+    def turns(fns, reps, warmup):
+        raise RuntimeError("out of memory")
+
+    def timeit(fn, reps=50, warmup=10):
+        fn()
+        return {"ms": 2.0, "min_ms": 2.0, "batch": 1, "reps": reps}
+
+    state = {"calls": 0}
+
+    def fails_second_time():
+        state["calls"] += 1
+        if state["calls"] > 1:
+            raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(bench, "timeit_interleaved", turns)
+    monkeypatch.setattr(bench, "timeit", timeit)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    args = bench.argparse.Namespace(reps=3, warmup=1)
+    out = bench.time_in_turns("t", {"a": lambda: None, "late": fails_second_time}, args)
+    assert out["a"] == {"ms": 2.0, "min_ms": 2.0, "batch": 1, "reps": 3, "error": None}
+    assert out["late"]["ms"] is None and "out of memory" in out["late"]["error"]
+    assert "t late: RuntimeError" in capsys.readouterr().err
+
+
+def test_bench_gemm_shape_keeps_every_method(monkeypatch):
+    # on the CPU kernels, timing replaced: every method in its place, None where it does not apply
+    _fake_turns(monkeypatch)
+    monkeypatch.setattr(bench, "graphed", lambda fn, warm=None: fn)
+    monkeypatch.setattr(bench, "int_mm_supported", lambda m, n, k: False)
+    args = bench.argparse.Namespace(reps=1, warmup=1)
+    res = bench.bench_gemm_shape(8, 32, 64, args, seed=0, device="cpu")
+    assert list(res["methods"]) == ["ours", "int_mm", "bf16", "scaled_gemm", "scaled_int8", "row_amax"]
+    assert res["methods"]["int_mm"] is None and res["exact"] is True
+    assert all(d["ms"] == 1.0 and d["tops"] == bench.tops(8, 32, 64, 1.0)
+               for name, d in res["methods"].items() if name != "int_mm")
+    assert set(res["graph_methods"]) == set(bench.GRAPH_METHODS)
+    assert res["ratio_scaled_bf16"] == 1.0 and res["int8_epilogue_overhead_pct"] == 0.0

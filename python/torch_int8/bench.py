@@ -312,9 +312,10 @@ def timeit_interleaved(fns: Dict[str, Callable[[], object]], reps: int = 50, war
 
     Per fn ``warmup`` untimed-in-the-result calls (one event pair around all of them gives an
     estimate of one call, and so its ``batch``); then ``reps`` rounds, each measuring ``batch``
-    back-to-back calls of every fn in turn, divided by ``batch``. Taking turns exposes every fn to the
-    same drift of the GPU's clocks (power limit, temperature) over the measurement, instead of
-    favouring the fn timed first.
+    back-to-back calls of every fn in turn (the order rotating from round to round), divided by
+    ``batch``. Taking turns exposes every fn to the same drift of the GPU's clocks (power limit,
+    temperature) over the measurement, instead of favouring the fn timed first; rotating lets each
+    fn follow each other one (whose operands fill the L2 cache).
     Returns per fn {"ms": median, "min_ms": min, "batch": batch, "reps": reps}. No cache flushing.
     """
     reps = max(1, int(reps))
@@ -330,12 +331,13 @@ def timeit_interleaved(fns: Dict[str, Callable[[], object]], reps: int = 50, war
         torch.cuda.synchronize()
         batches[name] = choose_batch(start.elapsed_time(end) / warmup)
     events = {name: [] for name in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
+    names = list(fns)
+    for r in range(reps):
+        for name in names[r % len(names):] + names[:r % len(names)]:  # each follows each (caches, clocks)
             s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             s.record()
             for _ in range(batches[name]):
-                fn()
+                fns[name]()
             e.record()
             events[name].append((s, e))
     torch.cuda.synchronize()
@@ -377,7 +379,8 @@ def _time_or_error(label: str, make: Callable[[], Callable[[], object]], args) -
 
 def time_in_turns(label: str, fns: Dict[str, Callable[[], object]], args) -> Dict[str, dict]:
     """timeit_interleaved over those of fns whose first call succeeds, each result plus "error":
-    None; a fn whose first call raises gets _error_result and is left out of the turns."""
+    None; a fn whose first call raises gets _error_result and is left out of the turns. Should one
+    raise later, each is timed alone (_time_or_error), so that only the failing one is lost."""
     out, ok = {}, {}
     for name, fn in fns.items():
         try:
@@ -386,8 +389,12 @@ def time_in_turns(label: str, fns: Dict[str, Callable[[], object]], args) -> Dic
             ok[name] = fn
         except Exception as exc:  # noqa: BLE001 - a failing method must not stop the whole benchmark
             out[name] = _error_result(f"{label} {name}", exc)
-    for name, t in timeit_interleaved(ok, args.reps, args.warmup).items():
-        out[name] = {**t, "error": None}
+    try:
+        timed = timeit_interleaved(ok, args.reps, args.warmup) if ok else {}
+    except Exception:  # noqa: BLE001 - one fn failed past its first call: each alone, to find which
+        timed = {name: _time_or_error(f"{label} {name}", lambda fn=fn: fn, args) for name, fn in ok.items()}
+    for name, t in timed.items():
+        out[name] = {**t, "error": t.get("error")}
     return {name: out[name] for name in fns}
 
 
@@ -476,13 +483,13 @@ def bench_gemm_shape(m: int, n: int, k: int, args, seed: int, device: str = "cud
             print(f"  check scaled_gemm {m}x{n}x{k}: {res['scaled_check_error']}", file=sys.stderr)
     del ref
 
-    # None: not applicable to this shape
-    res["methods"] = with_tops(time_in_turns(f"{m}x{n}x{k}", {name: fn for name, fn in fns.items() if fn}, args), m, n, k)
-    res["methods"].update({name: None for name, fn in fns.items() if fn is None})
+    timed = with_tops(time_in_turns(f"{m}x{n}x{k}", {name: fn for name, fn in fns.items() if fn}, args), m, n, k)
+    res["methods"] = {name: timed.get(name) for name in fns}  # None: not applicable to this shape
 
     if m <= GRAPH_MAX_M:  # few-row GEMMs: also the GPU time alone, without the host's launch cost
-        graphs = {name: graphed(fns[name]) for name in GRAPH_METHODS}
-        res["graph_methods"] = with_tops(time_in_turns(f"{m}x{n}x{k} CUDA graph", graphs, args), m, n, k)
+        captured, failed = capture_graphs(f"{m}x{n}x{k}", {name: partial(graphed, fns[name]) for name in GRAPH_METHODS})
+        timed = time_in_turns(f"{m}x{n}x{k} CUDA graph", captured, args)
+        res["graph_methods"] = with_tops({name: failed.get(name) or timed[name] for name in GRAPH_METHODS}, m, n, k)
         tg = {name: d.get("tops") for name, d in res["graph_methods"].items()}
         res["graph_ratio_scaled_bf16"] = ratio(tg["scaled_gemm"], tg["bf16"])
         res["graph_ratio_ours_bf16"] = ratio(tg["ours"], tg["bf16"])
@@ -535,6 +542,11 @@ def bench_shapes(shapes: Sequence[Shape], args, bench: Callable[[int, int, int, 
         results.append(bench(m, n, k, args.seed + i))
         torch.cuda.empty_cache()
     return results
+
+
+def failed_methods(results: Sequence[dict], label: Callable[[dict], str]) -> List[str]:
+    """"<label of the row> <method>" for every timed method of results that has no time."""
+    return [f"{label(r)} {m}" for r in results for m, d in r["methods"].items() if d and d.get("ms") is None]
 
 
 def finish(args, payload: dict, plot: Callable[[str], bool], failed: Sequence[str] = ()) -> int:
@@ -631,9 +643,7 @@ def bench_linear_shape(m: int, d_in: int, d_out: int, args, seed: int) -> dict:
     row["methods"].update(time_in_turns(label, steps, args))
     row["methods"].update(graph_timings(label, {"bf16": ref, "int8": ours}, x, gy, args))
     t = {k: v["ms"] for k, v in row["methods"].items()}
-    row["fwd_speedup"] = t["bf16_fwd"] / t["int8_fwd"]
-    row["fwd_bwd_speedup"] = t["bf16_fwd_bwd"] / t["int8_fwd_bwd"]
-    for method in ("fwd_graph", "fwd_bwd_graph"):  # None where a CUDA-graph capture failed
+    for method in ("fwd", "fwd_bwd", "fwd_graph", "fwd_bwd_graph"):  # None where a method failed
         row[f"{method}_speedup"] = ratio(t[f"bf16_{method}"], t[f"int8_{method}"])
     add_bandwidths(row, xd, t, QUANTIZE_VARIANTS)
     return row
@@ -718,9 +728,9 @@ def run_linear(args: argparse.Namespace) -> int:
     for r in results:
         t = {k: v["ms"] for k, v in r["methods"].items()}
         pct = " ".join(f"{r[n + '_pct_of_copy_bw']:>11.1f}%" for n in QUANTIZE_VARIANTS)
-        print(f"{r['M']:>6} {r['in']:>6} {r['out']:>6} | {t['bf16_fwd']:>9.4f} {t['int8_fwd']:>9.4f} "
-              f"{r['fwd_speedup']:>5.2f} | {t['bf16_fwd_bwd']:>9.4f} {t['int8_fwd_bwd']:>9.4f} "
-              f"{r['fwd_bwd_speedup']:>5.2f} | {_fmt(r['fwd_graph_speedup'], 7, 2)} "
+        print(f"{r['M']:>6} {r['in']:>6} {r['out']:>6} | {_fmt(t['bf16_fwd'], 9, 4)} {_fmt(t['int8_fwd'], 9, 4)} "
+              f"{_fmt(r['fwd_speedup'], 5, 2)} | {_fmt(t['bf16_fwd_bwd'], 9, 4)} {_fmt(t['int8_fwd_bwd'], 9, 4)} "
+              f"{_fmt(r['fwd_bwd_speedup'], 5, 2)} | {_fmt(r['fwd_graph_speedup'], 7, 2)} "
               f"{_fmt(r['fwd_bwd_graph_speedup'], 7, 2)} | {r['copy_GBps']:>9.0f} {pct}")
     print("x = bf16 time / int8 time, called eagerly; g ... x: the same replayed from CUDA graphs (GPU time "
           "without the host's Python and launch cost); quantize columns: bandwidth as % of the copy's "
@@ -737,8 +747,9 @@ def run_linear(args: argparse.Namespace) -> int:
               f"{r['weight_memory_ratio']:.3f}")
     print("times in ms (median); x = bf16 time / int8 time")
     title = f"INT8 vs bf16 nn.Linear on {info['gpu']}"
+    failed = failed_methods(results, lambda r: f"{r['M']}x{r['in']}x{r['out']}")
     return finish(args, {"meta": info, "results": results, "decode": decode},
-                  lambda path: plot_linear(results, path, title))
+                  lambda path: plot_linear(results, path, title), failed)
 
 
 def plot_linear(results: Sequence[dict], path: str, title: str = "") -> bool:
@@ -828,7 +839,7 @@ def run_quantize(args: argparse.Namespace) -> int:
         results.append(bench_quantize_shape(rows, cols, QUANTIZE_DTYPES[args.dtype], args, args.seed + i))
         torch.cuda.empty_cache()
     print(format_quantize_table(results))
-    failed = [f"{r['rows']}x{r['cols']} {m}" for r in results for m, d in r["methods"].items() if d["ms"] is None]
+    failed = failed_methods(results, lambda r: f"{r['rows']}x{r['cols']}")
     title = f"fused quantize kernels, {args.dtype}, on {info['gpu']}"
     return finish(args, {"meta": info, "results": results}, lambda path: plot_quantize(results, path, title), failed)
 
@@ -997,34 +1008,51 @@ def bench_conv_shape(shape, batch: int, args) -> dict:
     label = f"{name} N={batch}"
     with torch.no_grad():
         row["methods"].update(time_in_turns(label, {"bf16_fwd": lambda: ref(x), "int8_fwd": lambda: ours(x)}, args))
-        err = (ours(x).float() - y.float()).abs().max() / y.float().abs().max()
-        row["fwd_max_rel_err"] = float(err)
+        row["fwd_max_rel_err"] = None  # unless the INT8 forward ran
+        if row["methods"]["int8_fwd"]["error"] is None:
+            row["fwd_max_rel_err"] = float((ours(x).float() - y.float()).abs().max() / y.float().abs().max())
     steps = {"bf16_fwd_bwd": training_step(ref, x, gy), "int8_fwd_bwd": training_step(ours, x, gy)}
     row["methods"].update(time_in_turns(label, steps, args))
     row["methods"].update(graph_timings(label, {"bf16": ref, "int8": ours}, x, gy, args))
     t = {m: v["ms"] for m, v in row["methods"].items()}
-    for method in CONV_METHODS:  # None where a CUDA-graph capture failed
+    for method in CONV_METHODS:  # None where a method failed
         row[f"{method}_speedup"] = ratio(t[f"bf16_{method}"], t[f"int8_{method}"])
-    row["int8_fwd_tops"] = flops / t["int8_fwd"] / 1e9
-    row["bf16_fwd_tflops"] = flops / t["bf16_fwd"] / 1e9
+    row["int8_fwd_tops"] = ratio(flops / 1e9, t["int8_fwd"])
+    row["bf16_fwd_tflops"] = ratio(flops / 1e9, t["bf16_fwd"])
     return row
 
 
+def capture_graphs(label: str, captures: Dict[str, Callable[[], Callable[[], object]]]):
+    """(replays, failures): each capture called (graphed or graphed_training_step, bound to its
+    arguments); one that raises gives an _error_result in failures instead of a replay."""
+    replays, failures = {}, {}
+    for name, capture in captures.items():
+        try:
+            replays[name] = capture()
+        except Exception as exc:  # noqa: BLE001 - a failed capture must not stop the whole benchmark
+            failures[name] = _error_result(f"{label} {name}", exc)
+    return replays, failures
+
+
 def graph_timings(label: str, layers: Dict[str, torch.nn.Module], x: torch.Tensor, gy: torch.Tensor,
-                       args) -> Dict[str, dict]:
+                  args) -> Dict[str, dict]:
     """"{side}_fwd_graph" and "{side}_fwd_bwd_graph" for each (side, layer) of layers: the forward
-    (under no_grad) and the training step (graphed_training_step) captured in CUDA graphs and timed
-    as replays on the same x and gy. A capture or replay that raises gives {"ms": None, "error": ...}
-    (printed to stderr) and the benchmark goes on."""
-    out = {}
+    (under no_grad) and the training step (graphed_training_step) captured in CUDA graphs, then
+    timed in turns as replays on the same x and gy. A capture or replay that raises gives {"ms":
+    None, "error": ...} (printed to stderr) and the benchmark goes on."""
+    replays, failures = {}, {}
     for side, layer in layers.items():
         with torch.no_grad():
-            out[f"{side}_fwd_graph"] = _time_or_error(f"{label} {side} forward, CUDA graph",
-                                                      partial(graphed, partial(layer, x)), args)
-        out[f"{side}_fwd_bwd_graph"] = _time_or_error(f"{label} {side} forward+backward, CUDA graph",
-                                                      partial(graphed_training_step, layer, x, gy), args)
+            r, f = capture_graphs(label, {f"{side}_fwd_graph": partial(graphed, partial(layer, x))})
+        replays.update(r)
+        failures.update(f)
+        r, f = capture_graphs(label, {f"{side}_fwd_bwd_graph": partial(graphed_training_step, layer, x, gy)})
+        replays.update(r)
+        failures.update(f)
         drop_grads(layer, x)  # the captured step's gradients (graph memory), or a failed capture's
-    return out
+    timed = time_in_turns(f"{label} CUDA graph", replays, args)
+    return {f"{side}_{method}": failures.get(f"{side}_{method}") or timed[f"{side}_{method}"]
+            for side in layers for method in ("fwd_graph", "fwd_bwd_graph")}
 
 
 def conv_layer(shape, batch: int, seed: int):
@@ -1098,7 +1126,8 @@ def run_conv(args: argparse.Namespace) -> int:
             torch.cuda.empty_cache()
     print(format_conv_table(results))
     title = f"INT8 vs cuDNN bf16 Conv2d on {info['gpu']}"
-    return finish(args, {"meta": info, "results": results}, lambda path: plot_conv(results, path, title))
+    failed = failed_methods(results, lambda r: f"{r['name']} N={r['N']}")
+    return finish(args, {"meta": info, "results": results}, lambda path: plot_conv(results, path, title), failed)
 
 
 def format_conv_table(results: Sequence[dict]) -> str:
@@ -1114,7 +1143,7 @@ def format_conv_table(results: Sequence[dict]) -> str:
         for method in CONV_METHODS:
             t = [(r["methods"].get(f"{side}_{method}") or {}).get("ms") for side in ("bf16", "int8")]
             line += f" | {_fmt(t[0], 10, 4)} {_fmt(t[1], 10, 4)} {_fmt(r.get(method + '_speedup'), 5, 2)}"
-        lines.append(line + f" | {r['int8_fwd_tops']:>9.1f} {r['fwd_max_rel_err']:>8.4f} "
+        lines.append(line + f" | {_fmt(r['int8_fwd_tops'], 9, 1)} {_fmt(r['fwd_max_rel_err'], 8, 4)} "
                             f"{r['workspace_bytes'] / 2**20:>10.1f}")
     lines.append("times in ms (median); x = bf16 time / int8 time; f+b = forward+backward; g = replayed from a CUDA "
                  "graph (GPU time without the host's Python and launch cost); im2col MiB: forward column buffer "
