@@ -22,18 +22,19 @@ in [-128, 127] per shape (seeded, so runs are reproducible).
 
 Timing (:func:`timeit_interleaved`): CUDA events.  ``warmup`` calls first (also used to estimate the
 time of one call); then ``reps`` measurements, each one an event pair around ``batch`` back-to-back calls,
-divided by ``batch``; the methods compared on one shape take turns, one measurement each per round.  ``batch`` is 1 unless one call takes less than ``_MIN_EVENT_MS`` (0.1 ms); then it is
-enough calls (at most 1000) to span about 0.1 ms, so that event resolution and jitter do not dominate
-tiny kernels.  All events are recorded before a single synchronize, so the GPU runs the calls back to
-back; for microsecond kernels (M = 1..16) the host-side launch overhead of each op can still exceed the
-kernel time, and then it is what gets measured (as in eager use).  The reported time is the median
-over the reps (min is kept in the JSON too).  Caches are not flushed
-between calls: for shapes whose operands fit in the L2 cache (50 MB on H100/H200, e.g. the
-small-M shapes with a 16 MiB 4096x4096 weight) the numbers are "warm L2" numbers and therefore
-optimistic for memory-bound cases; the same holds for every method, so the comparison is fair.
+divided by ``batch``; the methods compared on one shape take turns, one measurement each per round.
+``batch`` is 1 unless one call takes less than ``_MIN_EVENT_MS`` (0.1 ms); then it is enough calls (at
+most 1000) to span about 0.1 ms, so that event resolution and jitter do not dominate tiny kernels.  All
+events are recorded before a single synchronize, so the GPU runs the calls back to back; for
+microsecond kernels (M = 1..16) the host-side launch overhead of each op can still exceed the kernel
+time, and then it is what gets measured (as in eager use; the CUDA-graph columns give the GPU time).
+The reported time is the median over the reps (min is kept in the JSON too).  Caches are not flushed
+between calls: for shapes whose operands fit in the L2 cache (50 MB on H100/H200, e.g. the small-M
+shapes with a 16 MiB 4096x4096 weight) the numbers are "warm L2" numbers and therefore optimistic for
+memory-bound cases; the same holds for every method, so the comparison is fair.
 
-Subcommands are registered in :data:`COMMANDS` with :func:`register`; ``linear`` and ``conv`` can
-be added as further functions the same way.
+Subcommands (gemm, linear, quantize, backends, conv) are registered in :data:`COMMANDS` with
+:func:`register`.
 """
 
 from __future__ import annotations
