@@ -5,7 +5,7 @@
 # nvcc into a throw-away folder and compiles, once per architecture, every
 # source a build for that architecture compiles: the simt family (sm_50+), the
 # dp4a family (sm_61+) and the files all families share. The tensor-core
-# families (*_smNN.cu, gemm_skinny_mma.cu) need sm_75+ and are the CUDA 13 build's job.
+# families (*_smNN.cu, *_mma.cu) need sm_75+ and are the CUDA 13 build's job.
 #
 # Where CUDA 12 comes from: the PyPI wheel nvidia-cuda-nvcc-cu12 holds ptxas,
 # libdevice and the crt headers but not the nvcc driver, cicc or cudafe++, so
@@ -69,7 +69,7 @@ EOF
 # than sm_50 must be added here.
 min_arch() {
   case "$(basename "$1")" in
-    *_sm[0-9]*.cu | gemm_skinny_mma.cu) ;;  # tensor cores (gemm_skinny_mma.cu: mma.sync m16n8k32, sm_80+)
+    *_sm[0-9]*.cu | *_mma.cu) ;;  # tensor cores (*_mma.cu: mma.sync m16n8k32, sm_80+)
     gemm_dp4a.cu | gemm_skinny.cu) echo 61 ;;  # __dp4a
     *) echo 50 ;;
   esac

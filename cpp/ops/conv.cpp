@@ -1,4 +1,5 @@
-// int8::im2col, col2im, conv2d, scaled_conv2d, conv2d_dgrad, conv2d_wgrad:
+// int8::im2col, col2im, conv2d, scaled_conv2d, conv2d_dgrad, scaled_conv2d_dgrad,
+// conv2d_wgrad, scaled_conv2d_wgrad:
 // schema, CPU / CUDA / Meta kernels.
 //
 // Tensors are logically NCHW (weights [K, C/G, R, S]) as in torch.nn; any
@@ -203,9 +204,8 @@ Dims<kSym> dgrad_dims(const at::Tensor& grad_out, const at::Tensor& weight, at::
 // grad_out [N, K, P, Q] with x [N, C, H, W] and the filter size (R, S).
 template <bool kSym>
 Dims<kSym> wgrad_dims(const at::Tensor& grad_out, const at::Tensor& x, at::IntArrayRef kernel_size,
-                      const ConvParams& cp) {
+                      const ConvParams& cp, const char* op) {
   using S = Shape<kSym>;
-  const char* op = "conv2d_wgrad";
   check_int8_4d_pair(grad_out, "grad_out", "[N, K, P, Q]", x, "x", "[N, C, H, W]", op);
   const auto rs = hw_pair(kernel_size, op, "kernel_size", 1);
   TORCH_CHECK_VALUE(S::size(grad_out, 0) == S::size(x, 0), op, ": batch mismatch: grad_out ", shape_str(grad_out),
@@ -213,6 +213,16 @@ Dims<kSym> wgrad_dims(const at::Tensor& grad_out, const at::Tensor& x, at::IntAr
   const auto d = conv_dims(S::size(x, 0), S::size(x, 1), S::size(x, 2), S::size(x, 3), S::size(grad_out, 1), rs[0],
                            rs[1], cp, op);
   check_grad_out_size<kSym>(grad_out, d, op, "x " + shape_str(x));
+  return d;
+}
+
+// conv2d_wgrad's int32 result sums over all N*P*Q pixels.
+template <bool kSym>
+Dims<kSym> int32_wgrad_dims(const at::Tensor& grad_out, const at::Tensor& x, at::IntArrayRef kernel_size,
+                            const ConvParams& cp) {
+  using S = Shape<kSym>;
+  const char* op = "conv2d_wgrad";
+  const auto d = wgrad_dims<kSym>(grad_out, x, kernel_size, cp, op);
   const auto pixels = S::known(d.n * d.p * d.q);
   TORCH_CHECK_VALUE(!pixels || *pixels <= kernels::kMaxK, op, ": N*P*Q = ", int_str(d.n * d.p * d.q), " exceeds ",
                     int_str(kernels::kMaxK), ", beyond which the int32 result can overflow; split the batch");
@@ -640,7 +650,7 @@ at::Tensor conv2d_wgrad_kernel(const at::Tensor& grad_out, const at::Tensor& x, 
                                at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                int64_t groups) {
   const ConvParams cp = conv_params("conv2d_wgrad", stride, padding, dilation, groups);
-  const ConvProblem p = problem_of(wgrad_dims<false>(grad_out, x, kernel_size, cp), cp);
+  const ConvProblem p = problem_of(int32_wgrad_dims<false>(grad_out, x, kernel_size, cp), cp);
   c10::DeviceGuard guard(x.device());
   const int64_t align = x.is_cuda() ? kGpuAlign : 1;
   const int64_t g = p.groups, cg = p.c / g, kg = p.k / g, per_image = p.p * p.q, pixels = p.n * per_image;
@@ -688,8 +698,72 @@ at::Tensor conv2d_wgrad_meta(const at::Tensor& grad_out, const at::Tensor& x, at
                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                              int64_t groups) {
   const auto d =
-      wgrad_dims<true>(grad_out, x, kernel_size, conv_params("conv2d_wgrad", stride, padding, dilation, groups));
+      int32_wgrad_dims<true>(grad_out, x, kernel_size, conv_params("conv2d_wgrad", stride, padding, dilation, groups));
   return at::empty_symint({d.k, d.c / groups, d.r, d.s}, x.options().dtype(at::kInt));
+}
+
+// --- scaled wgrad: per-image scales, float32 result ----------------------------------
+
+template <bool kSym>
+Dims<kSym> scaled_wgrad_dims(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& scale_grad_out,
+                             const at::Tensor& scale_x, at::IntArrayRef kernel_size, const ConvParams& cp) {
+  const char* op = "scaled_conv2d_wgrad";
+  const auto d = wgrad_dims<kSym>(grad_out, x, kernel_size, cp, op);
+  check_dtype(scale_grad_out, at::kFloat, op, "scale_grad_out");
+  check_dtype(scale_x, at::kFloat, op, "scale_x");
+  check_epilogue_vector<kSym>(scale_grad_out, d.n, grad_out, op, "scale_grad_out", "per tensor or per image");
+  check_epilogue_vector<kSym>(scale_x, d.n, grad_out, op, "scale_x", "per tensor or per image");
+  return d;
+}
+
+// The images one at a time (conv2d_wgrad of each, exact), scaled and summed in
+// float64: the CPU kernel, and the GPU's where the implicit-GEMM kernel declines.
+at::Tensor scaled_wgrad_by_image(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& image_scale,
+                                 at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                                 at::IntArrayRef dilation, int64_t groups) {
+  at::Tensor sum;
+  for (int64_t n = 0; n < x.size(0); ++n) {
+    const at::Tensor acc = conv2d_wgrad_kernel(grad_out.narrow(0, n, 1), x.narrow(0, n, 1), kernel_size, stride,
+                                               padding, dilation, groups);
+    const at::Tensor term = acc.to(at::kDouble) * image_scale.select(0, n);
+    sum = n == 0 ? term : sum.add_(term);
+  }
+  return sum.to(at::kFloat);
+}
+
+at::Tensor scaled_conv2d_wgrad_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& scale_grad_out,
+                                      const at::Tensor& scale_x, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                      at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  const char* op = "scaled_conv2d_wgrad";
+  const ConvParams cp = conv_params(op, stride, padding, dilation, groups);
+  const ConvProblem p = problem_of(scaled_wgrad_dims<false>(grad_out, x, scale_grad_out, scale_x, kernel_size, cp), cp);
+  c10::DeviceGuard guard(x.device());
+  if (x.is_cuda()) {
+    const at::Tensor dy = grad_out.contiguous(at::MemoryFormat::ChannelsLast);
+    const at::Tensor xs = x.contiguous(at::MemoryFormat::ChannelsLast);
+    const at::Tensor sg = scale_grad_out.contiguous(), sx = scale_x.contiguous();
+    kernels::ScaledWgrad w;
+    w.geometry = p, w.grad_out = dy.const_data_ptr<int8_t>(), w.x = xs.const_data_ptr<int8_t>();
+    w.scale_grad_out = sg.const_data_ptr<float>(), w.grad_out_per_tensor = sg.numel() == 1;
+    w.scale_x = sx.const_data_ptr<float>(), w.x_per_tensor = sx.numel() == 1;
+    w.splits = kernels::conv2d_wgrad_scaled_splits(p);
+    const at::Tensor partial = at::empty({w.splits, p.k, p.r, p.s, p.c}, x.options().dtype(at::kFloat));
+    w.partial = partial.data_ptr<float>();
+    const kernels::Status status = kernels::conv2d_wgrad_scaled_cuda(w, stream_of(x));
+    if (status == kernels::Status::kSuccess) return partial.sum(0).permute({0, 3, 1, 2}).contiguous();
+    if (status != kernels::Status::kInvalidArgument && status != kernels::Status::kNoKernel) check_status(status, op);
+  }
+  // Per image: the float32 product of its two scales, as the GPU kernel forms it.
+  const at::Tensor image_scale = (scale_grad_out.expand({p.n}) * scale_x.expand({p.n})).to(at::kDouble);
+  return scaled_wgrad_by_image(grad_out, x, image_scale, kernel_size, stride, padding, dilation, groups);
+}
+
+at::Tensor scaled_conv2d_wgrad_meta(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& scale_grad_out,
+                                    const at::Tensor& scale_x, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  const ConvParams cp = conv_params("scaled_conv2d_wgrad", stride, padding, dilation, groups);
+  const auto d = scaled_wgrad_dims<true>(grad_out, x, scale_grad_out, scale_x, kernel_size, cp);
+  return at::empty_symint({d.k, d.c / groups, d.r, d.s}, x.options().dtype(at::kFloat));
 }
 
 // --- im2col / col2im (torch.nn.functional.unfold / fold) -------------------------------
@@ -846,6 +920,9 @@ TORCH_LIBRARY_FRAGMENT(int8, m) {
   m.def(
       "conv2d_wgrad(Tensor grad_out, Tensor x, int[2] kernel_size, int[2] stride=1, int[2] padding=0, "
       "int[2] dilation=1, int groups=1) -> Tensor");
+  m.def(
+      "scaled_conv2d_wgrad(Tensor grad_out, Tensor x, Tensor scale_grad_out, Tensor scale_x, int[2] kernel_size, "
+      "int[2] stride=1, int[2] padding=0, int[2] dilation=1, int groups=1) -> Tensor");
   m.def("get_conv_workspace_limit() -> int", get_conv_workspace_limit);
   m.def("set_conv_workspace_limit(int bytes) -> ()", set_conv_workspace_limit);
 }
@@ -861,6 +938,7 @@ void impl_conv_kernels(torch::Library& m) {
   m.impl("conv2d_dgrad", conv2d_dgrad_kernel);
   m.impl("scaled_conv2d_dgrad", scaled_conv2d_dgrad_kernel);
   m.impl("conv2d_wgrad", conv2d_wgrad_kernel);
+  m.impl("scaled_conv2d_wgrad", scaled_conv2d_wgrad_kernel);
 }
 }  // namespace
 
@@ -878,6 +956,7 @@ TORCH_LIBRARY_IMPL(int8, Meta, m) {
   m.impl("conv2d_dgrad", conv2d_dgrad_meta);
   m.impl("scaled_conv2d_dgrad", scaled_conv2d_dgrad_meta);
   m.impl("conv2d_wgrad", conv2d_wgrad_meta);
+  m.impl("scaled_conv2d_wgrad", scaled_conv2d_wgrad_meta);
 }
 
 }  // namespace torch_int8::ops

@@ -87,6 +87,24 @@ def conv2d_wgrad(grad_out: torch.Tensor, x: torch.Tensor, kernel_size: IntPair, 
                              int(groups))
 
 
+def scaled_conv2d_wgrad(grad_out: QTensor, x: QTensor, kernel_size: IntPair, stride: IntPair = 1,
+                        padding: IntPair = 0, dilation: IntPair = 1, groups: int = 1) -> torch.Tensor:
+    """Dequantized weight gradient of conv2d from operands quantized per image (or per tensor):
+    float32 ``[K, C/groups, R, S]`` = sum over images n of ``float(wgrad of image n) * (scale_grad_out[n] *
+    scale_x[n])``, each image's sum exact in int32, the images added in float32 (GPU; any order) or
+    float64 (CPU). Unlike conv2d_wgrad, images need not share a scale and N*P*Q is not limited.
+    grad_out ``[N, K, P, Q]`` and x ``[N, C, H, W]``: symmetric QTensors, dim None or 0; NHWC
+    (channels_last) memory is read in place. On sm80 / sm90 GPUs with groups == 1 and C, K multiples
+    of 16 one implicit-GEMM kernel computes it; otherwise the images are taken one at a time."""
+    for name, t in (("grad_out", grad_out), ("x", x)):
+        if t.dim not in (None, 0):
+            raise ValueError(f"scaled_conv2d_wgrad: {name} must be quantized per tensor or per image (dim=0), "
+                             f"got dim={t.dim}")
+        _check_symmetric(t, "scaled_conv2d_wgrad", name)
+    return _ops.scaled_conv2d_wgrad(grad_out.data, x.data, grad_out.scale.reshape(-1), x.scale.reshape(-1),
+                                    _pair(kernel_size), _pair(stride), _pair(padding), _pair(dilation), int(groups))
+
+
 def scaled_conv2d(x: QTensor, weight: QTensor, bias: Optional[torch.Tensor] = None, stride: IntPair = 1,
                   padding: IntPair = 0, dilation: IntPair = 1, groups: int = 1,
                   out_dtype: torch.dtype = torch.bfloat16, out_scale: Optional[float] = None,

@@ -16,6 +16,8 @@ Status column_stats_cuda(const ColumnStats&, void*) { return Status::kNoKernel; 
 Status quantize_rows_cuda(const QuantizeRows&, void*) { return Status::kNoKernel; }
 Status quantize_columns_t_cuda(const QuantizeColumnsT&, void*) { return Status::kNoKernel; }
 Status conv2d_fprop_cuda(const ConvProblem&, const Epilogue&, void*) { return Status::kNoKernel; }
+int64_t conv2d_wgrad_scaled_splits(const ConvProblem&) { return 1; }
+Status conv2d_wgrad_scaled_cuda(const ScaledWgrad&, void*) { return Status::kNoKernel; }
 Status im2col_cuda(const Im2Col&, void*) { return Status::kNoKernel; }
 Status col2im_cuda(const Col2Im&, void*) { return Status::kNoKernel; }
 

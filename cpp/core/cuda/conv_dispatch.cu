@@ -1,6 +1,7 @@
 // Forward convolution entry point: checks the geometry every kernel needs,
 // then runs the implicit-GEMM family of the GEMM's family choice
 // (gemm_backend, so TORCH_INT8_GEMM_BACKEND forces both alike).
+#include <algorithm>
 #include <cstring>
 #include <limits>
 
@@ -32,22 +33,62 @@ bool conv_geometry_ok(const ConvProblem& p) {
   return fits_int && p.c / p.groups * p.r * p.s <= kMaxK && p.x && p.filter && p.y;
 }
 
-}  // namespace
-
-Status conv2d_fprop_cuda(const ConvProblem& p, const Epilogue& e, void* stream) {
-  if (!conv_geometry_ok(p)) return Status::kInvalidArgument;
+// The GEMM family of the current device (gemm_backend), or null; false on a CUDA error.
+bool current_family(const char** family) {
   int device = 0, major = 0, minor = 0;
   if (cudaGetDevice(&device) != cudaSuccess ||
       cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
       cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess)
-    return Status::kCudaError;
-  [[maybe_unused]] const char* family = gemm_backend(major * 10 + minor);
+    return false;
+  *family = gemm_backend(major * 10 + minor);
+  return true;
+}
+
+bool is_family(const char* family, const char* name) { return family && std::strcmp(family, name) == 0; }
+
+}  // namespace
+
+Status conv2d_fprop_cuda(const ConvProblem& p, const Epilogue& e, void* stream) {
+  if (!conv_geometry_ok(p)) return Status::kInvalidArgument;
+  const char* family = nullptr;
+  if (!current_family(&family)) return Status::kCudaError;
   [[maybe_unused]] const auto s = static_cast<cudaStream_t>(stream);
 #ifdef TORCH_INT8_CONV_SM90
-  if (family && std::strcmp(family, "sm90") == 0) return detail::conv2d_fprop_sm90(p, e, s);
+  if (is_family(family, "sm90")) return detail::conv2d_fprop_sm90(p, e, s);
 #endif
 #ifdef TORCH_INT8_CONV_SM80
-  if (family && std::strcmp(family, "sm80") == 0) return detail::conv2d_fprop_sm80(p, e, s);
+  if (is_family(family, "sm80")) return detail::conv2d_fprop_sm80(p, e, s);
+#endif
+  return Status::kNoKernel;
+}
+
+// Blocks per SM the splits aim at: the kernel's 128-thread blocks fit several to an SM.
+constexpr int64_t kWgradBlocksPerSm = 4;
+
+int64_t conv2d_wgrad_scaled_splits(const ConvProblem& p) {
+#ifdef TORCH_INT8_WGRAD_MMA
+  int device = 0, sm_count = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
+    return 1;
+  const int64_t blocks = detail::wgrad_mma_blocks(p);
+  return std::clamp<int64_t>((kWgradBlocksPerSm * sm_count + blocks - 1) / blocks, 1, p.n);
+#else
+  (void)p;
+  return 1;
+#endif
+}
+
+Status conv2d_wgrad_scaled_cuda(const ScaledWgrad& w, void* stream) {
+  ConvProblem p = w.geometry;
+  p.x = p.filter = reinterpret_cast<const int8_t*>(w.x);  // conv_geometry_ok asks for non-null operands
+  p.y = w.partial;
+  if (!conv_geometry_ok(p) || w.splits < 1 || w.splits > p.n) return Status::kInvalidArgument;
+  const char* family = nullptr;
+  if (!current_family(&family)) return Status::kCudaError;
+#ifdef TORCH_INT8_WGRAD_MMA
+  if (is_family(family, "sm90") || is_family(family, "sm80"))
+    return detail::conv2d_wgrad_mma(w, static_cast<cudaStream_t>(stream));
 #endif
   return Status::kNoKernel;
 }

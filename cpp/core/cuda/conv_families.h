@@ -15,6 +15,11 @@ namespace torch_int8::kernels::detail {
 Status conv2d_fprop_sm80(const ConvProblem& p, const Epilogue& e, cudaStream_t stream);  // Ampere / Ada
 Status conv2d_fprop_sm90(const ConvProblem& p, const Epilogue& e, cudaStream_t stream);  // Hopper
 
+// The implicit-GEMM weight gradient of the sm80 and sm90 families (conv_wgrad_mma.cu, mma.sync):
+// its block count for one image range, and the kernel.
+int64_t wgrad_mma_blocks(const ConvProblem& p);
+Status conv2d_wgrad_mma(const ScaledWgrad& w, cudaStream_t stream);
+
 // What every tensor-core family needs besides the geometry: one group (the
 // kernels see the whole C as GEMM-K), 16-byte vector accesses to activation,
 // filter and output rows (C a multiple of 16, K of 16 bytes of output), and

@@ -20,6 +20,7 @@
 #include "families.h"
 #include "gemm_common.cuh"
 #include "epilogue_simt.cuh"
+#include "mma_sm80.cuh"
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
 #error "gemm_skinny_mma.cu needs mma.sync m16n8k32 (sm_80 or newer)"
@@ -55,14 +56,6 @@ __device__ __forceinline__ int4 load_streaming(const int8_t* ptr) {
       : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
       : "l"(ptr));
   return v;
-}
-
-// c += a (16 x 32, row-major) * b (32 x 8, column-major), int8 in, int32 sums.
-__device__ __forceinline__ void mma_s8(int (&c)[4], int a0, int a1, int a2, int a3, int b0, int b1) {
-  asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};"
-      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
 // Block (x, y) computes columns [kCols x, +kCols) of batch y for rows

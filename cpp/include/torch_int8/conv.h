@@ -42,6 +42,38 @@ struct ConvProblem {
 //   sm80 (CUTLASS 2.x): R, S <= 32; X, W and Y each under 2^31 bytes.
 Status conv2d_fprop_cuda(const ConvProblem& p, const Epilogue& e, void* stream);
 
+// --- Weight gradient from per-image quantized operands (implicit GEMM) ---
+//
+// dW[k, r, s, c] = sum over images n of
+//   float(sum_{p,q} dY[n, p, q, k] * X[n, p*stride_h - pad_h + r*dilation_h, q*stride_w - pad_w + s*dilation_w, c])
+//   * (scale_grad_out[n] * scale_x[n])
+// (X read as 0 outside the image): every image's sum exact in int32, then
+// scaled and added in float32. Images therefore need not share a scale, and
+// the operands stay in the NHWC layout that quantize_rows gives them (no
+// transposed copies, no column buffer). The images are split into `splits`
+// consecutive ranges; range j's sum goes to partial[j] (the caller adds them:
+// deterministic, no atomics).
+struct ScaledWgrad {
+  ConvProblem geometry;              // sizes and geometry; groups 1; its x, filter, y unused
+  const int8_t* grad_out = nullptr;  // N x P x Q x K int8, dense NHWC
+  const int8_t* x = nullptr;         // N x H x W x C int8, dense NHWC
+  const float* scale_grad_out = nullptr;  // [N], or [1] when grad_out_per_tensor
+  const float* scale_x = nullptr;         // [N], or [1] when x_per_tensor
+  bool grad_out_per_tensor = false, x_per_tensor = false;
+  float* partial = nullptr;  // [splits][K][R][S][C] float32
+  int64_t splits = 1;
+};
+
+// How many image ranges conv2d_wgrad_scaled_cuda splits this problem into on
+// the current device (enough blocks to fill it; at most N).
+int64_t conv2d_wgrad_scaled_splits(const ConvProblem& p);
+
+// On tensor cores of sm_80+ GPUs whose GEMM family (gemm_backend) is sm80 or
+// sm90. kInvalidArgument unless groups == 1, C and K are multiples of 16 and
+// grad_out, x are 16-byte aligned; kNoKernel for other families (the caller
+// then computes the images one by one with conv2d_wgrad).
+Status conv2d_wgrad_scaled_cuda(const ScaledWgrad& w, void* stream);
+
 // --- General path: im2col / col2im (any stride, padding, dilation, groups) ---
 //
 // The column matrix unrolls every output pixel's receptive field. Its element

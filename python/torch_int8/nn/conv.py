@@ -4,12 +4,16 @@ Conv2d keeps nn.Conv2d's parameters and state_dict; its three products run in IN
 operand quantized along a dimension that the product does not reduce, so the scales factor out:
   forward      Y  = conv(X, W) + b    X per image,  W per output channel   (scales fused in the epilogue)
   grad_input   dX = dgrad(dY, W)      dY per image, W per input channel    (exact int32, then scaled)
-  grad_weight  dW = wgrad(dY, X)      dY per output channel, X per input channel
+  grad_weight  dW = wgrad(dY, X)      dY per image, X per image (each image's int32 sum scaled by its
+                                     two scales, the images added in float32: scaled_conv2d_wgrad),
+                                     or dY per output channel, X per input channel (see below)
 ("tensor" granularity: one scale per operand). A stride-1 dgrad is the forward convolution of dY
 with the rotated, transposed filter (implicit GEMM, scales in its epilogue); other strides sum taps
 after their GEMM (col2im), which rescales the int32 sums as it writes them (scaled_conv2d_dgrad).
-wgrad is split into batches of at most 131071 output pixels, its operands quantized straight into
-the [C, N, H, W] layout it reads.
+wgrad reuses the forward's quantized X and dgrad's quantized dY where its implicit-GEMM kernel runs
+(CUDA, sm80 / sm90 families, one group, channel counts multiples of 16). Elsewhere it is split into
+batches of at most 131071 output pixels, its operands quantized per channel straight into the
+[C, N, H, W] layout that path reads (im2col + GEMM).
 """
 from __future__ import annotations
 
@@ -19,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from ..config import Int8Config
-from ..conv import conv2d_dgrad, conv2d_wgrad, scaled_conv2d, scaled_conv2d_dgrad
+from ..backends import selected_backend
+from ..conv import conv2d_dgrad, conv2d_wgrad, scaled_conv2d, scaled_conv2d_dgrad, scaled_conv2d_wgrad
 from ..functional import QTensor, column_amax, quantize, quantize_columns_t, quantize_rows_with_sums, scaled_gemm
 from ._common import (autocast_off, load_int8_weight, output_dtype, quantize_activation, register_int8_weight,
                       sharing_parameters)
@@ -191,8 +196,16 @@ def _wgrad_in_int32(grad_out: torch.Tensor) -> bool:
     return grad_out.shape[2] * grad_out.shape[3] <= _MAX_PIXELS
 
 
+def _implicit_wgrad(x: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
+    """Whether scaled_conv2d_wgrad's implicit-GEMM kernel takes this layer's weight gradient (the
+    conditions of conv.h's conv2d_wgrad_scaled_cuda); its other paths go image by image, slower
+    than _grad_weight's batched one."""
+    return (x.is_cuda and groups == 1 and x.shape[1] % 16 == 0 and weight.shape[0] % 16 == 0
+            and selected_backend(x.device) in ("sm80", "sm90"))
+
+
 def _grad_weight(grad_out, x, weight, geometry, config: Int8Config, grad_amax: Optional[torch.Tensor] = None):
-    """dW; grad_amax: dY's channel maxima if an earlier pass found them."""
+    """dW by the per-channel path; grad_amax: dY's channel maxima if an earlier pass found them."""
     stride, padding, dilation, groups = geometry
     n, _, p, q = grad_out.shape
     if not _wgrad_in_int32(grad_out):  # one image alone could overflow int32: float product
@@ -214,35 +227,49 @@ def _grad_weight(grad_out, x, weight, geometry, config: Int8Config, grad_amax: O
 class _Int8Conv2dFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, geometry, config: Int8Config, out_dtype):
-        ctx.save_for_backward(x, weight)
         ctx.geometry, ctx.config, ctx.has_bias = geometry, config, bias is not None
+        ctx.x_shape, ctx.x_dtype, ctx.x_format = x.shape, x.dtype, _memory_format(x)
         stride, padding, dilation, groups = geometry
+        ctx.implicit_wgrad = config.grad_weight and _implicit_wgrad(x, weight, groups)
         if not config.forward:
+            ctx.save_for_backward(x, weight)
             return F.conv2d(x.to(out_dtype), weight.to(out_dtype), None if bias is None else bias.to(out_dtype),
                             stride, padding, dilation, groups)
         # Per image x per output channel ("channel"): the same function quantizes both.
-        y = scaled_conv2d(_quantize_operand(x, config), _quantize_operand(weight, config), bias, stride, padding,
-                          dilation, groups, out_dtype=out_dtype)
-        return y.contiguous(memory_format=_memory_format(x))
+        qx = _quantize_operand(x, config)
+        y = scaled_conv2d(qx, _quantize_operand(weight, config), bias, stride, padding, dilation, groups,
+                          out_dtype=out_dtype)
+        # The implicit-GEMM wgrad reads this quantized x: saved instead of x (half the bytes of bf16),
+        # which no other backward product then needs.
+        ctx.save_for_backward(*((None, weight, qx.data, qx.scale) if ctx.implicit_wgrad else (x, weight)))
+        return y.contiguous(memory_format=ctx.x_format)
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, weight = ctx.saved_tensors
+        x, weight, *saved_qx = ctx.saved_tensors
         config, geometry = ctx.config, ctx.geometry
         stride, padding, dilation, groups = geometry
         int8_dgrad = ctx.needs_input_grad[0] and config.grad_input
+        implicit_wgrad = ctx.needs_input_grad[1] and ctx.implicit_wgrad
         int8_wgrad = ctx.needs_input_grad[1] and config.grad_weight and _wgrad_in_int32(grad_out)
         bgrad = ctx.has_bias and ctx.needs_input_grad[2]
-        grad_x = grad_w = grad_b = grad_amax = grad_sum = None
-        if int8_dgrad:  # with dY's quantization come wgrad's channel maxima and the bias gradient
-            qg, grad_amax, grad_sum = _quantize_grad_out(grad_out, config, int8_wgrad, bgrad)
-            grad_x = _grad_input(qg, weight, x.shape, geometry, config, x.dtype)
-            grad_x = grad_x.contiguous(memory_format=_memory_format(x))
+        grad_x = grad_w = grad_b = grad_amax = grad_sum = qg = None
+        if int8_dgrad or implicit_wgrad:  # with dY's quantization come the bias gradient (and channel maxima)
+            amax = int8_wgrad and not implicit_wgrad
+            qg, grad_amax, grad_sum = _quantize_grad_out(grad_out, config, amax, bgrad)
+        if int8_dgrad:
+            grad_x = _grad_input(qg, weight, ctx.x_shape, geometry, config, ctx.x_dtype)
+            grad_x = grad_x.contiguous(memory_format=ctx.x_format)
         elif ctx.needs_input_grad[0]:
-            grad_x = torch.nn.grad.conv2d_input(x.shape, weight.to(grad_out.dtype), grad_out, stride, padding,
-                                                dilation, groups).to(x.dtype)
+            grad_x = torch.nn.grad.conv2d_input(ctx.x_shape, weight.to(grad_out.dtype), grad_out, stride, padding,
+                                                dilation, groups).to(ctx.x_dtype)
         if ctx.needs_input_grad[1]:
-            if config.grad_weight:
+            if implicit_wgrad:
+                qx = QTensor(*saved_qx, None, 0 if saved_qx[1].dim() else None) if saved_qx else \
+                    _quantize_operand(x, config)
+                grad_w = scaled_conv2d_wgrad(qg, qx, weight.shape[2:], stride, padding, dilation,
+                                             groups).to(weight.dtype)
+            elif config.grad_weight:
                 grad_w = _grad_weight(grad_out, x, weight, geometry, config, grad_amax)
             else:
                 grad_w = torch.nn.grad.conv2d_weight(x.to(grad_out.dtype), weight.shape, grad_out, stride, padding,
