@@ -1,7 +1,6 @@
 // Forward convolution entry point: checks the geometry every kernel needs,
 // then runs the implicit-GEMM family of the GEMM's family choice
 // (gemm_backend, so TORCH_INT8_GEMM_BACKEND forces both alike).
-#include <algorithm>
 #include <cstring>
 #include <limits>
 
@@ -62,17 +61,13 @@ Status conv2d_fprop_cuda(const ConvProblem& p, const Epilogue& e, void* stream) 
   return Status::kNoKernel;
 }
 
-// Blocks per SM the splits aim at: the kernel's 128-thread blocks fit several to an SM.
-constexpr int64_t kWgradBlocksPerSm = 4;
-
 int64_t conv2d_wgrad_scaled_splits(const ConvProblem& p) {
 #ifdef TORCH_INT8_WGRAD_MMA
   int device = 0, sm_count = 0;
   if (cudaGetDevice(&device) != cudaSuccess ||
       cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
     return 1;
-  const int64_t blocks = detail::wgrad_mma_blocks(p);
-  return std::clamp<int64_t>((kWgradBlocksPerSm * sm_count + blocks - 1) / blocks, 1, p.n);
+  return detail::wgrad_mma_splits(p, sm_count);
 #else
   (void)p;
   return 1;
@@ -83,7 +78,7 @@ Status conv2d_wgrad_scaled_cuda(const ScaledWgrad& w, void* stream) {
   ConvProblem p = w.geometry;
   p.x = p.filter = reinterpret_cast<const int8_t*>(w.x);  // conv_geometry_ok asks for non-null operands
   p.y = w.partial;
-  if (!conv_geometry_ok(p) || w.splits < 1 || w.splits > p.n) return Status::kInvalidArgument;
+  if (!conv_geometry_ok(p) || w.splits < 1) return Status::kInvalidArgument;
   const char* family = nullptr;
   if (!current_family(&family)) return Status::kCudaError;
 #ifdef TORCH_INT8_WGRAD_MMA

@@ -16,8 +16,8 @@ Status conv2d_fprop_sm80(const ConvProblem& p, const Epilogue& e, cudaStream_t s
 Status conv2d_fprop_sm90(const ConvProblem& p, const Epilogue& e, cudaStream_t stream);  // Hopper
 
 // The implicit-GEMM weight gradient of the sm80 and sm90 families (conv_wgrad_mma.cu, mma.sync):
-// its block count for one image range, and the kernel.
-int64_t wgrad_mma_blocks(const ConvProblem& p);
+// how many stretches of the pixels it splits p into on a GPU of sm_count SMs, and the kernel.
+int64_t wgrad_mma_splits(const ConvProblem& p, int sm_count);
 Status conv2d_wgrad_mma(const ScaledWgrad& w, cudaStream_t stream);
 
 // What every tensor-core family needs besides the geometry: one group (the

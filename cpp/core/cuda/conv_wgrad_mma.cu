@@ -4,10 +4,12 @@
 //
 // For one filter tap (r, s), dW[:, r, s, :] is the GEMM D[K, C] reducing over
 // the output pixels (p, q) of every image. A block owns one tap, 64 output
-// channels k, 64 input channels c and a range of images. Each step stages 32
-// pixels: their rows of dY (64 bytes each, coalesced) and the X pixels those
-// meet at the block's tap (one 16-byte vector per pixel and 16 channels,
-// zero outside the image: padding, stride and dilation are index arithmetic).
+// channels k, 64 input channels c and an even share of the pixels: a stretch
+// of the sequence of 64-pixel stages, image after image. A 4-stage cp.async
+// pipeline stages each stage's rows of dY (64 bytes per pixel, coalesced) and
+// the X pixels those meet at the block's tap (one 16-byte copy per pixel and
+// 16 channels, zero-filled outside the image: padding, stride and dilation are
+// index arithmetic, kept incremental so that no division runs per stage).
 // The GEMM reduces over pixels, which NHWC does not store contiguously, so
 // each lane reads 4 channels x 4 pixels (four 32-bit words) and transposes
 // them with byte permutes into the 4-pixel words the mma takes.
@@ -16,9 +18,11 @@
 // consecutive channels become rows group and group + 8 of the warp's two
 // 16-row tiles (A) or column group of its four 8-column tiles (B), which keeps
 // one transpose per operand and pixel quad. Sums stay int32 within an image
-// (and within kFlushSteps steps: no overflow) and are scaled into float32 at
-// its end with that image's two scales.
+// (and within kFlushStages stages: no overflow) and are scaled into float32 at
+// its end, or at the end of the block's stretch, with that image's two scales.
 #include <cuda_runtime_api.h>
+
+#include <algorithm>
 
 #include "conv_families.h"
 #include "mma_sm80.cuh"
@@ -35,12 +39,14 @@ constexpr int kTileC = 64;  // input channels per block (mma columns)
 constexpr int kPixels = 64;  // pixels per stage: two mma k-steps of 32
 constexpr int kStages = 4;  // cp.async pipeline depth: three stages in flight while one computes
 constexpr int kThreads = 128;  // 4 warps, each 32 k x 32 c
+constexpr int kMinBlocksPerSm = 4;  // 128 registers per thread at most
 constexpr int kVector = 16;  // bytes per copy: 16 channels of one pixel
 constexpr int kChunks = kTileK / kVector;  // copies per pixel row
 constexpr int kCopies = kPixels * kChunks / kThreads;  // copies of each operand per thread and stage
+constexpr int kRowStride = kThreads / kChunks;  // between a thread's rows of a stage
 static_assert(kTileK == kTileC && kChunks == 4 && kPixels * kChunks % kThreads == 0, "the layout below");
-// |int32 sum| <= 128 * 128 * kPixels * kFlushSteps < 2^31: flush to float32 at least this often.
-constexpr int kFlushSteps = 2047;
+// |int32 sum| <= 128 * 128 * kPixels * kFlushStages < 2^31: flush to float32 at least this often.
+constexpr int kFlushStages = 2047;
 
 // A stage holds kPixels rows of 64 channel bytes per operand. The 16-byte
 // chunks of row p sit at chunk ^ (p & 2): a fragment load (below) reads rows
@@ -84,12 +90,17 @@ __device__ __forceinline__ void commit_copies() { asm volatile("cp.async.commit_
 template <int kPending>
 __device__ __forceinline__ void wait_copies() { asm volatile("cp.async.wait_group %0;" ::"n"(kPending)); }
 
-// Where one block works: its tap, channel tiles and image range.
+__device__ __forceinline__ int stages_per_image(const ConvProblem& p) {
+  return static_cast<int>((p.p * p.q + kPixels - 1) / kPixels);
+}
+
+// What one block computes: its tap, its channel tiles and its stretch of the
+// stage sequence, an even share (to one stage) of all the tile's stages.
 struct BlockWork {
   int r, s;
   int h_offset, w_offset;  // the input row / column of output pixel (0, 0) at this tap
   int64_t k0, c0;
-  int64_t n_begin, n_end;
+  int64_t first_stage, stages;
 };
 
 __device__ BlockWork block_work(const ConvProblem& p, int64_t splits) {
@@ -101,11 +112,13 @@ __device__ BlockWork block_work(const ConvProblem& p, int64_t splits) {
   b.r = static_cast<int>(t / p.s), b.s = static_cast<int>(t % p.s);
   b.h_offset = static_cast<int>(b.r * p.dilation_h - p.pad_h);
   b.w_offset = static_cast<int>(b.s * p.dilation_w - p.pad_w);
-  b.n_begin = p.n * blockIdx.y / splits, b.n_end = p.n * (blockIdx.y + 1) / splits;
+  const int64_t total = p.n * stages_per_image(p);
+  b.first_stage = total * blockIdx.y / splits;
+  b.stages = total * (blockIdx.y + 1) / splits - b.first_stage;
   return b;
 }
 
-// A position in the block's sequence of stages: kPixels pixels from m0 of image n.
+// Walks a block's stages: image n, pixels m0 .. m0 + kPixels of it.
 struct Cursor {
   int64_t n;
   int m0;
@@ -116,30 +129,77 @@ struct Cursor {
   }
 };
 
-// This thread's copies of one stage (none past the block's last image; zeros outside the image).
-__device__ __forceinline__ void copy_stage(const ScaledWgrad& w, const BlockWork& b, const Cursor& at, Stage& st) {
-  const ConvProblem& p = w.geometry;
-  if (at.n >= b.n_end) return;
-  // 32-bit pixel arithmetic (conv_geometry_ok bounds N*P*Q and N*H*W by 2^31): no 64-bit division.
-  const int per_image = static_cast<int>(p.p * p.q), width = static_cast<int>(p.q);
-  const int chunk = threadIdx.x % kChunks, byte = chunk * kVector;
-  const int64_t k = b.k0 + byte, c = b.c0 + byte;
-#pragma unroll
-  for (int i = 0; i < kCopies; ++i) {
-    const int row = threadIdx.x / kChunks + i * (kThreads / kChunks), m = at.m0 + row;
-    const bool in_image = m < per_image;
-    const int oh = m / width, ow = m - oh * width;
-    const int h = oh * static_cast<int>(p.stride_h) + b.h_offset, x_w = ow * static_cast<int>(p.stride_w) + b.w_offset;
-    const bool dy_ok = in_image && k < p.k;
-    const bool x_ok = in_image && c < p.c && h >= 0 && h < p.h && x_w >= 0 && x_w < p.w;
-    const int8_t* dy_src = dy_ok ? w.grad_out + ((at.n * per_image + m) * p.k + k) : w.grad_out;
-    const int8_t* x_src = x_ok ? w.x + (((at.n * p.h + h) * p.w + x_w) * p.c + c) : w.x;
-    copy16(&st.dy[row][swizzled(row, byte)], dy_src, dy_ok);
-    copy16(&st.x[row][swizzled(row, byte)], x_src, x_ok);
-  }
-}
+// This thread's copies of each stage: rows row + i kRowStride, 16 bytes at `byte` of each. The
+// rows' output pixels are tracked as (oh, ow), advanced by kPixels without a division; operands
+// are addressed as an image base plus a 32-bit offset inside the image (the host checks that
+// one image of X or dY is under 2^31 bytes).
+struct Copier {
+  Cursor at;
+  int row, byte, width;
+  int step_oh, step_ow;               // kPixels pixels as whole output rows + columns (step_ow < Q)
+  int oh[kCopies], ow[kCopies];       // the rows' output pixels at the current stage
+  int first_oh, first_ow;             // row's output pixel at stage 0 of an image (+ i rows: below)
+  const int8_t* dy_image;
+  const int8_t* x_image;
 
-__global__ void __launch_bounds__(kThreads) wgrad_mma_kernel(ScaledWgrad w) {
+  __device__ Copier(const ScaledWgrad& w, const BlockWork& b) {
+    const ConvProblem& p = w.geometry;
+    const int spi = stages_per_image(p);
+    at = {b.first_stage / spi, static_cast<int>(b.first_stage % spi) * kPixels};
+    row = threadIdx.x / kChunks, byte = threadIdx.x % kChunks * kVector, width = static_cast<int>(p.q);
+    step_oh = kPixels / width, step_ow = kPixels % width;
+    first_oh = row / width, first_ow = row % width;
+#pragma unroll
+    for (int i = 0; i < kCopies; ++i) {
+      const int m = at.m0 + row + i * kRowStride;
+      oh[i] = m / width, ow[i] = m % width;
+    }
+    set_image(w, b);
+  }
+
+  __device__ void set_image(const ScaledWgrad& w, const BlockWork& b) {
+    const ConvProblem& p = w.geometry;
+    dy_image = w.grad_out + at.n * (p.p * p.q * p.k) + b.k0 + byte;
+    x_image = w.x + at.n * (p.h * p.w * p.c) + b.c0 + byte;
+  }
+
+  // Issues this thread's copies of the cursor's stage into st, then moves the cursor on.
+  __device__ void copy_and_advance(const ScaledWgrad& w, const BlockWork& b, Stage& st) {
+    const ConvProblem& p = w.geometry;
+    const int per_image = static_cast<int>(p.p * p.q);
+    const bool k_ok = b.k0 + byte < p.k, c_ok = b.c0 + byte < p.c;
+#pragma unroll
+    for (int i = 0; i < kCopies; ++i) {
+      const int r = row + i * kRowStride, m = at.m0 + r;
+      const int h = oh[i] * static_cast<int>(p.stride_h) + b.h_offset;
+      const int x_w = ow[i] * static_cast<int>(p.stride_w) + b.w_offset;
+      const bool dy_ok = m < per_image && k_ok;
+      const bool x_ok = m < per_image && c_ok && h >= 0 && h < p.h && x_w >= 0 && x_w < p.w;
+      copy16(&st.dy[r][swizzled(r, byte)], dy_ok ? dy_image + m * static_cast<int>(p.k) : w.grad_out, dy_ok);
+      copy16(&st.x[r][swizzled(r, byte)],
+             x_ok ? x_image + (h * static_cast<int>(p.w) + x_w) * static_cast<int>(p.c) : w.x, x_ok);
+    }
+    if (at.image_end(per_image)) {
+      at.advance(per_image);
+      set_image(w, b);
+#pragma unroll
+      for (int i = 0; i < kCopies; ++i) {  // row + i kRowStride from stage 0, as (oh, ow)
+        const int ow_i = first_ow + i * (kRowStride % width);
+        oh[i] = first_oh + i * (kRowStride / width) + (ow_i >= width ? 1 : 0);
+        ow[i] = ow_i >= width ? ow_i - width : ow_i;
+      }
+      return;
+    }
+    at.advance(per_image);
+#pragma unroll
+    for (int i = 0; i < kCopies; ++i) {
+      ow[i] += step_ow, oh[i] += step_oh;
+      if (ow[i] >= width) ow[i] -= width, ++oh[i];
+    }
+  }
+};
+
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) wgrad_mma_kernel(ScaledWgrad w) {
   __shared__ __align__(128) Stage stage[kStages];
   const ConvProblem& p = w.geometry;
   const BlockWork b = block_work(p, w.splits);
@@ -149,22 +209,23 @@ __global__ void __launch_bounds__(kThreads) wgrad_mma_kernel(ScaledWgrad w) {
   // The warp's 32 x 32 piece of the tile; this lane's 4 channels of each operand.
   const int lane_k = (warp / 2) * 32 + 4 * group, lane_c = (warp % 2) * 32 + 4 * group;
 
-  Cursor load{b.n_begin, 0}, at{b.n_begin, 0};
+  Copier copier(w, b);
+  Cursor at = copier.at;
+  // Stages past the block's last are not copied, but their (empty) groups are committed all the
+  // same: wait_copies counts groups.
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
-    copy_stage(w, b, load, stage[s]);
+    if (s < b.stages) copier.copy_and_advance(w, b, stage[s]);
     commit_copies();
-    load.advance(per_image);
   }
 
   int acc[2][4][4] = {};
   float sum[2][4][4] = {};
-  for (int step = 0, since_flush = 0; at.n < b.n_end; ++step) {
+  for (int64_t step = 0, since_flush = 0; step < b.stages; ++step) {
     wait_copies<kStages - 2>();
     __syncthreads();  // this stage landed for every thread; the one computed last step is free
-    copy_stage(w, b, load, stage[(step + kStages - 1) % kStages]);
+    if (step + kStages - 1 < b.stages) copier.copy_and_advance(w, b, stage[(step + kStages - 1) % kStages]);
     commit_copies();
-    load.advance(per_image);
 
     const Stage& st = stage[step % kStages];
 #pragma unroll
@@ -181,7 +242,7 @@ __global__ void __launch_bounds__(kThreads) wgrad_mma_kernel(ScaledWgrad w) {
                                            b_lo[j], b_hi[j]);
     }
 
-    if (at.image_end(per_image) || ++since_flush == kFlushSteps) {
+    if (at.image_end(per_image) || step + 1 == b.stages || ++since_flush == kFlushStages) {
       const float scale =
           w.scale_grad_out[w.grad_out_per_tensor ? 0 : at.n] * w.scale_x[w.x_per_tensor ? 0 : at.n];
 #pragma unroll
@@ -215,18 +276,42 @@ __global__ void __launch_bounds__(kThreads) wgrad_mma_kernel(ScaledWgrad w) {
       }
 }
 
+int64_t tiles(const ConvProblem& p) {
+  return p.r * p.s * ((p.k + kTileK - 1) / kTileK) * ((p.c + kTileC - 1) / kTileC);
+}
+
 }  // namespace
 
-int64_t wgrad_mma_blocks(const ConvProblem& p) {
-  return p.r * p.s * ((p.k + kTileK - 1) / kTileK) * ((p.c + kTileC - 1) / kTileC);
+// How many stretches per tile: the fewest that keep the resident blocks of
+// every SM 90% busy over the waves (tiles x splits blocks; a last, partial wave
+// runs at the speed of a full one), else the best within the partials' memory
+// (splits x K*R*S*C floats, at most 2^24 of them, or 1 split) and the stages.
+int64_t wgrad_mma_splits(const ConvProblem& p, int sm_count) {
+  int per_sm = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, wgrad_mma_kernel, kThreads, 0) != cudaSuccess)
+    per_sm = 1;
+  const int64_t resident = int64_t{std::max(per_sm, 1)} * sm_count;
+  const int64_t stages = p.n * ((p.p * p.q + kPixels - 1) / kPixels);
+  const int64_t most = std::clamp<int64_t>((int64_t{1} << 24) / (p.k * p.r * p.s * p.c), 1, stages);
+  int64_t best = 1;
+  double best_busy = 0;
+  for (int64_t splits = 1; splits <= most; ++splits) {
+    const int64_t blocks = tiles(p) * splits, waves = (blocks + resident - 1) / resident;
+    const double busy = static_cast<double>(blocks) / static_cast<double>(waves * resident);
+    if (busy >= 0.9) return splits;
+    if (busy > best_busy) best = splits, best_busy = busy;
+  }
+  return best;
 }
 
 Status conv2d_wgrad_mma(const ScaledWgrad& w, cudaStream_t stream) {
   auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % kVector == 0; };
   const ConvProblem& p = w.geometry;
-  if (p.groups != 1 || p.c % kVector != 0 || p.k % kVector != 0 || !aligned(w.grad_out) || !aligned(w.x))
+  constexpr int64_t kInt32 = int64_t{1} << 31;  // the in-image offsets of Copier
+  if (p.groups != 1 || p.c % kVector != 0 || p.k % kVector != 0 || !aligned(w.grad_out) || !aligned(w.x) ||
+      p.h * p.w * p.c >= kInt32 || p.p * p.q * p.k >= kInt32)
     return Status::kInvalidArgument;
-  const dim3 grid(static_cast<unsigned>(wgrad_mma_blocks(p)), static_cast<unsigned>(w.splits));
+  const dim3 grid(static_cast<unsigned>(tiles(p)), static_cast<unsigned>(w.splits));
   wgrad_mma_kernel<<<grid, kThreads, 0, stream>>>(w);
   return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError;
 }

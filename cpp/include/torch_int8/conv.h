@@ -50,9 +50,9 @@ Status conv2d_fprop_cuda(const ConvProblem& p, const Epilogue& e, void* stream);
 // (X read as 0 outside the image): every image's sum exact in int32, then
 // scaled and added in float32. Images therefore need not share a scale, and
 // the operands stay in the NHWC layout that quantize_rows gives them (no
-// transposed copies, no column buffer). The images are split into `splits`
-// consecutive ranges; range j's sum goes to partial[j] (the caller adds them:
-// deterministic, no atomics).
+// transposed copies, no column buffer). The pixels are split into `splits`
+// consecutive stretches (image after image); stretch j's sum goes to
+// partial[j] (the caller adds them: deterministic, no atomics).
 struct ScaledWgrad {
   ConvProblem geometry;              // sizes and geometry; groups 1; its x, filter, y unused
   const int8_t* grad_out = nullptr;  // N x P x Q x K int8, dense NHWC
@@ -64,14 +64,15 @@ struct ScaledWgrad {
   int64_t splits = 1;
 };
 
-// How many image ranges conv2d_wgrad_scaled_cuda splits this problem into on
-// the current device (enough blocks to fill it; at most N).
+// How many stretches conv2d_wgrad_scaled_cuda splits this problem into on the
+// current device (enough blocks to keep its SMs busy: conv_wgrad_mma.cu).
 int64_t conv2d_wgrad_scaled_splits(const ConvProblem& p);
 
 // On tensor cores of sm_80+ GPUs whose GEMM family (gemm_backend) is sm80 or
-// sm90. kInvalidArgument unless groups == 1, C and K are multiples of 16 and
-// grad_out, x are 16-byte aligned; kNoKernel for other families (the caller
-// then computes the images one by one with conv2d_wgrad).
+// sm90. kInvalidArgument unless groups == 1, C and K are multiples of 16,
+// grad_out, x are 16-byte aligned and one image of each is under 2^31 bytes;
+// kNoKernel for other families (the caller then computes the images one by one
+// with conv2d_wgrad).
 Status conv2d_wgrad_scaled_cuda(const ScaledWgrad& w, void* stream);
 
 // --- General path: im2col / col2im (any stride, padding, dilation, groups) ---
