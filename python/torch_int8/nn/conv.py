@@ -11,9 +11,10 @@ operand quantized along a dimension that the product does not reduce, so the sca
 with the rotated, transposed filter (implicit GEMM, scales in its epilogue); other strides sum taps
 after their GEMM (col2im), which rescales the int32 sums as it writes them (scaled_conv2d_dgrad).
 wgrad reuses the forward's quantized X and dgrad's quantized dY where its implicit-GEMM kernel runs
-(CUDA, sm80 / sm90 families, one group, channel counts multiples of 16). Elsewhere it is split into
-batches of at most 131071 output pixels, its operands quantized per channel straight into the
-[C, N, H, W] layout that path reads (im2col + GEMM).
+and is the faster path (CUDA, sm80 / sm90 families, one group, channel counts multiples of 16,
+images of at least 28x28 output pixels, or 14x14 for 1x1 filters: _implicit_wgrad). Elsewhere it is
+split into batches of at most 131071 output pixels, its operands quantized per channel straight into
+the [C, N, H, W] layout that path reads (im2col + GEMM).
 """
 from __future__ import annotations
 
@@ -196,12 +197,23 @@ def _wgrad_in_int32(grad_out: torch.Tensor) -> bool:
     return grad_out.shape[2] * grad_out.shape[3] <= _MAX_PIXELS
 
 
-def _implicit_wgrad(x: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
-    """Whether scaled_conv2d_wgrad's implicit-GEMM kernel takes this layer's weight gradient (the
-    conditions of conv.h's conv2d_wgrad_scaled_cuda); its other paths go image by image, slower
-    than _grad_weight's batched one."""
+# Output pixels per image from which the implicit-GEMM wgrad beats the per-channel path, measured
+# on the H200 at the `bench conv` layers (scripts/wgrad_paths.py, benchmarks/NOTES.md 20): faster
+# from 28x28 outputs on, and for 1x1 filters from 14x14; slower for 3x3 at 14x14 and 7x7 (its
+# 64-pixel stages are part empty there, and it reads each image once per tap).
+_IMPLICIT_WGRAD_MIN_PIXELS = 784
+_IMPLICIT_WGRAD_MIN_PIXELS_1X1 = 196
+
+
+def _implicit_wgrad(x: torch.Tensor, weight: torch.Tensor, groups: int, out_pixels: int) -> bool:
+    """Whether the layer's weight gradient runs as scaled_conv2d_wgrad's implicit-GEMM kernel (the
+    conditions of conv.h's conv2d_wgrad_scaled_cuda, and images of out_pixels output pixels large
+    enough for it to be the faster path); else the per-channel path (_grad_weight). The op's
+    other path, image by image, is never the faster one."""
+    pointwise = tuple(weight.shape[2:]) == (1, 1)
+    least = _IMPLICIT_WGRAD_MIN_PIXELS_1X1 if pointwise else _IMPLICIT_WGRAD_MIN_PIXELS
     return (x.is_cuda and groups == 1 and x.shape[1] % 16 == 0 and weight.shape[0] % 16 == 0
-            and selected_backend(x.device) in ("sm80", "sm90"))
+            and out_pixels >= least and selected_backend(x.device) in ("sm80", "sm90"))
 
 
 def _grad_weight(grad_out, x, weight, geometry, config: Int8Config, grad_amax: Optional[torch.Tensor] = None):
@@ -230,8 +242,8 @@ class _Int8Conv2dFunction(torch.autograd.Function):
         ctx.geometry, ctx.config, ctx.has_bias = geometry, config, bias is not None
         ctx.x_shape, ctx.x_dtype, ctx.x_format = x.shape, x.dtype, _memory_format(x)
         stride, padding, dilation, groups = geometry
-        ctx.implicit_wgrad = config.grad_weight and _implicit_wgrad(x, weight, groups)
         if not config.forward:
+            ctx.implicit_wgrad = False
             ctx.save_for_backward(x, weight)
             return F.conv2d(x.to(out_dtype), weight.to(out_dtype), None if bias is None else bias.to(out_dtype),
                             stride, padding, dilation, groups)
@@ -239,6 +251,7 @@ class _Int8Conv2dFunction(torch.autograd.Function):
         qx = _quantize_operand(x, config)
         y = scaled_conv2d(qx, _quantize_operand(weight, config), bias, stride, padding, dilation, groups,
                           out_dtype=out_dtype)
+        ctx.implicit_wgrad = config.grad_weight and _implicit_wgrad(x, weight, groups, y.shape[2] * y.shape[3])
         # The implicit-GEMM wgrad reads this quantized x: saved instead of x (half the bytes of bf16),
         # which no other backward product then needs.
         ctx.save_for_backward(*((None, weight, qx.data, qx.scale) if ctx.implicit_wgrad else (x, weight)))
@@ -265,8 +278,7 @@ class _Int8Conv2dFunction(torch.autograd.Function):
                                                 dilation, groups).to(ctx.x_dtype)
         if ctx.needs_input_grad[1]:
             if implicit_wgrad:
-                qx = QTensor(*saved_qx, None, 0 if saved_qx[1].dim() else None) if saved_qx else \
-                    _quantize_operand(x, config)
+                qx = QTensor(*saved_qx, None, 0 if saved_qx[1].dim() else None)
                 grad_w = scaled_conv2d_wgrad(qg, qx, weight.shape[2:], stride, padding, dilation,
                                              groups).to(weight.dtype)
             elif config.grad_weight:
