@@ -81,6 +81,17 @@ __device__ __forceinline__ void load_quad(const int8_t (&rows)[kPixels][kTileK],
   transpose_bytes(w, out);
 }
 
+// f(i, j, e) for each accumulator of a lane: A tile i (of 2), B tile j (of 4), value e (of 4).
+template <class F>
+__device__ __forceinline__ void for_each_accumulator(F&& f) {
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) f(i, j, e);
+}
+
 // 16 bytes global -> shared, bypassing L1 and the registers; zeros where !valid (src unread).
 __device__ __forceinline__ void copy16(void* dst, const void* src, bool valid) {
   const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(dst));
@@ -245,15 +256,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) wgrad_mma_kernel(Sc
     if (at.image_end(per_image) || step + 1 == b.stages || ++since_flush == kFlushStages) {
       const float scale =
           w.scale_grad_out[w.grad_out_per_tensor ? 0 : at.n] * w.scale_x[w.x_per_tensor ? 0 : at.n];
-#pragma unroll
-      for (int i = 0; i < 2; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            sum[i][j][e] += static_cast<float>(acc[i][j][e]) * scale;
-            acc[i][j][e] = 0;
-          }
+      for_each_accumulator([&](int i, int j, int e) {
+        sum[i][j][e] += static_cast<float>(acc[i][j][e]) * scale;
+        acc[i][j][e] = 0;
+      });
       since_flush = 0;
     }
     at.advance(per_image);
@@ -264,16 +270,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) wgrad_mma_kernel(Sc
   // column 2 quad + e % 2 of B tile j is c = the c base of the lanes loading that column + j.
   float* out = w.partial + blockIdx.y * p.k * p.r * p.s * p.c;
   const int warp_c = (warp % 2) * 32;
-#pragma unroll
-  for (int i = 0; i < 2; ++i)
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int64_t k = b.k0 + lane_k + 2 * i + e / 2;
-        const int64_t c = b.c0 + warp_c + 4 * (2 * quad + e % 2) + j;
-        if (k < p.k && c < p.c) out[((k * p.r + b.r) * p.s + b.s) * p.c + c] = sum[i][j][e];
-      }
+  for_each_accumulator([&](int i, int j, int e) {
+    const int64_t k = b.k0 + lane_k + 2 * i + e / 2;
+    const int64_t c = b.c0 + warp_c + 4 * (2 * quad + e % 2) + j;
+    if (k < p.k && c < p.c) out[((k * p.r + b.r) * p.s + b.s) * p.c + c] = sum[i][j][e];
+  });
 }
 
 int64_t tiles(const ConvProblem& p) {
