@@ -512,8 +512,8 @@ def layer_bounds(x, w, gy, geometry, per_channel):
 
 @pytest.mark.parametrize("device", DEVICE_PARAMS)
 @pytest.mark.parametrize("granularity", ["channel", "tensor"])
-@pytest.mark.parametrize("setup", [(1, 1, 1, "contiguous"), (2, 2, 2, "channels_last"), (1, 1, 4, "channels_last")],
-                         ids=["s1g1", "s2d2g2", "g4"])
+@pytest.mark.parametrize("setup", [(1, 1, 1, "contiguous"), (2, 2, 2, "channels_last"), (1, 1, 4, "channels_last"),
+                                   (2, 1, 2, "contiguous")], ids=["s1g1", "s2d2g2", "g4", "s2g2_phases"])
 def test_conv2d_layer_within_quantization_bounds(device, granularity, setup):
     stride, dilation, groups, fmt = setup
     gen = make_gen(21)
@@ -658,3 +658,35 @@ def test_strided_pointwise_layer_gradients(device):
     d_gy, d_w = float(gy.abs().max()) / 254, float(conv.weight.detach().abs().max()) / 254
     bound = 24 * (float(gy.abs().max()) * d_w + float(conv.weight.detach().abs().max()) * d_gy + d_gy * d_w)
     assert err <= bound and bound < 0.1 * float(ref.abs().max())
+
+
+# (N, C, H, W, K, R, S, stride, padding, groups): strided dgrads that Conv2d runs by phases
+PHASE_CASES = [
+    (2, 32, 9, 7, 32, 3, 3, (2, 2), (1, 1), 1),     # ResNet's strided 3x3, odd sizes
+    (1, 8, 10, 11, 12, 3, 3, (2, 2), (0, 1), 4),    # groups
+    (2, 6, 13, 8, 6, 5, 3, (3, 2), (2, 0), 2),      # stride 3, rectangular filter
+    (1, 3, 15, 15, 8, 7, 7, (2, 2), (3, 3), 1),     # the 7x7 stem
+    (2, 4, 6, 9, 5, 2, 4, (2, 3), (1, 2), 1),       # even filter, filter narrower than the stride on one axis
+    (1, 4, 8, 8, 4, 1, 3, (2, 2), (0, 1), 1),       # 1-row filter: phases without taps
+]
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("case", PHASE_CASES)
+def test_strided_dgrad_by_phases_is_exact(device, case):
+    """Conv2d's strided dgrad: one stride-1 convolution per phase, written to its strided share of
+    dX, equals conv2d_dgrad exactly (here with the exact int32 conv2d as each phase's product)."""
+    from torch_int8.nn.conv import _dgrad_by_phases, _dgrad_phases
+    n, c, h, w_, k, r, s, stride, padding, groups = case
+    w = rand_int8((k, c // groups, r, s), seed=71)
+    out_hw = [(size + 2 * p - f) // st + 1 for size, p, f, st in zip((h, w_), padding, (r, s), stride)]
+    gy = rand_int8((n, k, *out_hw), seed=72).to(device)
+    geometry = (stride, padding, (1, 1), groups)
+    phases = _dgrad_phases(w.shape, (h, w_), out_hw, geometry)
+    assert len(phases) == stride[0] * stride[1] or h < stride[0] or w_ < stride[1]
+    dx = _dgrad_by_phases(gy, w.to(device), (n, c, h, w_), geometry, phases,
+                          lambda f, p: torch_int8.conv2d(gy, f, 1, p, 1, groups), torch.int32)
+    ref = conv2d_input((n, c, h, w_), w.double(), gy.cpu().double(), stride, padding, 1, groups)
+    assert torch.equal(dx.cpu().double(), ref)
+    assert _dgrad_phases(w.shape, (h, w_), out_hw, ((1, 1), padding, (1, 1), groups)) is None
+    assert _dgrad_phases(w.shape, (h, w_), out_hw, (stride, padding, (2, 1), groups)) is None
