@@ -513,7 +513,7 @@ def layer_bounds(x, w, gy, geometry, per_channel):
 @pytest.mark.parametrize("device", DEVICE_PARAMS)
 @pytest.mark.parametrize("granularity", ["channel", "tensor"])
 @pytest.mark.parametrize("setup", [(1, 1, 1, "contiguous"), (2, 2, 2, "channels_last"), (1, 1, 4, "channels_last"),
-                                   (2, 1, 2, "contiguous")], ids=["s1g1", "s2d2g2", "g4", "s2g2_phases"])
+                                   (2, 1, 2, "contiguous")], ids=["s1g1", "s2d2g2", "g4", "s2g2"])
 def test_conv2d_layer_within_quantization_bounds(device, granularity, setup):
     stride, dilation, groups, fmt = setup
     gen = make_gen(21)
@@ -690,3 +690,13 @@ def test_strided_dgrad_by_phases_is_exact(device, case):
     assert torch.equal(dx.cpu().double(), ref)
     assert _dgrad_phases(w.shape, (h, w_), out_hw, ((1, 1), padding, (1, 1), groups)) is None
     assert _dgrad_phases(w.shape, (h, w_), out_hw, (stride, padding, (2, 1), groups)) is None
+
+
+def test_strided_dgrad_by_phases_only_where_the_kernel_takes_the_phases():
+    """The measured rule (nn/conv.py _phases_pay): ResNet's strided 3x3 (128 -> 64 channels of dX) by
+    phases; the 3-channel stem, grouped layers and dY channels not a multiple of 32 by col2im."""
+    from torch_int8.nn.conv import _phases_pay
+    assert _phases_pay((128, 64, 3, 3), 1, torch.bfloat16) and _phases_pay((32, 4, 3, 3), 1, torch.float32)
+    assert not _phases_pay((64, 3, 7, 7), 1, torch.bfloat16)
+    assert not _phases_pay((128, 32, 3, 3), 2, torch.bfloat16)
+    assert not _phases_pay((48, 64, 3, 3), 1, torch.bfloat16)

@@ -159,7 +159,8 @@ def _axis_phases(size: int, out: int, filt: int, stride: int, pad: int):
     i + padding - (taps - 1), with the padding that reaches the last i needed."""
     phases = []
     for phi in range(stride):
-        i_lo, i_hi = -((phi - pad) // stride), -((phi - pad - size) // stride)  # ceil((pad-phi)/s), ceil((size+pad-phi)/s)
+        # ceil((pad - phi) / stride), ceil((size + pad - phi) / stride)
+        i_lo, i_hi = -((phi - pad) // stride), -((phi - pad - size) // stride)
         if i_hi <= i_lo:
             continue
         taps = max(0, -((phi - filt) // stride))  # ceil((filt - phi) / stride)
@@ -178,6 +179,15 @@ def _dgrad_phases(weight_shape, x_hw, dy_hw, geometry):
     cols = _axis_phases(x_hw[1], dy_hw[1], weight_shape[3], stride[1], padding[1])
     return [_Phase(hr[0], wc[0], hr[1], wc[1], hr[2], wc[2], hr[3], wc[3], hr[4], wc[4], (hr[5], wc[5]))
             for hr in rows for wc in cols]
+
+
+def _phases_pay(weight_shape, groups: int, dtype: torch.dtype) -> bool:
+    """Whether Conv2d's strided dgrad runs by phases rather than col2im: where the implicit-GEMM
+    kernel takes the phase convolutions (one group, dY channels a multiple of 32, dX rows of whole
+    16 bytes). Measured on the H200 (benchmarks/NOTES.md 22): r18.layer2.3x3s2 (64 <- 128 channels)
+    2.3x faster than col2im; r18.conv1 (3 <- 64 channels: im2col per phase) 1.4x slower."""
+    k, cg = weight_shape[0], weight_shape[1]
+    return groups == 1 and k % 32 == 0 and cg * dtype.itemsize % 16 == 0
 
 
 def _phase_filter(rotated: torch.Tensor, phase: _Phase, stride) -> torch.Tensor:
@@ -243,7 +253,7 @@ def _grad_input(qg: QTensor, weight, x_shape, geometry, config: Int8Config, dtyp
     if _is_strided_pointwise(weight.shape, geometry) and dtype in _EPILOGUE_DTYPES:
         return _pointwise_grad_input(qg, w_data, w_scale, x_shape, stride, dtype)
     phases = _dgrad_phases(weight.shape, x_shape[2:], qg.data.shape[2:], geometry)
-    if phases is not None and dtype in _EPILOGUE_DTYPES:
+    if phases is not None and dtype in _EPILOGUE_DTYPES and _phases_pay(weight.shape, groups, dtype):
         return _grad_input_by_phases(qg, w_data, w_scale, x_shape, geometry, phases, dtype)
     forward_padding = _dgrad_as_forward_padding(weight.shape, geometry)
     if forward_padding is not None and dtype in _EPILOGUE_DTYPES:
