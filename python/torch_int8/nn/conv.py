@@ -8,8 +8,10 @@ operand quantized along a dimension that the product does not reduce, so the sca
                                      two scales, the images added in float32: scaled_conv2d_wgrad),
                                      or dY per output channel, X per input channel (see below)
 ("tensor" granularity: one scale per operand). A stride-1 dgrad is the forward convolution of dY
-with the rotated, transposed filter (implicit GEMM, scales in its epilogue); other strides sum taps
-after their GEMM (col2im), which rescales the int32 sums as it writes them (scaled_conv2d_dgrad).
+with the rotated, transposed filter (implicit GEMM, scales in its epilogue); a strided one is such a
+convolution per phase (every stride-th input pixel: a sub-filter of the same taps), written to its
+strided share of dX, where the kernel takes the phases (_phases_pay); else its taps are summed after
+their GEMM (col2im), which rescales the int32 sums as it writes them (scaled_conv2d_dgrad).
 wgrad reuses the forward's quantized X and dgrad's quantized dY where its implicit-GEMM kernel runs
 and is the faster path (CUDA, sm80 / sm90 families, one group, channel counts multiples of 16,
 images of at least 28x28 output pixels, or 14x14 for 1x1 filters: _implicit_wgrad). Elsewhere it is
@@ -252,8 +254,9 @@ def _grad_input(qg: QTensor, weight, x_shape, geometry, config: Int8Config, dtyp
     w_data, w_scale = _per_input_channel(weight, groups, per_channel)
     if _is_strided_pointwise(weight.shape, geometry) and dtype in _EPILOGUE_DTYPES:
         return _pointwise_grad_input(qg, w_data, w_scale, x_shape, stride, dtype)
-    phases = _dgrad_phases(weight.shape, x_shape[2:], qg.data.shape[2:], geometry)
-    if phases is not None and dtype in _EPILOGUE_DTYPES and _phases_pay(weight.shape, groups, dtype):
+    phases = _dgrad_phases(weight.shape, x_shape[2:], qg.data.shape[2:], geometry) \
+        if dtype in _EPILOGUE_DTYPES and _phases_pay(weight.shape, groups, dtype) else None
+    if phases is not None:
         return _grad_input_by_phases(qg, w_data, w_scale, x_shape, geometry, phases, dtype)
     forward_padding = _dgrad_as_forward_padding(weight.shape, geometry)
     if forward_padding is not None and dtype in _EPILOGUE_DTYPES:
