@@ -16,7 +16,8 @@ int64_t output_extent(int64_t in, int64_t pad, int64_t dilation, int64_t filter,
 }
 
 // Positive extents, the output size of conv.h, extents CUTLASS's int problem
-// shapes hold, and a GEMM-K whose int32 accumulator cannot overflow.
+// shapes hold, and a GEMM-K whose int32 accumulator cannot overflow (the
+// forward's; wgrad's reduces over pixels, each image exactly).
 bool conv_geometry_ok(const ConvProblem& p) {
   constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
   const bool positive = p.n > 0 && p.h > 0 && p.w > 0 && p.c > 0 && p.k > 0 && p.r > 0 && p.s > 0 &&
@@ -29,7 +30,7 @@ bool conv_geometry_ok(const ConvProblem& p) {
   const bool fits_int = p.n * p.h * p.w <= kIntMax && p.n * p.p * p.q <= kIntMax && p.c <= kIntMax &&
                         p.k <= kIntMax && p.pad_h <= kIntMax && p.pad_w <= kIntMax && p.stride_h <= kIntMax &&
                         p.stride_w <= kIntMax && p.r * p.dilation_h <= kIntMax && p.s * p.dilation_w <= kIntMax;
-  return fits_int && p.c / p.groups * p.r * p.s <= kMaxK && p.x && p.filter && p.y;
+  return fits_int && p.c / p.groups * p.r * p.s <= kMaxK;
 }
 
 // The GEMM family of the current device (gemm_backend), or null; false on a CUDA error.
@@ -48,7 +49,7 @@ bool is_family(const char* family, const char* name) { return family && std::str
 }  // namespace
 
 Status conv2d_fprop_cuda(const ConvProblem& p, const Epilogue& e, void* stream) {
-  if (!conv_geometry_ok(p)) return Status::kInvalidArgument;
+  if (!conv_geometry_ok(p) || !p.x || !p.filter || !p.y) return Status::kInvalidArgument;
   const char* family = nullptr;
   if (!current_family(&family)) return Status::kCudaError;
   [[maybe_unused]] const auto s = static_cast<cudaStream_t>(stream);
@@ -75,10 +76,9 @@ int64_t conv2d_wgrad_scaled_splits(const ConvProblem& p) {
 }
 
 Status conv2d_wgrad_scaled_cuda(const ScaledWgrad& w, void* stream) {
-  ConvProblem p = w.geometry;
-  p.x = p.filter = reinterpret_cast<const int8_t*>(w.x);  // conv_geometry_ok asks for non-null operands
-  p.y = w.partial;
-  if (!conv_geometry_ok(p) || w.splits < 1) return Status::kInvalidArgument;
+  if (!conv_geometry_ok(w.geometry) || !w.grad_out || !w.x || !w.scale_grad_out || !w.scale_x || !w.partial ||
+      w.splits < 1)
+    return Status::kInvalidArgument;
   const char* family = nullptr;
   if (!current_family(&family)) return Status::kCudaError;
 #ifdef TORCH_INT8_WGRAD_MMA
