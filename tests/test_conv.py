@@ -700,3 +700,21 @@ def test_strided_dgrad_by_phases_only_where_the_kernel_takes_the_phases():
     assert not _phases_pay((64, 3, 7, 7), 1, torch.bfloat16)
     assert not _phases_pay((128, 32, 3, 3), 2, torch.bfloat16)
     assert not _phases_pay((48, 64, 3, 3), 1, torch.bfloat16)
+
+
+def test_conv2d_layer_compiles_without_graph_breaks():
+    """torch.compile(fullgraph=True) of the layer (the custom ops' Meta kernels, the autograd
+    function; a strided layer, so its dgrad runs by phases): the same output and gradients."""
+    conv = torch.nn.Conv2d(16, 32, 3, stride=2, padding=1)
+    layer = torch_int8.nn.Conv2d.from_float(conv)
+    x = torch.randn(2, 16, 12, 12, generator=make_gen(81)).requires_grad_(True)
+    gy = torch.randn(2, 32, 6, 6, generator=make_gen(82))
+    layer(x).backward(gy)
+    want = (x.grad.clone(), conv.weight.grad.clone(), conv.bias.grad.clone())
+    x.grad = conv.weight.grad = conv.bias.grad = None
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    y = compiled(x)
+    assert torch.equal(y, layer(x))
+    y.backward(gy)
+    for got, ref in zip((x.grad, conv.weight.grad, conv.bias.grad), want):
+        assert torch.equal(got, ref)
