@@ -135,30 +135,24 @@ def _dgrad_as_forward_padding(weight_shape, geometry):
     return tuple(pads) if tuple(stride) == (1, 1) and min(pads) >= 0 else None
 
 
-class _Phase(NamedTuple):
-    """One phase of a strided dgrad: the input pixels (h0 + i*stride_h, w0 + j*stride_w), i < count_h,
-    j < count_w, are rows / columns [first_h, first_h + count_h) x [first_w, ...) of the stride-1
-    convolution of dY with the filter taps rotated[:, :, tap_h::stride_h, tap_w::stride_w] (of the
-    rotated, transposed filter) at padding `padding`; no taps (taps_h or taps_w 0): those pixels are 0."""
-    h0: int
-    w0: int
-    count_h: int
-    count_w: int
-    first_h: int
-    first_w: int
-    tap_h: int
-    tap_w: int
-    taps_h: int
-    taps_w: int
-    padding: tuple
+class _AxisPhase(NamedTuple):
+    """One phase of a strided dgrad along one axis: the input positions start + i*stride, i < count,
+    are positions [first, first + count) of the stride-1 correlation of dY (padded by `padding`) with
+    the taps tap, tap + stride, ... (`taps` of them, 0: those positions are 0) of the rotated filter."""
+    start: int
+    count: int
+    first: int
+    tap: int
+    taps: int
+    padding: int
 
 
 def _axis_phases(size: int, out: int, filt: int, stride: int, pad: int):
-    """Per phase phi of one axis, (h0, count, first, tap, taps, padding): input positions
-    h = i*stride + phi - pad (phi = (h + pad) mod stride) take filter taps r = phi + j*stride, j < taps,
-    and dY rows i - j, so dX[h] = sum_j dY[i - j] W[phi + j*stride]: a stride-1 correlation of dY with
-    those taps flipped (rotated rows tap, tap + stride, ...) whose output i sits at row
-    i + padding - (taps - 1), with the padding that reaches the last i needed."""
+    """The phases phi of one axis: input positions h = i*stride + phi - pad (phi = (h + pad) mod stride)
+    take filter taps r = phi + j*stride, j < taps, and dY rows i - j, so dX[h] = sum_j dY[i - j]
+    W[phi + j*stride]: a stride-1 correlation of dY with those taps flipped (rotated rows tap,
+    tap + stride, ...) whose output i sits at row i + padding - (taps - 1), with the padding that
+    reaches the last i needed."""
     phases = []
     for phi in range(stride):
         # ceil((pad - phi) / stride), ceil((size + pad - phi) / stride)
@@ -168,19 +162,20 @@ def _axis_phases(size: int, out: int, filt: int, stride: int, pad: int):
         taps = max(0, -((phi - filt) // stride))  # ceil((filt - phi) / stride)
         padding = max(taps - 1, i_hi - out)
         tap = filt - 1 - phi - (taps - 1) * stride
-        phases.append((i_lo * stride + phi - pad, i_hi - i_lo, i_lo + padding - (taps - 1), tap, taps, padding))
+        phases.append(_AxisPhase(i_lo * stride + phi - pad, i_hi - i_lo, i_lo + padding - (taps - 1), tap, taps,
+                                 padding))
     return phases
 
 
 def _dgrad_phases(weight_shape, x_hw, dy_hw, geometry):
-    """The phases of a strided dgrad (dilation 1), or None when it is not one (stride 1, dilation)."""
+    """The (row, column) phases of a strided dgrad (dilation 1), or None when it is not one (stride 1,
+    dilation)."""
     stride, padding, dilation, _ = geometry
     if tuple(stride) == (1, 1) or tuple(dilation) != (1, 1):
         return None
     rows = _axis_phases(x_hw[0], dy_hw[0], weight_shape[2], stride[0], padding[0])
     cols = _axis_phases(x_hw[1], dy_hw[1], weight_shape[3], stride[1], padding[1])
-    return [_Phase(hr[0], wc[0], hr[1], wc[1], hr[2], wc[2], hr[3], wc[3], hr[4], wc[4], (hr[5], wc[5]))
-            for hr in rows for wc in cols]
+    return [(row, col) for row in rows for col in cols]
 
 
 def _phases_pay(weight_shape, groups: int, dtype: torch.dtype) -> bool:
@@ -192,10 +187,6 @@ def _phases_pay(weight_shape, groups: int, dtype: torch.dtype) -> bool:
     return groups == 1 and k % 32 == 0 and cg * dtype.itemsize % 16 == 0
 
 
-def _phase_filter(rotated: torch.Tensor, phase: _Phase, stride) -> torch.Tensor:
-    return rotated[:, :, phase.tap_h::stride[0], phase.tap_w::stride[1]][:, :, :phase.taps_h, :phase.taps_w]
-
-
 def _dgrad_by_phases(dy: torch.Tensor, w_data: torch.Tensor, x_shape, geometry, phases, conv_phase, dtype):
     """dX of a strided convolution as one stride-1 convolution per phase, conv_phase(filter, padding)
     (an int8 convolution of dy), each written to its strided share of an NHWC dX of dtype; no col2im."""
@@ -203,13 +194,14 @@ def _dgrad_by_phases(dy: torch.Tensor, w_data: torch.Tensor, x_shape, geometry, 
     rotated = _rotated_filter(w_data, groups)
     grad_x = torch.empty(x_shape[0], x_shape[2], x_shape[3], x_shape[1], dtype=dtype, device=dy.device)
     grad_x = grad_x.permute(0, 3, 1, 2)
-    for ph in phases:
-        target = grad_x[:, :, ph.h0::stride[0], ph.w0::stride[1]]
-        if ph.taps_h == 0 or ph.taps_w == 0:
+    for row, col in phases:
+        target = grad_x[:, :, row.start::stride[0], col.start::stride[1]]
+        if row.taps == 0 or col.taps == 0:
             target.zero_()
             continue
-        out = conv_phase(_phase_filter(rotated, ph, stride).contiguous(), ph.padding)
-        target.copy_(out[:, :, ph.first_h:ph.first_h + ph.count_h, ph.first_w:ph.first_w + ph.count_w])
+        taps = rotated[:, :, row.tap::stride[0], col.tap::stride[1]][:, :, :row.taps, :col.taps]
+        out = conv_phase(taps.contiguous(), (row.padding, col.padding))
+        target.copy_(out[:, :, row.first:row.first + row.count, col.first:col.first + col.count])
     return grad_x
 
 
