@@ -98,6 +98,27 @@ def test_int32_exact(family, conv):
     assert torch.equal(out.cpu().long(), conv.reference(x, weight))
 
 
+# More tiles than two per SM (132 on an H200): the persistent sm90 kernel's CTAs each take several
+# tiles in turns of its two consumer warpgroups, the last turn ragged (M not a multiple of 128).
+MANY_TILES = [
+    Conv(32, 64, 45, 45, 64, 3, 3, padding=1),       # 507 tiles of 128 x 64
+    Conv(24, 128, 31, 29, 200, 3, 3, padding=1),     # 169 x 2 tiles of 128 x 128, K ragged
+]
+
+
+@pytest.mark.parametrize("conv", MANY_TILES, ids=repr)
+def test_many_tiles_per_sm_exact(family, conv):
+    x, weight = conv.operands(seed=conv.n)
+    out = torch.ops.int8.conv2d(x.cuda(), weight.cuda(), *conv.args())
+    assert torch.equal(out.cpu().long(), conv.reference(x, weight))
+    # and the fused bf16 epilogue with per-image scales, against the CPU op bit for bit
+    _, _, scale_x, scale_w, _, bias = _scaled_operands(conv, 7, True, None)
+    operands = (x, weight, scale_x, scale_w, None, bias)
+    kwargs = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation, out_dtype=torch.bfloat16)
+    got = torch.ops.int8.scaled_conv2d(*(t if t is None else t.cuda() for t in operands), **kwargs)
+    assert torch.equal(got.cpu(), torch.ops.int8.scaled_conv2d(*operands, **kwargs))
+
+
 def test_largest_accumulators_exact(family):
     # GEMM-K = 1024 * 11 * 11 = 123904: all (-128)(-128) sum to 2.03e9, near the int32 limit
     # (2.15e9; the kernels take GEMM-K up to 131071); the other channels mix 127 and -127.

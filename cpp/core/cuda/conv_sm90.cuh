@@ -11,9 +11,9 @@
 #include <cutlass/kernel_hardware_info.hpp>
 #include <cutlass/conv/collective/collective_builder.hpp>
 #include <cutlass/conv/convnd_problem_shape.hpp>
-#include <cutlass/conv/device/conv_universal_adapter.hpp>
-#include <cutlass/conv/kernel/conv_universal.hpp>
 #include <cutlass/gemm/collective/collective_builder.hpp>
+#include <cutlass/gemm/device/gemm_universal_adapter.h>
+#include <cutlass/gemm/kernel/gemm_universal.hpp>
 
 #include "epilogue_sm90.cuh"
 #include "gemm_common.cuh"
@@ -29,54 +29,114 @@ struct Sm90ConvTile {
   using TileShape = cute::Shape<cute::Int<TileM>, cute::Int<TileN>, cute::Shape<cute::Int<TileK>>>;
 };
 
-template <class Tile, class ElementD>
-struct Sm90ConvFprop {
-  using TileShape = typename Tile::TileShape;
-  // No clusters: TMA multicast would only share the filter tile, which is
-  // small and stays in L2 anyway.
-  using ClusterShape = cute::Shape<cute::_1, cute::_1, cute::_1>;
-  using FusedEpilogue = Sm90FusedEpilogue<TileShape, ClusterShape, cutlass::epilogue::TmaWarpSpecialized, ElementD,
-                                          cutlass::layout::TensorNHWC>;
-  using CollectiveEpilogue = typename FusedEpilogue::CollectiveOp;
+using Sm90ConvShape = cutlass::conv::ConvProblemShape<cutlass::conv::Operator::kFprop, 2>;
 
-  // CUTLASS's implicit-GEMM kernel is not persistent (no ping-pong schedule
-  // for convolutions), so a tile's epilogue overlaps another tile's mainloop
-  // only if two CTAs share the SM: give the pipeline half the shared memory.
-  static constexpr int kSmemCarveout = static_cast<int>(sizeof(typename CollectiveEpilogue::SharedStorage)) +
-                                       cutlass::gemm::collective::detail::sm90_smem_capacity_bytes / 2;
-  using CollectiveMainloop = typename cutlass::conv::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, cutlass::conv::Operator::kFprop,
-      int8_t, cutlass::layout::TensorNHWC, 16,
-      int8_t, cutlass::layout::TensorNHWC, 16,
-      int32_t, TileShape, ClusterShape,
-      cutlass::conv::collective::StageCountAutoCarveout<kSmemCarveout>,
-      cutlass::conv::KernelImplicitTmaWarpSpecializedSm90>::CollectiveOp;
+// Dense NHWC activation, KRSC filter and NPQK output; symmetric padding.
+inline Sm90ConvShape sm90_conv_shape(const ConvProblem& p) {
+  auto i = [](int64_t v) { return static_cast<int>(v); };
+  using Extent = Sm90ConvShape::TensorExtent;
+  using Spatial = Sm90ConvShape::SpatialExtent;
+  const Spatial pad{i(p.pad_h), i(p.pad_w)};
+  return Sm90ConvShape(cutlass::conv::Mode::kCrossCorrelation, Extent{i(p.n), i(p.h), i(p.w), i(p.c)},
+                       Extent{i(p.k), i(p.r), i(p.s), i(p.c)}, pad, pad, Spatial{i(p.stride_h), i(p.stride_w)},
+                       Spatial{i(p.dilation_h), i(p.dilation_w)}, 1);
+}
 
-  using ProblemShape = cutlass::conv::ConvProblemShape<cutlass::conv::Operator::kFprop, 2>;
-  using Kernel = cutlass::conv::kernel::ConvUniversal<ProblemShape, CollectiveMainloop, CollectiveEpilogue>;
-  using Device = cutlass::conv::device::ConvUniversalAdapter<Kernel>;
+// CUTLASS's convolution mainloop (im2col TMA loads, wgmma) for smem_carveout
+// bytes of epilogue storage.
+template <class TileShape, int kSmemCarveout>
+using Sm90ConvMainloop = typename cutlass::conv::collective::CollectiveBuilder<
+    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, cutlass::conv::Operator::kFprop,
+    int8_t, cutlass::layout::TensorNHWC, 16,
+    int8_t, cutlass::layout::TensorNHWC, 16,
+    int32_t, TileShape, cute::Shape<cute::_1, cute::_1, cute::_1>,
+    cutlass::conv::collective::StageCountAutoCarveout<kSmemCarveout>,
+    cutlass::conv::KernelImplicitTmaWarpSpecializedSm90>::CollectiveOp;
 
-  // Dense NHWC activation, KRSC filter and NPQK output; symmetric padding.
-  static ProblemShape problem_shape(const ConvProblem& p) {
-    auto i = [](int64_t v) { return static_cast<int>(v); };
-    using Extent = typename ProblemShape::TensorExtent;
-    using Spatial = typename ProblemShape::SpatialExtent;
-    const Spatial pad{i(p.pad_h), i(p.pad_w)};
-    return ProblemShape(cutlass::conv::Mode::kCrossCorrelation, Extent{i(p.n), i(p.h), i(p.w), i(p.c)},
-                        Extent{i(p.k), i(p.r), i(p.s), i(p.c)}, pad, pad, Spatial{i(p.stride_h), i(p.stride_w)},
-                        Spatial{i(p.dilation_h), i(p.dilation_w)}, 1);
+// The convolution mainloop as a GEMM mainloop, so that CUTLASS's persistent
+// ping-pong GEMM kernel can run it (CUTLASS offers no persistent convolution
+// kernel; its own is the non-persistent GEMM kernel around this same
+// mainloop). The kernel sees the linearized GEMM problem (M = N*P*Q, N = K,
+// GEMM-K = (C, S, R)); the mainloop builds its im2col TMA descriptors from the
+// convolution's shape, which therefore travels in its arguments.
+template <class ConvMainloop>
+struct PingpongConvMainloop : ConvMainloop {
+  struct DispatchPolicy : ConvMainloop::DispatchPolicy {
+    using Schedule = cutlass::gemm::KernelTmaWarpSpecializedPingpong;
+  };
+  struct Arguments : ConvMainloop::Arguments {
+    Sm90ConvShape conv;
+  };
+  // What the GEMM kernel asks of a GEMM mainloop besides the above: one
+  // producer thread arrives per stage (the elected TMA issuer), and strides of
+  // rank 3 (only their rank is checked; the convolution's own strides live in
+  // its TMA descriptors).
+  static constexpr int NumProducerThreadEvents = 1;
+  using StrideA = cute::Stride<int64_t, cute::_1, cute::_0>;
+  using StrideB = StrideA;
+  template <class ProblemShapeMNKL>
+  static typename ConvMainloop::Params to_underlying_arguments(ProblemShapeMNKL const&, Arguments const& args,
+                                                               void* workspace) {
+    return ConvMainloop::to_underlying_arguments(args.conv, args, workspace);
+  }
+  template <class ProblemShapeMNKL>
+  static bool can_implement(ProblemShapeMNKL const&, Arguments const& args) {
+    return ConvMainloop::can_implement(args.conv, args);
   }
 
+  // The GEMM kernel reads a batch mode (L) off B's tiles, which the
+  // convolution's lack: give them one of extent 1, and take it off again
+  // before the convolution's load.
+  template <class ProblemShapeMNKL>
+  CUTLASS_DEVICE auto load_init(ProblemShapeMNKL const& shape, typename ConvMainloop::Params const& params) {
+    auto [gA_mk, gB_nk] = ConvMainloop::load_init(shape, params);
+    auto gB_nkl = cute::make_tensor(gB_nk.data(), cute::append(gB_nk.layout(), cute::Layout<cute::_1, cute::_0>{}));
+    return cute::make_tuple(gA_mk, gB_nkl);
+  }
+  template <class TensorA, class TensorB, class... Rest>
+  CUTLASS_DEVICE void load(typename ConvMainloop::Params const& params,
+                           typename ConvMainloop::MainloopPipeline pipeline,
+                           typename ConvMainloop::PipelineState state, cute::tuple<TensorA, TensorB> const& inputs,
+                           Rest&&... rest) {
+    using cute::_;
+    auto gB_nk = cute::get<1>(inputs)(_, _, _, _, 0);
+    ConvMainloop::load(params, pipeline, state, cute::make_tuple(cute::get<0>(inputs), gB_nk),
+                       static_cast<Rest&&>(rest)...);
+  }
+};
+
+// Persistent: two consumer warpgroups take turns, one tile's epilogue
+// overlapping the other's mainloop on the same SM, and no CTA start-up per
+// tile, which matters at 64 channels where a tile's mainloop is only 9 k-tiles.
+// Y is the row-major [N*P*Q, K] matrix of the GEMM view.
+template <class Tile, class ElementD>
+struct Sm90ConvFpropPingpong {
+  using TileShape = typename Tile::TileShape;
+  using ClusterShape = cute::Shape<cute::_1, cute::_1, cute::_1>;
+  using FusedEpilogue = Sm90FusedEpilogue<TileShape, ClusterShape, cutlass::epilogue::TmaWarpSpecialized, ElementD,
+                                          cutlass::layout::RowMajor>;
+  using CollectiveEpilogue = typename FusedEpilogue::CollectiveOp;
+  using ConvMainloop =
+      Sm90ConvMainloop<TileShape, static_cast<int>(sizeof(typename CollectiveEpilogue::SharedStorage))>;
+  using CollectiveMainloop = PingpongConvMainloop<ConvMainloop>;
+  // (M, N, (C, S, R), L), L dynamic like the epilogue's TMA descriptor type expects.
+  using GemmK = cute::remove_cvref_t<decltype(cute::get<2>(ConvMainloop::get_problem_shape_MNKL(Sm90ConvShape{})))>;
+  using ProblemShape = cute::Shape<int, int, GemmK, int>;
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<ProblemShape, CollectiveMainloop, CollectiveEpilogue>;
+  using Device = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+
   static Status run(const ConvProblem& p, const Epilogue& e, cudaStream_t stream) {
-    const ProblemShape shape = problem_shape(p);
-    // The epilogue addresses Y as ((Q, P, N), K): output-pixel strides innermost first.
-    typename Kernel::StrideD dy{};
-    cute::get<0, 0>(dy) = shape.stride_C[2];
-    cute::get<0, 1>(dy) = shape.stride_C[1];
-    cute::get<0, 2>(dy) = shape.stride_C[0];
-    // (No hardware info: the kernel is not persistent, its grid is the tile count.)
-    typename Device::Arguments args(shape, {p.x, p.filter},
-                                    {FusedEpilogue::args(e), nullptr, dy, static_cast<ElementD*>(p.y), dy});
+    const Sm90ConvShape shape = sm90_conv_shape(p);
+    typename Kernel::StrideD dy{p.k, cute::_1{}, int64_t{0}};
+    cutlass::KernelHardwareInfo hw;
+    cudaGetDevice(&hw.device_id);
+    hw.sm_count = device_sm_count();
+    const auto [m, n, k, l] = ConvMainloop::get_problem_shape_MNKL(shape);
+    typename Device::Arguments args{cutlass::gemm::GemmUniversalMode::kGemm,
+                                    ProblemShape{m, n, k, 1},
+                                    {{p.x, p.filter}, shape},
+                                    {FusedEpilogue::args(e), nullptr, dy, static_cast<ElementD*>(p.y), dy},
+                                    hw};
     return run_cutlass<Device>(args, stream);
   }
 };

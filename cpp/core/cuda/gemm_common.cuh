@@ -9,6 +9,7 @@
 #include <cutlass/device_kernel.h>
 #include <cutlass/array.h>
 #include <cutlass/half.h>
+#include <cutlass/kernel_hardware_info.h>
 
 #include "torch_int8/kernels.h"
 
@@ -50,6 +51,17 @@ struct RoundThenAdd<cutlass::Array<float, N>> {
 
 // Checks, sizes the workspace for, and runs one CUTLASS device-level operator.
 // GEMMs with a fused epilogue need no workspace (no split-K here yet).
+// The current device's SM count, queried once: the persistent kernels size
+// their grids by it.
+inline int device_sm_count() {
+  static const int sm_count = [] {
+    int device = 0;
+    cudaGetDevice(&device);
+    return cutlass::KernelHardwareInfo::query_device_multiprocessor_count(device);
+  }();
+  return sm_count;
+}
+
 template <class DeviceOp>
 Status run_cutlass(typename DeviceOp::Arguments const& args, cudaStream_t stream) {
   DeviceOp op;

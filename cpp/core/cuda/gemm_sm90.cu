@@ -48,15 +48,6 @@ const Sm90Tile& pick_tile(const GemmProblem& p, int sm_count) {
   return kPingpong64x32;
 }
 
-int device_sm_count() {
-  static const int sm_count = [] {
-    int device = 0;
-    cudaGetDevice(&device);
-    return cutlass::KernelHardwareInfo::query_device_multiprocessor_count(device);
-  }();
-  return sm_count;
-}
-
 Status run_picked_tile(const GemmProblem& p, const Epilogue& e, cudaStream_t stream) {
   const int sm_count = device_sm_count();
   return pick_tile(p, sm_count).run(p, e, stream, sm_count);

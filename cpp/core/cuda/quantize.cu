@@ -505,7 +505,9 @@ __global__ void __launch_bounds__(kShort ? kShortRowThreads : kMaxRowThreads<S>)
 
 // Rows too long for one block's registers (e.g. a whole image of a convolution)
 // take two passes: blocks of kLongRowPacks packs max-reduce their piece into
-// the row's amax (amax_bits), then quantize it.
+// the row's amax (amax_bits), then quantize it. The quantize pass walks the
+// blocks in reverse, so that it starts on what the max pass read last, which
+// is still in L2 (a batch of images is about the size of L2).
 constexpr int kLongRowPacks = 4 * kThreads;
 
 template <class T, int N>
@@ -526,7 +528,8 @@ __global__ void __launch_bounds__(kThreads)
     quantize_long_rows_kernel(const T* __restrict__ x, int64_t cols, const unsigned* __restrict__ row_amax,
                               int8_t* __restrict__ q, Round rounding) {
   const Round round = rounding.resolved();
-  const int64_t r = blockIdx.y, packs = cols / N, first = int64_t{blockIdx.x} * kLongRowPacks;
+  const int64_t r = gridDim.y - 1 - blockIdx.y, packs = cols / N;
+  const int64_t first = int64_t{gridDim.x - 1 - blockIdx.x} * kLongRowPacks;
   const Divisor d = divisor_of(__uint_as_float(row_amax[r]));
   const auto* xr = reinterpret_cast<const Pack<T, N>*>(x + r * cols);
   auto* qr = reinterpret_cast<Int8Pack<N>*>(q + r * cols);

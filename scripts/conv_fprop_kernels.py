@@ -1,0 +1,66 @@
+"""The Hopper implicit-GEMM forward convolution kernels side by side with cuDNN's bf16 forward, at
+the `bench conv` layer shapes, on the same data, timed in turns (CUDA graphs: GPU time only).
+
+usage: python3 scripts/conv_fprop_kernels.py [--batch N] [--reps R]
+
+  pingpong   scaled_conv2d (int8 x per image, int8 weight per channel, bf16 out): the persistent
+             ping-pong kernel (conv_sm90.cuh Sm90ConvFpropPingpong), the default
+  stock      the same op with TORCH_INT8_SM90_CONV=stock: CUTLASS's non-persistent kernel
+  bf16       F.conv2d in bf16 (cuDNN), channels_last
+The operands are quantized once, outside the timing: these are the convolutions alone. Beside them,
+the layer's quantize pass of x (per image: rows of C*H*W values, the two-pass long-row path) and a
+copy of x, whose bytes (read x once, write it once) set the copy rate: two passes that both read x
+from DRAM would take (2 * 2 + 1) / (2 + 2) = 1.25x the copy; less means the second read hit L2.
+"""
+import argparse
+import os
+
+import torch
+import torch.nn.functional as F
+
+import torch_int8
+from torch_int8.bench import CONV_SHAPES, graphed, time_in_turns
+from torch_int8.nn.conv import _quantize_images
+
+
+def captured(kernel: str, fn):
+    """fn replayed from a CUDA graph captured with TORCH_INT8_SM90_CONV=kernel (read at every call)."""
+    os.environ["TORCH_INT8_SM90_CONV"] = kernel
+    try:
+        return graphed(fn)
+    finally:
+        del os.environ["TORCH_INT8_SM90_CONV"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=5)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    print(f"{torch.cuda.get_device_name()}, batch {args.batch}: forward convolution, ms per call (CUDA graphs)")
+    print(f"{'layer':20s} {'pingpong':>9s} {'stock':>9s} {'bf16':>9s} {'pp TOPS':>8s} {'pp/stock':>9s} "
+          f"{'pp/bf16':>8s} {'quantize':>9s} {'copy':>9s} {'q/copy':>7s}")
+    for name, c, h, w, k, r, stride, pad in CONV_SHAPES:
+        if c % 32:
+            continue  # the Hopper kernels need C % 32 == 0 (r18.conv1 runs as im2col + GEMM)
+        x = torch.randn(args.batch, c, h, w, device="cuda", dtype=torch.bfloat16)
+        x = x.contiguous(memory_format=torch.channels_last)
+        weight = torch.randn(k, c, r, r, device="cuda", dtype=torch.bfloat16)
+        qx, qw = _quantize_images(x, "nearest"), torch_int8.quantize(weight, 0)
+        int8 = lambda: torch_int8.conv.scaled_conv2d(qx, qw, None, stride, pad, out_dtype=torch.bfloat16)  # noqa
+        fns = {"pingpong": captured("pingpong", int8), "stock": captured("stock", int8),
+               "bf16": graphed(lambda: F.conv2d(x, weight, None, stride, pad)),
+               "quantize": graphed(lambda: _quantize_images(x, "nearest")), "copy": graphed(x.clone)}
+        t = time_in_turns(name, fns, args)
+        ms = {m: t[m]["ms"] for m in fns}
+        p = (h + 2 * pad - r) // stride + 1
+        tops = 2 * args.batch * p * p * k * c * r * r / (ms["pingpong"] * 1e-3) / 1e12
+        print(f"{name:20s} {ms['pingpong']:9.3f} {ms['stock']:9.3f} {ms['bf16']:9.3f} {tops:8.0f} "
+              f"{ms['stock'] / ms['pingpong']:9.2f} {ms['bf16'] / ms['pingpong']:8.2f} {ms['quantize']:9.3f} "
+              f"{ms['copy']:9.3f} {ms['quantize'] / ms['copy']:7.2f}")
+
+
+if __name__ == "__main__":
+    main()
