@@ -23,17 +23,18 @@ template <class ElementD>
 Status run_with_tile_rule(const ConvProblem& p, const Epilogue& e, cudaStream_t stream) {
   if (p.c % 64 != 0) {
     if (p.c % 32 != 0) return Status::kInvalidArgument;  // wgmma's int8 K is 32
-    return Sm90ConvFpropPingpong<Sm90ConvTile<128, 64, 32>, ElementD>::run(p, e, stream);
+    return Sm90ConvFprop<Sm90ConvTile<128, 64, 32, false>, ElementD>::run(p, e, stream);
   }
-  return p.k <= 64 ? Sm90ConvFpropPingpong<Sm90ConvTile<128, 64, 64>, ElementD>::run(p, e, stream)
-                   : Sm90ConvFpropPingpong<Sm90ConvTile<128, 128, 64>, ElementD>::run(p, e, stream);
+  return p.k <= 64 ? Sm90ConvFprop<Sm90ConvTile<128, 64, 64, false>, ElementD>::run(p, e, stream)
+                   : Sm90ConvFprop<Sm90ConvTile<128, 128, 64, false>, ElementD>::run(p, e, stream);
 }
 
-// TORCH_INT8_SM90_CONV=stock runs CUTLASS's non-persistent kernel instead of
-// the ping-pong one (read at every call), to benchmark one against the other.
-bool stock_kernel_forced() {
+// TEMPORARY: TORCH_INT8_SM90_CONV=stock|coop runs CUTLASS's non-persistent
+// kernel or the cooperative one instead of the ping-pong one (read at every
+// call), to benchmark them against each other.
+bool kernel_forced(const char* name) {
   const char* env = std::getenv("TORCH_INT8_SM90_CONV");
-  return env && std::strcmp(env, "stock") == 0;
+  return env && std::strcmp(env, name) == 0;
 }
 
 }  // namespace
@@ -46,7 +47,8 @@ Status conv2d_fprop_sm90(const ConvProblem& p, const Epilogue& e, cudaStream_t s
     using ElementD = typename decltype(tag)::type;
     if (!meets_conv_alignment(p, e, sizeof(ElementD))) return Status::kInvalidArgument;
     if constexpr (std::is_same_v<ElementD, cutlass::bfloat16_t>)  // (bf16 only: what the benchmarks time)
-      if (stock_kernel_forced()) return conv2d_fprop_sm90_stock(p, e, stream);
+      if (kernel_forced("stock")) return conv2d_fprop_sm90_stock(p, e, stream);
+      else if (kernel_forced("coop")) return conv2d_fprop_sm90_coop(p, e, stream);
     return run_with_tile_rule<ElementD>(p, e, stream);
   });
 }

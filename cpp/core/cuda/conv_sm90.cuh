@@ -6,6 +6,8 @@
 // kernels.h (epilogue_sm90.cuh, shared with the GEMM) stores Y through TMA.
 #pragma once
 
+#include <type_traits>
+
 // CUTLASS's conv headers are not self-contained: these two must come first.
 #include <cute/tensor.hpp>
 #include <cutlass/kernel_hardware_info.hpp>
@@ -24,9 +26,19 @@ namespace torch_int8::kernels::detail {
 // GEMM-K is tiled over the channels only (the tile's K mode is the tuple
 // (TileK)), so one k-tile is TileK channels at one filter position: exactly
 // what one im2col TMA load fetches. C must therefore be a multiple of TileK.
-template <int TileM, int TileN, int TileK>
+// Schedules as in gemm_sm90.cuh: ping-pong (two consumer warpgroups take
+// turns, a tile each, one tile's epilogue overlapping the other's mainloop)
+// or cooperative (both on one tile of twice the rows, each half of it: twice
+// the warps in its epilogue).
+template <int TileM, int TileN, int TileK, bool kCooperative>
 struct Sm90ConvTile {
   using TileShape = cute::Shape<cute::Int<TileM>, cute::Int<TileN>, cute::Shape<cute::Int<TileK>>>;
+  using KernelSchedule = std::conditional_t<kCooperative, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+                                            cutlass::gemm::KernelTmaWarpSpecializedPingpong>;
+  using EpilogueSchedule = std::conditional_t<kCooperative, cutlass::epilogue::TmaWarpSpecializedCooperative,
+                                              cutlass::epilogue::TmaWarpSpecialized>;
+  // Warpgroups per tile, along M.
+  using AtomLayout = cute::Layout<cute::Shape<cute::Int<kCooperative ? 2 : 1>, cute::_1, cute::_1>>;
 };
 
 using Sm90ConvShape = cutlass::conv::ConvProblemShape<cutlass::conv::Operator::kFprop, 2>;
@@ -42,38 +54,54 @@ inline Sm90ConvShape sm90_conv_shape(const ConvProblem& p) {
                        Spatial{i(p.dilation_h), i(p.dilation_w)}, 1);
 }
 
-// CUTLASS's convolution mainloop (im2col TMA loads, wgmma) for smem_carveout
-// bytes of epilogue storage.
-template <class TileShape, int kSmemCarveout>
-using Sm90ConvMainloop = typename cutlass::conv::collective::CollectiveBuilder<
-    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, cutlass::conv::Operator::kFprop,
-    int8_t, cutlass::layout::TensorNHWC, 16,
-    int8_t, cutlass::layout::TensorNHWC, 16,
-    int32_t, TileShape, cute::Shape<cute::_1, cute::_1, cute::_1>,
-    cutlass::conv::collective::StageCountAutoCarveout<kSmemCarveout>,
-    cutlass::conv::KernelImplicitTmaWarpSpecializedSm90>::CollectiveOp;
+// CUTLASS's convolution mainloop (im2col TMA loads, wgmma) for kSmemCarveout
+// bytes of epilogue storage, with the tile's warpgroup layout: the builder
+// makes the loads and shared-memory layouts, and its one-warpgroup MMA is
+// remade for the cooperative schedule (which the builder's policy refuses
+// for convolutions: CUTLASS has no persistent convolution kernel).
+template <class Tile, int kSmemCarveout>
+struct Sm90ConvMainloop {
+  using TileShape = typename Tile::TileShape;
+  using Built = typename cutlass::conv::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, cutlass::conv::Operator::kFprop,
+      int8_t, cutlass::layout::TensorNHWC, 16,
+      int8_t, cutlass::layout::TensorNHWC, 16,
+      int32_t, TileShape, cute::Shape<cute::_1, cute::_1, cute::_1>,
+      cutlass::conv::collective::StageCountAutoCarveout<kSmemCarveout>,
+      cutlass::conv::KernelImplicitTmaWarpSpecializedSm90>::CollectiveOp;
+  using TiledMma = decltype(cute::make_tiled_mma(
+      cute::GMMA::ss_op_selector<int8_t, int8_t, int32_t, TileShape, cute::GMMA::Major::K, cute::GMMA::Major::K>(),
+      typename Tile::AtomLayout{}));
+  using Traits = cutlass::conv::collective::detail::Sm90ImplicitGemmTileTraits<typename Built::GmemTiledCopyA,
+                                                                               typename Built::SmemLayoutA>;
+  using TraitsB = cutlass::conv::collective::detail::Sm90ImplicitGemmTileTraits<typename Built::GmemTiledCopyB,
+                                                                                typename Built::SmemLayoutB>;
+  using type = cutlass::conv::collective::CollectiveConv<typename Built::DispatchPolicy, TileShape, int8_t, int8_t,
+                                                         TiledMma, Traits, TraitsB>;
+};
 
 // The convolution mainloop as a GEMM mainloop, so that CUTLASS's persistent
-// ping-pong GEMM kernel can run it (CUTLASS offers no persistent convolution
-// kernel; its own is the non-persistent GEMM kernel around this same
-// mainloop). The kernel sees the linearized GEMM problem (M = N*P*Q, N = K,
-// GEMM-K = (C, S, R)); the mainloop builds its im2col TMA descriptors from the
-// convolution's shape, which therefore travels in its arguments.
-template <class ConvMainloop>
-struct PingpongConvMainloop : ConvMainloop {
+// GEMM kernels can run it (CUTLASS's own convolution kernel is its
+// non-persistent GEMM kernel around this same mainloop). The kernel sees the
+// linearized GEMM problem (M = N*P*Q, N = K, GEMM-K = (C, S, R)); the
+// mainloop builds its im2col TMA descriptors from the convolution's shape,
+// which therefore travels in its arguments.
+template <class ConvMainloop, class KernelSchedule>
+struct PersistentConvMainloop : ConvMainloop {
   struct DispatchPolicy : ConvMainloop::DispatchPolicy {
-    using Schedule = cutlass::gemm::KernelTmaWarpSpecializedPingpong;
+    using Schedule = KernelSchedule;
   };
   struct Arguments : ConvMainloop::Arguments {
     Sm90ConvShape conv;
   };
-  // What the GEMM kernel asks of a GEMM mainloop besides the above: one
+  // What the GEMM kernels ask of a GEMM mainloop besides the above: one
   // producer thread arrives per stage (the elected TMA issuer), and strides of
   // rank 3 (only their rank is checked; the convolution's own strides live in
   // its TMA descriptors).
   static constexpr int NumProducerThreadEvents = 1;
   using StrideA = cute::Stride<int64_t, cute::_1, cute::_0>;
   using StrideB = StrideA;
+
   template <class ProblemShapeMNKL>
   static typename ConvMainloop::Params to_underlying_arguments(ProblemShapeMNKL const&, Arguments const& args,
                                                                void* workspace) {
@@ -84,7 +112,7 @@ struct PingpongConvMainloop : ConvMainloop {
     return ConvMainloop::can_implement(args.conv, args);
   }
 
-  // The GEMM kernel reads a batch mode (L) off B's tiles, which the
+  // The GEMM kernels read a batch mode (L) off B's tiles, which the
   // convolution's lack: give them one of extent 1, and take it off again
   // before the convolution's load.
   template <class ProblemShapeMNKL>
@@ -105,20 +133,20 @@ struct PingpongConvMainloop : ConvMainloop {
   }
 };
 
-// Persistent: two consumer warpgroups take turns, one tile's epilogue
-// overlapping the other's mainloop on the same SM, and no CTA start-up per
-// tile, which matters at 64 channels where a tile's mainloop is only 9 k-tiles.
-// Y is the row-major [N*P*Q, K] matrix of the GEMM view.
+// The persistent convolution: no CTA start-up per tile (which matters at 64
+// channels, where a tile's mainloop is only 9 k-tiles), and the epilogue
+// overlapped (ping-pong) or twice as wide (cooperative). Y is the row-major
+// [N*P*Q, K] matrix of the GEMM view.
 template <class Tile, class ElementD>
-struct Sm90ConvFpropPingpong {
+struct Sm90ConvFprop {
   using TileShape = typename Tile::TileShape;
   using ClusterShape = cute::Shape<cute::_1, cute::_1, cute::_1>;
-  using FusedEpilogue = Sm90FusedEpilogue<TileShape, ClusterShape, cutlass::epilogue::TmaWarpSpecialized, ElementD,
+  using FusedEpilogue = Sm90FusedEpilogue<TileShape, ClusterShape, typename Tile::EpilogueSchedule, ElementD,
                                           cutlass::layout::RowMajor>;
   using CollectiveEpilogue = typename FusedEpilogue::CollectiveOp;
   using ConvMainloop =
-      Sm90ConvMainloop<TileShape, static_cast<int>(sizeof(typename CollectiveEpilogue::SharedStorage))>;
-  using CollectiveMainloop = PingpongConvMainloop<ConvMainloop>;
+      typename Sm90ConvMainloop<Tile, static_cast<int>(sizeof(typename CollectiveEpilogue::SharedStorage))>::type;
+  using CollectiveMainloop = PersistentConvMainloop<ConvMainloop, typename Tile::KernelSchedule>;
   // (M, N, (C, S, R), L), L dynamic like the epilogue's TMA descriptor type expects.
   using GemmK = cute::remove_cvref_t<decltype(cute::get<2>(ConvMainloop::get_problem_shape_MNKL(Sm90ConvShape{})))>;
   using ProblemShape = cute::Shape<int, int, GemmK, int>;

@@ -508,17 +508,29 @@ __global__ void __launch_bounds__(kShort ? kShortRowThreads : kMaxRowThreads<S>)
 // the row's amax (amax_bits), then quantize it. The quantize pass walks the
 // blocks in reverse, so that it starts on what the max pass read last, which
 // is still in L2 (a batch of images is about the size of L2).
-constexpr int kLongRowPacks = 4 * kThreads;
+constexpr int kLongRowSteps = 8;  // packs per thread and block
+constexpr int kLongRowPacks = kLongRowSteps * kThreads;
+
+// Calls f(i, p) for the kLongRowSteps packs p = first + i * kThreads +
+// threadIdx.x of a long-row block that lie in the row, unrolled so that
+// their loads are all in flight before the first is used.
+template <class F>
+__device__ __forceinline__ void for_each_long_row_pack(int64_t first, int64_t packs, F&& f) {
+#pragma unroll
+  for (int i = 0; i < kLongRowSteps; ++i) {
+    const int64_t p = first + int64_t{i} * kThreads + threadIdx.x;
+    if (p < packs) f(i, p);
+  }
+}
 
 template <class T, int N>
 __global__ void __launch_bounds__(kThreads)
     long_row_amax_kernel(const T* __restrict__ x, int64_t cols, unsigned* __restrict__ row_amax) {
-  const int64_t packs = cols / N, first = int64_t{blockIdx.x} * kLongRowPacks;
   const auto* xr = reinterpret_cast<const Pack<T, N>*>(x + int64_t{blockIdx.y} * cols);
   __shared__ unsigned warp_maxima[32];
   unsigned amax = 0;
-  for (int64_t p = first + threadIdx.x; p < min(packs, first + kLongRowPacks); p += kThreads)
-    amax = max_magnitude(amax, magnitudes(xr[p]));
+  for_each_long_row_pack(int64_t{blockIdx.x} * kLongRowPacks, cols / N,
+                         [&](int, int64_t p) { amax = max_magnitude(amax, magnitudes(xr[p])); });
   amax = block_max(Magnitudes<T, N>::float_bits(amax), warp_maxima);
   if (threadIdx.x == 0 && amax != 0) atomicMax(&row_amax[blockIdx.y], amax);
 }
@@ -533,8 +545,11 @@ __global__ void __launch_bounds__(kThreads)
   const Divisor d = divisor_of(__uint_as_float(row_amax[r]));
   const auto* xr = reinterpret_cast<const Pack<T, N>*>(x + r * cols);
   auto* qr = reinterpret_cast<Int8Pack<N>*>(q + r * cols);
-  for (int64_t p = first + threadIdx.x; p < min(packs, first + kLongRowPacks); p += kThreads)
-    qr[p] = quantize_pack<true>(xr[p], d, round, r * cols + p * N);
+  Pack<T, N> v[kLongRowSteps];
+  for_each_long_row_pack(first, packs, [&](int i, int64_t p) { v[i] = xr[p]; });
+  for_each_long_row_pack(first, packs, [&](int i, int64_t p) {
+    qr[p] = quantize_pack<true>(v[i], d, round, r * cols + p * N);
+  });
 }
 
 // The long-row amax (float bits, in place in `scale`) becomes the scale.
