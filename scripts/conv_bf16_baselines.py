@@ -1,14 +1,13 @@
-"""Which cuDNN bf16 convolution is the baseline: the `bench conv` layer (nn.Conv2d with bias, channels_last
-weight and input) under PyTorch's default algorithm heuristics against the same layer with
-torch.backends.cudnn.benchmark = True (cuDNN times its algorithms once per shape and keeps the fastest), and
-F.conv2d without bias; forward and training step, at the `bench conv` shapes, timed in turns (CUDA graphs).
+"""Which cuDNN bf16 convolution is the baseline: the channels_last nn.Conv2d of `bench conv` with a bias and
+without one (ResNet's convolutions have none), the latter also with torch.backends.cudnn.benchmark = True
+(cuDNN times its algorithms once per shape and keeps the fastest); forward and training step at the
+`bench conv` shapes, timed in turns (CUDA graphs).
 
 usage: python3 scripts/conv_bf16_baselines.py [--batch N] [--reps R]
 """
 import argparse
 
 import torch
-import torch.nn.functional as F
 
 from torch_int8.bench import CONV_SHAPES, conv_layer, drop_grads, graphed, graphed_training_step, time_in_turns
 
@@ -30,23 +29,21 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    print(f"{torch.cuda.get_device_name()}, batch {args.batch}: cuDNN bf16, ms per call (CUDA graphs); "
-          f"heur = default heuristics, bm = cudnn.benchmark")
-    print(f"{'layer':20s} {'fwd heur':>9s} {'fwd bm':>9s} {'F nobias':>9s} {'step heur':>9s} {'step bm':>9s}")
+    print(f"{torch.cuda.get_device_name()}, batch {args.batch}: cuDNN bf16 nn.Conv2d (channels_last), ms per call "
+          f"(CUDA graphs); bm = cudnn.benchmark")
+    methods = ("fwd bias", "fwd", "fwd bm", "step bias", "step", "step bm")
+    print(f"{'layer':20s} " + " ".join(f"{m:>9s}" for m in methods))
     for shape in CONV_SHAPES:
-        ref, _, x, _, gy = conv_layer(shape, args.batch, args.seed)
-        stride, pad = shape[6], shape[7]
-        w = ref.weight.detach().contiguous()
-        with torch.no_grad():
-            fns = {"fwd heur": captured(False, lambda: graphed(lambda: ref(x))),
-                   "fwd bm": captured(True, lambda: graphed(lambda: ref(x))),
-                   "F nobias": captured(False, lambda: graphed(lambda: F.conv2d(x, w, None, stride, pad)))}
-        fns["step heur"] = captured(False, lambda: graphed_training_step(ref, x, gy))
-        drop_grads(ref, x)  # (the first captured step's gradients live on in its graph's memory)
-        fns["step bm"] = captured(True, lambda: graphed_training_step(ref, x, gy))
+        layers = {bias: conv_layer(shape, args.batch, args.seed, bias) for bias in (True, False)}
+        fns = {}
+        for name, bias, benchmark in (("bias", True, False), ("", False, False), ("bm", False, True)):
+            ref, _, x, _, gy = layers[bias]
+            with torch.no_grad():
+                fns[f"fwd {name}".strip()] = captured(benchmark, lambda: graphed(lambda: ref(x)))
+            fns[f"step {name}".strip()] = captured(benchmark, lambda: graphed_training_step(ref, x, gy))
+            drop_grads(ref, x)  # (a captured step's gradients live on in its graph's memory)
         t = time_in_turns(shape[0], fns, args)
-        print(f"{shape[0]:20s} " + " ".join(f"{t[m]['ms']:9.3f}" for m in fns))
-        drop_grads(ref, x)
+        print(f"{shape[0]:20s} " + " ".join(f"{t[m]['ms']:9.3f}" for m in methods))
 
 
 if __name__ == "__main__":

@@ -3,10 +3,11 @@ the `bench conv` layer shapes, on the same data, timed in turns (CUDA graphs: GP
 
 usage: python3 scripts/conv_fprop_kernels.py [--batch N] [--reps R]
 
-  pingpong   scaled_conv2d (int8 x per image, int8 weight per channel, bf16 out): the persistent
-             ping-pong kernel (conv_sm90.cuh), the default
-  coop       the same op with TORCH_INT8_SM90_CONV=coop: the persistent cooperative kernel
-  stock      the same op with TORCH_INT8_SM90_CONV=stock: CUTLASS's non-persistent kernel
+  rule       scaled_conv2d (int8 x per image, int8 weight per channel, bf16 out): the kernel that
+             conv_sm90.cu's schedule rule picks
+  pingpong   the same op with TORCH_INT8_SM90_CONV_TILE=pingpong (persistent, 128-row tiles, two
+             consumer warpgroups taking turns)
+  coop       TORCH_INT8_SM90_CONV_TILE=cooperative (persistent, 256-row tiles, both warpgroups on each)
   bf16       F.conv2d in bf16 (cuDNN), channels_last
 The operands are quantized once, outside the timing: these are the convolutions alone. Beside them,
 the layer's quantize pass of x (per image: rows of C*H*W values, the two-pass long-row path) and a
@@ -25,16 +26,16 @@ from torch_int8.nn.conv import _quantize_images
 
 
 def with_kernel(kernel: str, fn):
-    """fn() with TORCH_INT8_SM90_CONV=kernel."""
-    os.environ["TORCH_INT8_SM90_CONV"] = kernel
+    """fn() with TORCH_INT8_SM90_CONV_TILE=kernel ("" for the rule)."""
+    os.environ["TORCH_INT8_SM90_CONV_TILE"] = kernel
     try:
         return fn()
     finally:
-        del os.environ["TORCH_INT8_SM90_CONV"]
+        del os.environ["TORCH_INT8_SM90_CONV_TILE"]
 
 
 def captured(kernel: str, fn):
-    """fn replayed from a CUDA graph captured with TORCH_INT8_SM90_CONV=kernel (read at every call)."""
+    """fn replayed from a CUDA graph captured with TORCH_INT8_SM90_CONV_TILE=kernel (read at every call)."""
     return with_kernel(kernel, lambda: graphed(fn))
 
 
@@ -46,8 +47,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     print(f"{torch.cuda.get_device_name()}, batch {args.batch}: forward convolution, ms per call (CUDA graphs)")
-    print(f"{'layer':20s} {'pingpong':>9s} {'coop':>9s} {'stock':>9s} {'bf16':>9s} {'pp TOPS':>8s} "
-          f"{'pp/stock':>9s} {'coop/pp':>8s} {'pp/bf16':>8s} {'quantize':>9s} {'copy':>9s} {'q/copy':>7s}")
+    print(f"{'layer':20s} {'rule':>9s} {'pingpong':>9s} {'coop':>9s} {'bf16':>9s} {'TOPS':>6s} {'coop/pp':>8s} "
+          f"{'rule/bf16':>9s} {'quantize':>9s} {'copy':>9s} {'q/copy':>7s}")
     for name, c, h, w, k, r, stride, pad in CONV_SHAPES:
         if c % 32:
             continue  # the Hopper kernels need C % 32 == 0 (r18.conv1 runs as im2col + GEMM)
@@ -56,19 +57,18 @@ def main() -> None:
         weight = torch.randn(k, c, r, r, device="cuda", dtype=torch.bfloat16)
         qx, qw = _quantize_images(x, "nearest"), torch_int8.quantize(weight, 0)
         int8 = lambda: torch_int8.conv.scaled_conv2d(qx, qw, None, stride, pad, out_dtype=torch.bfloat16)  # noqa
-        fns = {"pingpong": captured("pingpong", int8), "coop": captured("coop", int8),
-               "stock": captured("stock", int8),
+        fns = {"rule": captured("", int8), "pingpong": captured("pingpong", int8),
+               "coop": captured("cooperative", int8),
                "bf16": graphed(lambda: F.conv2d(x, weight, None, stride, pad)),
                "quantize": graphed(lambda: _quantize_images(x, "nearest")), "copy": graphed(x.clone)}
-        outs = [with_kernel(kernel, int8) for kernel in ("pingpong", "coop", "stock")]
+        outs = [with_kernel(kernel, int8) for kernel in ("", "pingpong", "cooperative")]
         assert all(torch.equal(outs[0], o) for o in outs[1:]), f"{name}: the kernels' outputs differ"
         t = time_in_turns(name, fns, args)
         ms = {m: t[m]["ms"] for m in fns}
         p = (h + 2 * pad - r) // stride + 1
-        tops = 2 * args.batch * p * p * k * c * r * r / (ms["pingpong"] * 1e-3) / 1e12
-        print(f"{name:20s} {ms['pingpong']:9.3f} {ms['coop']:9.3f} {ms['stock']:9.3f} {ms['bf16']:9.3f} {tops:8.0f} "
-              f"{ms['stock'] / ms['pingpong']:9.2f} {ms['pingpong'] / ms['coop']:8.2f} "
-              f"{ms['bf16'] / ms['pingpong']:8.2f} {ms['quantize']:9.3f} "
+        tops = 2 * args.batch * p * p * k * c * r * r / (ms["rule"] * 1e-3) / 1e12
+        print(f"{name:20s} {ms['rule']:9.3f} {ms['pingpong']:9.3f} {ms['coop']:9.3f} {ms['bf16']:9.3f} {tops:6.0f} "
+              f"{ms['pingpong'] / ms['coop']:8.2f} {ms['bf16'] / ms['rule']:9.2f} {ms['quantize']:9.3f} "
               f"{ms['copy']:9.3f} {ms['quantize'] / ms['copy']:7.2f}")
 
 

@@ -106,17 +106,35 @@ MANY_TILES = [
 ]
 
 
-@pytest.mark.parametrize("conv", MANY_TILES, ids=repr)
-def test_many_tiles_per_sm_exact(family, conv):
-    x, weight = conv.operands(seed=conv.n)
+def _assert_int32_and_bf16_exact(conv, seed):
+    """conv2d equal to the int64 reference, and scaled_conv2d's fused bf16 epilogue with per-image
+    scales equal to the CPU op's, bit for bit."""
+    x, weight = conv.operands(seed=seed)
     out = torch.ops.int8.conv2d(x.cuda(), weight.cuda(), *conv.args())
     assert torch.equal(out.cpu().long(), conv.reference(x, weight))
-    # and the fused bf16 epilogue with per-image scales, against the CPU op bit for bit
-    _, _, scale_x, scale_w, _, bias = _scaled_operands(conv, 7, True, None)
+    _, _, scale_x, scale_w, _, bias = _scaled_operands(conv, seed + 1, True, None)
     operands = (x, weight, scale_x, scale_w, None, bias)
     kwargs = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation, out_dtype=torch.bfloat16)
     got = torch.ops.int8.scaled_conv2d(*(t if t is None else t.cuda() for t in operands), **kwargs)
     assert torch.equal(got.cpu(), torch.ops.int8.scaled_conv2d(*operands, **kwargs))
+
+
+@pytest.mark.parametrize("conv", MANY_TILES, ids=repr)
+def test_many_tiles_per_sm_exact(family, conv):
+    _assert_int32_and_bf16_exact(conv, seed=conv.n)
+
+
+# The sm90 family's two persistent schedules (conv_sm90.cu's rule picks one per shape), each forced
+# through TORCH_INT8_SM90_CONV_TILE on every shape it takes; an unknown name makes the kernel
+# decline, and the op falls back to im2col + GEMM, exact all the same.
+@pytest.mark.parametrize("schedule", ["pingpong", "cooperative", "unknown"])
+@pytest.mark.parametrize("conv", TAKEN + MANY_TILES, ids=repr)
+def test_sm90_schedules_exact(schedule, conv, monkeypatch):
+    if "sm90" not in CONV_FAMILIES:
+        pytest.skip("no sm90 kernels in this build")
+    monkeypatch.setenv("TORCH_INT8_SM90_CONV_TILE", schedule)
+    with forced_family("sm90"):
+        _assert_int32_and_bf16_exact(conv, seed=conv.k)
 
 
 def test_largest_accumulators_exact(family):

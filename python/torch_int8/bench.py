@@ -988,6 +988,9 @@ CONV_METHODS = {"fwd": "fwd", "fwd_bwd": "f+b", "fwd_graph": "g fwd", "fwd_bwd_g
 def _add_conv_args(p: argparse.ArgumentParser) -> None:
     _add_common_args(p)
     p.add_argument("--batch", type=int, action="append", help="batch size (repeatable; default 128 and 256)")
+    p.add_argument("--bias", action="store_true",
+                   help="layers with a bias (default: without, as ResNet's convolutions, which BatchNorm follows; "
+                        "cuDNN's bf16 layer with a bias measured 1.0-4.2x slower, benchmarks/NOTES.md 23)")
     p.add_argument("--profile", metavar="LAYER", choices=[s[0] for s in CONV_SHAPES],
                    help="instead of the table: torch.profiler's top CUDA kernels of the INT8 forward and "
                         "forward+backward of LAYER (at the first --batch)")
@@ -998,7 +1001,7 @@ def bench_conv_shape(shape, batch: int, args) -> dict:
     included), forward and forward+backward, on the same parameters and input: called eagerly (host
     overhead included) and replayed from CUDA graphs (GPU time alone; see graph_timings)."""
     name, c, h, w, k, r, stride, padding = shape
-    ref, ours, x, y, gy = conv_layer(shape, batch, args.seed)
+    ref, ours, x, y, gy = conv_layer(shape, batch, args.seed, args.bias)
     p, q = y.shape[2:]
     flops = 2 * batch * p * q * k * c * r * r
 
@@ -1056,12 +1059,12 @@ def graph_timings(label: str, layers: Dict[str, torch.nn.Module], x: torch.Tenso
             for side in layers for method in ("fwd_graph", "fwd_bwd_graph")}
 
 
-def conv_layer(shape, batch: int, seed: int):
+def conv_layer(shape, batch: int, seed: int, bias: bool = False):
     """(cuDNN bf16 channels_last nn.Conv2d, torch_int8.nn.Conv2d sharing its parameters, channels_last
-    input requiring grad, output gradient) for one CONV_SHAPES entry."""
+    input requiring grad, output gradient) for one CONV_SHAPES entry; without a bias unless asked."""
     name, c, h, w, k, r, stride, padding = shape
     torch.manual_seed(seed)
-    ref = torch.nn.Conv2d(c, k, r, stride, padding, device="cuda", dtype=torch.bfloat16)
+    ref = torch.nn.Conv2d(c, k, r, stride, padding, bias=bias, device="cuda", dtype=torch.bfloat16)
     ref = ref.to(memory_format=torch.channels_last)
     ours = torch_int8.nn.Conv2d.from_float(ref)
     x = torch.randn(batch, c, h, w, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
@@ -1117,7 +1120,9 @@ def run_conv(args: argparse.Namespace) -> int:
         return profile_conv(args.profile, batches[0], min(args.reps, 10))
     info = meta()
     info.update({"command": "conv", "reps": args.reps, "warmup": args.warmup, "seed": args.seed, "batches": batches,
-                 "layout": "channels_last bf16 input, bf16 output, quantization included"})
+                 "bias": args.bias,
+                 "layout": "channels_last bf16 input, bf16 output, quantization included, "
+                           + ("with" if args.bias else "without") + " bias"})
     print_meta(info)
     results = []
     for batch in batches:

@@ -14,9 +14,6 @@ namespace torch_int8::kernels::detail {
 
 Status conv2d_fprop_sm80(const ConvProblem& p, const Epilogue& e, cudaStream_t stream);  // Ampere / Ada
 Status conv2d_fprop_sm90(const ConvProblem& p, const Epilogue& e, cudaStream_t stream);  // Hopper
-// TEMPORARY: CUTLASS's non-persistent kernel, the cooperative one, bf16 output (TORCH_INT8_SM90_CONV=stock|coop).
-Status conv2d_fprop_sm90_stock(const ConvProblem& p, const Epilogue& e, cudaStream_t stream);
-Status conv2d_fprop_sm90_coop(const ConvProblem& p, const Epilogue& e, cudaStream_t stream);
 
 // The implicit-GEMM weight gradient of the sm80 and sm90 families (conv_wgrad_mma.cu, mma.sync):
 // how many stretches of the pixels it splits p into on a GPU of sm_count SMs, and the kernel.

@@ -1,7 +1,6 @@
 // Hopper implicit-GEMM convolution family (sm_90a): CUTLASS 3.x, TMA im2col + wgmma.
 #include <cstdlib>
 #include <cstring>
-#include <type_traits>
 
 #include "conv_families.h"
 #include "conv_sm90.cuh"
@@ -13,28 +12,39 @@ namespace {
 // TMA traversal (element) strides go up to 8.
 constexpr int64_t kMaxTmaStride = 8;
 
-// 128 output pixels x 64 output channels x 64 input channels: the tile for
-// layers with at most 64 output channels (a 128-wide tile would compute half
-// zeros there) and, with 32-channel k-tiles, for any C that is a multiple of
-// 32 only. 128 x 128 x 64 for wider layers: twice the MACs per byte of
-// operand traffic, which is what keeps wgmma fed once the layer is compute
-// bound (ResNet's deeper stages).
-template <class ElementD>
-Status run_with_tile_rule(const ConvProblem& p, const Epilogue& e, cudaStream_t stream) {
-  if (p.c % 64 != 0) {
-    if (p.c % 32 != 0) return Status::kInvalidArgument;  // wgmma's int8 K is 32
-    return Sm90ConvFprop<Sm90ConvTile<128, 64, 32, false>, ElementD>::run(p, e, stream);
-  }
-  return p.k <= 64 ? Sm90ConvFprop<Sm90ConvTile<128, 64, 64, false>, ElementD>::run(p, e, stream)
-                   : Sm90ConvFprop<Sm90ConvTile<128, 128, 64, false>, ElementD>::run(p, e, stream);
+// Tiles of the GEMM view (N*P*Q x K) with tile_m rows (run_sm90_conv's widths).
+int64_t conv_tiles(const ConvProblem& p, int64_t tile_m) {
+  const int64_t tile_n = p.c % 64 == 0 && p.k > 64 ? 128 : 64;
+  return (p.n * p.p * p.q + tile_m - 1) / tile_m * ((p.k + tile_n - 1) / tile_n);
 }
 
-// TEMPORARY: TORCH_INT8_SM90_CONV=stock|coop runs CUTLASS's non-persistent
-// kernel or the cooperative one instead of the ping-pong one (read at every
-// call), to benchmark them against each other.
-bool kernel_forced(const char* name) {
-  const char* env = std::getenv("TORCH_INT8_SM90_CONV");
-  return env && std::strcmp(env, name) == 0;
+// The busy fraction of `slots` concurrent tiles over the waves that `tiles` take.
+double wave_efficiency(int64_t tiles, int64_t slots) {
+  return static_cast<double>(tiles) / (static_cast<double>((tiles + slots - 1) / slots) * slots);
+}
+
+// The schedule rule (each measured against the other on the H200 with
+// TORCH_INT8_SM90_CONV_TILE, benchmarks/NOTES.md entry 23): cooperative
+// 256-row tiles, whose epilogue runs on both warpgroups at once (1.03-1.33x
+// the ping-pong kernel at the ResNet shapes, most where the epilogue
+// dominates: 64 input channels, 1x1 filters), unless their waves leave a
+// tenth more of the SMs idle than ping-pong's 128-row tiles, two at a time
+// per SM, do (ResNet-50's layer4 1x1 at batch 128: 400 tiles in 4 waves of
+// 132, ping-pong 1.11x).
+bool cooperative_pays(const ConvProblem& p) {
+  const int sm_count = device_sm_count();
+  return wave_efficiency(conv_tiles(p, 128), 2 * sm_count) - wave_efficiency(conv_tiles(p, 256), sm_count) < 0.1;
+}
+
+// TORCH_INT8_SM90_CONV_TILE=pingpong|cooperative forces one schedule (read at
+// every call), to benchmark the rule; an unknown name is refused
+// (kInvalidArgument: the op then runs im2col + GEMM).
+Status run_scheduled(const ConvProblem& p, const Epilogue& e, cudaStream_t stream) {
+  const char* env = std::getenv("TORCH_INT8_SM90_CONV_TILE");
+  if (!env || !*env) return cooperative_pays(p) ? run_sm90_conv<true>(p, e, stream) : run_sm90_conv<false>(p, e, stream);
+  if (std::strcmp(env, "cooperative") == 0) return run_sm90_conv<true>(p, e, stream);
+  if (std::strcmp(env, "pingpong") == 0) return run_sm90_conv<false>(p, e, stream);
+  return Status::kInvalidArgument;
 }
 
 }  // namespace
@@ -43,14 +53,12 @@ bool kernel_forced(const char* name) {
 // dilated filter extent, corner offsets) and N*P*Q < 2^31.
 Status conv2d_fprop_sm90(const ConvProblem& p, const Epilogue& e, cudaStream_t stream) {
   if (p.stride_h > kMaxTmaStride || p.stride_w > kMaxTmaStride) return Status::kInvalidArgument;
-  return visit_out_type(p.out_type, [&](auto tag) {
+  const Status aligned = visit_out_type(p.out_type, [&](auto tag) {
     using ElementD = typename decltype(tag)::type;
-    if (!meets_conv_alignment(p, e, sizeof(ElementD))) return Status::kInvalidArgument;
-    if constexpr (std::is_same_v<ElementD, cutlass::bfloat16_t>)  // (bf16 only: what the benchmarks time)
-      if (kernel_forced("stock")) return conv2d_fprop_sm90_stock(p, e, stream);
-      else if (kernel_forced("coop")) return conv2d_fprop_sm90_coop(p, e, stream);
-    return run_with_tile_rule<ElementD>(p, e, stream);
+    return meets_conv_alignment(p, e, sizeof(ElementD)) ? Status::kSuccess : Status::kInvalidArgument;
   });
+  if (aligned != Status::kSuccess || p.c % 32 != 0) return Status::kInvalidArgument;  // (wgmma's int8 K is 32)
+  return run_scheduled(p, e, stream);
 }
 
 }  // namespace torch_int8::kernels::detail

@@ -169,4 +169,23 @@ struct Sm90ConvFprop {
   }
 };
 
+// The convolution with the tiles of one schedule, for p's output type: 128
+// rows a warpgroup, 64 output channels (layers with at most 64: a 128-wide
+// tile would compute half zeros there) or 128 (twice the MACs per byte of
+// operand traffic, for wider layers), 64-channel k-tiles, or 32 where C is
+// only a multiple of 32 (wgmma's int8 K).
+template <bool kCooperative>
+Status run_sm90_conv(const ConvProblem& p, const Epilogue& e, cudaStream_t stream) {
+  constexpr int kTileM = kCooperative ? 256 : 128;
+  return visit_out_type(p.out_type, [&](auto tag) {
+    using D = typename decltype(tag)::type;
+    if (p.c % 64 != 0) return Sm90ConvFprop<Sm90ConvTile<kTileM, 64, 32, kCooperative>, D>::run(p, e, stream);
+    return p.k <= 64 ? Sm90ConvFprop<Sm90ConvTile<kTileM, 64, 64, kCooperative>, D>::run(p, e, stream)
+                     : Sm90ConvFprop<Sm90ConvTile<kTileM, 128, 64, kCooperative>, D>::run(p, e, stream);
+  });
+}
+
+// Instantiated in conv_sm90_cooperative.cu, to compile in parallel.
+extern template Status run_sm90_conv<true>(const ConvProblem&, const Epilogue&, cudaStream_t);
+
 }  // namespace torch_int8::kernels::detail
