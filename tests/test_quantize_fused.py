@@ -20,11 +20,13 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # Ragged against the transposing tiles (64 rows x 128 bf16/fp16 or 64 fp32 columns) and the
 # 16-byte packs, one whole tile, one row, one column, and sizes whose rows start unaligned (cols
 # odd) so the single-element paths run; (136, 264) has some 16-byte aligned transposed rows and
-# some not. The last two have rows too long for one block's registers (the two-pass path). Rows of
+# some not. The last three have rows too long for one block's registers: on sm_90+ a cluster of
+# blocks holds (3, 40000) in its registers (one pass), not (4, 33333) (unaligned: one value a
+# thread and step) nor (2, 270000) (two passes, max-reduce then quantize). Rows of
 # at most 32 threads go several to a block, one per warp segment: (1000, 1), (100, 8), (5, 64) (fewer
 # rows than a block takes at a time), (3000, 64) (many blocks), (257, 96), (64, 128).
 SHAPES = [(1, 1), (1, 4096), (1000, 1), (3, 1000), (64, 4096), (64, 128), (136, 264), (7, 333), (130, 65),
-          (257, 96), (100, 8), (5, 64), (3000, 64), (3, 40000), (4, 33333)]
+          (257, 96), (100, 8), (5, 64), (3000, 64), (3, 40000), (4, 33333), (2, 270000)]
 # Column statistics: also several slices of rows per column (merged in order), narrow matrices
 # (a block spread over few columns and many rows), ragged and unaligned widths. quantize_rows
 # collects them in its own pass over rows of up to 768 threads x 2 packs (12288 bf16 columns);
@@ -202,6 +204,31 @@ def test_stochastic_rounding_unbiased_and_reproducible(device):
     c, _ = torch_int8.quantize_rows(x.to(device), rounding="stochastic", generator=g)
     assert torch.equal(a.data, c.data) and not torch.equal(a.data, b.data)
     assert torch.equal(a.scale, torch_int8.quantize_rows(x.to(device))[0].scale)
+
+
+@pytest.mark.cuda_graph
+@pytest.mark.parametrize("device", CUDA_ONLY)
+@pytest.mark.parametrize("rows,cols", [(3, 40000), (4, 33333), (2, 270000)])
+def test_long_rows_stochastic_and_in_cuda_graphs(device, rows, cols):
+    # The long-row paths (one cluster pass or two passes) with stochastic rounding: every value
+    # rounds to one of its two neighbouring steps (0 in a non-finite row), under the nearest
+    # rounding's scale; and captured in a CUDA graph, nearest rounding gives the composite's result.
+    x = make_x(rows, cols, torch.bfloat16, seed=cols)
+    ref = torch_int8.quantize(x, 0)
+    g = torch.Generator(device=device)
+    g.manual_seed(3)
+    q, _ = torch_int8.quantize_rows(x.to(device), rounding="stochastic", generator=g)
+    assert same(q.scale.cpu(), ref.scale)
+    finite = ref.scale.isfinite()
+    steps = (x.double() / ref.scale.double()[:, None])[finite]
+    got = q.data.cpu().double()
+    assert ((got[finite] == steps.floor()) | (got[finite] == steps.ceil())).all()
+    assert (got[~finite] == 0).all()
+    xd, out = x.to(device), {}
+    replay = graphed(lambda: out.update(q=torch_int8.quantize_rows(xd)[0]))
+    replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out["q"].data.cpu(), ref.data) and same(out["q"].scale.cpu(), ref.scale)
 
 
 @pytest.mark.cuda_graph
