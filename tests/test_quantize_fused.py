@@ -20,9 +20,8 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # Ragged against the transposing tiles (64 rows x 128 bf16/fp16 or 64 fp32 columns) and the
 # 16-byte packs, one whole tile, one row, one column, and sizes whose rows start unaligned (cols
 # odd) so the single-element paths run; (136, 264) has some 16-byte aligned transposed rows and
-# some not. The last three have rows too long for one block's registers: on sm_90+ a cluster of
-# blocks holds (3, 40000) in its registers (one pass), not (4, 33333) (unaligned: one value a
-# thread and step) nor (2, 270000) (two passes, max-reduce then quantize). Rows of
+# some not. The last three have rows too long for one block's registers (the two-pass path: blocks
+# of 8 packs a thread max-reduce, then quantize; (4, 33333) unaligned, one value a pack). Rows of
 # at most 32 threads go several to a block, one per warp segment: (1000, 1), (100, 8), (5, 64) (fewer
 # rows than a block takes at a time), (3000, 64) (many blocks), (257, 96), (64, 128).
 SHAPES = [(1, 1), (1, 4096), (1000, 1), (3, 1000), (64, 4096), (64, 128), (136, 264), (7, 333), (130, 65),
@@ -210,7 +209,7 @@ def test_stochastic_rounding_unbiased_and_reproducible(device):
 @pytest.mark.parametrize("device", CUDA_ONLY)
 @pytest.mark.parametrize("rows,cols", [(3, 40000), (4, 33333), (2, 270000)])
 def test_long_rows_stochastic_and_in_cuda_graphs(device, rows, cols):
-    # The long-row paths (one cluster pass or two passes) with stochastic rounding: every value
+    # The two-pass long-row path with stochastic rounding: every value
     # rounds to one of its two neighbouring steps (0 in a non-finite row), under the nearest
     # rounding's scale; and captured in a CUDA graph, nearest rounding gives the composite's result.
     x = make_x(rows, cols, torch.bfloat16, seed=cols)

@@ -6,8 +6,7 @@
 //                        column statistics a block also keeps its columns' maxima
 //                        and sums over its slice; the slices are then merged in
 //                        order (no atomics: the float sums are reproducible).
-//                        Longer rows: one pass by a cluster of blocks (sm_90+),
-//                        or two, max-reduce then quantize;
+//                        Longer rows: two passes, max-reduce then quantize;
 //   column_stats:        the column statistics alone (the column_amax op, and
 //                        rows too long for the fused ones): a streaming pass over
 //                        slices of rows, then the same merge;
@@ -18,7 +17,6 @@
 //                        27-34% of the copy rate against 42-51%, NOTES entry 12.)
 // Both quantize with IEEE-exact results and the same rounding as the ATen
 // composite, so nearest rounding gives its results bit for bit.
-#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
@@ -506,24 +504,22 @@ __global__ void __launch_bounds__(kShort ? kShortRowThreads : kMaxRowThreads<S>)
 }
 
 // Rows too long for one block's registers (e.g. a whole image of a convolution)
-// take one pass on GPUs with thread block clusters (sm_90+) if a cluster's
-// registers hold them (quantize_cluster_rows_kernel), else two passes: blocks
-// of kLongRowPacks packs max-reduce their piece into the row's amax
-// (amax_bits), then quantize it. The quantize pass walks the blocks in
-// reverse, so that it starts on what the max pass read last, which may still
-// be in L2.
+// take two passes: blocks of kLongRowPacks packs max-reduce their piece into
+// the row's amax (amax_bits), then quantize it. The quantize pass walks the
+// blocks in reverse, so that it starts on what the max pass read last, which
+// is still in L2 (a batch of images is about the size of L2).
 constexpr int kLongRowSteps = 8;  // packs per thread and block
 constexpr int kLongRowPacks = kLongRowSteps * kThreads;
 
-// Calls f(i, p) for the kSteps packs p = first + i * kThreads + threadIdx.x
-// of a block's piece of a row [first, end), unrolled so that their loads are
-// all in flight before the first is used.
-template <int kSteps, class F>
-__device__ __forceinline__ void for_each_piece_pack(int64_t first, int64_t end, F&& f) {
+// Calls f(i, p) for the kLongRowSteps packs p = first + i * kThreads +
+// threadIdx.x of a long-row block that lie in the row, unrolled so that
+// their loads are all in flight before the first is used.
+template <class F>
+__device__ __forceinline__ void for_each_long_row_pack(int64_t first, int64_t packs, F&& f) {
 #pragma unroll
-  for (int i = 0; i < kSteps; ++i) {
+  for (int i = 0; i < kLongRowSteps; ++i) {
     const int64_t p = first + int64_t{i} * kThreads + threadIdx.x;
-    if (p < end) f(i, p);
+    if (p < packs) f(i, p);
   }
 }
 
@@ -533,9 +529,8 @@ __global__ void __launch_bounds__(kThreads)
   const auto* xr = reinterpret_cast<const Pack<T, N>*>(x + int64_t{blockIdx.y} * cols);
   __shared__ unsigned warp_maxima[32];
   unsigned amax = 0;
-  const int64_t first = int64_t{blockIdx.x} * kLongRowPacks;
-  for_each_piece_pack<kLongRowSteps>(first, min(cols / N, first + kLongRowPacks),
-                                     [&](int, int64_t p) { amax = max_magnitude(amax, magnitudes(xr[p])); });
+  for_each_long_row_pack(int64_t{blockIdx.x} * kLongRowPacks, cols / N,
+                         [&](int, int64_t p) { amax = max_magnitude(amax, magnitudes(xr[p])); });
   amax = block_max(Magnitudes<T, N>::float_bits(amax), warp_maxima);
   if (threadIdx.x == 0 && amax != 0) atomicMax(&row_amax[blockIdx.y], amax);
 }
@@ -550,56 +545,11 @@ __global__ void __launch_bounds__(kThreads)
   const Divisor d = divisor_of(__uint_as_float(row_amax[r]));
   const auto* xr = reinterpret_cast<const Pack<T, N>*>(x + r * cols);
   auto* qr = reinterpret_cast<Int8Pack<N>*>(q + r * cols);
-  const int64_t end = min(packs, first + kLongRowPacks);
   Pack<T, N> v[kLongRowSteps];
-  for_each_piece_pack<kLongRowSteps>(first, end, [&](int i, int64_t p) { v[i] = xr[p]; });
-  for_each_piece_pack<kLongRowSteps>(first, end, [&](int i, int64_t p) {
+  for_each_long_row_pack(first, packs, [&](int i, int64_t p) { v[i] = xr[p]; });
+  for_each_long_row_pack(first, packs, [&](int i, int64_t p) {
     qr[p] = quantize_pack<true>(v[i], d, round, r * cols + p * N);
   });
-}
-
-// One pass over rows of up to kClusterRowPacks packs: a cluster of
-// kClusterBlocks blocks per row, each holding an even piece of it in
-// registers; the blocks' maxima are exchanged through distributed shared
-// memory, and each block quantizes its piece from its registers. (The
-// portable cluster size; at 16 packs a thread, 262144 bf16 values a row.)
-constexpr int kClusterBlocks = 8;
-constexpr int kClusterSteps = 16;
-constexpr int64_t kClusterRowPacks = int64_t{kClusterBlocks} * kThreads * kClusterSteps;
-
-template <class T, int N, class Round>
-__global__ void __launch_bounds__(kThreads)
-    quantize_cluster_rows_kernel(const T* __restrict__ x, int64_t cols, float* __restrict__ scale,
-                                 int8_t* __restrict__ q, Round rounding) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  namespace cg = cooperative_groups;
-  const cg::cluster_group cluster = cg::this_cluster();
-  const Round round = rounding.resolved();
-  const int64_t r = blockIdx.y, packs = cols / N;
-  const int64_t piece = (packs + kClusterBlocks - 1) / kClusterBlocks;
-  const int64_t first = piece * cluster.block_rank(), end = min(packs, first + piece);
-  const auto* xr = reinterpret_cast<const Pack<T, N>*>(x + r * cols);
-  Pack<T, N> v[kClusterSteps];
-  unsigned amax = 0;
-  for_each_piece_pack<kClusterSteps>(first, end, [&](int i, int64_t p) {
-    v[i] = xr[p];
-    amax = max_magnitude(amax, magnitudes(v[i]));
-  });
-  __shared__ unsigned warp_maxima[32];
-  __shared__ unsigned block_amax;
-  amax = block_max(Magnitudes<T, N>::float_bits(amax), warp_maxima);
-  if (threadIdx.x == 0) block_amax = amax;
-  cluster.sync();
-  unsigned row_amax = 0;
-  for (unsigned b = 0; b < kClusterBlocks; ++b) row_amax = max(row_amax, *cluster.map_shared_rank(&block_amax, b));
-  cluster.sync();  // (no block leaves while another still reads its block_amax)
-  if (cluster.block_rank() == 0 && threadIdx.x == 0) scale[r] = scale_of(__uint_as_float(row_amax));
-  const Divisor d = divisor_of(__uint_as_float(row_amax));
-  auto* qr = reinterpret_cast<Int8Pack<N>*>(q + r * cols);
-  for_each_piece_pack<kClusterSteps>(first, end, [&](int i, int64_t p) {
-    qr[p] = quantize_pack<true>(v[i], d, round, r * cols + p * N);
-  });
-#endif
 }
 
 // The long-row amax (float bits, in place in `scale`) becomes the scale.
@@ -788,34 +738,10 @@ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 
 Status launched() { return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError; }
 
-// Whether the current device runs thread block clusters (sm_90+).
-bool device_has_clusters() {
-  int device = 0, major = 0;
-  return cudaGetDevice(&device) == cudaSuccess &&
-         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess && major >= 9;
-}
-
-// The one-pass path of rows longer than a block's registers hold, where a
-// cluster's hold them; else the two-pass path, whose row maxima are gathered
-// in the scale buffer itself.
+// The two-pass path of rows longer than a block's registers hold; the row
+// maxima are gathered in the scale buffer itself.
 template <class T, int N, class Round>
 Status launch_long_rows(const T* x, const QuantizeRows& r, const Round& round, cudaStream_t s) {
-  if (r.cols / N <= kClusterRowPacks && r.rows <= 65535 && device_has_clusters()) {
-    cudaLaunchConfig_t config{};
-    config.gridDim = dim3(kClusterBlocks, static_cast<unsigned>(r.rows));
-    config.blockDim = dim3(kThreads);
-    config.stream = s;
-    cudaLaunchAttribute cluster{};
-    cluster.id = cudaLaunchAttributeClusterDimension;
-    cluster.val.clusterDim.x = kClusterBlocks;
-    cluster.val.clusterDim.y = cluster.val.clusterDim.z = 1;
-    config.attrs = &cluster;
-    config.numAttrs = 1;
-    if (cudaLaunchKernelEx(&config, quantize_cluster_rows_kernel<T, N, Round>, x, r.cols, r.scale, r.q, round) !=
-        cudaSuccess)
-      return Status::kCudaError;
-    return launched();
-  }
   const int64_t chunks = (r.cols / N + kLongRowPacks - 1) / kLongRowPacks;
   if (chunks > 0x7fffffff || r.rows > 65535) return Status::kInvalidArgument;
   auto* amax = reinterpret_cast<unsigned*>(r.scale);
