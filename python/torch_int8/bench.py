@@ -990,7 +990,7 @@ def _add_conv_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, action="append", help="batch size (repeatable; default 128 and 256)")
     p.add_argument("--bias", action="store_true",
                    help="layers with a bias (default: without, as ResNet's convolutions, which BatchNorm follows; "
-                        "cuDNN's bf16 layer with a bias measured 1.0-4.2x slower, benchmarks/NOTES.md 23)")
+                        "cuDNN's bf16 layer with a bias measured 1.2-4.1x slower, benchmarks/NOTES.md 23)")
     p.add_argument("--profile", metavar="LAYER", choices=[s[0] for s in CONV_SHAPES],
                    help="instead of the table: torch.profiler's top CUDA kernels of the INT8 forward and "
                         "forward+backward of LAYER (at the first --batch)")
