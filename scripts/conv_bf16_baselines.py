@@ -5,11 +5,10 @@ without one (ResNet's convolutions have none), the latter also with torch.backen
 
 usage: python3 scripts/conv_bf16_baselines.py [--batch N] [--reps R]
 """
-import argparse
-
 import torch
 
-from torch_int8.bench import CONV_SHAPES, conv_layer, drop_grads, graphed, graphed_training_step, time_in_turns
+from torch_int8.bench import (CONV_SHAPES, conv_layer, drop_grads, graphed, graphed_training_step, script_args,
+                              time_in_turns)
 
 
 def captured(benchmark: bool, capture):
@@ -23,12 +22,7 @@ def captured(benchmark: bool, capture):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--reps", type=int, default=30)
-    ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+    args = script_args(__doc__)
     print(f"{torch.cuda.get_device_name()}, batch {args.batch}: cuDNN bf16 nn.Conv2d (channels_last), ms per call "
           f"(CUDA graphs); bm = cudnn.benchmark")
     methods = ("fwd bias", "fwd", "fwd bm", "step bias", "step", "step bm")

@@ -14,14 +14,13 @@ the layer's quantize pass of x (per image: rows of C*H*W values, the two-pass lo
 copy of x, whose bytes (read x once, write it once) set the copy rate: two passes that both read x
 from DRAM would take (2 * 2 + 1) / (2 + 2) = 1.25x the copy; less means the second read hit L2.
 """
-import argparse
 import os
 
 import torch
 import torch.nn.functional as F
 
 import torch_int8
-from torch_int8.bench import CONV_SHAPES, graphed, time_in_turns
+from torch_int8.bench import CONV_SHAPES, graphed, script_args, time_in_turns
 from torch_int8.nn.conv import _quantize_images
 
 
@@ -40,12 +39,7 @@ def captured(kernel: str, fn):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--reps", type=int, default=30)
-    ap.add_argument("--warmup", type=int, default=5)
-    args = ap.parse_args()
-    torch.manual_seed(0)
+    args = script_args(__doc__)
     print(f"{torch.cuda.get_device_name()}, batch {args.batch}: forward convolution, ms per call (CUDA graphs)")
     print(f"{'layer':20s} {'rule':>9s} {'pingpong':>9s} {'coop':>9s} {'bf16':>9s} {'TOPS':>6s} {'coop/pp':>8s} "
           f"{'rule/bf16':>9s} {'quantize':>9s} {'copy':>9s} {'q/copy':>7s}")

@@ -10,22 +10,15 @@ usage: python3 scripts/wgrad_paths.py [--batch N] [--reps R]
              int8 copies, im2col, the split GEMMs, their int64 sum and scaling
   bf16       torch.nn.grad.conv2d_weight in bf16 (cuDNN), channels_last
 """
-import argparse
-
 import torch
 
 import torch_int8
-from torch_int8.bench import CONV_SHAPES, graphed, time_in_turns
+from torch_int8.bench import CONV_SHAPES, graphed, script_args, time_in_turns
 from torch_int8.nn.conv import _grad_weight, _quantize_images
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--reps", type=int, default=30)
-    ap.add_argument("--warmup", type=int, default=5)
-    args = ap.parse_args()
-    torch.manual_seed(0)
+    args = script_args(__doc__)
     config = torch_int8.Int8Config()
     print(f"{torch.cuda.get_device_name()}, batch {args.batch}: weight gradient, ms per call (CUDA graphs)")
     print(f"{'layer':20s} {'implicit':>9s} {'channel':>9s} {'bf16':>9s} {'impl/bf16':>9s} {'chan/bf16':>9s}")

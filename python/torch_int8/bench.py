@@ -378,6 +378,19 @@ def _time_or_error(label: str, make: Callable[[], Callable[[], object]], args) -
     return t
 
 
+def script_args(doc: Optional[str]) -> argparse.Namespace:
+    """The options of the scripts/ that time paths side by side at CONV_SHAPES (--batch, --reps,
+    --warmup, --seed: the arguments time_in_turns reads), with torch's generator seeded."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.manual_seed(args.seed)
+    return args
+
+
 def time_in_turns(label: str, fns: Dict[str, Callable[[], object]], args) -> Dict[str, dict]:
     """timeit_interleaved over those of fns whose first call succeeds, each result plus "error":
     None; a fn whose first call raises gets _error_result and is left out of the turns. Should one
