@@ -643,6 +643,32 @@ def test_pointwise_grad_input_equals_scaled_dgrad(device, n, c, h, w, k, stride,
 
 
 @pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("granularity", ["channel", "tensor"])
+@pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
+def test_strided_pointwise_layer_within_quantization_bounds(device, granularity, fmt):
+    # The layer quantizes only the pixels a strided 1x1 convolution reads: its output and weight
+    # gradient stay within the bounds of quantizing all of x (whose steps are at least as large), and
+    # pixels the layer does not read change nothing.
+    gen = make_gen(23)
+    conv = torch.nn.Conv2d(32, 48, 1, stride=2).to(device)
+    x = torch.randn(3, 32, 9, 11, generator=gen).to(device)
+    x = x.contiguous(memory_format=torch.channels_last) if fmt == "channels_last" else x
+    x.requires_grad_(True)
+    layer = torch_int8.nn.Conv2d.from_float(conv, Int8Config(granularity=granularity))
+    y = layer(x)
+    gy = torch.randn(y.shape, generator=make_gen(24)).to(device)
+    y.backward(gy)
+    geometry = (conv.stride, conv.padding, conv.dilation, 1)
+    xd, wd, gd = x.detach().double().cpu(), conv.weight.detach().double().cpu(), gy.double().cpu()
+    by, _, bdw = layer_bounds(xd, wd, gd, geometry, granularity == "channel")
+    check_within(y.detach().cpu(), F.conv2d(xd, wd, conv.bias.detach().double().cpu(), *geometry), by)
+    check_within(conv.weight.grad.cpu(), conv2d_weight(xd, wd.shape, gd, *geometry), bdw)
+    unread = x.detach().clone()
+    unread[:, :, 1::2] = 1e4  # every pixel off the stride, far above the rest
+    assert torch.equal(layer(unread).detach().cpu(), y.detach().cpu())
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
 def test_strided_pointwise_layer_gradients(device):
     # nn.Conv2d(16 -> 24, 1x1, stride 2) through the layer: grad_input within the quantization bound.
     gen = make_gen(5)

@@ -85,6 +85,31 @@ def test_scaled_wgrad_is_the_scaled_sum_of_exact_image_wgrads(device, case, per_
     assert torch.all(err <= bound), float((err - bound).max())
 
 
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+def test_strided_pointwise_layer_wgrad_from_the_pixels_it_reads(device):
+    """ResNet's downsampling 1x1 stride-2 layer: x's every other pixel is quantized and saved (int8, a
+    quarter of x, where the implicit kernel runs: at least 14x14 output pixels), its weight gradient
+    the 1x1 stride-1 one over them, within the per-image bounds of all of x."""
+    conv = torch.nn.Conv2d(32, 48, 1, stride=2, bias=False).to(device)
+    x = torch.randn(3, 32, 29, 29, generator=make_gen(51)).to(device).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    layer = torch_int8.nn.Conv2d.from_float(conv)
+    y = layer(x)
+    kernel_runs = device == "cuda" and torch_int8.backends.selected_backend() in ("sm80", "sm90")
+    saved = [t for t in y.grad_fn.saved_tensors if t is not None]
+    quarter = [t for t in saved if t.shape[2:] == (15, 15) and t.shape[1] == 32]
+    assert len(quarter) == 1 and (quarter[0].dtype == torch.int8) == kernel_runs
+    assert not any(t is x for t in saved)
+    gy = torch.randn(y.shape, generator=make_gen(52)).to(device)
+    y.backward(gy)
+    geometry = (conv.stride, conv.padding, conv.dilation, 1)
+    xd, wd, gd = x.detach().double().cpu(), conv.weight.detach().double().cpu(), gy.double().cpu()
+    by, _, bdw = layer_bounds_per_image(xd, wd, gd, geometry)
+    check_within(y.detach().cpu(), F.conv2d(xd, wd, None, *geometry), by)
+    if kernel_runs:
+        check_within(conv.weight.grad.cpu(), conv2d_weight(xd, wd.shape, gd, *geometry), bdw)
+
+
 @pytest.mark.parametrize("device", CUDA_ONLY)
 def test_scaled_wgrad_of_one_huge_image_does_not_overflow_int32(device):
     """One image of 160000 output pixels, every value -128: its sum, 128^2 * 160000 = 2.6e9, passes

@@ -328,12 +328,19 @@ class _Int8Conv2dFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, geometry, config: Int8Config, out_dtype):
         ctx.geometry, ctx.config, ctx.has_bias = geometry, config, bias is not None
         ctx.x_shape, ctx.x_dtype, ctx.x_format = x.shape, x.dtype, _memory_format(x)
+        ctx.wgrad_geometry = geometry  # of the x saved for the weight gradient
         stride, padding, dilation, groups = geometry
         if not config.forward:
             ctx.implicit_wgrad = False
             ctx.save_for_backward(x, weight)
             return F.conv2d(x.to(out_dtype), weight.to(out_dtype), None if bias is None else bias.to(out_dtype),
                             stride, padding, dilation, groups)
+        # A strided 1x1 layer reads every stride-th pixel only: those are quantized (not the rest of x),
+        # and both the forward and the weight gradient run as the 1x1 stride-1 convolution over them.
+        if _is_strided_pointwise(weight.shape, geometry):
+            x = x[:, :, ::stride[0], ::stride[1]].contiguous(memory_format=ctx.x_format)
+            stride = (1, 1)
+            ctx.wgrad_geometry = (stride, padding, dilation, groups)
         # Per image x per output channel ("channel"): the same function quantizes both.
         qx = _quantize_operand(x, config)
         y = scaled_conv2d(qx, _quantize_operand(weight, config), bias, stride, padding, dilation, groups,
@@ -363,16 +370,15 @@ class _Int8Conv2dFunction(torch.autograd.Function):
         elif ctx.needs_input_grad[0]:
             grad_x = torch.nn.grad.conv2d_input(ctx.x_shape, weight.to(grad_out.dtype), grad_out, stride, padding,
                                                 dilation, groups).to(ctx.x_dtype)
-        if ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[1]:  # x: the pixels the forward read (ctx.wgrad_geometry's input)
             if implicit_wgrad:
                 qx = QTensor(*saved_qx, None, 0 if saved_qx[1].dim() else None)
-                grad_w = scaled_conv2d_wgrad(qg, qx, weight.shape[2:], stride, padding, dilation,
-                                             groups).to(weight.dtype)
+                grad_w = scaled_conv2d_wgrad(qg, qx, weight.shape[2:], *ctx.wgrad_geometry).to(weight.dtype)
             elif config.grad_weight:
-                grad_w = _grad_weight(grad_out, x, weight, geometry, config, grad_amax)
+                grad_w = _grad_weight(grad_out, x, weight, ctx.wgrad_geometry, config, grad_amax)
             else:
-                grad_w = torch.nn.grad.conv2d_weight(x.to(grad_out.dtype), weight.shape, grad_out, stride, padding,
-                                                     dilation, groups).to(weight.dtype)
+                grad_w = torch.nn.grad.conv2d_weight(x.to(grad_out.dtype), weight.shape, grad_out,
+                                                     *ctx.wgrad_geometry).to(weight.dtype)
         if bgrad:
             grad_b = (grad_out.sum((0, 2, 3)) if grad_sum is None else grad_sum).to(weight.dtype)
         return grad_x, grad_w, grad_b, None, None, None
