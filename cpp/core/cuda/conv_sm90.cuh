@@ -72,12 +72,12 @@ struct Sm90ConvMainloop {
   using TiledMma = decltype(cute::make_tiled_mma(
       cute::GMMA::ss_op_selector<int8_t, int8_t, int32_t, TileShape, cute::GMMA::Major::K, cute::GMMA::Major::K>(),
       typename Tile::AtomLayout{}));
-  using Traits = cutlass::conv::collective::detail::Sm90ImplicitGemmTileTraits<typename Built::GmemTiledCopyA,
-                                                                               typename Built::SmemLayoutA>;
+  using TraitsA = cutlass::conv::collective::detail::Sm90ImplicitGemmTileTraits<typename Built::GmemTiledCopyA,
+                                                                                typename Built::SmemLayoutA>;
   using TraitsB = cutlass::conv::collective::detail::Sm90ImplicitGemmTileTraits<typename Built::GmemTiledCopyB,
                                                                                 typename Built::SmemLayoutB>;
   using type = cutlass::conv::collective::CollectiveConv<typename Built::DispatchPolicy, TileShape, int8_t, int8_t,
-                                                         TiledMma, Traits, TraitsB>;
+                                                         TiledMma, TraitsA, TraitsB>;
 };
 
 // The convolution mainloop as a GEMM mainloop, so that CUTLASS's persistent

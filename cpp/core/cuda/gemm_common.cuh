@@ -49,8 +49,6 @@ struct RoundThenAdd<cutlass::Array<float, N>> {
   }
 };
 
-// Checks, sizes the workspace for, and runs one CUTLASS device-level operator.
-// GEMMs with a fused epilogue need no workspace (no split-K here yet).
 // The current device's SM count, queried once: the persistent kernels size
 // their grids by it.
 inline int device_sm_count() {
@@ -62,6 +60,8 @@ inline int device_sm_count() {
   return sm_count;
 }
 
+// Checks, sizes the workspace for, and runs one CUTLASS device-level operator.
+// GEMMs with a fused epilogue need no workspace (no split-K here yet).
 template <class DeviceOp>
 Status run_cutlass(typename DeviceOp::Arguments const& args, cudaStream_t stream) {
   DeviceOp op;
