@@ -507,7 +507,8 @@ __global__ void __launch_bounds__(kShort ? kShortRowThreads : kMaxRowThreads<S>)
 // take two passes: blocks of kLongRowPacks packs max-reduce their piece into
 // the row's amax (amax_bits), then quantize it. The quantize pass walks the
 // blocks in reverse, so that it starts on what the max pass read last, which
-// is still in L2 (a batch of images is about the size of L2).
+// may still be in L2 (with the 8 loads in flight: 3-7% faster on the H200,
+// benchmarks/NOTES.md 24).
 constexpr int kLongRowSteps = 8;  // packs per thread and block
 constexpr int kLongRowPacks = kLongRowSteps * kThreads;
 

@@ -16,7 +16,9 @@ wgrad reuses the forward's quantized X and dgrad's quantized dY where its implic
 and is the faster path (CUDA, sm80 / sm90 families, one group, channel counts multiples of 16,
 images of at least 28x28 output pixels, or 14x14 for 1x1 filters: _implicit_wgrad). Elsewhere it is
 split into batches of at most 131071 output pixels, its operands quantized per channel straight into
-the [C, N, H, W] layout that path reads (im2col + GEMM).
+the [C, N, H, W] layout that path reads (im2col + GEMM). A strided 1x1 layer (ResNet's downsampling
+shortcut) quantizes only the pixels it reads, every stride-th, and its forward and wgrad are the
+stride-1 1x1 convolution over them.
 """
 from __future__ import annotations
 
