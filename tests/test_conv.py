@@ -702,7 +702,7 @@ PHASE_CASES = [
 def test_strided_dgrad_by_phases_is_exact(device, case):
     """Conv2d's strided dgrad: one stride-1 convolution per phase, written to its strided share of
     dX, equals conv2d_dgrad exactly (here with the exact int32 conv2d as each phase's product)."""
-    from torch_int8.nn.conv import _dgrad_by_phases, _dgrad_phases
+    from torch_int8.nn.conv import _dgrad_by_phases, _dgrad_phases, _rotated_filter
     n, c, h, w_, k, r, s, stride, padding, groups = case
     w = rand_int8((k, c // groups, r, s), seed=71)
     out_hw = [(size + 2 * p - f) // st + 1 for size, p, f, st in zip((h, w_), padding, (r, s), stride)]
@@ -710,7 +710,7 @@ def test_strided_dgrad_by_phases_is_exact(device, case):
     geometry = (stride, padding, (1, 1), groups)
     phases = _dgrad_phases(w.shape, (h, w_), out_hw, geometry)
     assert len(phases) == stride[0] * stride[1] or h < stride[0] or w_ < stride[1]
-    dx = _dgrad_by_phases(gy, w.to(device), (n, c, h, w_), geometry, phases,
+    dx = _dgrad_by_phases(gy, _rotated_filter(w, groups).to(device), (n, c, h, w_), geometry, phases,
                           lambda f, p: torch_int8.conv2d(gy, f, 1, p, 1, groups), torch.int32)
     ref = conv2d_input((n, c, h, w_), w.double(), gy.cpu().double(), stride, padding, 1, groups)
     assert torch.equal(dx.cpu().double(), ref)

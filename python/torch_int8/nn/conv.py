@@ -57,17 +57,13 @@ def _padding_pair(module: torch.nn.Conv2d):
     return tuple(module.padding)
 
 
-def _per_input_channel(weight: torch.Tensor, groups: int, per_channel: bool):
-    """weight [K, C/G, R, S] quantized per input channel c = g*C/G + c' (scale [C]), or per tensor
-    (0-d scale): (data, scale)."""
-    if not per_channel:
-        q = quantize(weight, None)
-        return q.data, q.scale
-    k, cg, r, s = weight.shape
-    by_channel = weight.reshape(groups, k // groups, cg, r * s).permute(1, 3, 0, 2).reshape(-1, groups * cg)
-    q = quantize(by_channel, 1)
-    data = q.data.reshape(k // groups, r * s, groups, cg).permute(2, 0, 3, 1).reshape(k, cg, r, s)
-    return data, q.scale
+def _rotated_per_input_channel(weight: torch.Tensor, groups: int, per_channel: bool):
+    """The rotated filter W' [C, K/G, R, S] (_rotated_filter) quantized per input channel c (one row
+    of W', scale [C]: the fused per-row kernel, one pass) or per tensor (0-d scale): (data, scale).
+    Rotating the int8 data back (_rotated_filter(data, groups)) gives W quantized per input channel."""
+    rotated = _rotated_filter(weight, groups)
+    q = _quantize_images(rotated, "nearest") if per_channel else quantize(rotated, None)
+    return q.data, q.scale
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
@@ -189,11 +185,11 @@ def _phases_pay(weight_shape, groups: int, dtype: torch.dtype) -> bool:
     return groups == 1 and k % 32 == 0 and cg * dtype.itemsize % 16 == 0
 
 
-def _dgrad_by_phases(dy: torch.Tensor, w_data: torch.Tensor, x_shape, geometry, phases, conv_phase, dtype):
+def _dgrad_by_phases(dy: torch.Tensor, rotated: torch.Tensor, x_shape, geometry, phases, conv_phase, dtype):
     """dX of a strided convolution as one stride-1 convolution per phase, conv_phase(filter, padding)
-    (an int8 convolution of dy), each written to its strided share of an NHWC dX of dtype; no col2im."""
-    stride, _, _, groups = geometry
-    rotated = _rotated_filter(w_data, groups)
+    (an int8 convolution of dy), each written to its strided share of an NHWC dX of dtype; no col2im.
+    rotated: the rotated filter (_rotated_filter), whose taps make the phases' filters."""
+    stride = geometry[0]
     grad_x = torch.empty(x_shape[0], x_shape[2], x_shape[3], x_shape[1], dtype=dtype, device=dy.device)
     grad_x = grad_x.permute(0, 3, 1, 2)
     for row, col in phases:
@@ -207,7 +203,7 @@ def _dgrad_by_phases(dy: torch.Tensor, w_data: torch.Tensor, x_shape, geometry, 
     return grad_x
 
 
-def _grad_input_by_phases(qg: QTensor, w_data, w_scale, x_shape, geometry, phases, dtype):
+def _grad_input_by_phases(qg: QTensor, w_rotated, w_scale, x_shape, geometry, phases, dtype):
     """_dgrad_by_phases with scaled_conv2d (implicit GEMM; the scales, per image x per input channel,
     in its epilogue, as on the stride-1 path)."""
     groups = geometry[3]
@@ -215,7 +211,7 @@ def _grad_input_by_phases(qg: QTensor, w_data, w_scale, x_shape, geometry, phase
     def conv_phase(sub_filter, padding):
         qw = QTensor(sub_filter, w_scale, None, 0 if w_scale.dim() else None)
         return scaled_conv2d(qg, qw, None, 1, padding, 1, groups, out_dtype=dtype)
-    return _dgrad_by_phases(qg.data, w_data, x_shape, geometry, phases, conv_phase, dtype)
+    return _dgrad_by_phases(qg.data, w_rotated, x_shape, geometry, phases, conv_phase, dtype)
 
 
 def _is_strided_pointwise(weight_shape, geometry) -> bool:
@@ -244,20 +240,20 @@ def _pointwise_grad_input(qg: QTensor, w_data, w_scale, x_shape, stride, dtype):
 def _grad_input(qg: QTensor, weight, x_shape, geometry, config: Int8Config, dtype):
     """dX from dY quantized by _quantize_grad_out."""
     stride, padding, dilation, groups = geometry
-    per_channel = config.granularity == "channel"
-    w_data, w_scale = _per_input_channel(weight, groups, per_channel)
+    w_rotated, w_scale = _rotated_per_input_channel(weight, groups, config.granularity == "channel")
     if _is_strided_pointwise(weight.shape, geometry) and dtype in _EPILOGUE_DTYPES:
-        return _pointwise_grad_input(qg, w_data, w_scale, x_shape, stride, dtype)
+        return _pointwise_grad_input(qg, _rotated_filter(w_rotated, groups), w_scale, x_shape, stride, dtype)
     phases = _dgrad_phases(weight.shape, x_shape[2:], qg.data.shape[2:], geometry) \
         if dtype in _EPILOGUE_DTYPES and _phases_pay(weight.shape, groups, dtype) else None
     if phases is not None:
-        return _grad_input_by_phases(qg, w_data, w_scale, x_shape, geometry, phases, dtype)
+        return _grad_input_by_phases(qg, w_rotated, w_scale, x_shape, geometry, phases, dtype)
     forward_padding = _dgrad_as_forward_padding(weight.shape, geometry)
     if forward_padding is not None and dtype in _EPILOGUE_DTYPES:
         # Exact int32 sums of the same products; the scales (per image x per input channel) are the
         # forward epilogue's row and column scales, so no int32 image and no column buffer.
-        qw = QTensor(_rotated_filter(w_data, groups), w_scale, None, 0 if w_scale.dim() else None)
+        qw = QTensor(w_rotated, w_scale, None, 0 if w_scale.dim() else None)
         return scaled_conv2d(qg, qw, None, 1, forward_padding, dilation, groups, out_dtype=dtype)
+    w_data = _rotated_filter(w_rotated, groups)  # W quantized per input channel
     if dtype in _EPILOGUE_DTYPES:  # rescaled as col2im writes it: no int32 image
         return scaled_conv2d_dgrad(qg, QTensor(w_data, w_scale, None, None), x_shape[2:], stride, padding, dilation,
                                    groups, out_dtype=dtype)
