@@ -235,6 +235,15 @@ BAD = [
     (lambda: torch_int8.conv2d_wgrad(GY, X, (3, 3), padding=1, groups=3), ValueError, "does not divide"),
     (lambda: torch_int8.conv2d_wgrad(rand_int8((1, 1, 363, 363), 0), rand_int8((1, 1, 363, 363), 0), (1, 1)),
      ValueError, "N\\*P\\*Q = 131769 exceeds"),
+    (lambda: torch_int8.conv.dynamic_conv2d(X.float(), W.float(), groups=2)[0], None, None),  # valid control
+    (lambda: torch_int8.conv.dynamic_conv2d(X[0].float(), W.float(), groups=2), ValueError, "x must be 4-D"),
+    (lambda: torch_int8.conv.dynamic_conv2d(X.float(), W[0].float(), groups=2), ValueError, "weight must be 4-D"),
+    (lambda: torch_int8.conv.dynamic_conv2d(X, W.float(), groups=2), TypeError, "x must be a float tensor"),
+    (lambda: torch_int8.conv.dynamic_conv2d(X.float(), W.float()), ValueError, "channel mismatch"),
+    (lambda: torch_int8.conv.dynamic_conv2d(X.float(), W.float(), padding=-1, groups=2), ValueError,
+     "padding must be >= 0"),
+    (lambda: torch_int8.nn.Conv2d(3, 6, 3)(X.float()), ValueError, "channel mismatch"),
+    (lambda: torch_int8.nn.Conv2d(2, 6, 3)(X.float()[0, 0]), ValueError, "x must be 4-D"),
 ]
 SCALED_BAD = [
     (dict(x_scale=torch.ones(3)), ValueError, "scale_x must have one element or 2"),
@@ -609,6 +618,51 @@ def test_quantized_conv2d_bn_folding_relu_and_int8_chain(device):
     want = nxt(deq)
     got = nxt(y8)
     assert float((got - want).abs().max()) < 0.05 * float(want.abs().max())
+
+
+# ------------------------------------------------------------------------------------------------
+# dynamic_conv2d: the layer's forward as one op
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("per_channel", [True, False], ids=["per_channel", "per_tensor"])
+@pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_dynamic_conv2d_equals_quantize_then_scaled_conv2d(device, per_channel, fmt, dtype):
+    # Bit for bit the three ops it composes: x per image (or tensor), W per output channel (or
+    # tensor), scaled_conv2d with the bias; y and the int8 x in x's memory format.
+    gen = make_gen(31)
+    x = (torch.randn(3, 16, 9, 7, generator=gen) * 3).to(device, dtype)
+    w = (torch.randn(24, 8, 3, 3, generator=gen) * 0.1).to(device, dtype)
+    bias = torch.randn(24, generator=gen).to(device, dtype)
+    if fmt == "channels_last":
+        x, w = x.contiguous(memory_format=torch.channels_last), w.contiguous(memory_format=torch.channels_last)
+    y, qx = torch_int8.conv.dynamic_conv2d(x, w, bias, 2, (1, 0), 1, 2, per_channel, torch.float32)
+    dim = 0 if per_channel else None
+    want_qx, want_qw = torch_int8.quantize(x, dim), torch_int8.quantize(w, dim)
+    want = torch_int8.scaled_conv2d(want_qx, want_qw, bias, 2, (1, 0), 1, 2, out_dtype=torch.float32)
+    assert torch.equal(qx.data.cpu(), want_qx.data.cpu()) and torch.equal(qx.scale.cpu(), want_qx.scale.cpu())
+    assert qx.dim == dim and torch.equal(y.cpu(), want.cpu())
+    layout = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
+    assert y.is_contiguous(memory_format=layout) and qx.data.is_contiguous(memory_format=layout)
+    ref = F.conv2d(x.double(), w.double(), bias.double(), 2, (1, 0), 1, 2)
+    assert float((y.double() - ref).abs().max()) < 0.05 * float(ref.abs().max())
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+def test_layer_takes_an_unbatched_image(device):
+    # nn.Conv2d takes [C, H, W]; so does the drop-in, forward and backward.
+    conv = torch.nn.Conv2d(8, 16, 3, padding=1).to(device)
+    layer = torch_int8.nn.Conv2d.from_float(conv)
+    x = torch.randn(8, 10, 9, generator=make_gen(3)).to(device).requires_grad_()
+    y = layer(x)
+    assert y.shape == (16, 10, 9)
+    y.sum().backward()
+    x1 = x.detach().unsqueeze(0).requires_grad_()
+    y1 = layer(x1)
+    y1.sum().backward()
+    assert torch.equal(y.detach(), y1.detach()[0]) and torch.equal(x.grad, x1.grad[0])
 
 
 # ------------------------------------------------------------------------------------------------

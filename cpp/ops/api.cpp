@@ -28,6 +28,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize(const at::Tensor& x, std
   return handle.call(x, dim, symmetric, rounding, std::move(generator));
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_rows(const at::Tensor& x, bool with_col_amax,
+                                                                     const std::string& rounding,
+                                                                     std::optional<at::Generator> generator,
+                                                                     bool with_col_sum) {
+  static const auto handle = op<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+      const at::Tensor&, bool, c10::string_view, std::optional<at::Generator>, bool)>("int8::quantize_rows");
+  return handle.call(x, with_col_amax, rounding, std::move(generator), with_col_sum);
+}
+
 at::Tensor dequantize(const at::Tensor& data, const at::Tensor& scale, const std::optional<at::Tensor>& zero_point,
                       std::optional<int64_t> dim, at::ScalarType dtype) {
   static const auto handle = op<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
@@ -98,6 +107,17 @@ at::Tensor scaled_conv2d(const at::Tensor& x, const at::Tensor& weight, const at
           "int8::scaled_conv2d");
   return handle.call(x, weight, scale_x, scale_w, zero_point_x, bias, stride, padding, dilation, groups, out_dtype,
                      out_scale, out_zero_point, relu);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_conv2d(const at::Tensor& x, const at::Tensor& weight,
+                                                              const std::optional<at::Tensor>& bias,
+                                                              at::IntArrayRef stride, at::IntArrayRef padding,
+                                                              at::IntArrayRef dilation, int64_t groups,
+                                                              bool per_channel, at::ScalarType out_dtype) {
+  static const auto handle = op<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+      const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, at::IntArrayRef, at::IntArrayRef,
+      at::IntArrayRef, int64_t, bool, at::ScalarType)>("int8::dynamic_conv2d");
+  return handle.call(x, weight, bias, stride, padding, dilation, groups, per_channel, out_dtype);
 }
 
 at::Tensor conv2d_dgrad(const at::Tensor& grad_out, const at::Tensor& weight, at::IntArrayRef input_size,

@@ -750,12 +750,14 @@ at::Tensor scaled_conv2d_wgrad_kernel(const at::Tensor& grad_out, const at::Tens
     const at::Tensor partial = at::empty({w.splits, p.k, p.r, p.s, p.c}, x.options().dtype(at::kFloat));
     w.partial = partial.data_ptr<float>();
     const kernels::Status status = kernels::conv2d_wgrad_scaled_cuda(w, stream_of(x));
-    if (status == kernels::Status::kSuccess) return partial.sum(0).permute({0, 3, 1, 2}).contiguous();
+    // [K, R, S, C] memory: the result in channels_last, as documented (no transposing copy).
+    if (status == kernels::Status::kSuccess) return partial.sum(0).permute({0, 3, 1, 2});
     if (status != kernels::Status::kInvalidArgument && status != kernels::Status::kNoKernel) check_status(status, op);
   }
   // Per image: the float32 product of its two scales, as the GPU kernel forms it.
   const at::Tensor image_scale = (scale_grad_out.expand({p.n}) * scale_x.expand({p.n})).to(at::kDouble);
-  return scaled_wgrad_by_image(grad_out, x, image_scale, kernel_size, stride, padding, dilation, groups);
+  return scaled_wgrad_by_image(grad_out, x, image_scale, kernel_size, stride, padding, dilation, groups)
+      .contiguous(at::MemoryFormat::ChannelsLast);
 }
 
 at::Tensor scaled_conv2d_wgrad_meta(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& scale_grad_out,
@@ -763,7 +765,8 @@ at::Tensor scaled_conv2d_wgrad_meta(const at::Tensor& grad_out, const at::Tensor
                                     at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const ConvParams cp = conv_params("scaled_conv2d_wgrad", stride, padding, dilation, groups);
   const auto d = scaled_wgrad_dims<true>(grad_out, x, scale_grad_out, scale_x, kernel_size, cp);
-  return at::empty_symint({d.k, d.c / groups, d.r, d.s}, x.options().dtype(at::kFloat));
+  return at::empty_symint({d.k, d.c / groups, d.r, d.s},
+                          x.options().dtype(at::kFloat).memory_format(at::MemoryFormat::ChannelsLast));
 }
 
 // --- im2col / col2im (torch.nn.functional.unfold / fold) -------------------------------

@@ -57,6 +57,13 @@ void check_conv_api(const torch::Device& device) {
   const double err = (y.to(torch::kDouble) - yref).abs().max().item<double>();
   expect(y.sizes() == yref.sizes() && err < 1e-4 && y.min().item<float>() == 0.f,
          device.is_cuda() ? "scaled_conv2d + relu (cuda) matches float64" : "scaled_conv2d + relu (cpu) matches float64");
+  // The same quantization and convolution from the float tensors in one call (nn.Conv2d's forward).
+  auto [yd, xq_d, xs_d] = torch_int8::dynamic_conv2d(x.to(device), w.to(device), std::nullopt, {1, 1}, {1, 1}, {1, 1},
+                                                     1, /*per_channel=*/true, torch::kFloat);
+  const torch::Tensor plain = torch_int8::scaled_conv2d(xq, wq, xs, ws, std::nullopt, std::nullopt, {1, 1}, {1, 1},
+                                                        {1, 1}, 1, torch::kFloat);
+  expect(torch::equal(yd, plain) && torch::equal(xq_d, xq),
+         device.is_cuda() ? "dynamic_conv2d (cuda) = quantize + scaled_conv2d" : "dynamic_conv2d (cpu) = quantize + scaled_conv2d");
 }
 
 // The kernel layer with no torch at all: what deployment code calls.

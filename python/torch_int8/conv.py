@@ -90,7 +90,7 @@ def conv2d_wgrad(grad_out: torch.Tensor, x: torch.Tensor, kernel_size: IntPair, 
 def scaled_conv2d_wgrad(grad_out: QTensor, x: QTensor, kernel_size: IntPair, stride: IntPair = 1,
                         padding: IntPair = 0, dilation: IntPair = 1, groups: int = 1) -> torch.Tensor:
     """Dequantized weight gradient of conv2d from operands quantized per image (or per tensor):
-    float32 ``[K, C/groups, R, S]`` = sum over images n of ``float(wgrad of image n) * (scale_grad_out[n] *
+    float32 ``[K, C/groups, R, S]`` (channels_last memory: [K, R, S, C/groups], as the kernel writes it) = sum over images n of ``float(wgrad of image n) * (scale_grad_out[n] *
     scale_x[n])``, each image's sum exact in int32, the images added in float32 (GPU; any order) or
     float64 (CPU). Unlike conv2d_wgrad, images need not share a scale and N*P*Q is not limited.
     grad_out ``[N, K, P, Q]`` and x ``[N, C, H, W]``: symmetric QTensors, dim None or 0; NHWC
@@ -131,6 +131,18 @@ def scaled_conv2d(x: QTensor, weight: QTensor, bias: Optional[torch.Tensor] = No
     return _ops.scaled_conv2d(x.data, weight.data, x.scale.reshape(-1), weight.scale.reshape(-1), zero_point, bias,
                               _pair(stride), _pair(padding), _pair(dilation), int(groups), out_dtype, out_scale,
                               int(out_zero_point), bool(relu))
+
+
+def dynamic_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                   stride: IntPair = 1, padding: IntPair = 0, dilation: IntPair = 1, groups: int = 1,
+                   per_channel: bool = True, out_dtype: torch.dtype = torch.bfloat16):
+    """A float convolution run in INT8, as torch_int8.nn.Conv2d's forward (one op call): x
+    ``[N, C, H, W]`` quantized per image and weight per output channel (per_channel), or each per
+    tensor, then scaled_conv2d (bias in the epilogue). Returns ``(y, qx)``: y in x's memory format
+    and out_dtype, qx the quantized x (a QTensor, in x's memory format)."""
+    y, data, scale = _ops.dynamic_conv2d(x, weight, bias, _pair(stride), _pair(padding), _pair(dilation), int(groups),
+                                         bool(per_channel), out_dtype)
+    return y, QTensor(data, scale, None, 0 if per_channel else None)
 
 
 def workspace_limit() -> int:

@@ -26,6 +26,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize(
     const std::string& rounding = "nearest",
     std::optional<at::Generator> generator = std::nullopt);
 
+// Per-row absmax quantization of a float matrix [M, K] (one fused pass on the
+// GPU): (data int8 [M, K], scale float32 [M], column maxima max_m |x[m, k]|
+// [K] or empty, column sums [K] float32 or empty).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_rows(
+    const at::Tensor& x, bool with_col_amax = false, const std::string& rounding = "nearest",
+    std::optional<at::Generator> generator = std::nullopt, bool with_col_sum = false);
+
 at::Tensor dequantize(const at::Tensor& data, const at::Tensor& scale,
                       const std::optional<at::Tensor>& zero_point,
                       std::optional<int64_t> dim,
@@ -83,6 +90,14 @@ at::Tensor scaled_conv2d(const at::Tensor& x, const at::Tensor& weight, const at
                          at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups = 1,
                          at::ScalarType out_dtype = at::kBFloat16, double out_scale = 1.0,
                          int64_t out_zero_point = 0, bool relu = false);
+// A float convolution run in INT8 (torch_int8.nn.Conv2d's forward): x [N, C,
+// H, W] quantized per image and weight per output channel (per_channel), or
+// each per tensor, then scaled_conv2d with bias into out_dtype, in x's memory
+// format. Returns (y, x_int8 in x's memory format, scale of x: [N] or 0-d).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_conv2d(
+    const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups = 1,
+    bool per_channel = true, at::ScalarType out_dtype = at::kBFloat16);
 // Exact input gradient: int8 grad_out [N, K, P, Q] -> int32 [N, C, H, W]; input_size = {H, W}.
 at::Tensor conv2d_dgrad(const at::Tensor& grad_out, const at::Tensor& weight, at::IntArrayRef input_size,
                         at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,

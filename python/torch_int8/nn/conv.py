@@ -29,7 +29,8 @@ import torch.nn.functional as F
 
 from ..config import Int8Config
 from ..backends import selected_backend
-from ..conv import conv2d_dgrad, conv2d_wgrad, scaled_conv2d, scaled_conv2d_dgrad, scaled_conv2d_wgrad
+from ..conv import (conv2d_dgrad, conv2d_wgrad, dynamic_conv2d, scaled_conv2d, scaled_conv2d_dgrad,
+                    scaled_conv2d_wgrad)
 from ..functional import QTensor, column_amax, quantize, quantize_columns_t, quantize_rows_with_sums, scaled_gemm
 from ._common import (autocast_off, load_int8_weight, output_dtype, quantize_activation, register_int8_weight,
                       sharing_parameters)
@@ -61,7 +62,8 @@ def _rotated_per_input_channel(weight: torch.Tensor, groups: int, per_channel: b
     """The rotated filter W' [C, K/G, R, S] (_rotated_filter) quantized per input channel c (one row
     of W', scale [C]: the fused per-row kernel, one pass) or per tensor (0-d scale): (data, scale).
     Rotating the int8 data back (_rotated_filter(data, groups)) gives W quantized per input channel."""
-    rotated = _rotated_filter(weight, groups)
+    # channels_last: [C, R, S, K/G] memory, the filter layout the implicit-GEMM kernel reads (no copy there).
+    rotated = _rotated_filter(weight, groups).contiguous(memory_format=torch.channels_last)
     q = _quantize_images(rotated, "nearest") if per_channel else quantize(rotated, None)
     return q.data, q.scale
 
@@ -100,13 +102,8 @@ def _quantize_images_with_channel_stats(t: torch.Tensor, rounding: str, amax: bo
     return QTensor(data.permute(0, 3, 1, 2) if nhwc else data, q.scale, None, 0), channel_amax, channel_sum
 
 
-def _quantize_operand(t: torch.Tensor, config: Int8Config, rounding: str = "nearest") -> QTensor:
-    """An activation or output gradient quantized per image (channel granularity) or per tensor."""
-    return _quantize_images(t, rounding) if config.granularity == "channel" else quantize(t, None, rounding=rounding)
-
-
 def _quantize_grad_out(grad_out: torch.Tensor, config: Int8Config, channel_amax: bool, channel_sum: bool):
-    """dY quantized for grad_input (_quantize_operand), with channel granularity also its channel
+    """dY quantized for grad_input (per image, or per tensor), with channel granularity also its channel
     maxima (wgrad's per-channel scales) and sums (the bias gradient) if asked for: (QTensor, amax or
     None, sum or None). The statistics come from the quantize pass itself for images of at most
     24 KB (12288 bf16 values of C*H*W), else from a column-statistics pass of their own (ResNet-sized
@@ -339,15 +336,14 @@ class _Int8Conv2dFunction(torch.autograd.Function):
             x = x[:, :, ::stride[0], ::stride[1]].contiguous(memory_format=ctx.x_format)
             stride = (1, 1)
             ctx.wgrad_geometry = (stride, padding, dilation, groups)
-        # Per image x per output channel ("channel"): the same function quantizes both.
-        qx = _quantize_operand(x, config)
-        y = scaled_conv2d(qx, _quantize_operand(weight, config), bias, stride, padding, dilation, groups,
-                          out_dtype=out_dtype)
+        # Per image x per output channel ("channel"), y in x's memory format: one op call.
+        y, qx = dynamic_conv2d(x, weight, bias, stride, padding, dilation, groups, config.granularity == "channel",
+                               out_dtype)
         ctx.implicit_wgrad = config.grad_weight and _implicit_wgrad(x, weight, groups, y.shape[2] * y.shape[3])
         # The implicit-GEMM wgrad reads this quantized x: saved instead of x (half the bytes of bf16),
         # which no other backward product then needs.
         ctx.save_for_backward(*((None, weight, qx.data, qx.scale) if ctx.implicit_wgrad else (x, weight)))
-        return y.contiguous(memory_format=ctx.x_format)
+        return y
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -414,6 +410,8 @@ class Conv2d(torch.nn.Conv2d):
                                               "_reversed_padding_repeated_twice"), config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:  # one unbatched image [C, H, W], as nn.Conv2d takes it
+            return self.forward(x.unsqueeze(0)).squeeze(0)
         out_dtype = output_dtype(x)
         with autocast_off(x):
             return _Int8Conv2dFunction.apply(x, self.weight, self.bias, _geometry(self), self.config, out_dtype)
