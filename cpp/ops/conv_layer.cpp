@@ -1,9 +1,12 @@
-// int8::dynamic_conv2d: the forward of torch_int8.nn.Conv2d as one op call.
-// Quantizing x and the weight and running the scaled convolution are three
-// ops; composed here in C++, an eager call pays the dispatcher once per
-// inner op instead of a dozen Python-level tensor calls (views, layouts,
-// wrappers) around each. A composite of the public ops (torch_int8.h), so it
-// runs on any device they do, and torch.compile traces it into them.
+// torch_int8.nn.Conv2d's forward and (stride-1) backward as one op call each:
+// int8::dynamic_conv2d, int8::dynamic_conv2d_backward, and their parts that
+// the layer's other paths share: int8::quantize_images (per image, with
+// channel statistics) and int8::quantize_rotated_filter (dgrad's filter). Each pass is a few ops
+// (quantize, convolve, weight gradient); composed here in C++, an eager call
+// pays the dispatcher once per inner op instead of a dozen Python-level tensor
+// calls (views, layouts, wrappers) around each. Composites of the public ops
+// (torch_int8.h), so they run on any device those do, and torch.compile traces
+// them into those ops.
 #include <torch/library.h>
 
 #include "common.h"
@@ -18,43 +21,126 @@ bool nhwc_memory(const at::Tensor& t) {
   return t.is_contiguous(at::MemoryFormat::ChannelsLast) && !t.is_contiguous();
 }
 
+at::MemoryFormat memory_format_of(const at::Tensor& t) {
+  return nhwc_memory(t) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+void check_float_image(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK_VALUE(t.dim() == 4, op, ": ", name, " must be 4-D, got shape ", shape_str(t));
+  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), op, ": ", name, " must be a float tensor, got ",
+                   t.scalar_type());
+}
+
 struct Quantized {
-  at::Tensor data, scale;
+  at::Tensor data, scale, channel_amax, channel_sum;  // float32 [C] channel statistics when asked for
 };
 
 // t [N, C, H, W] quantized per image: each image is one row of t's memory
-// (NHWC or NCHW, no copy for either), quantized by the fused per-row kernel.
-Quantized quantize_images(const at::Tensor& t) {
+// (NHWC or NCHW, no copy for either), quantized by the fused per-row kernel,
+// which can also give the maxima and sums of every column (an (h, w, c)
+// position), reduced here per channel (a [C*H*W] vector, not another pass over
+// t): the maxima are the per-channel scales of the wgrad path, the sums the
+// bias gradient when t is an output gradient.
+Quantized quantize_images(const at::Tensor& t, const std::string& rounding = "nearest", bool channel_amax = false,
+                          bool channel_sums = false) {
   const bool nhwc = nhwc_memory(t);
   const at::Tensor images = nhwc ? t.permute({0, 2, 3, 1}) : t.contiguous();
-  auto [data, scale, unused_amax, unused_sum] = torch_int8::quantize_rows(images.reshape_symint({t.sym_size(0), -1}));
+  auto [data, scale, position_amax, position_sum] = torch_int8::quantize_rows(
+      images.reshape_symint({t.sym_size(0), -1}), channel_amax, rounding, std::nullopt, channel_sums);
   const at::Tensor shaped = data.view_symint(images.sym_sizes());
-  return {nhwc ? shaped.permute({0, 3, 1, 2}) : shaped, scale};
+  const std::vector<int64_t> positions = nhwc ? std::vector<int64_t>{0, 1} : std::vector<int64_t>{1, 2};
+  auto per_channel = [&](const at::Tensor& v) { return v.view_symint(images.sym_sizes().slice(1)); };
+  return {nhwc ? shaped.permute({0, 3, 1, 2}) : shaped, scale,
+          channel_amax ? per_channel(position_amax).amax(positions) : at::Tensor(),
+          channel_sums ? per_channel(position_sum).sum(positions) : at::Tensor()};
 }
 
-Quantized quantize_operand(const at::Tensor& t, bool per_channel) {
-  if (per_channel) return quantize_images(t);
-  auto [data, scale, unused_zero_point] = torch_int8::quantize(t, std::nullopt);
-  return {data, scale};
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_images_op(const at::Tensor& t,
+                                                                              c10::string_view rounding,
+                                                                              bool channel_amax, bool channel_sum) {
+  check_float_image(t, "quantize_images", "x");
+  Quantized q = quantize_images(t, std::string(rounding), channel_amax, channel_sum);
+  return {q.data, q.scale, q.channel_amax, q.channel_sum};
 }
 
-void check_float_image(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_VALUE(t.dim() == 4, "dynamic_conv2d: ", name, " must be 4-D, got shape ", shape_str(t));
-  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), "dynamic_conv2d: ", name, " must be a float tensor, got ",
-                   t.scalar_type());
+// Per image (per_channel) or per tensor; the channel sums as quantize_images.
+Quantized quantize_operand(const at::Tensor& t, bool per_channel, const std::string& rounding = "nearest",
+                           bool channel_sums = false) {
+  if (per_channel) return quantize_images(t, rounding, false, channel_sums);
+  auto [data, scale, unused_zero_point] = torch_int8::quantize(t, std::nullopt, true, rounding);
+  return {data, scale, at::Tensor(), channel_sums ? t.sum({0, 2, 3}) : at::Tensor()};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_conv2d_composite(
     const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
     at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, bool per_channel, at::ScalarType out_dtype) {
-  check_float_image(x, "x");
-  check_float_image(weight, "weight");
+  check_float_image(x, "dynamic_conv2d", "x");
+  check_float_image(weight, "dynamic_conv2d", "weight");
   // Per image x per output channel: the scales factor out of the sums, into the epilogue.
   const Quantized qx = quantize_operand(x, per_channel), qw = quantize_operand(weight, per_channel);
-  const at::Tensor y = torch_int8::scaled_conv2d(qx.data, qw.data, qx.scale.reshape({-1}), qw.scale.reshape({-1}), std::nullopt,
-                                     bias, stride, padding, dilation, groups, out_dtype);
-  const auto format = nhwc_memory(x) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  return {y.contiguous(format), qx.data, qx.scale};
+  const at::Tensor y = torch_int8::scaled_conv2d(qx.data, qw.data, qx.scale.reshape({-1}), qw.scale.reshape({-1}),
+                                                 std::nullopt, bias, stride, padding, dilation, groups, out_dtype);
+  return {y.contiguous(memory_format_of(x)), qx.data, qx.scale};
+}
+
+// W' [C, K/G, R, S], W'[g*C/G + c, k, r, s] = W[g*K/G + k, c, R-1-r, S-1-s], in channels_last memory
+// ([C, R, S, K/G]: the filter layout the implicit-GEMM kernel reads, and rows of one input channel).
+at::Tensor rotated_filter(const at::Tensor& weight, int64_t groups) {
+  const c10::SymInt k = weight.sym_size(0), cg = weight.sym_size(1), r = weight.sym_size(2), s = weight.sym_size(3);
+  const at::Tensor swapped = weight.reshape_symint({groups, k / groups, cg, r, s})
+                                 .transpose(1, 2)
+                                 .reshape_symint({cg * groups, k / groups, r, s});
+  return swapped.flip({2, 3}).contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_rotated_filter_composite(const at::Tensor& weight, int64_t groups,
+                                                                     bool per_channel) {
+  check_float_image(weight, "quantize_rotated_filter", "weight");
+  TORCH_CHECK_VALUE(groups >= 1 && weight.size(0) % groups == 0, "quantize_rotated_filter: groups (",
+                    int_str(groups), ") must divide the output channels (", int_str(weight.size(0)), ")");
+  // Per row of W' = per input channel: the fused per-row kernel, one pass.
+  const Quantized q = quantize_operand(rotated_filter(weight, groups), per_channel);
+  return {q.data, q.scale};
+}
+
+// The padding of the forward convolution that computes a stride-1
+// convolution's input gradient: dilation * (R - 1) - padding per axis.
+std::vector<int64_t> dgrad_padding(const at::Tensor& weight, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  std::vector<int64_t> pad(2);
+  for (int d = 0; d < 2; ++d) {
+    pad[d] = dilation[d] * (weight.size(2 + d) - 1) - padding[d];
+    TORCH_CHECK_VALUE(pad[d] >= 0, "dynamic_conv2d_backward: padding ", int_str(padding[d]),
+                      " beyond the dilated filter (", int_str(dilation[d] * (weight.size(2 + d) - 1)),
+                      ") has no forward-convolution input gradient");
+  }
+  return pad;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_conv2d_backward_composite(
+    const at::Tensor& grad_out, const at::Tensor& weight, const at::Tensor& x_int8, const at::Tensor& x_scale,
+    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, bool per_channel, c10::string_view rounding,
+    std::array<bool, 3> output_mask, at::ScalarType grad_input_dtype) {
+  const char* op = "dynamic_conv2d_backward";
+  check_float_image(grad_out, op, "grad_out");
+  check_float_image(weight, op, "weight");
+  TORCH_CHECK_VALUE(padding.size() == 2 && dilation.size() == 2, op, ": padding and dilation must have 2 values");
+  const auto [want_x, want_w, want_b] = output_mask;
+  const Quantized qg = quantize_operand(grad_out, per_channel, std::string(rounding), want_b);
+  at::Tensor grad_x, grad_w, grad_b;
+  if (want_x) {
+    auto [w_data, w_scale] = quantize_rotated_filter_composite(weight, groups, per_channel);
+    // The exact int32 sums of the same products; the scales (per image x per input channel) in the epilogue.
+    grad_x = torch_int8::scaled_conv2d(qg.data, w_data, qg.scale.reshape({-1}), w_scale.reshape({-1}), std::nullopt,
+                                       std::nullopt, {1, 1}, dgrad_padding(weight, padding, dilation), dilation,
+                                       groups, grad_input_dtype)
+                 .contiguous(memory_format_of(x_int8));
+  }
+  if (want_w)
+    grad_w = torch_int8::scaled_conv2d_wgrad(qg.data, x_int8, qg.scale.reshape({-1}), x_scale.reshape({-1}),
+                                             {weight.size(2), weight.size(3)}, {1, 1}, padding, dilation, groups)
+                 .to(weight.scalar_type());
+  if (want_b) grad_b = qg.channel_sum.to(weight.scalar_type());
+  return {grad_x, grad_w, grad_b};
 }
 
 }  // namespace
@@ -64,8 +150,21 @@ TORCH_LIBRARY_FRAGMENT(int8, m) {
       "dynamic_conv2d(Tensor x, Tensor weight, Tensor? bias=None, int[2] stride=1, int[2] padding=0, "
       "int[2] dilation=1, int groups=1, bool per_channel=True, ScalarType out_dtype=bfloat16) "
       "-> (Tensor y, Tensor x_int8, Tensor x_scale)");
+  m.def(
+      "quantize_images(Tensor x, str rounding='nearest', bool channel_amax=False, bool channel_sum=False) "
+      "-> (Tensor data, Tensor scale, Tensor channel_amax, Tensor channel_sum)");
+  m.def("quantize_rotated_filter(Tensor weight, int groups=1, bool per_channel=True) -> (Tensor data, Tensor scale)");
+  m.def(
+      "dynamic_conv2d_backward(Tensor grad_out, Tensor weight, Tensor x_int8, Tensor x_scale, int[2] padding, "
+      "int[2] dilation, int groups, bool per_channel, str rounding, bool[3] output_mask, "
+      "ScalarType grad_input_dtype) -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
 }
 
-TORCH_LIBRARY_IMPL(int8, CompositeImplicitAutograd, m) { m.impl("dynamic_conv2d", dynamic_conv2d_composite); }
+TORCH_LIBRARY_IMPL(int8, CompositeImplicitAutograd, m) {
+  m.impl("dynamic_conv2d", dynamic_conv2d_composite);
+  m.impl("quantize_images", quantize_images_op);
+  m.impl("quantize_rotated_filter", quantize_rotated_filter_composite);
+  m.impl("dynamic_conv2d_backward", dynamic_conv2d_backward_composite);
+}
 
 }  // namespace torch_int8::ops

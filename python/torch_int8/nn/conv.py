@@ -31,7 +31,7 @@ from ..config import Int8Config
 from ..backends import selected_backend
 from ..conv import (conv2d_dgrad, conv2d_wgrad, dynamic_conv2d, scaled_conv2d, scaled_conv2d_dgrad,
                     scaled_conv2d_wgrad)
-from ..functional import QTensor, column_amax, quantize, quantize_columns_t, quantize_rows_with_sums, scaled_gemm
+from ..functional import QTensor, column_amax, quantize, quantize_columns_t, scaled_gemm
 from ._common import (autocast_off, load_int8_weight, output_dtype, quantize_activation, register_int8_weight,
                       sharing_parameters)
 
@@ -59,13 +59,11 @@ def _padding_pair(module: torch.nn.Conv2d):
 
 
 def _rotated_per_input_channel(weight: torch.Tensor, groups: int, per_channel: bool):
-    """The rotated filter W' [C, K/G, R, S] (_rotated_filter) quantized per input channel c (one row
-    of W', scale [C]: the fused per-row kernel, one pass) or per tensor (0-d scale): (data, scale).
-    Rotating the int8 data back (_rotated_filter(data, groups)) gives W quantized per input channel."""
-    # channels_last: [C, R, S, K/G] memory, the filter layout the implicit-GEMM kernel reads (no copy there).
-    rotated = _rotated_filter(weight, groups).contiguous(memory_format=torch.channels_last)
-    q = _quantize_images(rotated, "nearest") if per_channel else quantize(rotated, None)
-    return q.data, q.scale
+    """The rotated filter W' [C, K/G, R, S] (_rotated_filter; channels_last memory) quantized per
+    input channel c (one row of W', scale [C]: the fused per-row kernel, one pass) or per tensor
+    (0-d scale): (data, scale). Rotating the int8 data back (_rotated_filter(data, groups)) gives W
+    quantized per input channel."""
+    return torch.ops.int8.quantize_rotated_filter(weight, groups, per_channel)
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
@@ -86,20 +84,12 @@ def _quantize_images(t: torch.Tensor, rounding: str) -> QTensor:
 
 
 def _quantize_images_with_channel_stats(t: torch.Tensor, rounding: str, amax: bool, sums: bool):
-    """(quantize(t, 0), max|t| of every channel or None, float32 sum of every channel or None).
-
-    The channel statistics come from the column statistics of the per-image rows (one entry per
-    (c, h, w) position: a [C*H*W] vector, not another pass over t) reduced over the positions. The
-    maxima are exact (those column_amax gives); the sums are the bias gradient when t is dY."""
-    nhwc = _memory_format(t) == torch.channels_last
-    images = t.permute(0, 2, 3, 1) if nhwc else t.contiguous()
-    q, position_amax, position_sum = quantize_rows_with_sums(images.reshape(t.shape[0], -1), col_amax=amax,
-                                                             col_sum=sums, rounding=rounding)
-    data = q.data.view(images.shape)
-    positions = (0, 1) if nhwc else (1, 2)  # the non-channel dims of one image [H, W, C] or [C, H, W]
-    channel_amax = None if position_amax is None else position_amax.view(images.shape[1:]).amax(positions)
-    channel_sum = None if position_sum is None else position_sum.view(images.shape[1:]).sum(positions)
-    return QTensor(data.permute(0, 3, 1, 2) if nhwc else data, q.scale, None, 0), channel_amax, channel_sum
+    """(quantize(t, 0), max|t| of every channel or None, float32 sum of every channel or None): one
+    op, int8::quantize_images (the fused per-row kernel over each image's memory, its column
+    statistics reduced per channel). The maxima are exact; the sums are the bias gradient when t
+    is dY."""
+    data, scale, channel_amax, channel_sum = torch.ops.int8.quantize_images(t, rounding, amax, sums)
+    return QTensor(data, scale, None, 0), channel_amax, channel_sum
 
 
 def _quantize_grad_out(grad_out: torch.Tensor, config: Int8Config, channel_amax: bool, channel_sum: bool):
@@ -326,7 +316,7 @@ class _Int8Conv2dFunction(torch.autograd.Function):
         ctx.wgrad_geometry = geometry  # of the x saved for the weight gradient
         stride, padding, dilation, groups = geometry
         if not config.forward:
-            ctx.implicit_wgrad = False
+            ctx.implicit_wgrad = ctx.fused_backward = False
             ctx.save_for_backward(x, weight)
             return F.conv2d(x.to(out_dtype), weight.to(out_dtype), None if bias is None else bias.to(out_dtype),
                             stride, padding, dilation, groups)
@@ -340,6 +330,10 @@ class _Int8Conv2dFunction(torch.autograd.Function):
         y, qx = dynamic_conv2d(x, weight, bias, stride, padding, dilation, groups, config.granularity == "channel",
                                out_dtype)
         ctx.implicit_wgrad = config.grad_weight and _implicit_wgrad(x, weight, groups, y.shape[2] * y.shape[3])
+        # The common case's backward as one op: stride 1 (dgrad a forward convolution), the
+        # implicit-GEMM wgrad from the saved int8 x, a float dX the epilogue writes.
+        ctx.fused_backward = (ctx.implicit_wgrad and tuple(stride) == (1, 1) and ctx.x_dtype in _EPILOGUE_DTYPES
+                              and _dgrad_as_forward_padding(weight.shape, geometry) is not None)
         # The implicit-GEMM wgrad reads this quantized x: saved instead of x (half the bytes of bf16),
         # which no other backward product then needs.
         ctx.save_for_backward(*((None, weight, qx.data, qx.scale) if ctx.implicit_wgrad else (x, weight)))
@@ -348,34 +342,47 @@ class _Int8Conv2dFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, *saved_qx = ctx.saved_tensors
-        config, geometry = ctx.config, ctx.geometry
-        stride, padding, dilation, groups = geometry
-        int8_dgrad = ctx.needs_input_grad[0] and config.grad_input
-        implicit_wgrad = ctx.needs_input_grad[1] and ctx.implicit_wgrad
-        int8_wgrad = ctx.needs_input_grad[1] and config.grad_weight and _wgrad_in_int32(grad_out)
+        stride, padding, dilation, groups = ctx.geometry
+        int8_dgrad = ctx.needs_input_grad[0] and ctx.config.grad_input
         bgrad = ctx.has_bias and ctx.needs_input_grad[2]
-        grad_x = grad_w = grad_b = grad_amax = grad_sum = qg = None
-        if int8_dgrad or implicit_wgrad:  # with dY's quantization come the bias gradient (and channel maxima)
-            amax = int8_wgrad and not implicit_wgrad
-            qg, grad_amax, grad_sum = _quantize_grad_out(grad_out, config, amax, bgrad)
-        if int8_dgrad:
-            grad_x = _grad_input(qg, weight, ctx.x_shape, geometry, config, ctx.x_dtype)
-            grad_x = grad_x.contiguous(memory_format=ctx.x_format)
-        elif ctx.needs_input_grad[0]:
+        if ctx.fused_backward:
+            grad_x, grad_w, grad_b = torch.ops.int8.dynamic_conv2d_backward(
+                grad_out, weight, *saved_qx, padding, dilation, groups, ctx.config.granularity == "channel",
+                ctx.config.grad_rounding, [int8_dgrad, ctx.needs_input_grad[1], bgrad], ctx.x_dtype)
+        else:
+            grad_x, grad_w, grad_b = _backward_by_parts(ctx, grad_out, x, weight, saved_qx, int8_dgrad, bgrad)
+        if ctx.needs_input_grad[0] and not int8_dgrad:
             grad_x = torch.nn.grad.conv2d_input(ctx.x_shape, weight.to(grad_out.dtype), grad_out, stride, padding,
                                                 dilation, groups).to(ctx.x_dtype)
-        if ctx.needs_input_grad[1]:  # x: the pixels the forward read (ctx.wgrad_geometry's input)
-            if implicit_wgrad:
-                qx = QTensor(*saved_qx, None, 0 if saved_qx[1].dim() else None)
-                grad_w = scaled_conv2d_wgrad(qg, qx, weight.shape[2:], *ctx.wgrad_geometry).to(weight.dtype)
-            elif config.grad_weight:
-                grad_w = _grad_weight(grad_out, x, weight, ctx.wgrad_geometry, config, grad_amax)
-            else:
-                grad_w = torch.nn.grad.conv2d_weight(x.to(grad_out.dtype), weight.shape, grad_out,
-                                                     *ctx.wgrad_geometry).to(weight.dtype)
-        if bgrad:
-            grad_b = (grad_out.sum((0, 2, 3)) if grad_sum is None else grad_sum).to(weight.dtype)
         return grad_x, grad_w, grad_b, None, None, None
+
+
+def _backward_by_parts(ctx, grad_out, x, weight, saved_qx, int8_dgrad: bool, bgrad: bool):
+    """(int8 dX or None, dW, db) of _Int8Conv2dFunction where dynamic_conv2d_backward does not take
+    the layer (strides, the per-channel wgrad, dY quantized per channel for wgrad, float weight
+    gradients)."""
+    config = ctx.config
+    implicit_wgrad = ctx.needs_input_grad[1] and ctx.implicit_wgrad
+    int8_wgrad = ctx.needs_input_grad[1] and config.grad_weight and _wgrad_in_int32(grad_out)
+    grad_x = grad_w = grad_b = grad_amax = grad_sum = qg = None
+    if int8_dgrad or implicit_wgrad:  # with dY's quantization come the bias gradient (and channel maxima)
+        amax = int8_wgrad and not implicit_wgrad
+        qg, grad_amax, grad_sum = _quantize_grad_out(grad_out, config, amax, bgrad)
+    if int8_dgrad:
+        grad_x = _grad_input(qg, weight, ctx.x_shape, ctx.geometry, config, ctx.x_dtype)
+        grad_x = grad_x.contiguous(memory_format=ctx.x_format)
+    if ctx.needs_input_grad[1]:  # x: the pixels the forward read (ctx.wgrad_geometry's input)
+        if implicit_wgrad:
+            qx = QTensor(*saved_qx, None, 0 if saved_qx[1].dim() else None)
+            grad_w = scaled_conv2d_wgrad(qg, qx, weight.shape[2:], *ctx.wgrad_geometry).to(weight.dtype)
+        elif config.grad_weight:
+            grad_w = _grad_weight(grad_out, x, weight, ctx.wgrad_geometry, config, grad_amax)
+        else:
+            grad_w = torch.nn.grad.conv2d_weight(x.to(grad_out.dtype), weight.shape, grad_out,
+                                                 *ctx.wgrad_geometry).to(weight.dtype)
+    if bgrad:
+        grad_b = (grad_out.sum((0, 2, 3)) if grad_sum is None else grad_sum).to(weight.dtype)
+    return grad_x, grad_w, grad_b
 
 
 class Conv2d(torch.nn.Conv2d):
