@@ -79,10 +79,6 @@ def op_table(ours, x, gy, reps: int) -> None:
         "scaled_conv2d_wgrad": lambda: nc.scaled_conv2d_wgrad(qg, qx, w.shape[2:], *geometry),
         "x.clone() (one ATen launch)": lambda: xd.clone(),
     }
-    if tuple(geometry[0]) == (1, 1):  # the layer's backward in one op (stride 1)
-        calls["dynamic_conv2d_backward (dX and dW)"] = lambda: torch.ops.int8.dynamic_conv2d_backward(
-            gy, w, qx.data, qx.scale, geometry[1], geometry[2], geometry[3], True, "nearest", [True, True, False],
-            x.dtype)
     print(f"{'INT8 op of the small step':<40} {'host us':>8}")
     for name, fn in calls.items():
         print(f"{name:<40} {wall_us(fn, reps):>8.1f}")

@@ -244,9 +244,6 @@ BAD = [
      "padding must be >= 0"),
     (lambda: torch_int8.nn.Conv2d(3, 6, 3)(X.float()), ValueError, "channel mismatch"),
     (lambda: torch_int8.nn.Conv2d(2, 6, 3)(X.float()[0, 0]), ValueError, "x must be 4-D"),
-    (lambda: torch.ops.int8.dynamic_conv2d_backward(GY.float(), W.float(), X, torch.ones(2), [3, 1], [1, 1], 2, True,
-                                                    "nearest", [True, False, False], torch.float32),
-     ValueError, "padding 3 beyond the dilated filter"),
     (lambda: torch.ops.int8.quantize_rotated_filter(W.float(), 4), ValueError, "must divide the output channels"),
     (lambda: torch.ops.int8.quantize_images(X), TypeError, "quantize_images: x must be a float tensor"),
     (lambda: torch.ops.int8.quantize_images(X[0].float()), ValueError, "quantize_images: x must be 4-D"),
@@ -671,59 +668,18 @@ def test_layer_takes_an_unbatched_image(device):
     assert torch.equal(y.detach(), y1.detach()[0]) and torch.equal(x.grad, x1.grad[0])
 
 
-# stride-1 geometries (stride, padding, dilation, groups) of dynamic_conv2d_backward
-FUSED_BACKWARD_GEOMETRIES = [((1, 1), (1, 1), (1, 1), 1), ((1, 1), (0, 2), (1, 2), 1), ((1, 1), (1, 0), (1, 1), 2)]
-
-
 @pytest.mark.parametrize("device", DEVICE_PARAMS)
-@pytest.mark.parametrize("granularity", ["channel", "tensor"])
-@pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("geometry", FUSED_BACKWARD_GEOMETRIES, ids=str)
-def test_dynamic_conv2d_backward_equals_the_backward_by_parts(device, granularity, fmt, geometry):
-    # Bit for bit what Conv2d's backward computes op by op: dY quantized per image (or tensor) with
-    # its channel sums, dX as the forward convolution with the rotated filter, dW from the int8 x.
-    from torch_int8.nn.conv import _grad_input, _quantize_grad_out
-    gen = make_gen(41)
-    stride, padding, dilation, groups = geometry
-    layout = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
-    x = torch.randn(2, 16, 9, 8, generator=gen).to(device, torch.bfloat16).contiguous(memory_format=layout)
-    w = (torch.randn(32, 16 // groups, 3, 3, generator=gen) * 0.1).to(device, torch.bfloat16)
-    per_channel = granularity == "channel"
-    y, qx = torch_int8.conv.dynamic_conv2d(x, w, None, *geometry, per_channel, torch.bfloat16)
-    gy = torch.randn(y.shape, generator=gen).to(device, torch.bfloat16).contiguous(memory_format=layout)
-    grads = torch.ops.int8.dynamic_conv2d_backward(gy, w, qx.data, qx.scale, padding, dilation, groups, per_channel,
-                                                   "nearest", [True, True, True], torch.bfloat16)
-    cfg = Int8Config(granularity=granularity)
-    qg, _, channel_sum = _quantize_grad_out(gy, cfg, False, True)
-    want = (_grad_input(qg, w, x.shape, geometry, cfg, torch.bfloat16),
-            torch_int8.conv.scaled_conv2d_wgrad(qg, qx, (3, 3), *geometry).to(w.dtype),
-            (gy.sum((0, 2, 3)) if channel_sum is None else channel_sum).to(w.dtype))
-    for got, ref in zip(grads, want):
-        assert got.dtype == ref.dtype and torch.equal(got, ref)
-    assert grads[0].is_contiguous(memory_format=layout)
-    only_w = torch.ops.int8.dynamic_conv2d_backward(gy, w, qx.data, qx.scale, padding, dilation, groups, per_channel,
-                                                    "nearest", [False, True, False], torch.bfloat16)
-    assert only_w[0] is None and only_w[2] is None and torch.equal(only_w[1], want[1])
-
-
-@pytest.mark.parametrize("device", CUDA_ONLY)
-@pytest.mark.parametrize("bias", [True, False])
-def test_layer_backward_in_one_op_where_it_can(device, bias):
-    # A ResNet-like 3x3 layer on the GPU takes dynamic_conv2d_backward, and its gradients are those
-    # of the backward by parts.
-    from torch_int8.nn.conv import _backward_by_parts
-    conv = torch.nn.Conv2d(32, 32, 3, padding=1, bias=bias, device=device, dtype=torch.bfloat16)
-    layer = torch_int8.nn.Conv2d.from_float(conv.to(memory_format=torch.channels_last))
-    x = torch.randn(2, 32, 28, 28, generator=make_gen(43)).to(device, torch.bfloat16)
-    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
-    y = layer(x)
-    ctx = y.grad_fn
-    assert ctx.fused_backward
-    gy = torch.randn(y.shape, generator=make_gen(44)).to(device, torch.bfloat16)
-    want = _backward_by_parts(ctx, gy, None, layer.weight.detach(), list(ctx.saved_tensors[2:]), True, bias)
-    y.backward(gy)
-    assert torch.equal(x.grad, want[0]) and torch.equal(layer.weight.grad, want[1])
-    assert (layer.bias.grad is None) if not bias else torch.equal(layer.bias.grad, want[2])
+@pytest.mark.parametrize("groups", [1, 2, 8])
+@pytest.mark.parametrize("per_channel", [True, False], ids=["per_channel", "per_tensor"])
+def test_quantize_rotated_filter_is_the_rotated_filter_quantized(device, groups, per_channel):
+    # dgrad's filter W'[g*C/G + c, k, r, s] = W[g*K/G + k, c, R-1-r, S-1-s], quantized per input
+    # channel (a row of W') or per tensor, in channels_last memory (the kernel's filter layout).
+    from torch_int8.nn.conv import _rotated_filter
+    w = torch.randn(16, 24 // groups, 3, 5, generator=make_gen(51)).to(device, torch.bfloat16)
+    data, scale = torch.ops.int8.quantize_rotated_filter(w, groups, per_channel)
+    want = torch_int8.quantize(_rotated_filter(w, groups), 0 if per_channel else None)
+    assert data.shape == (24, 16 // groups, 3, 5) and data.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(data, want.data) and torch.equal(scale, want.scale)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -844,9 +800,9 @@ def test_strided_dgrad_by_phases_only_where_the_kernel_takes_the_phases():
 
 
 # (device, stride, H): a strided layer (its dgrad by phases) on the CPU; on the GPU a stride-1 layer
-# large enough for the implicit-GEMM wgrad, whose backward is one op (dynamic_conv2d_backward)
+# large enough for the implicit-GEMM wgrad (the kernel family queried while tracing)
 COMPILE_CASES = [pytest.param("cpu", 2, 12, id="cpu-strided"),
-                 pytest.param("cuda", 1, 28, id="cuda-fused-backward", marks=CUDA_ONLY[0].marks)]
+                 pytest.param("cuda", 1, 28, id="cuda-implicit-wgrad", marks=CUDA_ONLY[0].marks)]
 
 
 @pytest.mark.parametrize("device,stride,size", COMPILE_CASES)
@@ -857,7 +813,7 @@ def test_conv2d_layer_compiles_without_graph_breaks(device, stride, size):
     layer = torch_int8.nn.Conv2d.from_float(conv)
     x = torch.randn(2, 16, size, size, generator=make_gen(81)).to(device).requires_grad_(True)
     y = layer(x)
-    assert (device == "cuda") == y.grad_fn.fused_backward
+    assert (device == "cuda") == y.grad_fn.implicit_wgrad
     gy = torch.randn(y.shape, generator=make_gen(82)).to(device)
     y.backward(gy)
     want = (x.grad.clone(), conv.weight.grad.clone(), conv.bias.grad.clone())

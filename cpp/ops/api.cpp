@@ -134,32 +134,6 @@ at::Tensor conv2d_wgrad(const at::Tensor& grad_out, const at::Tensor& x, at::Int
   return handle.call(grad_out, x, kernel_size, stride, padding, dilation, groups);
 }
 
-at::Tensor scaled_conv2d_wgrad(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& scale_grad_out,
-                               const at::Tensor& scale_x, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  static const auto handle =
-      op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, at::IntArrayRef,
-                    at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, int64_t)>("int8::scaled_conv2d_wgrad");
-  return handle.call(grad_out, x, scale_grad_out, scale_x, kernel_size, stride, padding, dilation, groups);
-}
-
-std::tuple<at::Tensor, at::Tensor> quantize_rotated_filter(const at::Tensor& weight, int64_t groups, bool per_channel) {
-  static const auto handle =
-      op<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, int64_t, bool)>("int8::quantize_rotated_filter");
-  return handle.call(weight, groups, per_channel);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_conv2d_backward(
-    const at::Tensor& grad_out, const at::Tensor& weight, const at::Tensor& x_int8, const at::Tensor& x_scale,
-    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, bool per_channel, const std::string& rounding,
-    std::array<bool, 3> output_mask, at::ScalarType grad_input_dtype) {
-  static const auto handle = op<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, at::IntArrayRef, at::IntArrayRef,
-      int64_t, bool, c10::string_view, std::array<bool, 3>, at::ScalarType)>("int8::dynamic_conv2d_backward");
-  return handle.call(grad_out, weight, x_int8, x_scale, padding, dilation, groups, per_channel, rounding, output_mask,
-                     grad_input_dtype);
-}
-
 int64_t conv_workspace_limit() {
   static const auto handle = op<int64_t()>("int8::get_conv_workspace_limit");
   return handle.call();

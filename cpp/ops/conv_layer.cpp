@@ -1,12 +1,13 @@
-// torch_int8.nn.Conv2d's forward and (stride-1) backward as one op call each:
-// int8::dynamic_conv2d, int8::dynamic_conv2d_backward, and their parts that
-// the layer's other paths share: int8::quantize_images (per image, with
-// channel statistics) and int8::quantize_rotated_filter (dgrad's filter). Each pass is a few ops
-// (quantize, convolve, weight gradient); composed here in C++, an eager call
-// pays the dispatcher once per inner op instead of a dozen Python-level tensor
-// calls (views, layouts, wrappers) around each. Composites of the public ops
-// (torch_int8.h), so they run on any device those do, and torch.compile traces
-// them into those ops.
+// The quantization steps of torch_int8.nn.Conv2d as ops: int8::quantize_images
+// (per image, with channel statistics), int8::quantize_rotated_filter (the
+// filter of the input gradient, per input channel) and int8::dynamic_conv2d
+// (the forward: x and the weight quantized, then scaled_conv2d). Composites of
+// the public ops (torch_int8.h), so they run on any device those do, C++ code
+// can call them, and torch.compile traces them into those ops. Measured on the
+// H200 host (benchmarks/NOTES.md 26), one dynamic_conv2d call costs ~10% less
+// host time than its three ops called from Python: the launches and
+// allocations inside the ops, not the Python around them, are what an eager
+// step pays for.
 #include <torch/library.h>
 
 #include "common.h"
@@ -103,46 +104,6 @@ std::tuple<at::Tensor, at::Tensor> quantize_rotated_filter_composite(const at::T
   return {q.data, q.scale};
 }
 
-// The padding of the forward convolution that computes a stride-1
-// convolution's input gradient: dilation * (R - 1) - padding per axis.
-std::vector<int64_t> dgrad_padding(const at::Tensor& weight, at::IntArrayRef padding, at::IntArrayRef dilation) {
-  std::vector<int64_t> pad(2);
-  for (int d = 0; d < 2; ++d) {
-    pad[d] = dilation[d] * (weight.size(2 + d) - 1) - padding[d];
-    TORCH_CHECK_VALUE(pad[d] >= 0, "dynamic_conv2d_backward: padding ", int_str(padding[d]),
-                      " beyond the dilated filter (", int_str(dilation[d] * (weight.size(2 + d) - 1)),
-                      ") has no forward-convolution input gradient");
-  }
-  return pad;
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_conv2d_backward_composite(
-    const at::Tensor& grad_out, const at::Tensor& weight, const at::Tensor& x_int8, const at::Tensor& x_scale,
-    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, bool per_channel, c10::string_view rounding,
-    std::array<bool, 3> output_mask, at::ScalarType grad_input_dtype) {
-  const char* op = "dynamic_conv2d_backward";
-  check_float_image(grad_out, op, "grad_out");
-  check_float_image(weight, op, "weight");
-  TORCH_CHECK_VALUE(padding.size() == 2 && dilation.size() == 2, op, ": padding and dilation must have 2 values");
-  const auto [want_x, want_w, want_b] = output_mask;
-  const Quantized qg = quantize_operand(grad_out, per_channel, std::string(rounding), want_b);
-  at::Tensor grad_x, grad_w, grad_b;
-  if (want_x) {
-    auto [w_data, w_scale] = quantize_rotated_filter_composite(weight, groups, per_channel);
-    // The exact int32 sums of the same products; the scales (per image x per input channel) in the epilogue.
-    grad_x = torch_int8::scaled_conv2d(qg.data, w_data, qg.scale.reshape({-1}), w_scale.reshape({-1}), std::nullopt,
-                                       std::nullopt, {1, 1}, dgrad_padding(weight, padding, dilation), dilation,
-                                       groups, grad_input_dtype)
-                 .contiguous(memory_format_of(x_int8));
-  }
-  if (want_w)
-    grad_w = torch_int8::scaled_conv2d_wgrad(qg.data, x_int8, qg.scale.reshape({-1}), x_scale.reshape({-1}),
-                                             {weight.size(2), weight.size(3)}, {1, 1}, padding, dilation, groups)
-                 .to(weight.scalar_type());
-  if (want_b) grad_b = qg.channel_sum.to(weight.scalar_type());
-  return {grad_x, grad_w, grad_b};
-}
-
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(int8, m) {
@@ -154,17 +115,12 @@ TORCH_LIBRARY_FRAGMENT(int8, m) {
       "quantize_images(Tensor x, str rounding='nearest', bool channel_amax=False, bool channel_sum=False) "
       "-> (Tensor data, Tensor scale, Tensor channel_amax, Tensor channel_sum)");
   m.def("quantize_rotated_filter(Tensor weight, int groups=1, bool per_channel=True) -> (Tensor data, Tensor scale)");
-  m.def(
-      "dynamic_conv2d_backward(Tensor grad_out, Tensor weight, Tensor x_int8, Tensor x_scale, int[2] padding, "
-      "int[2] dilation, int groups, bool per_channel, str rounding, bool[3] output_mask, "
-      "ScalarType grad_input_dtype) -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
 }
 
 TORCH_LIBRARY_IMPL(int8, CompositeImplicitAutograd, m) {
   m.impl("dynamic_conv2d", dynamic_conv2d_composite);
   m.impl("quantize_images", quantize_images_op);
   m.impl("quantize_rotated_filter", quantize_rotated_filter_composite);
-  m.impl("dynamic_conv2d_backward", dynamic_conv2d_backward_composite);
 }
 
 }  // namespace torch_int8::ops

@@ -8,7 +8,6 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Optional.h>
 
-#include <array>
 #include <string>
 #include <tuple>
 
@@ -107,27 +106,6 @@ at::Tensor conv2d_dgrad(const at::Tensor& grad_out, const at::Tensor& weight, at
 at::Tensor conv2d_wgrad(const at::Tensor& grad_out, const at::Tensor& x, at::IntArrayRef kernel_size,
                         at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                         int64_t groups = 1);
-// Weight gradient from grad_out and x quantized per image (scales [N]) or per
-// tensor ([1]): float32 [K, C/groups, R, S] in channels_last memory, each
-// image's exact int32 sum scaled by its two scales, the images added in float.
-at::Tensor scaled_conv2d_wgrad(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& scale_grad_out,
-                               const at::Tensor& scale_x, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups = 1);
-// The filter of a stride-1 convolution's input gradient, W'[g*C/G + c, k, r, s]
-// = W[g*K/G + k, c, R-1-r, S-1-s] ([C, K/G, R, S], channels_last memory),
-// quantized per input channel (per_channel; scale [C]) or per tensor: (data, scale).
-std::tuple<at::Tensor, at::Tensor> quantize_rotated_filter(const at::Tensor& weight, int64_t groups = 1,
-                                                           bool per_channel = true);
-// The gradients of dynamic_conv2d with stride 1 (torch_int8.nn.Conv2d's
-// backward): grad_out quantized per image (per_channel) or per tensor with
-// `rounding`; grad_x = the forward convolution of it with quantize_rotated_filter
-// (x's memory format, grad_input_dtype), grad_weight = scaled_conv2d_wgrad with
-// x_int8 / x_scale (weight's dtype), grad_bias = the channel sums of grad_out
-// (weight's dtype). output_mask picks which; the others come back undefined.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_conv2d_backward(
-    const at::Tensor& grad_out, const at::Tensor& weight, const at::Tensor& x_int8, const at::Tensor& x_scale,
-    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, bool per_channel, const std::string& rounding,
-    std::array<bool, 3> output_mask, at::ScalarType grad_input_dtype);
 // Bytes one im2col column buffer may take (default 1 GiB or TORCH_INT8_CONV_WORKSPACE_MB).
 int64_t conv_workspace_limit();
 void set_conv_workspace_limit(int64_t bytes);

@@ -277,6 +277,13 @@ _IMPLICIT_WGRAD_MIN_PIXELS = 784
 _IMPLICIT_WGRAD_MIN_PIXELS_1X1 = 196
 
 
+@torch.compiler.assume_constant_result
+def _gemm_family(device_index: int) -> Optional[str]:
+    """selected_backend of CUDA device device_index, a constant to torch.compile (which cannot trace
+    the extension's query; a compiled graph keeps the family it was traced with)."""
+    return selected_backend(device_index)
+
+
 def _implicit_wgrad(x: torch.Tensor, weight: torch.Tensor, groups: int, out_pixels: int) -> bool:
     """Whether the layer's weight gradient runs as scaled_conv2d_wgrad's implicit-GEMM kernel (the
     conditions of conv.h's conv2d_wgrad_scaled_cuda, and images of out_pixels output pixels large
@@ -285,7 +292,7 @@ def _implicit_wgrad(x: torch.Tensor, weight: torch.Tensor, groups: int, out_pixe
     pointwise = tuple(weight.shape[2:]) == (1, 1)
     least = _IMPLICIT_WGRAD_MIN_PIXELS_1X1 if pointwise else _IMPLICIT_WGRAD_MIN_PIXELS
     return (x.is_cuda and groups == 1 and x.shape[1] % 16 == 0 and weight.shape[0] % 16 == 0
-            and out_pixels >= least and selected_backend(x.device) in ("sm80", "sm90"))
+            and out_pixels >= least and _gemm_family(x.device.index) in ("sm80", "sm90"))
 
 
 def _grad_weight(grad_out, x, weight, geometry, config: Int8Config, grad_amax: Optional[torch.Tensor] = None):
@@ -316,7 +323,7 @@ class _Int8Conv2dFunction(torch.autograd.Function):
         ctx.wgrad_geometry = geometry  # of the x saved for the weight gradient
         stride, padding, dilation, groups = geometry
         if not config.forward:
-            ctx.implicit_wgrad = ctx.fused_backward = False
+            ctx.implicit_wgrad = False
             ctx.save_for_backward(x, weight)
             return F.conv2d(x.to(out_dtype), weight.to(out_dtype), None if bias is None else bias.to(out_dtype),
                             stride, padding, dilation, groups)
@@ -330,10 +337,6 @@ class _Int8Conv2dFunction(torch.autograd.Function):
         y, qx = dynamic_conv2d(x, weight, bias, stride, padding, dilation, groups, config.granularity == "channel",
                                out_dtype)
         ctx.implicit_wgrad = config.grad_weight and _implicit_wgrad(x, weight, groups, y.shape[2] * y.shape[3])
-        # The common case's backward as one op: stride 1 (dgrad a forward convolution), the
-        # implicit-GEMM wgrad from the saved int8 x, a float dX the epilogue writes.
-        ctx.fused_backward = (ctx.implicit_wgrad and tuple(stride) == (1, 1) and ctx.x_dtype in _EPILOGUE_DTYPES
-                              and _dgrad_as_forward_padding(weight.shape, geometry) is not None)
         # The implicit-GEMM wgrad reads this quantized x: saved instead of x (half the bytes of bf16),
         # which no other backward product then needs.
         ctx.save_for_backward(*((None, weight, qx.data, qx.scale) if ctx.implicit_wgrad else (x, weight)))
@@ -342,47 +345,34 @@ class _Int8Conv2dFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, *saved_qx = ctx.saved_tensors
-        stride, padding, dilation, groups = ctx.geometry
-        int8_dgrad = ctx.needs_input_grad[0] and ctx.config.grad_input
+        config, geometry = ctx.config, ctx.geometry
+        stride, padding, dilation, groups = geometry
+        int8_dgrad = ctx.needs_input_grad[0] and config.grad_input
+        implicit_wgrad = ctx.needs_input_grad[1] and ctx.implicit_wgrad
+        int8_wgrad = ctx.needs_input_grad[1] and config.grad_weight and _wgrad_in_int32(grad_out)
         bgrad = ctx.has_bias and ctx.needs_input_grad[2]
-        if ctx.fused_backward:
-            grad_x, grad_w, grad_b = torch.ops.int8.dynamic_conv2d_backward(
-                grad_out, weight, *saved_qx, padding, dilation, groups, ctx.config.granularity == "channel",
-                ctx.config.grad_rounding, [int8_dgrad, ctx.needs_input_grad[1], bgrad], ctx.x_dtype)
-        else:
-            grad_x, grad_w, grad_b = _backward_by_parts(ctx, grad_out, x, weight, saved_qx, int8_dgrad, bgrad)
-        if ctx.needs_input_grad[0] and not int8_dgrad:
+        grad_x = grad_w = grad_b = grad_amax = grad_sum = qg = None
+        if int8_dgrad or implicit_wgrad:  # with dY's quantization come the bias gradient (and channel maxima)
+            amax = int8_wgrad and not implicit_wgrad
+            qg, grad_amax, grad_sum = _quantize_grad_out(grad_out, config, amax, bgrad)
+        if int8_dgrad:
+            grad_x = _grad_input(qg, weight, ctx.x_shape, geometry, config, ctx.x_dtype)
+            grad_x = grad_x.contiguous(memory_format=ctx.x_format)
+        elif ctx.needs_input_grad[0]:
             grad_x = torch.nn.grad.conv2d_input(ctx.x_shape, weight.to(grad_out.dtype), grad_out, stride, padding,
                                                 dilation, groups).to(ctx.x_dtype)
+        if ctx.needs_input_grad[1]:  # x: the pixels the forward read (ctx.wgrad_geometry's input)
+            if implicit_wgrad:
+                qx = QTensor(*saved_qx, None, 0 if saved_qx[1].dim() else None)
+                grad_w = scaled_conv2d_wgrad(qg, qx, weight.shape[2:], *ctx.wgrad_geometry).to(weight.dtype)
+            elif config.grad_weight:
+                grad_w = _grad_weight(grad_out, x, weight, ctx.wgrad_geometry, config, grad_amax)
+            else:
+                grad_w = torch.nn.grad.conv2d_weight(x.to(grad_out.dtype), weight.shape, grad_out,
+                                                     *ctx.wgrad_geometry).to(weight.dtype)
+        if bgrad:
+            grad_b = (grad_out.sum((0, 2, 3)) if grad_sum is None else grad_sum).to(weight.dtype)
         return grad_x, grad_w, grad_b, None, None, None
-
-
-def _backward_by_parts(ctx, grad_out, x, weight, saved_qx, int8_dgrad: bool, bgrad: bool):
-    """(int8 dX or None, dW, db) of _Int8Conv2dFunction where dynamic_conv2d_backward does not take
-    the layer (strides, the per-channel wgrad, dY quantized per channel for wgrad, float weight
-    gradients)."""
-    config = ctx.config
-    implicit_wgrad = ctx.needs_input_grad[1] and ctx.implicit_wgrad
-    int8_wgrad = ctx.needs_input_grad[1] and config.grad_weight and _wgrad_in_int32(grad_out)
-    grad_x = grad_w = grad_b = grad_amax = grad_sum = qg = None
-    if int8_dgrad or implicit_wgrad:  # with dY's quantization come the bias gradient (and channel maxima)
-        amax = int8_wgrad and not implicit_wgrad
-        qg, grad_amax, grad_sum = _quantize_grad_out(grad_out, config, amax, bgrad)
-    if int8_dgrad:
-        grad_x = _grad_input(qg, weight, ctx.x_shape, ctx.geometry, config, ctx.x_dtype)
-        grad_x = grad_x.contiguous(memory_format=ctx.x_format)
-    if ctx.needs_input_grad[1]:  # x: the pixels the forward read (ctx.wgrad_geometry's input)
-        if implicit_wgrad:
-            qx = QTensor(*saved_qx, None, 0 if saved_qx[1].dim() else None)
-            grad_w = scaled_conv2d_wgrad(qg, qx, weight.shape[2:], *ctx.wgrad_geometry).to(weight.dtype)
-        elif config.grad_weight:
-            grad_w = _grad_weight(grad_out, x, weight, ctx.wgrad_geometry, config, grad_amax)
-        else:
-            grad_w = torch.nn.grad.conv2d_weight(x.to(grad_out.dtype), weight.shape, grad_out,
-                                                 *ctx.wgrad_geometry).to(weight.dtype)
-    if bgrad:
-        grad_b = (grad_out.sum((0, 2, 3)) if grad_sum is None else grad_sum).to(weight.dtype)
-    return grad_x, grad_w, grad_b
 
 
 class Conv2d(torch.nn.Conv2d):
