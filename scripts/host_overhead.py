@@ -15,15 +15,16 @@ import torch_int8
 CALLS = 2000
 
 
-def host_us(fn) -> float:
+def host_us(fn, calls: int = CALLS) -> float:
+    """Wall us per call of `calls` back-to-back calls of fn (after a warm-up), one synchronize at the end."""
     for _ in range(50):
         fn()
     torch.cuda.synchronize()
     t = time.perf_counter()
-    for _ in range(CALLS):
+    for _ in range(calls):
         fn()
     torch.cuda.synchronize()
-    return (time.perf_counter() - t) / CALLS * 1e6
+    return (time.perf_counter() - t) / calls * 1e6
 
 
 def main() -> None:

@@ -9,22 +9,11 @@ microseconds, so what is left is the host's cost per call), the host time of eac
 small layer's step calls, and torch.profiler's ops of its step: calls per step and CPU time.
 """
 import argparse
-import time
 
 import torch
 
+from host_overhead import host_us as wall_us  # this script's folder is on sys.path
 from torch_int8 import bench
-
-
-def wall_us(fn, reps: int) -> float:
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t) / reps * 1e6
 
 
 def forward_of(layer, x):
