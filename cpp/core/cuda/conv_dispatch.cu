@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "conv_families.h"
+#include "device_info.h"
 
 namespace torch_int8::kernels {
 namespace {
@@ -64,11 +65,8 @@ Status conv2d_fprop_cuda(const ConvProblem& p, const Epilogue& e, void* stream) 
 
 int64_t conv2d_wgrad_scaled_splits(const ConvProblem& p) {
 #ifdef TORCH_INT8_WGRAD_MMA
-  int device = 0, sm_count = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
-    return 1;
-  return detail::wgrad_mma_splits(p, sm_count);
+  const int sm_count = detail::device_sm_count();
+  return sm_count == 0 ? 1 : detail::wgrad_mma_splits(p, sm_count);
 #else
   (void)p;
   return 1;

@@ -11,6 +11,7 @@
 #include <cutlass/half.h>
 #include <cutlass/kernel_hardware_info.h>
 
+#include "device_info.h"
 #include "torch_int8/kernels.h"
 
 namespace torch_int8::kernels::detail {
@@ -48,17 +49,6 @@ struct RoundThenAdd<cutlass::Array<float, N>> {
     return r;
   }
 };
-
-// The current device's SM count, queried once: the persistent kernels size
-// their grids by it.
-inline int device_sm_count() {
-  static const int sm_count = [] {
-    int device = 0;
-    cudaGetDevice(&device);
-    return cutlass::KernelHardwareInfo::query_device_multiprocessor_count(device);
-  }();
-  return sm_count;
-}
 
 // Checks, sizes the workspace for, and runs one CUTLASS device-level operator.
 // GEMMs with a fused epilogue need no workspace (no split-K here yet).

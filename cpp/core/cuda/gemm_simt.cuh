@@ -287,10 +287,8 @@ inline bool use_large_tile(const GemmProblem& p, int sm_count) {
 // A whole SIMT family: requirement checks, tile choice, one kernel per output type.
 template <class Math>
 Status gemm_simt_family(const GemmProblem& p, const Epilogue& e, cudaStream_t stream) {
-  int device = 0, sm_count = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
-    return Status::kCudaError;
+  const int sm_count = device_sm_count();
+  if (sm_count == 0) return Status::kCudaError;
   return visit_out_type(p.out_type, [&](auto tag) {
     using ElementD = typename decltype(tag)::type;
     if (!meets_alignment(p, sizeof(ElementD))) return Status::kInvalidArgument;
