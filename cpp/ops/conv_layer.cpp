@@ -64,12 +64,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_images_op(co
   return {q.data, q.scale, q.channel_amax, q.channel_sum};
 }
 
-// Per image (per_channel) or per tensor; the channel sums as quantize_images.
-Quantized quantize_operand(const at::Tensor& t, bool per_channel, const std::string& rounding = "nearest",
-                           bool channel_sums = false) {
-  if (per_channel) return quantize_images(t, rounding, false, channel_sums);
-  auto [data, scale, unused_zero_point] = torch_int8::quantize(t, std::nullopt, true, rounding);
-  return {data, scale, at::Tensor(), channel_sums ? t.sum({0, 2, 3}) : at::Tensor()};
+// Per image (per_channel) or per tensor, rounded to nearest.
+Quantized quantize_operand(const at::Tensor& t, bool per_channel) {
+  if (per_channel) return quantize_images(t);
+  auto [data, scale, unused_zero_point] = torch_int8::quantize(t, std::nullopt);
+  return {data, scale, at::Tensor(), at::Tensor()};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_conv2d_composite(
