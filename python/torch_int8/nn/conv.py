@@ -105,7 +105,9 @@ def _quantize_grad_out(grad_out: torch.Tensor, config: Int8Config, channel_amax:
 
 def _rotated_filter(weight: torch.Tensor, groups: int) -> torch.Tensor:
     """W' [C, K/G, R, S] with W'[g*C/G + c, k, r, s] = W[g*K/G + k, c, R-1-r, S-1-s]: the filter of
-    the forward convolution that computes a stride-1 convolution's input gradient."""
+    the forward convolution that computes a stride-1 convolution's input gradient (the rotation
+    int8::quantize_rotated_filter quantizes); applied to W' it gives W back, which the paths that
+    need W quantized per input channel use."""
     k, cg, r, s = weight.shape
     swapped = weight.reshape(groups, k // groups, cg, r, s).transpose(1, 2).reshape(groups * cg, k // groups, r, s)
     return swapped.flip(2, 3)
