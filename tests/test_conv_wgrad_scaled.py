@@ -80,7 +80,8 @@ def test_scaled_wgrad_is_the_scaled_sum_of_exact_image_wgrads(device, case, per_
     dim = None if per_tensor else 0
     got = scaled_conv2d_wgrad(QTensor(gy.to(device), sg.to(device), None, dim),
                               QTensor(x.to(device), sx.to(device), None, dim), kernel, **geometry)
-    assert got.dtype == torch.float32 and got.shape == ref.shape and got.is_contiguous(memory_format=torch.channels_last)
+    assert got.dtype == torch.float32 and got.shape == ref.shape
+    assert got.is_contiguous(memory_format=torch.channels_last)
     err = (got.cpu().double() - ref).abs()
     assert torch.all(err <= bound), float((err - bound).max())
 

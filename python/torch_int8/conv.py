@@ -90,9 +90,9 @@ def conv2d_wgrad(grad_out: torch.Tensor, x: torch.Tensor, kernel_size: IntPair, 
 def scaled_conv2d_wgrad(grad_out: QTensor, x: QTensor, kernel_size: IntPair, stride: IntPair = 1,
                         padding: IntPair = 0, dilation: IntPair = 1, groups: int = 1) -> torch.Tensor:
     """Dequantized weight gradient of conv2d from operands quantized per image (or per tensor):
-    float32 ``[K, C/groups, R, S]`` (channels_last memory: [K, R, S, C/groups], as the kernel writes it) = sum over images n of ``float(wgrad of image n) * (scale_grad_out[n] *
+    float32 ``[K, C/groups, R, S]`` = sum over images n of ``float(wgrad of image n) * (scale_grad_out[n] *
     scale_x[n])``, each image's sum exact in int32, the images added in float32 (GPU; any order) or
-    float64 (CPU). Unlike conv2d_wgrad, images need not share a scale and N*P*Q is not limited.
+    float64 (CPU), in channels_last memory ([K, R, S, C/groups], as the kernel writes it). Unlike conv2d_wgrad, images need not share a scale and N*P*Q is not limited.
     grad_out ``[N, K, P, Q]`` and x ``[N, C, H, W]``: symmetric QTensors, dim None or 0; NHWC
     (channels_last) memory is read in place. On sm80 / sm90 GPUs with groups == 1 and C, K multiples
     of 16 one implicit-GEMM kernel computes it; otherwise the images are taken one at a time."""

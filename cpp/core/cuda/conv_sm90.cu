@@ -18,11 +18,6 @@ int64_t conv_tiles(const ConvProblem& p, int64_t tile_m) {
   return (p.n * p.p * p.q + tile_m - 1) / tile_m * ((p.k + tile_n - 1) / tile_n);
 }
 
-// The busy fraction of `slots` concurrent tiles over the waves that `tiles` take.
-double wave_efficiency(int64_t tiles, int64_t slots) {
-  return static_cast<double>(tiles) / (static_cast<double>((tiles + slots - 1) / slots) * slots);
-}
-
 // The schedule rule (each measured against the other on the H200 with
 // TORCH_INT8_SM90_CONV_TILE, benchmarks/NOTES.md entry 23): cooperative
 // 256-row tiles, whose epilogue runs on both warpgroups at once (1.03-1.33x

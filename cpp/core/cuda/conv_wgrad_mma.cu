@@ -25,6 +25,7 @@
 #include <algorithm>
 
 #include "conv_families.h"
+#include "device_info.h"
 #include "mma_sm80.cuh"
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
@@ -297,8 +298,7 @@ int64_t wgrad_mma_splits(const ConvProblem& p, int sm_count) {
   int64_t best = 1;
   double best_busy = 0;
   for (int64_t splits = 1; splits <= most; ++splits) {
-    const int64_t blocks = tiles(p) * splits, waves = (blocks + resident - 1) / resident;
-    const double busy = static_cast<double>(blocks) / static_cast<double>(waves * resident);
+    const double busy = wave_efficiency(tiles(p) * splits, resident);
     if (busy >= 0.9) return splits;
     if (busy > best_busy) best = splits, best_busy = busy;
   }

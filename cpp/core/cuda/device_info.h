@@ -1,10 +1,11 @@
 // The current CUDA device's multiprocessor count, for the kernels that size
-// their grids by it on every call.
+// their grids by it on every call, and how busy waves of blocks keep them.
 #pragma once
 
 #include <cuda_runtime_api.h>
 
 #include <atomic>
+#include <cstdint>
 
 namespace torch_int8::kernels::detail {
 
@@ -22,6 +23,12 @@ inline int device_sm_count() {
   int count = known[device].load(std::memory_order_relaxed);
   if (count == 0) known[device].store(count = query(), std::memory_order_relaxed);
   return count;
+}
+
+// The busy fraction of `slots` concurrent blocks over the waves that `blocks`
+// take (a last, partial wave runs as long as a full one).
+inline double wave_efficiency(int64_t blocks, int64_t slots) {
+  return static_cast<double>(blocks) / (static_cast<double>((blocks + slots - 1) / slots) * slots);
 }
 
 }  // namespace torch_int8::kernels::detail

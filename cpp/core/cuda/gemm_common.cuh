@@ -9,7 +9,6 @@
 #include <cutlass/device_kernel.h>
 #include <cutlass/array.h>
 #include <cutlass/half.h>
-#include <cutlass/kernel_hardware_info.h>
 
 #include "device_info.h"
 #include "torch_int8/kernels.h"
