@@ -239,3 +239,15 @@ def test_error_per_channel_length(device, mode, n):
     acc = torch.ones((4, 5), dtype=torch.int32, device=device)
     with pytest.raises(ValueError):
         torch_int8.requantize(acc, torch.full((n,), 0.1, device=device), 0, mode=mode)
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("scale", [2.0**31, 2.0**32, 2.0**40, 3.0e38])
+def test_fixed_point_scales_beyond_int32_saturate(device, scale):
+    # A shift of 32 and more once overflowed the int64 product and flipped signs.
+    acc = torch.tensor([2**31 - 1, -2**31, 4194304, 1, -1, 0], dtype=torch.int32, device=device)
+    out = torch_int8.requantize(acc, scale, 0, mode="fixed_point")
+    expected = torch.tensor([127, -128, 127, 127, -128, 0], dtype=torch.int8)
+    check_out(out, acc, expected, device)
+    check_out(out, acc, ref_requantize_fixed_point(acc, scale, 0), device)
+    check_out(torch_int8.requantize(acc, scale, 0, mode="float"), acc, expected, device)

@@ -30,6 +30,13 @@ at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
 
 std::string int_str(int64_t v) { return std::to_string(v); }
 
+int64_t checked_mul(int64_t a, int64_t b, const char* op, const char* what) {
+  int64_t r = 0;
+  TORCH_CHECK_VALUE(!__builtin_mul_overflow(a, b, &r), op, ": ", what, " = ", int_str(a), " * ", int_str(b),
+                    " does not fit in 64 bits");
+  return r;
+}
+
 std::string float_str(double v) { return std::to_string(v); }
 
 std::string int_str(const c10::SymInt& v) {

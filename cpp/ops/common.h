@@ -75,6 +75,15 @@ std::string shape_str(const at::Tensor& t);
 
 inline int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
 
+// The largest kernel size, stride, padding or dilation an op takes: the GPU
+// kernels index in int32, and a product of two such values fits in int64.
+constexpr int64_t kMaxGeometry = INT32_MAX;
+
+// a * b for sizes (a, b >= 0), or a clear error of `op` when the product
+// (named `what`) does not fit in int64: sizes multiplied out of an op's
+// arguments must never wrap around into a small, wrong number.
+int64_t checked_mul(int64_t a, int64_t b, const char* op, const char* what);
+
 // The GEMM kernels' K / ld / N granularity on the GPU (kernels.h); the ops pad
 // to it there, and to 1 (no padding) on the CPU.
 constexpr int64_t kGpuAlign = 16;

@@ -68,8 +68,9 @@ struct ConvParams {
 std::array<int64_t, 2> hw_pair(at::IntArrayRef v, const char* op, const char* name, int64_t min) {
   TORCH_CHECK_VALUE(v.size() == 2, op, ": ", name, " must have 2 entries (height, width), got ",
                     int_str(static_cast<int64_t>(v.size())));
-  TORCH_CHECK_VALUE(v[0] >= min && v[1] >= min, op, ": ", name, " must be >= ", int_str(min), ", got (",
-                    int_str(v[0]), ", ", int_str(v[1]), ")");
+  TORCH_CHECK_VALUE(v[0] >= min && v[1] >= min && v[0] <= kMaxGeometry && v[1] <= kMaxGeometry, op, ": ", name,
+                    " must be in [", int_str(min), ", ", int_str(kMaxGeometry), "], got (", int_str(v[0]), ", ",
+                    int_str(v[1]), ")");
   return {v[0], v[1]};
 }
 
@@ -84,6 +85,17 @@ ConvParams conv_params(const char* op, at::IntArrayRef stride, at::IntArrayRef p
 template <class Int>
 Int out_size(const Int& in, int64_t f, int64_t pad, int64_t stride, int64_t dilation) {
   return (in + 2 * pad - dilation * (f - 1) - 1) / stride + 1;
+}
+
+// a * b of sizes: checked_mul when known now, symbolic otherwise (checked when the kernel runs).
+template <class Int>
+Int size_product(const Int& a, const Int& b, const char* op, const char* what) {
+  if constexpr (std::is_same_v<Int, c10::SymInt>) {
+    const auto ka = a.maybe_as_int(), kb = b.maybe_as_int();
+    return ka && kb ? c10::SymInt(checked_mul(*ka, *kb, op, what)) : a * b;
+  } else {
+    return checked_mul(a, b, op, what);
+  }
 }
 
 // The sizes of one convolution (Int: int64_t, or c10::SymInt in Meta kernels).
@@ -110,6 +122,9 @@ ConvDims<Int> conv_dims(const Int& n, const Int& c, const Int& h, const Int& w, 
                     " does not divide the input channels ", int_str(c));
   TORCH_CHECK_VALUE(!kn || *kn % cp.groups == 0, op, ": groups = ", int_str(cp.groups),
                     " does not divide the output channels ", int_str(k));
+  // The output pixel count (and so every count of pixels below it) fits in int64; the output
+  // tensor's allocation checks its element count.
+  size_product(size_product(d.n, d.p, op, "N*P"), d.q, op, "N*P*Q");
   return d;
 }
 
@@ -156,9 +171,10 @@ std::array<int64_t, 2> static_filter_size(const at::Tensor& weight, const char* 
 template <class Int>
 void check_gemm_depth(const Int& channels, const std::array<int64_t, 2>& rs, const char* op, const char* what) {
   const auto c = Shape<std::is_same_v<Int, c10::SymInt>>::known(channels);
-  TORCH_CHECK_VALUE(!c || *c * rs[0] * rs[1] <= kernels::kMaxK, op, ": ", what, " = ",
-                    int_str(c ? *c * rs[0] * rs[1] : 0), " exceeds ", int_str(kernels::kMaxK),
-                    ", beyond which the int32 accumulator can overflow");
+  if (!c) return;
+  const int64_t depth = checked_mul(*c, rs[0] * rs[1], op, what);
+  TORCH_CHECK_VALUE(depth <= kernels::kMaxK, op, ": ", what, " = ", int_str(depth), " exceeds ",
+                    int_str(kernels::kMaxK), ", beyond which the int32 accumulator can overflow");
 }
 
 // grad_out [N, K, P, Q] must have the output size (P, Q) of d, the convolution of `source`.
@@ -795,7 +811,8 @@ Dims<kSym> im2col_dims(const at::Tensor& x, at::IntArrayRef kernel_size, const C
 
 template <class Int>
 std::vector<Int> im2col_shape(const ConvDims<Int>& d, bool nhwc) {
-  const Int taps_c = d.c * (d.r * d.s), pixels = d.p * d.q;
+  const Int taps_c = size_product(d.c, Int(d.r * d.s), "im2col", "C*R*S");
+  const Int pixels = size_product(d.p, d.q, "im2col", "the output pixels L");
   return nhwc ? std::vector<Int>{d.n, pixels, taps_c} : std::vector<Int>{d.n, taps_c, pixels};
 }
 

@@ -31,9 +31,11 @@ TORCH_INT8_HD int32_t rounding_divide_by_pot(int32_t x, int exponent) {
 }
 
 // TFLite MultiplyByQuantizedMultiplier. The left shift saturates to int32
-// where TFLite's plain int32 multiply would overflow (undefined there).
+// where TFLite's plain int32 multiply would overflow (undefined there). A
+// shift of 32 already saturates every x != 0, so larger ones (scales of 2^32
+// and more) are taken as 32: x * 2^32 still fits in int64.
 TORCH_INT8_HD int32_t multiply_by_quantized_multiplier(int32_t x, int32_t multiplier, int shift) {
-  const int left = shift > 0 ? shift : 0;
+  const int left = shift > 0 ? (shift < 32 ? shift : 32) : 0;
   const int right = shift > 0 ? 0 : -shift;
   int64_t shifted = static_cast<int64_t>(x) * (1LL << left);
   shifted = shifted > INT32_MAX ? INT32_MAX : (shifted < INT32_MIN ? INT32_MIN : shifted);
