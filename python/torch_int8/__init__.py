@@ -18,6 +18,7 @@ from .config import Int8Config
 from .conv import col2im, conv2d, conv2d_dgrad, conv2d_wgrad, im2col, scaled_conv2d
 from .convert import convert
 from . import nn
+from .ptq import PTQConfig, QuantizationReport, quantize_model
 
 __version__ = _C.build_info()["version"]
 # For C++ projects: find_package(torch_int8) with this on CMAKE_PREFIX_PATH.
@@ -26,4 +27,5 @@ cmake_prefix_path = str(Path(__file__).resolve().parent / "lib" / "cmake")
 __all__ = ["QTensor", "gemm", "quantize", "quantize_rows", "quantize_columns_t", "quantize_rows_with_sums",
            "column_amax", "dequantize", "scaled_gemm", "scaled_gemm_row_amax",
            "requantize", "Int8Config", "convert", "im2col", "col2im", "conv2d", "conv2d_dgrad", "conv2d_wgrad",
-           "scaled_conv2d", "nn", "use_backend", "cmake_prefix_path"]
+           "scaled_conv2d", "nn", "use_backend", "cmake_prefix_path", "quantize_model", "PTQConfig",
+           "QuantizationReport"]

@@ -469,6 +469,12 @@ class QuantizedConv2d(torch.nn.Module):
         load_int8_weight(q, conv.weight, conv.bias)
         return q
 
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
+                f"bias={self.bias is not None}, activation_scale={self.activation_scale}, relu={self.relu}, "
+                f"out_scale={self.out_scale}, out_dtype={self.out_dtype}")
+
     def _quantize_input(self, x: torch.Tensor) -> QTensor:
         return quantize_activation(x, None, self.activation_scale)  # per tensor at run time
 

@@ -187,6 +187,10 @@ class QuantizedLinear(torch.nn.Module):
         load_int8_weight(q, linear.weight, linear.bias)
         return q
 
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"activation_scale={self.activation_scale}, relu={self.relu}, out_scale={self.out_scale}")
+
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)
