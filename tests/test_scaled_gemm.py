@@ -511,3 +511,54 @@ def test_bias_of_any_float_dtype_is_its_float32_value(device, N, bias_dtype):
     bias = torch.randn(N, generator=g).to(bias_dtype).to(device)
     out = torch_int8.scaled_gemm(qa, qb, bias=bias, out_dtype=torch.float32)
     assert torch.equal(out, torch_int8.scaled_gemm(qa, qb, bias=bias.float(), out_dtype=torch.float32))
+
+
+# ------------------------------------------------------------------------------------------------
+# K beyond the int32-safe depth (131071): exact int32 K-slices summed in int64
+# ------------------------------------------------------------------------------------------------
+
+LONG_K = [131071, 131072, 3 * 131072 + 5]
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("K", LONG_K)
+@pytest.mark.parametrize("a_mode", ["tensor-sym", "row-asym"])
+@pytest.mark.parametrize("out_dtype,out_zp", [OUT[0], OUT[2], OUT[4]])
+def test_long_k_against_the_reference(device, K, a_mode, out_dtype, out_zp):
+    M, N = 3, 21
+    a = make_a(M, K, a_mode, K, device)
+    b = make_b(K, N, "col", K + 1, device)
+    ref0, _ = ref_scaled_gemm(a, b, None)
+    bias = make_bias(N, K + 2, 0.5 * float(ref0.abs().max()), device)
+    ref, mag = ref_scaled_gemm(a, b, bias)
+    if out_dtype == torch.int8:
+        out_scale = pick_out_scale(ref)
+        out = torch_int8.scaled_gemm(a, b, bias=bias, out_dtype=torch.int8, out_scale=out_scale, out_zero_point=out_zp)
+        check_int8_out(out, ref, mag, out_scale, out_zp)
+    else:
+        check_float_out(torch_int8.scaled_gemm(a, b, bias=bias, out_dtype=out_dtype), ref, mag, out_dtype)
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+def test_long_k_sums_beyond_int32_exactly(device):
+    # 2^14 * K > 2^31 at every entry: an int32 sum would wrap; the float32 value of the exact sum is
+    # its one rounding.
+    K = 3 * 131072 + 5
+    a = QTensor(torch.full((2, K), -128, dtype=torch.int8, device=device), torch.ones((), device=device), None, None)
+    b = QTensor(torch.full((K, 3), -128, dtype=torch.int8, device=device), torch.ones((), device=device), None, None)
+    out = torch_int8.scaled_gemm(a, b, out_dtype=torch.float32)
+    assert torch.equal(out.cpu(), torch.full((2, 3), float(16384 * K), dtype=torch.float32))
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+def test_long_k_relu_row_amax_and_nan(device):
+    M, K, N = 4, 131072 + 17, 9
+    a, b = make_a(M, K, "row-sym", 5, device), make_b(K, N, "col", 6, device)
+    ref, _ = ref_scaled_gemm(a, b, None)
+    a.scale[1] = float("nan")
+    out, amax = torch_int8.scaled_gemm_row_amax(a, b, out_dtype=torch.float32, relu=True)
+    expected = ref.clamp_min(0).float()
+    expected[1] = float("nan")
+    torch.testing.assert_close(out.cpu(), expected, rtol=1e-5, atol=1e-5 * float(ref.abs().max()), equal_nan=True)
+    assert torch.isnan(amax[1]) and not torch.isnan(amax[[0, 2, 3]]).any()
+    assert torch.equal(amax.cpu()[[0, 2, 3]], out.cpu()[[0, 2, 3]].abs().amax(-1))

@@ -67,11 +67,12 @@ at::Tensor run_gemm(const at::Tensor& a, const at::Tensor& b, at::ScalarType out
   return ldd == n ? out : out.narrow(2, 0, n).contiguous();
 }
 
+// gemm's int32 result holds sums of at most kMaxK products (scaled_gemm takes any K).
 template <bool kSym>
-void check_k(const typename Shape<kSym>::Int& k, const char* op) {
+void check_int32_k(const typename Shape<kSym>::Int& k) {
   const auto v = Shape<kSym>::known(k);
-  TORCH_CHECK_VALUE(!v || *v <= kernels::kMaxK, op, ": K = ", int_str(k), " exceeds ", int_str(kernels::kMaxK),
-                    ", beyond which the int32 accumulator can overflow (K * 128 * 128 >= 2^31)");
+  TORCH_CHECK_VALUE(!v || *v <= kernels::kMaxK, "gemm: K = ", int_str(k), " exceeds ", int_str(kernels::kMaxK),
+                    ", beyond which the int32 result can overflow (K * 128 * 128 >= 2^31); scaled_gemm takes any K");
 }
 
 template <bool kSym>
@@ -99,7 +100,7 @@ std::vector<typename Shape<kSym>::Int> gemm_shape(const at::Tensor& a, const at:
                     ", b ", shape_str(b));
   check_nonempty<kSym>(a, "gemm", "a");
   check_nonempty<kSym>(b, "gemm", "b");
-  check_k<kSym>(S::size(a, -1), "gemm");
+  check_int32_k<kSym>(S::size(a, -1));
   auto shape = S::sizes(a);
   shape.back() = S::size(b, -1);
   return shape;
@@ -150,7 +151,6 @@ std::vector<typename Shape<kSym>::Int> scaled_gemm_shape(const at::Tensor& a, co
                     shape_str(b));
   check_nonempty<kSym>(a, "scaled_gemm", "a");
   check_nonempty<kSym>(b, "scaled_gemm", "b");
-  check_k<kSym>(S::size(b, 0), "scaled_gemm");
   check_scaled_output(out_dtype, out_scale, out_zero_point, "scaled_gemm", "gemm");
   const typename S::Int m = S::numel(a) / S::size(a, -1), n = S::size(b, 1);
   check_dtype(scale_a, at::kFloat, "scaled_gemm", "scale_a");
@@ -165,6 +165,47 @@ std::vector<typename Shape<kSym>::Int> scaled_gemm_shape(const at::Tensor& a, co
   auto shape = S::sizes(a);
   shape.back() = n;
   return shape;
+}
+
+// The K-slices of a long product: multiples of 16 (no padding on the GPU but in the last one),
+// each short enough for an exact int32 accumulator.
+constexpr int64_t kSliceK = kernels::kMaxPaddedK - kGpuAlign;
+
+// The epilogue of kernels.h on int64 accumulators acc [M, N], in ATen: the products of a K beyond
+// kMaxK, summed exactly over K-slices. The vectors are epilogue_vector's (col_* padded past N);
+// col_offset: the zero-point correction -z * colsum(b) in int64 [N], or undefined.
+at::Tensor epilogue_on_int64(at::Tensor acc, const at::Tensor& col_offset, const at::Tensor& row_scale,
+                             const at::Tensor& col_scale, const std::optional<at::Tensor>& col_bias,
+                             at::ScalarType out_dtype, int64_t out_zero_point, bool relu) {
+  const int64_t n = acc.size(1);
+  if (col_offset.defined()) acc = acc + col_offset;  // exact, before the one rounding to float
+  at::Tensor v = acc.to(at::kFloat).mul_(row_scale.unsqueeze(1)).mul_(col_scale.narrow(0, 0, n));
+  if (col_bias) v.add_(col_bias->narrow(0, 0, n));
+  if (relu) v = at::clamp_min(v, 0);  // NaN stays NaN
+  if (out_dtype != at::kChar) return v.to(out_dtype);
+  // rint(v) + zero point, saturated, NaN -> 0: requantize_value of epilogue_math.h.
+  return at::nan_to_num(v.round_().add_(static_cast<double>(out_zero_point)), 0.0).clamp_(-128, 127).to(at::kChar);
+}
+
+// scaled_gemm of a3 [1, M, K] and b [K, N] for K > kMaxK: the int32 products of its K-slices,
+// each exact, summed in int64, then the epilogue. The scales factor out of the sum over k, so
+// this is the one-GEMM result with the accumulator held in 64 bits.
+at::Tensor long_k_scaled_gemm(const at::Tensor& a3, const at::Tensor& b, const std::optional<at::Tensor>& zero_point_a,
+                              const at::Tensor& row_scale, const at::Tensor& col_scale,
+                              const std::optional<at::Tensor>& col_bias, at::ScalarType out_dtype,
+                              int64_t out_zero_point, bool relu) {
+  const int64_t k = b.size(0), m = a3.size(1);
+  at::Tensor acc;
+  for (int64_t k0 = 0; k0 < k; k0 += kSliceK) {
+    const int64_t len = std::min(kSliceK, k - k0);
+    const at::Tensor part = run_gemm(a3.narrow(2, k0, len), b.narrow(0, k0, len).t().unsqueeze(0), at::kInt, Epilogue{});
+    acc = k0 == 0 ? part.to(at::kLong) : acc.add_(part);
+  }
+  at::Tensor col_offset;  // sum_k (a - z) b = acc - z * colsum(b)
+  if (zero_point_a) col_offset = zero_point_a->reshape({-1}).expand({m}).to(at::kLong).unsqueeze(1).neg() *
+                                 b.sum({0}, false, at::kLong);
+  return epilogue_on_int64(acc.view({m, b.size(1)}), col_offset, row_scale, col_scale, col_bias, out_dtype,
+                           out_zero_point, relu);
 }
 
 // scaled_gemm, and with with_row_amax also max |out[..., m, :]| per row (float32, shaped like out
@@ -191,6 +232,14 @@ std::tuple<at::Tensor, at::Tensor> run_scaled_gemm(const at::Tensor& a, const at
   if (requant) {
     col_scale = col_scale.div(out_scale);
     if (col_bias) col_bias = col_bias->div(out_scale);
+  }
+  if (k > kernels::kMaxK) {
+    at::Tensor out = long_k_scaled_gemm(a3, b, zero_point_a, row_scale, col_scale, col_bias, out_dtype,
+                                        out_zero_point, relu);
+    at::Tensor row_amax = with_row_amax ? out.abs().amax(-1).to(at::kFloat) : at::Tensor();  // NaN stays NaN
+    out = out.view(shape);
+    if (with_row_amax) row_amax = row_amax.view(at::IntArrayRef(shape).slice(0, shape.size() - 1));
+    return {out, row_amax};
   }
   // An asymmetric a: sum_k (a - z) b = acc - z * colsum(b).
   std::optional<at::Tensor> row_offset, col_sum;
