@@ -7,8 +7,10 @@ usage: python3 scripts/conv_bf16_baselines.py [--batch N] [--reps R]
 """
 import torch
 
-from torch_int8.bench import (CONV_SHAPES, conv_layer, drop_grads, graphed, graphed_training_step, script_args,
-                              time_in_turns)
+from torch_int8.bench.cli import script_args
+from torch_int8.bench.conv import CONV_SHAPES, conv_layer
+from torch_int8.bench.graphs import drop_grads, graphed, graphed_training_step
+from torch_int8.bench.timer import time_in_turns
 
 
 def captured(benchmark: bool, capture):

@@ -20,7 +20,10 @@ import torch
 import torch.nn.functional as F
 
 import torch_int8
-from torch_int8.bench import CONV_SHAPES, graphed, script_args, time_in_turns
+from torch_int8.bench.cli import script_args
+from torch_int8.bench.conv import CONV_SHAPES
+from torch_int8.bench.graphs import graphed
+from torch_int8.bench.timer import time_in_turns
 from torch_int8.nn.conv import _quantize_images
 
 

@@ -13,7 +13,8 @@ import argparse
 import torch
 
 from host_overhead import host_us as wall_us  # this script's folder is on sys.path
-from torch_int8 import bench
+from torch_int8.bench.conv import CONV_SHAPES, conv_layer
+from torch_int8.bench.graphs import training_step
 
 
 def forward_of(layer, x):
@@ -25,7 +26,7 @@ def forward_of(layer, x):
 
 def host_table(label: str, ref, ours, x, gy, reps: int) -> None:
     for what, side in (("forward", lambda layer: forward_of(layer, x)),
-                       ("step", lambda layer: bench.training_step(layer, x, gy))):
+                       ("step", lambda layer: training_step(layer, x, gy))):
         bf16, int8 = wall_us(side(ref), reps), wall_us(side(ours), reps)
         print(f"{label:<34} {what:<8} bf16 {bf16:9.1f} us   int8 {int8:9.1f} us")
 
@@ -75,24 +76,24 @@ def op_table(ours, x, gy, reps: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--layer", default="r18.layer1.3x3", choices=[s[0] for s in bench.CONV_SHAPES])
+    ap.add_argument("--layer", default="r18.layer1.3x3", choices=[s[0] for s in CONV_SHAPES])
     ap.add_argument("--batch", type=int, action="append", help="repeatable; default 128")
     ap.add_argument("--reps", type=int, default=50)
     args = ap.parse_args()
     args.batch = args.batch or [128]
-    shape = next(s for s in bench.CONV_SHAPES if s[0] == args.layer)
+    shape = next(s for s in CONV_SHAPES if s[0] == args.layer)
     name, c, h, w, k, r, stride, padding = shape
     for batch in args.batch:
-        ref, ours, x, _, gy = bench.conv_layer(shape, batch, 0)
+        ref, ours, x, _, gy = conv_layer(shape, batch, 0)
         host_table(f"{name} N={batch}", ref, ours, x, gy, args.reps)
     side = (28 if r > 1 else 14) * stride
     small = (f"{name} small", c, side, side, k, r, stride, padding)
-    ref, ours, x, _, gy = bench.conv_layer(small, 1, 0)
+    ref, ours, x, _, gy = conv_layer(small, 1, 0)
     label = f"{name} N=1 {side}x{side}"
     host_table(label, ref, ours, x, gy, 10 * args.reps)
     op_table(ours, x, gy, 10 * args.reps)
-    cpu_profile(f"{label} int8 step", bench.training_step(ours, x, gy), 10 * args.reps)
-    cpu_profile(f"{label} bf16 step", bench.training_step(ref, x, gy), 10 * args.reps)
+    cpu_profile(f"{label} int8 step", training_step(ours, x, gy), 10 * args.reps)
+    cpu_profile(f"{label} bf16 step", training_step(ref, x, gy), 10 * args.reps)
 
 
 if __name__ == "__main__":

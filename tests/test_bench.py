@@ -2,17 +2,19 @@
 bookkeeping of `bench linear` / `bench conv` (capture and CUDA events replaced by stand-ins, so what is
 checked is the logic around them: grads None at capture, a failed capture or method recorded and
 survived, the gradients dropped afterwards). One GPU test times two methods in turns for real."""
+import argparse
+
 import pytest
 import torch
 
-from torch_int8 import bench
+from torch_int8.bench import cli, conv, gemm, graphs, quantize, timer
 
 from conftest import CUDA_ONLY
 
 
 def test_conv_help(capsys):
     with pytest.raises(SystemExit) as exc:
-        bench.main(["conv", "--help"])
+        cli.main(["conv", "--help"])
     assert exc.value.code == 0
     assert "--batch" in capsys.readouterr().out
 
@@ -24,7 +26,7 @@ def _layer_and_input():
     return layer, x, torch.randn(2, 4, 5, 5)
 
 
-def _fake_timeit(fn, reps=50, warmup=10):
+def _fake_timeit(fn, reps=50, warmup=10, device="cuda"):
     fn()
     return {"ms": 1.0, "min_ms": 1.0, "batch": 1, "reps": reps}
 
@@ -34,11 +36,11 @@ def _fake_turns(monkeypatch):
     and records the names it was given in _fake_turns.timed."""
     _fake_turns.timed = []
 
-    def turns(fns, reps, warmup):
+    def turns(fns, reps, warmup, device="cuda"):
         _fake_turns.timed += list(fns)
         return {name: _fake_timeit(fn, reps, warmup) for name, fn in fns.items()}
 
-    monkeypatch.setattr(bench, "timeit_interleaved", turns)
+    monkeypatch.setattr(timer, "timeit_interleaved", turns)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
 
 
@@ -54,10 +56,10 @@ def test_graph_timings_captures_with_fresh_grads(monkeypatch):
         seen.append(x.grad is not None)
         return lambda: None
 
-    monkeypatch.setattr(bench, "graphed", fake_graphed)
+    monkeypatch.setattr(graphs, "graphed", fake_graphed)
     _fake_turns(monkeypatch)
     args = type("Args", (), {"reps": 2, "warmup": 1})()
-    out = bench.graph_timings("t", {"bf16": layer}, x, gy, args)
+    out = graphs.graph_timings("t", {"bf16": layer}, x, gy, args)
     assert set(out) == {"bf16_fwd_graph", "bf16_fwd_bwd_graph"}
     assert all(d["ms"] == 1.0 and d["error"] is None for d in out.values())
     assert set(_fake_turns.timed) == {"bf16_fwd_graph", "bf16_fwd_bwd_graph"}  # timed together, in turns
@@ -73,9 +75,9 @@ def test_graph_timings_survives_failed_capture(monkeypatch, capsys):
         fn()
         raise RuntimeError("operation not permitted when stream is capturing")
 
-    monkeypatch.setattr(bench, "graphed", failing_graphed)
+    monkeypatch.setattr(graphs, "graphed", failing_graphed)
     args = type("Args", (), {"reps": 2, "warmup": 1})()
-    out = bench.graph_timings("t", {"int8": layer}, x, gy, args)
+    out = graphs.graph_timings("t", {"int8": layer}, x, gy, args)
     for d in out.values():
         assert d["ms"] is None and "not permitted" in d["error"]
     assert "t int8_fwd_bwd_graph: RuntimeError" in capsys.readouterr().err
@@ -89,7 +91,7 @@ def test_format_conv_table_missing_graph_times():
     row = {"name": "r18.layer1.3x3", "N": 128, "methods": methods, "fwd_speedup": 1.0, "fwd_bwd_speedup": 1.0,
            "fwd_graph_speedup": 1.0, "fwd_bwd_graph_speedup": None, "int8_fwd_tops": 100.0,
            "fwd_max_rel_err": 0.01, "workspace_bytes": 0}
-    lines = bench.format_conv_table([row]).splitlines()
+    lines = conv.format_conv_table([row]).splitlines()
     assert "bf16 g fwd" in lines[0] and "int8 g f+b" in lines[0]
     assert len(lines[0]) == len(lines[2])
     cells = [c.split() for c in lines[2].split("|")]
@@ -98,40 +100,40 @@ def test_format_conv_table_missing_graph_times():
 
 def test_quantize_help_and_shapes(capsys):
     with pytest.raises(SystemExit) as exc:
-        bench.main(["quantize", "--help"])
+        cli.main(["quantize", "--help"])
     assert exc.value.code == 0
     assert "--dtype" in capsys.readouterr().out
-    assert bench.parse_matrix("401408x64") == (401408, 64)
+    assert quantize.parse_matrix("401408x64") == (401408, 64)
     for bad in ("4096", "0x5", "ax3", "2x3x4"):
-        with pytest.raises(bench.argparse.ArgumentTypeError):
-            bench.parse_matrix(bad)
+        with pytest.raises(argparse.ArgumentTypeError):
+            quantize.parse_matrix(bad)
 
 
 def test_quantize_pass_bytes():
     x = torch.zeros(3, 5, dtype=torch.bfloat16)
-    assert bench.quantize_pass_bytes("quantize_rows", x) == 15 * 3  # bf16 read + int8 written
-    assert bench.quantize_pass_bytes("column_amax", x) == 15 * 2  # read only
+    assert quantize.quantize_pass_bytes("quantize_rows", x) == 15 * 3  # bf16 read + int8 written
+    assert quantize.quantize_pass_bytes("column_amax", x) == 15 * 2  # read only
 
 
 def test_quantize_table_prints_missing_times_as_dashes():
-    methods = {name: {"ms": 0.04, "error": None} for name in bench.QUANTIZE_PASSES}
+    methods = {name: {"ms": 0.04, "error": None} for name in quantize.QUANTIZE_PASSES}
     methods["copy"] = {"ms": 0.03, "error": None}
     methods["quantize_columns_t"] = {"ms": None, "error": "RuntimeError: capture failed"}
     row = {"rows": 8192, "cols": 4096, "dtype": "bfloat16", "methods": methods, "copy_GBps": 4473.9}
-    for name in bench.QUANTIZE_PASSES:
+    for name in quantize.QUANTIZE_PASSES:
         row[name + "_pct_of_copy_bw"] = None if methods[name]["ms"] is None else 56.2
-    lines = bench.format_quantize_table([row]).splitlines()
+    lines = quantize.format_quantize_table([row]).splitlines()
     assert "columns_t us" in lines[0] and "column_amax us" in lines[0]
     assert "8192" in lines[2] and "56.2" in lines[2] and " - " in lines[2]
 
 
 def test_bench_quantize_shape_runs_every_pass(monkeypatch):
     # graphs and CUDA events replaced: each pass runs once, eagerly, on the CPU kernels
-    monkeypatch.setattr(bench, "graphed", lambda fn, warm=None: fn)
-    monkeypatch.setattr(bench, "timeit", _fake_timeit)
-    args = bench.argparse.Namespace(reps=1, warmup=1)
-    row = bench.bench_quantize_shape(6, 16, torch.bfloat16, args, seed=0, device="cpu")
-    assert set(row["methods"]) == {"copy", *bench.QUANTIZE_PASSES}
+    monkeypatch.setattr(quantize, "graphed", lambda fn, warm=None: fn)
+    monkeypatch.setattr(timer, "timeit", _fake_timeit)
+    args = argparse.Namespace(reps=1, warmup=1)
+    row = quantize.bench_quantize_shape(6, 16, torch.bfloat16, args, seed=0, device="cpu")
+    assert set(row["methods"]) == {"copy", *quantize.QUANTIZE_PASSES}
     assert all(d["error"] is None for d in row["methods"].values())
     assert row["copy_GBps"] == 2 * 96 * 2 / 1e6 / 1.0
     assert row["quantize_rows_pct_of_copy_bw"] == 75.0 and row["column_amax_pct_of_copy_bw"] == 50.0
@@ -141,17 +143,17 @@ def test_time_in_turns_leaves_out_a_failing_method(monkeypatch, capsys):
     # the turns replaced by a stand-in that records which methods it was given
     given = {}
 
-    def fake_turns(fns, reps, warmup):
+    def fake_turns(fns, reps, warmup, device="cuda"):
         given.update(fns)
         return {name: {"ms": 1.0, "min_ms": 1.0, "batch": 1, "reps": reps} for name in fns}
 
     def failing():
         raise RuntimeError("no kernel for this shape")
 
-    monkeypatch.setattr(bench, "timeit_interleaved", fake_turns)
+    monkeypatch.setattr(timer, "timeit_interleaved", fake_turns)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
-    args = bench.argparse.Namespace(reps=3, warmup=1)
-    out = bench.time_in_turns("t", {"a": lambda: None, "bad": failing, "b": lambda: None}, args)
+    args = argparse.Namespace(reps=3, warmup=1)
+    out = timer.time_in_turns("t", {"a": lambda: None, "bad": failing, "b": lambda: None}, args)
     assert list(out) == ["a", "bad", "b"] and set(given) == {"a", "b"}
     assert out["a"] == {"ms": 1.0, "min_ms": 1.0, "batch": 1, "reps": 3, "error": None}
     assert out["bad"]["ms"] is None and "no kernel for this shape" in out["bad"]["error"]
@@ -170,7 +172,7 @@ def test_timeit_interleaved_times_each_method(device):
         return run
 
     fns = {"copy": counted("copy", x.clone), "matmul": counted("matmul", lambda: x @ x)}
-    out = bench.timeit_interleaved(fns, reps=5, warmup=2)
+    out = timer.timeit_interleaved(fns, reps=5, warmup=2)
     assert list(out) == ["copy", "matmul"]
     for name, t in out.items():
         assert t["reps"] == 5 and t["batch"] >= 1 and 0 < t["min_ms"] <= t["ms"]
@@ -182,10 +184,10 @@ def test_timeit_interleaved_times_each_method(device):
 def test_time_in_turns_times_each_alone_after_a_later_failure(monkeypatch, capsys):
     # a method that fails past its first call (e.g. out of memory while timed): the turns raise, so
     # each method is timed alone and only the failing one is lost
-    def turns(fns, reps, warmup):
+    def turns(fns, reps, warmup, device="cuda"):
         raise RuntimeError("out of memory")
 
-    def timeit(fn, reps=50, warmup=10):
+    def timeit(fn, reps=50, warmup=10, device="cuda"):
         fn()
         return {"ms": 2.0, "min_ms": 2.0, "batch": 1, "reps": reps}
 
@@ -196,11 +198,11 @@ def test_time_in_turns_times_each_alone_after_a_later_failure(monkeypatch, capsy
         if state["calls"] > 1:
             raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(bench, "timeit_interleaved", turns)
-    monkeypatch.setattr(bench, "timeit", timeit)
+    monkeypatch.setattr(timer, "timeit_interleaved", turns)
+    monkeypatch.setattr(timer, "timeit", timeit)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
-    args = bench.argparse.Namespace(reps=3, warmup=1)
-    out = bench.time_in_turns("t", {"a": lambda: None, "late": fails_second_time}, args)
+    args = argparse.Namespace(reps=3, warmup=1)
+    out = timer.time_in_turns("t", {"a": lambda: None, "late": fails_second_time}, args)
     assert out["a"] == {"ms": 2.0, "min_ms": 2.0, "batch": 1, "reps": 3, "error": None}
     assert out["late"]["ms"] is None and "out of memory" in out["late"]["error"]
     assert "t late: RuntimeError" in capsys.readouterr().err
@@ -209,13 +211,13 @@ def test_time_in_turns_times_each_alone_after_a_later_failure(monkeypatch, capsy
 def test_bench_gemm_shape_keeps_every_method(monkeypatch):
     # on the CPU kernels, timing replaced: every method in its place, None where it does not apply
     _fake_turns(monkeypatch)
-    monkeypatch.setattr(bench, "graphed", lambda fn, warm=None: fn)
-    monkeypatch.setattr(bench, "int_mm_supported", lambda m, n, k: False)
-    args = bench.argparse.Namespace(reps=1, warmup=1)
-    res = bench.bench_gemm_shape(8, 32, 64, args, seed=0, device="cpu")
+    monkeypatch.setattr(gemm, "graphed", lambda fn, warm=None: fn)
+    monkeypatch.setattr(gemm, "int_mm_supported", lambda m, n, k: False)
+    args = argparse.Namespace(reps=1, warmup=1)
+    res = gemm.bench_gemm_shape(8, 32, 64, args, seed=0, device="cpu")
     assert list(res["methods"]) == ["ours", "int_mm", "bf16", "scaled_gemm", "scaled_int8", "row_amax"]
     assert res["methods"]["int_mm"] is None and res["exact"] is True
-    assert all(d["ms"] == 1.0 and d["tops"] == bench.tops(8, 32, 64, 1.0)
+    assert all(d["ms"] == 1.0 and d["tops"] == pytest.approx(2 * 8 * 32 * 64 / 1e9)  # in 1 ms
                for name, d in res["methods"].items() if name != "int_mm")
-    assert set(res["graph_methods"]) == set(bench.GRAPH_METHODS)
+    assert set(res["graph_methods"]) == {"ours", "bf16", "scaled_gemm"}
     assert res["ratio_scaled_bf16"] == 1.0 and res["int8_epilogue_overhead_pct"] == 0.0

@@ -12,9 +12,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import CUDA_ONLY, DEVICE_PARAMS, make_gen  # noqa: E402
+from cuda_graphs import graph_replay  # noqa: E402
 
 import torch_int8  # noqa: E402
-from torch_int8.bench import graphed  # noqa: E402
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # Ragged against the transposing tiles (64 rows x 128 bf16/fp16 or 64 fp32 columns) and the
@@ -224,7 +224,7 @@ def test_long_rows_stochastic_and_in_cuda_graphs(device, rows, cols):
     assert ((got[finite] == steps.floor()) | (got[finite] == steps.ceil())).all()
     assert (got[~finite] == 0).all()
     xd, out = x.to(device), {}
-    replay = graphed(lambda: out.update(q=torch_int8.quantize_rows(xd)[0]))
+    replay = graph_replay(lambda: out.update(q=torch_int8.quantize_rows(xd)[0]))
     replay()
     torch.cuda.synchronize()
     assert torch.equal(out["q"].data.cpu(), ref.data) and same(out["q"].scale.cpu(), ref.scale)
@@ -247,7 +247,7 @@ def test_stochastic_rounding_in_cuda_graphs(device):
     def capture():
         captured["q"], captured["qt"] = both()
 
-    replay = graphed(capture, warm=both)  # warm-up outside the capture, then the capture
+    replay = graph_replay(capture, warm=both)  # warm-up outside the capture, then the capture
     q, qt = captured["q"], captured["qt"]
     draws = []
     for _ in range(2):

@@ -1,0 +1,39 @@
+"""torch.profiler's view of a layer: its top CUDA kernels (`bench linear --profile`, `bench conv --profile`)."""
+
+from __future__ import annotations
+
+import torch
+
+from .graphs import training_step
+
+
+def kernel_table(prof, top: int = 25) -> str:
+    """name, calls, total and mean us of the `top` CUDA kernels (and copies, memsets) by device time."""
+    rows = [e for e in prof.key_averages()
+            if e.device_type == torch.autograd.DeviceType.CUDA and e.device_time_total > 0]
+    rows.sort(key=lambda e: e.device_time_total, reverse=True)
+    lines = [f"{'kernel':<90} {'calls':>6} {'total us':>10} {'mean us':>9}"]
+    lines += [f"{e.key[:90]:<90} {e.count:>6} {e.device_time_total:>10.1f} {e.device_time_total / e.count:>9.1f}"
+              for e in rows[:top]]
+    lines.append(f"{'all':<90} {sum(e.count for e in rows):>6} {sum(e.device_time_total for e in rows):>10.1f}")
+    return "\n".join(lines)
+
+
+def profile_layer(label: str, layer: torch.nn.Module, x: torch.Tensor, gy: torch.Tensor, reps: int) -> int:
+    """Prints the top CUDA kernels of `reps` forward and forward+backward calls of one layer."""
+
+    def forward():
+        with torch.no_grad():
+            layer(x)
+
+    for what, fn in (("forward", forward), ("forward+backward", training_step(layer, x, gy))):
+        for _ in range(3):  # warm-up: CUTLASS initialization, the caching allocator
+            fn()
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(reps):
+                fn()
+            torch.cuda.synchronize()
+        print(f"\n{label} {what}: {reps} calls")
+        print(kernel_table(prof))
+    return 0
