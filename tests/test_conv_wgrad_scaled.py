@@ -111,10 +111,11 @@ def test_strided_pointwise_layer_wgrad_from_the_pixels_it_reads(device):
         check_within(conv.weight.grad.cpu(), conv2d_weight(xd, wd.shape, gd, *geometry), bdw)
 
 
-@pytest.mark.parametrize("device", CUDA_ONLY)
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
 def test_scaled_wgrad_of_one_huge_image_does_not_overflow_int32(device):
     """One image of 160000 output pixels, every value -128: its sum, 128^2 * 160000 = 2.6e9, passes
-    int32; the kernel flushes its int32 sums to float32 often enough."""
+    int32; the GPU kernel flushes its int32 sums to float32 often enough, the image-by-image path
+    adds the int32 sums of bands of rows in int64."""
     x = torch.full((1, 16, 400, 400), -128, dtype=torch.int8, device=device)
     gy = torch.full((1, 16, 400, 400), -128, dtype=torch.int8, device=device)
     one = torch.ones(1, device=device)
@@ -225,3 +226,46 @@ def test_layer_wgrad_without_input_grad_uses_the_implicit_kernel(device):
     xd, wd, gd = x.double().cpu(), conv.weight.detach().double().cpu(), gy.double().cpu()
     bdw = layer_bounds_per_image(xd, wd, gd, ((1, 1), (1, 1), (1, 1), 1))[2]
     check_within(conv.weight.grad.cpu(), conv2d_weight(xd, wd.shape, gd, padding=1), bdw)
+
+
+# One image of more than 131071 output pixels on the image-by-image path (C = 2: the implicit-GEMM
+# kernel declines): bands of rows, columns of one over-long row, strides, dilation and padding.
+HUGE_IMAGES = [
+    dict(x=(1, 2, 363, 363), k=3, kernel=(3, 3), geometry=dict(stride=1, padding=1, dilation=1, groups=1)),
+    dict(x=(2, 2, 740, 720), k=4, kernel=(3, 3), geometry=dict(stride=2, padding=2, dilation=2, groups=2)),
+    dict(x=(1, 2, 1, 131075), k=2, kernel=(1, 3), geometry=dict(stride=1, padding=(0, 1), dilation=1, groups=1)),
+    dict(x=(1, 2, 2, 262150), k=2, kernel=(2, 3), geometry=dict(stride=(1, 1), padding=(1, 0), dilation=1, groups=1)),
+]
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("case", HUGE_IMAGES, ids=lambda c: "x".join(map(str, c["x"])))
+def test_scaled_wgrad_of_images_beyond_the_int32_depth_by_tiles(device, case):
+    x = rand_int8(case["x"], seed=3)
+    geometry = case["geometry"]
+    out = F.conv2d(x[:, :1].float(), torch.ones(1, 1, *case["kernel"]), None, geometry["stride"],
+                   geometry["padding"], geometry["dilation"])
+    assert out.shape[2] * out.shape[3] > 131071
+    gy = rand_int8((x.shape[0], case["k"], *out.shape[2:]), seed=4)
+    sg, sx = torch.rand(x.shape[0]) + 0.5, torch.rand(x.shape[0]) + 0.5
+    ref, bound = reference(gy, x, sg, sx, case["kernel"], geometry)
+    got = scaled_conv2d_wgrad(QTensor(gy.to(device), sg.to(device), None, 0),
+                              QTensor(x.to(device), sx.to(device), None, 0), case["kernel"], **geometry)
+    err = (got.cpu().double() - ref).abs()
+    assert torch.all(err <= bound), float((err - bound).max())
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+def test_conv2d_layer_trains_on_one_image_beyond_the_int32_depth(device):
+    """One image of 363x363 output pixels (more than 131071): the layer's weight gradient stays INT8,
+    per image (scaled_conv2d_wgrad), within the per-image bounds."""
+    gen = make_gen(41)
+    conv = torch.nn.Conv2d(2, 3, 3, padding=1, bias=False).to(device)
+    x = torch.randn(1, 2, 363, 363, generator=gen).to(device).requires_grad_(True)
+    y = torch_int8.nn.Conv2d.from_float(conv)(x)
+    gy = torch.randn(y.shape, generator=make_gen(42)).to(device)
+    y.backward(gy)
+    geometry = (conv.stride, conv.padding, conv.dilation, 1)
+    xd, wd, gd = x.detach().double().cpu(), conv.weight.detach().double().cpu(), gy.double().cpu()
+    _, _, bdw = layer_bounds_per_image(xd, wd, gd, geometry)
+    check_within(conv.weight.grad.cpu(), conv2d_weight(xd, wd.shape, gd, *geometry), bdw)

@@ -732,15 +732,44 @@ Dims<kSym> scaled_wgrad_dims(const at::Tensor& grad_out, const at::Tensor& x, co
   return d;
 }
 
-// The images one at a time (conv2d_wgrad of each, exact), scaled and summed in
+// The exact wgrad of one image (dy [1, K, P, Q], x [1, C, H, W]) in int64: conv2d_wgrad's int32
+// sum where P*Q <= kMaxK; else the sum of int32 wgrads of output tiles of at most kMaxK pixels
+// (bands of rows, and of columns where one row alone is longer), each over the input it reads,
+// cut from the image padded explicitly (so that the tiles need no padding of their own).
+at::Tensor image_wgrad_int64(const at::Tensor& dy, const at::Tensor& x, const ConvParams& cp,
+                             at::IntArrayRef kernel_size) {
+  const int64_t p = dy.size(2), q = dy.size(3);
+  auto wgrad = [&](const at::Tensor& d, const at::Tensor& xi, at::IntArrayRef padding) {
+    return conv2d_wgrad_kernel(d, xi, kernel_size, cp.stride, padding, cp.dilation, cp.groups).to(at::kLong);
+  };
+  if (p * q <= kernels::kMaxK) return wgrad(dy, x, cp.padding);
+  const at::Tensor xp = at::constant_pad_nd(x, {cp.padding[1], cp.padding[1], cp.padding[0], cp.padding[0]}, 0);
+  const int64_t tile_q = std::min(q, kernels::kMaxK), tile_p = std::max<int64_t>(1, kernels::kMaxK / tile_q);
+  // Input rows (columns) that `count` output rows from p0 read along one axis.
+  auto span = [&](int axis, int64_t count) {
+    return (count - 1) * cp.stride[axis] + cp.dilation[axis] * (kernel_size[axis] - 1) + 1;
+  };
+  at::Tensor acc;
+  for (int64_t p0 = 0; p0 < p; p0 += tile_p) {
+    const int64_t rows = std::min(tile_p, p - p0);
+    for (int64_t q0 = 0; q0 < q; q0 += tile_q) {
+      const int64_t cols = std::min(tile_q, q - q0);
+      const at::Tensor x_tile =
+          xp.narrow(2, p0 * cp.stride[0], span(0, rows)).narrow(3, q0 * cp.stride[1], span(1, cols));
+      const at::Tensor tile = wgrad(dy.narrow(2, p0, rows).narrow(3, q0, cols), x_tile, {0, 0});
+      acc = acc.defined() ? acc.add_(tile) : tile;
+    }
+  }
+  return acc;
+}
+
+// The images one at a time (image_wgrad_int64 of each, exact), scaled and summed in
 // float64: the CPU kernel, and the GPU's where the implicit-GEMM kernel declines.
 at::Tensor scaled_wgrad_by_image(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& image_scale,
-                                 at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
-                                 at::IntArrayRef dilation, int64_t groups) {
+                                 at::IntArrayRef kernel_size, const ConvParams& cp) {
   at::Tensor sum;
   for (int64_t n = 0; n < x.size(0); ++n) {
-    const at::Tensor acc = conv2d_wgrad_kernel(grad_out.narrow(0, n, 1), x.narrow(0, n, 1), kernel_size, stride,
-                                               padding, dilation, groups);
+    const at::Tensor acc = image_wgrad_int64(grad_out.narrow(0, n, 1), x.narrow(0, n, 1), cp, kernel_size);
     const at::Tensor term = acc.to(at::kDouble) * image_scale.select(0, n);
     sum = n == 0 ? term : sum.add_(term);
   }
@@ -772,8 +801,7 @@ at::Tensor scaled_conv2d_wgrad_kernel(const at::Tensor& grad_out, const at::Tens
   }
   // Per image: the float32 product of its two scales, as the GPU kernel forms it.
   const at::Tensor image_scale = (scale_grad_out.expand({p.n}) * scale_x.expand({p.n})).to(at::kDouble);
-  return scaled_wgrad_by_image(grad_out, x, image_scale, kernel_size, stride, padding, dilation, groups)
-      .contiguous(at::MemoryFormat::ChannelsLast);
+  return scaled_wgrad_by_image(grad_out, x, image_scale, kernel_size, cp).contiguous(at::MemoryFormat::ChannelsLast);
 }
 
 at::Tensor scaled_conv2d_wgrad_meta(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& scale_grad_out,

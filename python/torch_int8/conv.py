@@ -92,7 +92,7 @@ def scaled_conv2d_wgrad(grad_out: QTensor, x: QTensor, kernel_size: IntPair, str
     """Dequantized weight gradient of conv2d from operands quantized per image (or per tensor):
     float32 ``[K, C/groups, R, S]`` = sum over images n of ``float(wgrad of image n) * (scale_grad_out[n] *
     scale_x[n])``, each image's sum exact in int32, the images added in float32 (GPU; any order) or
-    float64 (CPU), in channels_last memory ([K, R, S, C/groups], as the kernel writes it). Unlike conv2d_wgrad, images need not share a scale and N*P*Q is not limited.
+    float64 (CPU), in channels_last memory ([K, R, S, C/groups], as the kernel writes it). Unlike conv2d_wgrad, images need not share a scale and neither N*P*Q nor one image's P*Q is limited (the sums of images, or of tiles of one image, are added beyond int32).
     grad_out ``[N, K, P, Q]`` and x ``[N, C, H, W]``: symmetric QTensors, dim None or 0; NHWC
     (channels_last) memory is read in place. On sm80 / sm90 GPUs with groups == 1 and C, K multiples
     of 16 one implicit-GEMM kernel computes it; otherwise the images are taken one at a time."""

@@ -14,9 +14,10 @@ strided share of dX, where the kernel takes the phases (_phases_pay); else its t
 their GEMM (col2im), which rescales the int32 sums as it writes them (scaled_conv2d_dgrad).
 wgrad reuses the forward's quantized X and dgrad's quantized dY where its implicit-GEMM kernel runs
 and is the faster path (CUDA, sm80 / sm90 families, one group, channel counts multiples of 16,
-images of at least 28x28 output pixels, or 14x14 for 1x1 filters: _implicit_wgrad). Elsewhere it is
-split into batches of at most 131071 output pixels, its operands quantized per channel straight into
-the [C, N, H, W] layout that path reads (im2col + GEMM). A strided 1x1 layer (ResNet's downsampling
+images of at least 28x28 output pixels, or 14x14 for 1x1 filters: _implicit_wgrad), and for images
+of more than 131071 output pixels (whose int32 sums could overflow: scaled_conv2d_wgrad adds those of
+tiles of the image in int64). Elsewhere it is split into batches of at most 131071 output pixels, its
+operands quantized per channel straight into the [C, N, H, W] layout that path reads (im2col + GEMM). A strided 1x1 layer (ResNet's downsampling
 shortcut) quantizes only the pixels it reads, every stride-th, and its forward and wgrad are the
 stride-1 1x1 convolution over them.
 """
@@ -90,6 +91,11 @@ def _quantize_images_with_channel_stats(t: torch.Tensor, rounding: str, amax: bo
     is dY."""
     data, scale, channel_amax, channel_sum = torch.ops.int8.quantize_images(t, rounding, amax, sums)
     return QTensor(data, scale, None, 0), channel_amax, channel_sum
+
+
+def _quantize_per_image(t: torch.Tensor, config: Int8Config, rounding: str = "nearest") -> QTensor:
+    """t per image (channel granularity) or per tensor: an operand of the per-image wgrad."""
+    return _quantize_images(t, rounding) if config.granularity == "channel" else quantize(t, None, rounding=rounding)
 
 
 def _quantize_grad_out(grad_out: torch.Tensor, config: Int8Config, channel_amax: bool, channel_sum: bool):
@@ -301,9 +307,6 @@ def _grad_weight(grad_out, x, weight, geometry, config: Int8Config, grad_amax: O
     """dW by the per-channel path; grad_amax: dY's channel maxima if an earlier pass found them."""
     stride, padding, dilation, groups = geometry
     n, _, p, q = grad_out.shape
-    if not _wgrad_in_int32(grad_out):  # one image alone could overflow int32: float product
-        return torch.nn.grad.conv2d_weight(x.to(grad_out.dtype), weight.shape, grad_out, stride, padding, dilation,
-                                           groups).to(weight.dtype)
     qg = _quantize_channels(grad_out, config, config.grad_rounding, grad_amax)
     qx = _quantize_channels(x, config)
     images = max(1, _MAX_PIXELS // (p * q))
@@ -351,12 +354,16 @@ class _Int8Conv2dFunction(torch.autograd.Function):
         stride, padding, dilation, groups = geometry
         int8_dgrad = ctx.needs_input_grad[0] and config.grad_input
         implicit_wgrad = ctx.needs_input_grad[1] and ctx.implicit_wgrad
-        int8_wgrad = ctx.needs_input_grad[1] and config.grad_weight and _wgrad_in_int32(grad_out)
+        # Images of more than 131071 output pixels, whose int32 wgrad could overflow: the per-image
+        # operands of the implicit path, through scaled_conv2d_wgrad (which adds int32 sums of tiles
+        # of the image in int64 where its kernel does not run).
+        per_image_wgrad = ctx.needs_input_grad[1] and config.grad_weight and (
+            implicit_wgrad or not _wgrad_in_int32(grad_out))
+        channel_wgrad = ctx.needs_input_grad[1] and config.grad_weight and not per_image_wgrad
         bgrad = ctx.has_bias and ctx.needs_input_grad[2]
         grad_x = grad_w = grad_b = grad_amax = grad_sum = qg = None
-        if int8_dgrad or implicit_wgrad:  # with dY's quantization come the bias gradient (and channel maxima)
-            amax = int8_wgrad and not implicit_wgrad
-            qg, grad_amax, grad_sum = _quantize_grad_out(grad_out, config, amax, bgrad)
+        if int8_dgrad or per_image_wgrad:  # with dY's quantization come the bias gradient (and channel maxima)
+            qg, grad_amax, grad_sum = _quantize_grad_out(grad_out, config, channel_wgrad, bgrad)
         if int8_dgrad:
             grad_x = _grad_input(qg, weight, ctx.x_shape, geometry, config, ctx.x_dtype)
             grad_x = grad_x.contiguous(memory_format=ctx.x_format)
@@ -364,8 +371,9 @@ class _Int8Conv2dFunction(torch.autograd.Function):
             grad_x = torch.nn.grad.conv2d_input(ctx.x_shape, weight.to(grad_out.dtype), grad_out, stride, padding,
                                                 dilation, groups).to(ctx.x_dtype)
         if ctx.needs_input_grad[1]:  # x: the pixels the forward read (ctx.wgrad_geometry's input)
-            if implicit_wgrad:
-                qx = QTensor(*saved_qx, None, 0 if saved_qx[1].dim() else None)
+            if per_image_wgrad:
+                qx = QTensor(*saved_qx, None, 0 if saved_qx[1].dim() else None) if implicit_wgrad \
+                    else _quantize_per_image(x, config)
                 grad_w = scaled_conv2d_wgrad(qg, qx, weight.shape[2:], *ctx.wgrad_geometry).to(weight.dtype)
             elif config.grad_weight:
                 grad_w = _grad_weight(grad_out, x, weight, ctx.wgrad_geometry, config, grad_amax)
