@@ -198,7 +198,8 @@ at::Tensor long_k_scaled_gemm(const at::Tensor& a3, const at::Tensor& b, const s
   at::Tensor acc;
   for (int64_t k0 = 0; k0 < k; k0 += kSliceK) {
     const int64_t len = std::min(kSliceK, k - k0);
-    const at::Tensor part = run_gemm(a3.narrow(2, k0, len), b.narrow(0, k0, len).t().unsqueeze(0), at::kInt, Epilogue{});
+    const at::Tensor part =
+        run_gemm(a3.narrow(2, k0, len), b.narrow(0, k0, len).t().unsqueeze(0), at::kInt, Epilogue{});
     acc = k0 == 0 ? part.to(at::kLong) : acc.add_(part);
   }
   at::Tensor col_offset;  // sum_k (a - z) b = acc - z * colsum(b)

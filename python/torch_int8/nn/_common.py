@@ -11,19 +11,42 @@ from ..config import Int8Config
 from ..functional import QTensor, quantize
 
 
+def _autocast_on(device_type: str) -> bool:
+    """Whether autocast is on for device_type; never on devices it does not exist for (meta)."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
 def output_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype a torch.nn layer would return for x: autocast's for x's device when it is on, else
     x's own. The INT8 products then run with autocast off (autocast_off), so that it cannot recast
     their operands."""
     device_type = x.device.type
-    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
+    return torch.get_autocast_dtype(device_type) if _autocast_on(device_type) else x.dtype
 
 
 def autocast_off(x: torch.Tensor):
     """A context with autocast off for x's device: torch.autocast(enabled=False) when it is on, else
     nothing to enter (entering and leaving an autocast context costs the host microseconds per call)."""
     device_type = x.device.type
-    return torch.autocast(device_type, enabled=False) if torch.is_autocast_enabled(device_type) else nullcontext()
+    return torch.autocast(device_type, enabled=False) if _autocast_on(device_type) else nullcontext()
+
+
+def runs_as_torch_nn(x: torch.Tensor) -> bool:
+    """Whether a training layer computes x as its torch.nn original does: an empty batch (empty
+    output and zero gradients, with no product to run in INT8)."""
+    return x.numel() == 0
+
+
+def kernel_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The float dtype the kernels write for a layer of dtype: float32 for float64, which they do not
+    write. float64 layers run their INT8 products as float32 ones, whose rounding (2^-24) lies far
+    below the int8 quantization's (2^-8), and cast the result back."""
+    return torch.float32 if dtype == torch.float64 else dtype
+
+
+def kernel_float(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """t in kernel_dtype (a differentiable cast where it is float64), or None."""
+    return t if t is None or t.dtype != torch.float64 else t.float()
 
 
 def sharing_parameters(cls, module: torch.nn.Module, attributes: Sequence[str], config: Optional[Int8Config]):
@@ -59,10 +82,13 @@ def load_int8_weight(layer: torch.nn.Module, weight: torch.Tensor, bias: Optiona
 
 def quantize_activation(x: torch.Tensor, dim: Optional[int], static_scale: Optional[float]) -> QTensor:
     """x quantized at run time (absmax along dim), or with the static per-tensor scale from
-    calibration (symmetric: values beyond 127 steps saturate)."""
+    calibration (symmetric: values beyond 127 steps saturate), then held per row of x (dim 0)."""
     if static_scale is None:
         return quantize(x, dim)
     s = float(static_scale)
     data = torch.clamp(torch.round(x.float() / s), -127, 127).to(torch.int8)
-    # torch.full fills on the device; torch.tensor would copy from the host and sync.
-    return QTensor(data, torch.full((), s, dtype=torch.float32, device=x.device), None, None)
+    # NaN has no int8 value (it casts to 0): the rows (images) that hold one get a NaN scale, so
+    # that their outputs are NaN, as a float layer's and the dynamic path's are.
+    nan_rows = torch.isnan(x.reshape(x.shape[0], -1)).any(1)
+    # torch.where fills on the device; torch.tensor would copy from the host and sync.
+    return QTensor(data, torch.where(nan_rows, float("nan"), s).float(), None, 0)

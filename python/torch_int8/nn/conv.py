@@ -17,9 +17,9 @@ and is the faster path (CUDA, sm80 / sm90 families, one group, channel counts mu
 images of at least 28x28 output pixels, or 14x14 for 1x1 filters: _implicit_wgrad), and for images
 of more than 131071 output pixels (whose int32 sums could overflow: scaled_conv2d_wgrad adds those of
 tiles of the image in int64). Elsewhere it is split into batches of at most 131071 output pixels, its
-operands quantized per channel straight into the [C, N, H, W] layout that path reads (im2col + GEMM). A strided 1x1 layer (ResNet's downsampling
-shortcut) quantizes only the pixels it reads, every stride-th, and its forward and wgrad are the
-stride-1 1x1 convolution over them.
+operands quantized per channel straight into the [C, N, H, W] layout that path reads (im2col + GEMM).
+A strided 1x1 layer (ResNet's downsampling shortcut) quantizes only the pixels it reads, every
+stride-th, and its forward and wgrad are the stride-1 1x1 convolution over them.
 """
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ from ..backends import selected_backend
 from ..conv import (conv2d_dgrad, conv2d_wgrad, dynamic_conv2d, scaled_conv2d, scaled_conv2d_dgrad,
                     scaled_conv2d_wgrad)
 from ..functional import QTensor, column_amax, quantize, quantize_columns_t, scaled_gemm
-from ._common import (autocast_off, load_int8_weight, output_dtype, quantize_activation, register_int8_weight,
-                      sharing_parameters)
+from ._common import (autocast_off, kernel_dtype, kernel_float, load_int8_weight, output_dtype, quantize_activation,
+                      register_int8_weight, runs_as_torch_nn, sharing_parameters)
 
 _MAX_PIXELS = 131071  # conv2d_wgrad's largest N*P*Q
 _EPILOGUE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)  # scaled_conv2d's float outputs
@@ -419,9 +419,13 @@ class Conv2d(torch.nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 3:  # one unbatched image [C, H, W], as nn.Conv2d takes it
             return self.forward(x.unsqueeze(0)).squeeze(0)
+        if runs_as_torch_nn(x):
+            return super().forward(x)
         out_dtype = output_dtype(x)
         with autocast_off(x):
-            return _Int8Conv2dFunction.apply(x, self.weight, self.bias, _geometry(self), self.config, out_dtype)
+            y = _Int8Conv2dFunction.apply(kernel_float(x), kernel_float(self.weight), kernel_float(self.bias),
+                                          _geometry(self), self.config, kernel_dtype(out_dtype))
+        return y.to(out_dtype)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, config={self.config}"

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 from ..config import Int8Config
 from ..functional import QTensor, _out_scale_arg, quantize, scaled_gemm
-from ._common import (autocast_off, load_int8_weight, output_dtype, quantize_activation, register_int8_weight,
-                      sharing_parameters)
+from ._common import (autocast_off, kernel_dtype, kernel_float, load_int8_weight, output_dtype, quantize_activation,
+                      register_int8_weight, runs_as_torch_nn, sharing_parameters)
 
 
 def _transposed(q: QTensor) -> QTensor:
@@ -152,17 +152,20 @@ class Linear(torch.nn.Linear):
         return sharing_parameters(cls, linear, ("in_features", "out_features"), config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if runs_as_torch_nn(x):
+            return super().forward(x)
         out_dtype = output_dtype(x)
+        weight, bias = kernel_float(self.weight), kernel_float(self.bias)
         with autocast_off(x):
-            x2 = x.reshape(-1, self.in_features)
-            function = _linear_function(self.config)
+            x2 = kernel_float(x.reshape(-1, self.in_features))
+            function, dtype = _linear_function(self.config), kernel_dtype(out_dtype)
             if function is _Int8LinearChannelFunction and not torch.is_grad_enabled():
                 # No graph is recorded, so no backward needs the column maxima (inside the
                 # Function, needs_input_grad still says True for parameters under no_grad).
-                y = _channel_forward(x2, self.weight, self.bias, out_dtype, x_col_amax=False, w_col_amax=False)[0]
+                y = _channel_forward(x2, weight, bias, dtype, x_col_amax=False, w_col_amax=False)[0]
             else:
-                y = function.apply(x2, self.weight, self.bias, self.config, out_dtype)
-        return y.reshape(*x.shape[:-1], self.out_features)
+                y = function.apply(x2, weight, bias, self.config, dtype)
+        return y.to(out_dtype).reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, config={self.config}"
