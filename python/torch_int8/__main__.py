@@ -1,10 +1,10 @@
-"""python -m torch_int8 info: versions, the GPU, the built architectures and the backend of each op."""
+"""python -m torch_int8 info | selfcheck | demo: build and backend information, an exactness check, the main job."""
 import argparse
 
 import torch
 
 import torch_int8
-from torch_int8 import _C, backends
+from torch_int8 import _C, backends, demo
 
 # What each GEMM kernel family is, for `info`.
 FAMILY_KINDS = {
@@ -89,17 +89,28 @@ def selfcheck() -> bool:
     return ok
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m torch_int8")
-    parser.add_argument(
-        "command", choices=["info", "selfcheck"],
-        help="info: build and backend information; selfcheck: exactness on every device",
-    )
-    args = parser.parse_args()
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m torch_int8", description="torch_int8 command line")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("info", help="build and backend information", description="Versions, the GPU, the "
+                        "built architectures and the kernel family of each op.")
+    commands.add_parser("selfcheck", help="exactness on every device", description="gemm against an int64 "
+                        "reference on every device; the GPU requantize against the CPU's, bit for bit.")
+    demo_parser = commands.add_parser("demo", help="the main job: bf16 vs INT8 training and INT8 inference "
+                                      "on Fashion-MNIST", description=demo.__doc__,
+                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    demo.add_arguments(demo_parser)
+    args = parser.parse_args(argv)
     if args.command == "info":
         info()
-    elif not selfcheck():
-        raise SystemExit(1)
+    elif args.command == "selfcheck":
+        if not selfcheck():
+            raise SystemExit(1)
+    else:
+        try:
+            demo.main(args)
+        except (ValueError, FileNotFoundError, ImportError) as e:
+            demo_parser.error(str(e))
 
 
 if __name__ == "__main__":
