@@ -1,13 +1,16 @@
 """torch_int8.bench without a GPU: the command line, the tables, the timing in turns and the CUDA-graph
 bookkeeping of `bench linear` / `bench conv` (capture and CUDA events replaced by stand-ins, so what is
 checked is the logic around them: grads None at capture, a failed capture or method recorded and
-survived, the gradients dropped afterwards). One GPU test times two methods in turns for real."""
+survived, the gradients dropped afterwards); `bench models` end to end on a tiny batch (on the CPU:
+float32, eager). One GPU test times two methods in turns for real."""
 import argparse
+import json
+import sys
 
 import pytest
 import torch
 
-from torch_int8.bench import cli, conv, gemm, graphs, quantize, timer
+from torch_int8.bench import cli, conv, gemm, graphs, models, quantize, timer
 
 from conftest import CUDA_ONLY
 
@@ -221,3 +224,66 @@ def test_bench_gemm_shape_keeps_every_method(monkeypatch):
                for name, d in res["methods"].items() if name != "int_mm")
     assert set(res["graph_methods"]) == {"ours", "bf16", "scaled_gemm"}
     assert res["ratio_scaled_bf16"] == 1.0 and res["int8_epilogue_overhead_pct"] == 0.0
+
+
+def test_models_list(capsys):
+    assert cli.main(["models", "--list"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in out] == ["resnet18", "resnet50", "cifar_resnet18"]
+
+
+def test_models_options():
+    parser = cli.build_parser()
+    args = parser.parse_args(["models", "--models", "resnet50,cifar_resnet18", "--batches", "64,128", "--no-compile"])
+    assert args.models == ["resnet50", "cifar_resnet18"] and args.batches == [64, 128] and not args.compile
+    assert args.modes == ["train", "infer"] and args.reps == 20
+    for bad in (["--models", "vgg16"], ["--batches", "0"], ["--modes", "train,eval"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["models", *bad])
+
+
+def test_models_torchvision_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # import torchvision raises ImportError
+    with pytest.raises(SystemExit, match="needs torchvision"):
+        models.MODELS["resnet18"].build()
+
+
+def test_cifar_resnet18_shape():
+    net = models.MODELS["cifar_resnet18"].build()
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in net.modules()) == 1 + 8 * 2 + 3  # stem, blocks, shortcuts
+
+
+def test_models_runs_cifar_resnet18(tmp_path, capsys):
+    # the whole path on a tiny batch: on the CPU float32 and eager; on a GPU bf16 autocast (eager here)
+    out = tmp_path / "models.json"
+    argv = ["models", "--models", "cifar_resnet18", "--batches", "2", "--iters", "1", "--warmup", "1",
+            "--no-compile", "--json", str(out), "--plot", str(tmp_path / "models.png")]
+    assert cli.main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["meta"]["command"] == "models" and not report["meta"]["compile"]
+    rows = report["results"]
+    assert [(r["model"], r["batch"], r["mode"]) for r in rows] == [("cifar_resnet18", 2, "train"),
+                                                                 ("cifar_resnet18", 2, "infer")]
+    base = rows[0]["baseline"]
+    for r in rows:
+        assert list(r["methods"]) == [f"{base}_eager", "int8_eager"]
+        for t in r["methods"].values():
+            assert t["error"] is None and t["ms"] > 0 and t["images_per_s"] > 0 and t["first_call_s"] > 0
+        assert r["methods"][f"{base}_eager"]["speedup_vs_eager"] == 1.0
+    printed = capsys.readouterr().out
+    assert "int8_eager" in printed and f"wrote {out}" in printed
+    assert (tmp_path / "models.png").exists() == (f"wrote {tmp_path / 'models.png'}" in printed)  # needs matplotlib
+
+
+def test_models_table_prints_missing_times_as_dashes():
+    failed = {"ms": None, "error": "RuntimeError: x", "first_call_s": None, "images_per_s": None,
+              "speedup_vs_eager": None, "speedup_vs_compiled": None}
+    fine = {"ms": 10.0, "error": None, "first_call_s": 30.0, "images_per_s": 12800.0, "speedup_vs_eager": 1.0,
+            "speedup_vs_compiled": 0.5, "peak_mem_bytes": 3 * 2**30}
+    row = {"model": "resnet18", "batch": 128, "mode": "train", "baseline": "bf16",
+           "methods": {"bf16_eager": fine, "int8_compiled": failed}}
+    lines = models.format_models_table([row]).splitlines()
+    assert len(lines[0]) == len(lines[2]) == len(lines[3])
+    assert lines[2].split()[4:] == ["bf16_eager", "10.00", "12800", "1.00", "0.50", "|", "3.00", "30.0"]
+    assert lines[3].split("|")[1].split()[1:] == ["-", "-", "-", "-"]

@@ -12,7 +12,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import torch
 
 # The modules that register a subcommand, in the order of the help text.
-COMMAND_MODULES = ("gemm", "linear", "quantize", "backends", "conv")
+COMMAND_MODULES = ("gemm", "linear", "quantize", "backends", "conv", "models")
 
 Shape = Tuple[int, int, int]  # (M, N, K)
 

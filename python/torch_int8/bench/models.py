@@ -1,0 +1,290 @@
+"""``bench models``: whole ResNets, bf16 autocast against the same model converted to INT8.
+
+    python -m torch_int8.bench models [--models resnet18,resnet50,cifar_resnet18] [--batches 128,256]
+                                      [--modes train,infer] [--iters N] [--warmup N] [--no-compile]
+                                      [--json FILE] [--plot FILE] [--list]
+
+Per model and batch size, one model with float32 parameters in channels_last (the baseline, run
+under bf16 autocast) and ``torch_int8.convert`` of a copy of it (the same parameters, run under the
+same autocast), each called eagerly and through ``torch.compile`` (static shapes); the four methods
+are timed in turns (:mod:`.timer`) on fresh random inputs each call:
+
+* ``train``  forward, cross-entropy, backward, SGD step (momentum 0.9), gradients dropped;
+  also the peak memory of one step (torch.cuda.max_memory_allocated, the models' resident
+  parameters and optimizer states included; ``resident_bytes`` is what was allocated before it)
+* ``infer``  forward in eval mode under no_grad
+
+Each method's first call (torch.compile's compilation) is timed apart (``first_call_s``). Without a
+GPU the models run in float32 on the CPU, eagerly (a path for tests: ``--models cifar_resnet18
+--batches 2 --iters 1``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+import torch_int8
+
+from .cifar_resnet import CifarResNet18
+from .cli import add_output_args, register
+from .plot import plot_grouped_bars
+from .report import failed_methods, finish, fmt, meta, print_meta, ratio, write_json
+from .timer import clock, time_in_turns
+
+MODES = ("train", "infer")
+
+
+def torchvision_resnet(name: str) -> torch.nn.Module:
+    """torchvision.models.<name>() with random weights; torchvision is imported only here."""
+    try:
+        import torchvision
+    except ImportError:
+        sys.exit(f"torch_int8.bench models: {name} needs torchvision (pip install torchvision); "
+                 "cifar_resnet18 runs without it")
+    return getattr(torchvision.models, name)(weights=None)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    build: Callable[[], torch.nn.Module]
+    image_size: int
+    classes: int
+    batches: Tuple[int, ...]  # default batch sizes
+    about: str
+
+
+MODELS: Dict[str, ModelSpec] = {
+    "resnet18": ModelSpec(partial(torchvision_resnet, "resnet18"), 224, 1000, (128, 256),
+                          "torchvision resnet18, ImageNet size"),
+    "resnet50": ModelSpec(partial(torchvision_resnet, "resnet50"), 224, 1000, (128, 256),
+                          "torchvision resnet50, ImageNet size"),
+    "cifar_resnet18": ModelSpec(CifarResNet18, 32, 10, (256,),
+                                "ResNet-18 for CIFAR-10: 3x3 stem, no max-pool, BasicBlocks [2,2,2,2]"),
+}
+
+
+def parse_list(text: str, choices: Optional[Sequence[str]] = None) -> List[str]:
+    """'a,b' -> ['a', 'b'], each one of choices when given."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in items if choices is not None and t not in choices]
+    if not items or bad:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(choices or ['values'])}, "
+                                         f"got {text!r}")
+    return items
+
+
+def parse_batches(text: str) -> List[int]:
+    try:
+        batches = [int(t) for t in parse_list(text)]
+    except ValueError:
+        batches = []
+    if not batches or min(batches) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive batch sizes such as 128,256, got {text!r}")
+    return batches
+
+
+def _add_models_args(p: argparse.ArgumentParser) -> None:
+    add_output_args(p)
+    p.add_argument("--models", type=partial(parse_list, choices=list(MODELS)), default=list(MODELS),
+                   help=f"comma-separated models (default {','.join(MODELS)}; --list describes them)")
+    p.add_argument("--batches", type=parse_batches,
+                   help="comma-separated batch sizes for every model (default: 128,256 at 224x224, 256 at 32x32)")
+    p.add_argument("--modes", type=partial(parse_list, choices=MODES), default=list(MODES),
+                   help="train (forward, backward, SGD step) and/or infer (eval, no_grad); default train,infer")
+    p.add_argument("--iters", dest="reps", metavar="N", type=int, default=20, help="timed steps per method (median; default 20)")
+    p.add_argument("--warmup", type=int, default=3,
+                   help="untimed steps per method after its first call (default 3)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time each model through torch.compile (default on; skipped on the CPU)")
+    p.add_argument("--list", action="store_true", help="print the models and exit")
+
+
+class FirstCallTimed:
+    """fn, its first call (torch.compile's compilation, cuDNN's set-up) timed on the host's clock."""
+
+    def __init__(self, fn: Callable[[], object], synchronize: Callable[[], None]):
+        self.fn, self.synchronize, self.seconds = fn, synchronize, None
+
+    def __call__(self) -> None:
+        if self.seconds is not None:
+            self.fn()
+            return
+        start = time.perf_counter()
+        self.fn()
+        self.synchronize()
+        self.seconds = time.perf_counter() - start
+
+
+def random_batch(spec: ModelSpec, batch: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Fresh random channels_last images and labels (one kernel each)."""
+    shape = (batch, 3, spec.image_size, spec.image_size)
+    x = torch.empty(shape, device=device, memory_format=torch.channels_last).normal_()
+    return x, torch.randint(spec.classes, (batch,), device=device)
+
+
+def train_step(model: Callable, optimizer: torch.optim.Optimizer, inputs: Callable, autocast: Callable):
+    def step():
+        x, y = inputs()
+        with autocast():
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def infer_step(model: Callable, inputs: Callable, autocast: Callable):
+    def step():
+        x, _ = inputs()
+        with torch.no_grad(), autocast():
+            model(x)
+
+    return step
+
+
+def peak_memory(step: Callable[[], None]) -> dict:
+    """resident_bytes (allocated before) and peak_mem_bytes (torch.cuda.max_memory_allocated) of one step."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    resident = torch.cuda.memory_allocated()
+    step()
+    torch.cuda.synchronize()
+    return {"resident_bytes": resident, "peak_mem_bytes": torch.cuda.max_memory_allocated()}
+
+
+@dataclass
+class Setup:
+    """How the models run here: the device, the baseline's name, its autocast, whether also compiled."""
+    device: torch.device
+    baseline: str
+    about: str
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    compile: bool
+
+
+def setup_for(args) -> Setup:
+    """bf16 autocast on the GPU; float32 on the CPU, where torch.compile (a C++ build per graph) is
+    left out as too slow for the test path this is."""
+    if torch.cuda.is_available():
+        return Setup(torch.device("cuda"), "bf16", "bf16 autocast", partial(torch.autocast, "cuda", dtype=torch.bfloat16),
+                     args.compile)
+    return Setup(torch.device("cpu"), "fp32", "fp32", contextlib.nullcontext, False)
+
+
+def model_pair(spec: ModelSpec, setup: Setup) -> Dict[str, torch.nn.Module]:
+    """{baseline: the float model, "int8": torch_int8.convert of a copy}, channels_last on the device."""
+    model = spec.build().to(setup.device, memory_format=torch.channels_last)
+    return {setup.baseline: model, "int8": torch_int8.convert(copy.deepcopy(model))}
+
+
+def bench_model(name: str, batch: int, modes: Sequence[str], setup: Setup, args) -> List[dict]:
+    """One row per mode: the baseline and INT8 model, eager and compiled, timed in turns."""
+    spec = MODELS[name]
+    if setup.compile:  # a fresh compile cache per model: the recompile limit is never reached
+        torch._dynamo.reset()
+    models = model_pair(spec, setup)
+    optimizers = {side: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for side, m in models.items()}
+    runners = {f"{side}_eager": (side, m) for side, m in models.items()}
+    if setup.compile:
+        runners.update({f"{side}_compiled": (side, torch.compile(m)) for side, m in models.items()})
+    inputs = partial(random_batch, spec, batch, setup.device)
+    rows = []
+    for mode in modes:
+        for m in models.values():
+            m.train(mode == "train")
+        steps = {method: FirstCallTimed(train_step(run, optimizers[side], inputs, setup.autocast) if mode == "train"
+                                        else infer_step(run, inputs, setup.autocast), clock(setup.device)[1])
+                 for method, (side, run) in runners.items()}
+        label = f"{name} N={batch} {mode}"
+        print(f"[{label}]", file=sys.stderr, flush=True)
+        timed = time_in_turns(label, steps, args, setup.device)
+        for method, step in steps.items():
+            timed[method]["first_call_s"] = step.seconds
+            if mode == "train" and timed[method]["error"] is None and setup.device.type == "cuda":
+                timed[method].update(peak_memory(step))
+        rows.append(model_row(name, spec, batch, mode, setup, timed))
+    return rows
+
+
+def model_row(name: str, spec: ModelSpec, batch: int, mode: str, setup: Setup, timed: Dict[str, dict]) -> dict:
+    """The JSON row of one (model, batch, mode): per method its times, images/s and speed-ups over
+    the baseline's eager and compiled step (baseline time / method time; None where one is missing)."""
+    eager, compiled = (timed.get(f"{setup.baseline}_{how}", {}).get("ms") for how in ("eager", "compiled"))
+    for t in timed.values():
+        t["images_per_s"] = ratio(batch * 1e3, t["ms"])
+        t["speedup_vs_eager"] = ratio(eager, t["ms"])
+        t["speedup_vs_compiled"] = ratio(compiled, t["ms"])
+    return {"model": name, "batch": batch, "mode": mode, "image_size": spec.image_size, "classes": spec.classes,
+            "baseline": setup.baseline, "methods": timed}
+
+
+def format_models_table(rows: Sequence[dict]) -> str:
+    """A line per (model, batch, mode, method): ms per step, images/s, speed-ups, peak memory, first call."""
+    head = (f"{'model':<15} {'N':>4} {'mode':<5} | {'method':<14} {'ms':>9} {'img/s':>8} {'x eager':>7} "
+            f"{'x comp':>7} | {'peak GiB':>8} {'1st call s':>10}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        for method, t in r["methods"].items():
+            peak = t.get("peak_mem_bytes")
+            lines.append(f"{r['model']:<15} {r['batch']:>4} {r['mode']:<5} | {method:<14} {fmt(t['ms'], 9, 2)} "
+                         f"{fmt(t['images_per_s'], 8, 0)} {fmt(t['speedup_vs_eager'], 7, 2)} "
+                         f"{fmt(t['speedup_vs_compiled'], 7, 2)} | {fmt(None if peak is None else peak / 2**30, 8, 2)} "
+                         f"{fmt(t.get('first_call_s'), 10, 1)}")
+    lines.append(f"ms per step (median); x eager / x comp = {rows[0]['baseline']} eager / compiled time over the method's (>1: "
+                 f"faster); peak GiB: max_memory_allocated of one training step; 1st call: compilation included")
+    return "\n".join(lines)
+
+
+def plot_models(rows: Sequence[dict], path: str, title: str) -> bool:
+    return plot_grouped_bars(path, [f"{r['model']} N={r['batch']} {r['mode']}" for r in rows],
+                             {m: [r["methods"][m]["speedup_vs_eager"] for r in rows] for m in rows[0]["methods"]},
+                             ylabel=f"speed-up over {rows[0]['baseline']} eager", title=title,
+                             lines=[(1.0, "--", None)])
+
+
+def print_models() -> int:
+    for name, spec in MODELS.items():
+        batches = ",".join(map(str, spec.batches))
+        print(f"{name:<15} {spec.image_size}x{spec.image_size}, {spec.classes} classes, batches {batches}: {spec.about}")
+    return 0
+
+
+@register("models", "whole ResNets (training step, inference): bf16 autocast vs torch_int8.convert, eager and "
+                    "torch.compile", _add_models_args)
+def run_models(args: argparse.Namespace) -> int:
+    if args.list:
+        return print_models()
+    setup = setup_for(args)
+    torch.manual_seed(args.seed)
+    info = meta(setup.device)
+    info.update({"command": "models", "models": args.models, "batches": args.batches, "modes": args.modes,
+                 "iters": args.reps, "warmup": args.warmup, "seed": args.seed, "compile": setup.compile,
+                 "baseline": setup.about,
+                 "cudnn_benchmark": torch.backends.cudnn.benchmark,
+                 "layout": "channels_last, float32 parameters, SGD momentum 0.9, fresh random inputs per step"})
+    print_meta(info)
+    if setup.device.type == "cpu":
+        print("# no GPU: float32 models on the CPU, eager only", file=sys.stderr)
+    rows = []
+    for name in args.models:
+        for batch in args.batches or MODELS[name].batches:
+            rows += bench_model(name, batch, args.modes, setup, args)
+            if setup.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if args.json:  # so far, in case the run is cut short
+                write_json(args.json, {"meta": info, "results": rows})
+    print(format_models_table(rows))
+    title = f"INT8 vs {info['baseline']} ResNets on {info['gpu']}"
+    failed = failed_methods(rows, lambda r: f"{r['model']} N={r['batch']} {r['mode']}")
+    return finish(args, {"meta": info, "results": rows}, lambda path: plot_models(rows, path, title), failed)
