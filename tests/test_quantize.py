@@ -427,3 +427,30 @@ def test_fused_gpu_rows_match_cpu_bit_for_bit(device, dtype, rows, cols):
     # a transposed (non-contiguous) input takes the same kernel after one copy
     xt = x.t().contiguous().t()
     assert torch.equal(torch_int8.quantize(xt.to(device), 0).data.cpu(), cpu.data)
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_columns_t_negative_amax_gives_nan_scales(device, dtype):
+    x = torch.randn(5, 4, generator=make_gen(3)).to(device, dtype)
+    amax = torch_int8.column_amax(x)
+    amax[1], amax[3] = -amax[1], -0.0
+    q = torch_int8.quantize_columns_t(x, amax)
+    assert torch.isnan(q.scale[1]) and not torch.isnan(q.scale[[0, 2, 3]]).any()
+    assert q.scale[3] == 1  # -0.0: an all-zero column's scale, as for +0.0
+    assert q.scale[0] > 0 and q.scale[2] > 0
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("op", ["quantize", "quantize_rows", "column_amax", "quantize_columns_t"])
+def test_float64_beyond_float32_range_is_an_error(device, op):
+    x = torch.randn(3, 4, dtype=torch.float64, generator=make_gen(4)).to(device)
+    calls = {"quantize": lambda t: torch_int8.quantize(t, 0), "quantize_rows": torch_int8.quantize_rows,
+             "column_amax": torch_int8.column_amax,
+             "quantize_columns_t": lambda t: torch_int8.quantize_columns_t(t, torch.ones(4, device=device))}
+    calls[op](x)  # in range: runs
+    x[1, 2] = 1e300
+    with pytest.raises(ValueError, match="beyond float32's range"):
+        calls[op](x)
+    x[1, 2] = float("inf")  # not finite: propagates as in float32, no error
+    calls[op](x)

@@ -46,11 +46,23 @@ void check_rounding(c10::string_view rounding, const char* op) {
                     ": rounding must be 'nearest' or 'stochastic', got '", rounding, "'");
 }
 
+// Finite float64 values beyond float32's range have no float32 scale (nor value): a clear error
+// rather than an infinite scale. One reduction (and a sync on the GPU) for float64 input alone,
+// a reference path (the fused kernels take bf16, fp16 and fp32); not under torch.compile's fake
+// tensors, whose values do not exist.
+void check_float32_range(const at::Tensor& x, const char* op) {
+  if (x.scalar_type() != at::kDouble || x.is_meta() || symbolic(x) || x.numel() == 0) return;
+  const double largest = at::where(x.isfinite(), x.abs(), at::zeros({}, x.options())).max().item<double>();
+  TORCH_CHECK_VALUE(largest <= std::numeric_limits<float>::max(), op, ": x holds the finite value ",
+                    float_str(largest), ", beyond float32's range: the scales are float32");
+}
+
 void check_float_matrix(const at::Tensor& x, const char* op) {
   TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), op, ": x must be a float tensor, got ", x.scalar_type());
   TORCH_CHECK_VALUE(x.dim() == 2, op, ": x must be 2-D, got shape ", shape_str(x));
   const auto numel = known_numel(x);
   TORCH_CHECK_VALUE(!numel || *numel > 0, op, ": x is empty (shape ", shape_str(x), ")");
+  check_float32_range(x, op);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize(const at::Tensor& x, std::optional<int64_t> dim,
@@ -60,6 +72,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize(const at::Tensor& x, std
                    x.scalar_type());
   const auto numel = known_numel(x);
   TORCH_CHECK_VALUE(!numel || *numel > 0, "quantize: x is empty (shape ", shape_str(x), ")");
+  check_float32_range(x, "quantize");
   check_rounding(rounding, "quantize");
   if (dim) {
     TORCH_CHECK_VALUE(x.dim() > 0 && *dim >= -x.dim() && *dim < x.dim(), "quantize: dim ", int_str(*dim),
@@ -143,7 +156,9 @@ std::tuple<at::Tensor, at::Tensor> quantize_columns_t(const at::Tensor& x, const
                                                       c10::string_view rounding,
                                                       std::optional<at::Generator> generator) {
   check_columns_t_args(x, col_amax, rounding);
-  const at::Tensor finite = col_amax.isfinite();
+  // A negative "maximum of |x|" is no maximum: its column's scale is NaN, as a non-finite one's
+  // (checking the values would cost a sync on the GPU).
+  const at::Tensor finite = col_amax.isfinite().logical_and_(col_amax >= 0);
   at::Tensor scale = divided(col_amax.clone(), 127.f);
   scale.masked_fill_(scale == 0, 1.f);
   scale.masked_fill_(finite.logical_not(), std::numeric_limits<float>::quiet_NaN());

@@ -110,7 +110,9 @@ def quantize_columns_t(
 
     Returns a QTensor with data [C, R] (contiguous) quantized per row (dim=0):
     quantize(x, 1) transposed and made contiguous, in one pass over x, given
-    col_amax = max|x| per column (as returned by quantize_rows).
+    col_amax = max|x| per column (as returned by quantize_rows). A column whose
+    col_amax is not finite or negative (no maximum of absolute values) gets a
+    NaN scale, so that the products it enters are NaN.
     """
     data_t, scale = _ops.quantize_columns_t(x, col_amax, rounding, generator)
     return QTensor(data_t, scale, None, 0)

@@ -100,9 +100,10 @@ struct Stochastic {
   }
 };
 
-// The scale of a channel with absolute maximum amax (NaN if it is not finite).
+// The scale of a channel with absolute maximum amax (NaN if it is not finite, or negative: a
+// col_amax given to quantize_columns_t that is no maximum of absolute values).
 __device__ __forceinline__ float scale_of(float amax) {
-  if (!(amax <= FLT_MAX)) return nanf("");
+  if (!(amax >= 0.f && amax <= FLT_MAX)) return nanf("");
   const float s = amax / 127.f;
   return s == 0.f ? 1.f : s;
 }
