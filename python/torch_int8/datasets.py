@@ -70,7 +70,11 @@ def _split(folder: Path, split: str):
 
 def _digits() -> ImageDataset:
     """scikit-learn's bundled digits (1797 8x8 images), upscaled to 28x28, 80 / 20 split."""
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as e:
+        raise FileNotFoundError(HOW_TO_GET + "; the fallback data set, scikit-learn's digits, needs scikit-learn, "
+                                "which is not installed either (pip install scikit-learn)") from e
 
     digits = load_digits()
     x = torch.from_numpy(digits.images).float().div_(16).unsqueeze(1)
@@ -89,7 +93,8 @@ def load_fashion_mnist(path: Optional[str | Path] = None, fallback: bool = False
         if path is not None or not fallback:
             where = f" in {path}" if path is not None else ""
             raise FileNotFoundError(HOW_TO_GET + (f" (looked{where})" if where else ""))
+        digits = _digits()  # raises first where scikit-learn is missing too
         warnings.warn(HOW_TO_GET + "; using scikit-learn's digits instead", stacklevel=2)
-        return _digits()
+        return digits
     (train_x, train_y), (test_x, test_y) = _split(folder, "train"), _split(folder, "test")
     return ImageDataset("fashion-mnist", train_x, train_y, test_x, test_y)
