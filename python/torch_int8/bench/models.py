@@ -101,8 +101,9 @@ def _add_models_args(p: argparse.ArgumentParser) -> None:
                    help="comma-separated batch sizes for every model (default: 128,256 at 224x224, 256 at 32x32)")
     p.add_argument("--modes", type=partial(parse_list, choices=MODES), default=list(MODES),
                    help="train (forward, backward, SGD step) and/or infer (eval, no_grad); default train,infer")
-    p.add_argument("--iters", dest="reps", metavar="N", type=int, default=20, help="timed steps per method (median; default 20)")
-    p.add_argument("--warmup", type=int, default=3,
+    p.add_argument("--iters", dest="reps", metavar="N", type=int, default=20,
+                   help="timed steps per method (median; default 20)")
+    p.add_argument("--warmup", metavar="N", type=int, default=3,
                    help="untimed steps per method after its first call (default 3)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                    help="also time each model through torch.compile (default on; skipped on the CPU)")
@@ -177,8 +178,8 @@ def setup_for(args) -> Setup:
     """bf16 autocast on the GPU; float32 on the CPU, where torch.compile (a C++ build per graph) is
     left out as too slow for the test path this is."""
     if torch.cuda.is_available():
-        return Setup(torch.device("cuda"), "bf16", "bf16 autocast", partial(torch.autocast, "cuda", dtype=torch.bfloat16),
-                     args.compile)
+        bf16 = partial(torch.autocast, "cuda", dtype=torch.bfloat16)
+        return Setup(torch.device("cuda"), "bf16", "bf16 autocast", bf16, args.compile)
     return Setup(torch.device("cpu"), "fp32", "fp32", contextlib.nullcontext, False)
 
 
@@ -203,18 +204,38 @@ def bench_model(name: str, batch: int, modes: Sequence[str], setup: Setup, args)
     for mode in modes:
         for m in models.values():
             m.train(mode == "train")
-        steps = {method: FirstCallTimed(train_step(run, optimizers[side], inputs, setup.autocast) if mode == "train"
-                                        else infer_step(run, inputs, setup.autocast), clock(setup.device)[1])
-                 for method, (side, run) in runners.items()}
-        label = f"{name} N={batch} {mode}"
-        print(f"[{label}]", file=sys.stderr, flush=True)
-        timed = time_in_turns(label, steps, args, setup.device)
-        for method, step in steps.items():
-            timed[method]["first_call_s"] = step.seconds
-            if mode == "train" and timed[method]["error"] is None and setup.device.type == "cuda":
-                timed[method].update(peak_memory(step))
+        timed = time_steps(f"{name} N={batch} {mode}", steps_for(mode, runners, optimizers, inputs, setup), mode,
+                           setup, args)
         rows.append(model_row(name, spec, batch, mode, setup, timed))
     return rows
+
+
+def steps_for(mode: str, runners: Dict[str, Tuple[str, Callable]], optimizers: Dict[str, torch.optim.Optimizer],
+              inputs: Callable, setup: Setup) -> Dict[str, FirstCallTimed]:
+    """The step of each runner ({method: (side, model or compiled model)}) in mode, its first call timed."""
+
+    def step(side: str, run: Callable) -> Callable[[], None]:
+        if mode == "train":
+            return train_step(run, optimizers[side], inputs, setup.autocast)
+        return infer_step(run, inputs, setup.autocast)
+
+    synchronize = clock(setup.device)[1]
+    return {method: FirstCallTimed(step(side, run), synchronize) for method, (side, run) in runners.items()}
+
+
+def time_steps(label: str, steps: Dict[str, FirstCallTimed], mode: str, setup: Setup, args) -> Dict[str, dict]:
+    """time_in_turns of steps, each result with its first call's seconds and, training on the GPU,
+    the memory of one more step; the seconds it all took on stderr."""
+    start = time.perf_counter()
+    timed = time_in_turns(label, steps, args, setup.device)
+    for method, step in steps.items():
+        timed[method]["first_call_s"] = step.seconds
+        if mode == "train" and timed[method]["error"] is None and setup.device.type == "cuda":
+            timed[method].update(peak_memory(step))
+    firsts = ", ".join(f"{method} {fmt(step.seconds, 0, 1)}" for method, step in steps.items())
+    print(f"[{label}] {time.perf_counter() - start:.0f} s; first calls (compilation), s: {firsts}",
+          file=sys.stderr, flush=True)
+    return timed
 
 
 def model_row(name: str, spec: ModelSpec, batch: int, mode: str, setup: Setup, timed: Dict[str, dict]) -> dict:
@@ -241,8 +262,9 @@ def format_models_table(rows: Sequence[dict]) -> str:
                          f"{fmt(t['images_per_s'], 8, 0)} {fmt(t['speedup_vs_eager'], 7, 2)} "
                          f"{fmt(t['speedup_vs_compiled'], 7, 2)} | {fmt(None if peak is None else peak / 2**30, 8, 2)} "
                          f"{fmt(t.get('first_call_s'), 10, 1)}")
-    lines.append(f"ms per step (median); x eager / x comp = {rows[0]['baseline']} eager / compiled time over the method's (>1: "
-                 f"faster); peak GiB: max_memory_allocated of one training step; 1st call: compilation included")
+    lines.append(f"ms per step (median); x eager / x comp = {rows[0]['baseline']} eager / compiled time over the "
+                 "method's (>1: faster); peak GiB: max_memory_allocated of one training step; 1st call: compilation "
+                 "included")
     return "\n".join(lines)
 
 
@@ -256,7 +278,8 @@ def plot_models(rows: Sequence[dict], path: str, title: str) -> bool:
 def print_models() -> int:
     for name, spec in MODELS.items():
         batches = ",".join(map(str, spec.batches))
-        print(f"{name:<15} {spec.image_size}x{spec.image_size}, {spec.classes} classes, batches {batches}: {spec.about}")
+        size = f"{spec.image_size}x{spec.image_size}"
+        print(f"{name:<15} {size}, {spec.classes} classes, batches {batches}: {spec.about}")
     return 0
 
 
