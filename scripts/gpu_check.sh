@@ -13,7 +13,8 @@
 #   SKIP_BUILD=1          use the torch_int8 an earlier call installed on this (still warm) machine
 #   SKIP_TESTS=1          skip the full pytest run
 #   BENCH=1               also run `python3 -m torch_int8.bench CMD` for CMD in BENCH_COMMANDS
-#                         (default "gemm linear quantize backends conv"; gemm with BENCH_SHAPES=quick|full, default full)
+#                         (default "gemm linear quantize backends conv"; gemm with BENCH_SHAPES=quick|full, default full;
+#                         "models" adds whole ResNets, about 6 min, torchvision needed for resnet18 / resnet50)
 #   EXTRA_COMMANDS        ';'-separated shell commands run after the benchmarks (e.g. profiles:
 #                         "python3 -m torch_int8.bench linear --profile 8192x4096x4096"), output in extra.log
 #   TRAIN=1               also train the Fashion-MNIST example (TRAIN_MODELS, default "mlp vit"; TRAIN_EPOCHS,
