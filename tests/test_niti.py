@@ -343,8 +343,9 @@ def test_integer_softmax_matches_python():
             t = [v - max(t) for v in t]
             sh = exp - 15 + 16
             z = [(v << sh) if sh >= 0 else (v >> -sh) for v in t]
-            rows.append([((1 << 16) + (((v & 0xFFFF) * (43269 + ((22267 * (v & 0xFFFF)) >> 16))) >> 16)) >> min(-(v >> 16), 62)
-                         for v in z])
+            frac = [v & 0xFFFF for v in z]
+            pow2 = [(1 << 16) + ((f * (43269 + ((22267 * f) >> 16))) >> 16) for f in frac]
+            rows.append([p >> min(-(v >> 16), 62) for p, v in zip(pow2, z)])
         assert got.tolist() == rows
 
 
@@ -537,8 +538,8 @@ def test_train_command_writes_log_and_plot(tiny_fashion_mnist, tmp_path, float_m
 
 def test_bench_command_runs_on_the_cpu(tmp_path):
     from torch_int8.niti import bench
-    result = bench.main(["--batch", "2", "--iters", "1", "--repeats", "1", "--warmup", "0", "--depths", "7", "--device", "cpu",
-                         "--json", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png")])
+    result = bench.main(["--batch", "2", "--iters", "1", "--repeats", "1", "--warmup", "0", "--depths", "7",
+                         "--device", "cpu", "--json", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png")])
     row = result["rows"][0]
     assert row["model"] == "vgg-small-7" and row["niti_turing_s"] == 0.094
     assert all(row[k] > 0 for k in ("int8_s", "fp32_s", "bf16_s"))

@@ -18,6 +18,7 @@ from .config import Int8Config
 from .conv import col2im, conv2d, conv2d_dgrad, conv2d_wgrad, im2col, scaled_conv2d
 from .convert import convert
 from . import nn
+from . import niti
 from .ptq import PTQConfig, QuantizationReport, quantize_model
 
 __version__ = _C.build_info()["version"]

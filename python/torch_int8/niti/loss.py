@@ -48,7 +48,8 @@ def _check(logits: IntTensor, labels: torch.Tensor) -> None:
                          f"{list(labels.shape)}")
     if labels.device != data.device:
         raise ValueError(f"integer cross-entropy: labels on {labels.device}, logits on {data.device}")
-    if labels.device.type == "cpu" and labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) < data.shape[1]:
+    on_host = labels.device.type == "cpu"
+    if on_host and labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) < data.shape[1]:
         raise ValueError(f"integer cross-entropy: labels must lie in [0, {data.shape[1]})")
 
 

@@ -64,12 +64,16 @@ class _FloatResidualBlock(nn.Module):
         return torch.relu(self.projection(x) + self.scale * self.branch(x))
 
 
-class _IntFactory:
-    """Builds integer layers; weights from one CPU generator in construction order."""
+class _Factory:
+    """Draws every layer's weights from one CPU generator seeded with seed, in construction order."""
 
     def __init__(self, seed: int):
         self.generator = torch.Generator().manual_seed(seed)
         self.seed = seed
+
+
+class _IntFactory(_Factory):
+    """Builds integer layers."""
 
     def conv(self, cin, cout, kernel, stride, padding):
         return L.Conv2d(cin, cout, kernel, stride, padding, self.generator)
@@ -92,7 +96,7 @@ class _IntFactory:
         return L.Sequential(*modules)
 
 
-class _FloatFactory(_IntFactory):
+class _FloatFactory(_Factory):
     """The same layers in torch.nn (no bias), initialized with the same Xavier-uniform draws."""
 
     def _xavier(self, module):
