@@ -9,9 +9,7 @@ and fp32 on the CPU; the INT8 variant converts every nn.Linear with
 torch_int8.convert (forward, grad_input and grad_weight in INT8).
 """
 import argparse
-import gzip
 import json
-import os
 import time
 from pathlib import Path
 
@@ -20,23 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import torch_int8
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-mnist"
-
-
-def load_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    dims = data[3]
-    shape = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
-
-
-def load(split: str, data_dir: Path, device):
-    prefix = "train" if split == "train" else "t10k"
-    x = torch.from_numpy(load_idx(data_dir / f"{prefix}-images-idx3-ubyte.gz").copy()).float().div_(255)
-    y = torch.from_numpy(load_idx(data_dir / f"{prefix}-labels-idx1-ubyte.gz").copy()).long()
-    return ((x - 0.2860) / 0.3530).to(device), y.to(device)
+from torch_int8.datasets import load_fashion_mnist
 
 
 def mlp():
@@ -116,12 +98,16 @@ def main():
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--grad-rounding", choices=["nearest", "stochastic"], default="nearest",
                         help="rounding of the quantized output gradients in the INT8 variant")
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("FASHION_MNIST", DATA)))
+    parser.add_argument("--data", type=Path, default=None,
+                        help="folder with the four Fashion-MNIST IDX .gz files (default: the Debian package "
+                             "dataset-fashion-mnist, then ../shared/data/fashion-mnist beside the checkout; "
+                             "else scikit-learn's digits, with a warning)")
     parser.add_argument("--out", type=Path, required=True, help="output prefix for .json and .png")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    data = (load("train", args.data, device), load("test", args.data, device))
-    results = {"meta": {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+    dataset = load_fashion_mnist(args.data, fallback=True).to(device)
+    data = ((dataset.train_x, dataset.train_y), (dataset.test_x, dataset.test_y))
+    results = {"meta": {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "dataset": dataset.name,
                         "torch": torch.__version__, "torch_int8": torch_int8.__version__,
                         "float_baseline": "bf16 autocast" if device.type == "cuda" else "fp32",
                         **{k: str(v) for k, v in vars(args).items()}}, "runs": {}}
@@ -142,7 +128,7 @@ def main():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib missing: no plot")
+        print(f"matplotlib is not installed: {args.out.with_suffix('.png')} not written (pip install matplotlib)")
         return
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, hist in results["runs"].items():
