@@ -1,6 +1,7 @@
 #include "common.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 
 #include <algorithm>
 #include <cmath>
@@ -49,6 +50,27 @@ std::string shape_str(const at::Tensor& t) {
   std::string r = "[";
   for (int64_t d = 0; d < t.dim(); ++d) r += (d ? ", " : "") + (sym ? int_str(t.sym_size(d)) : int_str(t.size(d)));
   return r + "]";
+}
+
+namespace {
+void refuse_inputs_requiring_grad(const c10::OperatorHandle& op, c10::DispatchKeySet keys, torch::jit::Stack* stack) {
+  const auto& args = op.schema().arguments();
+  if (at::GradMode::is_enabled()) {
+    const size_t first = stack->size() - args.size();
+    for (size_t i = 0; i < args.size(); ++i) {
+      const c10::IValue& v = (*stack)[first + i];
+      TORCH_CHECK(!(v.isTensor() && v.toTensor().requires_grad()), op.schema().name(), ": ", args[i].name(),
+                  " requires grad, but the op has no derivative, so it would get no gradient; train with the "
+                  "layers of torch_int8.nn, or pass ", args[i].name(), ".detach()");
+    }
+  }
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  op.redispatchBoxed(keys & c10::after_autograd_keyset, stack);
+}
+}  // namespace
+
+void impl_without_derivatives(torch::Library& m, std::initializer_list<const char*> ops) {
+  for (const char* name : ops) m.impl(name, torch::CppFunction::makeFromBoxedFunction<&refuse_inputs_requiring_grad>());
 }
 
 void check_status(kernels::Status s, const char* op) {

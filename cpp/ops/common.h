@@ -4,6 +4,9 @@
 
 #include <ATen/ATen.h>
 #include <c10/core/DeviceGuard.h>
+#include <torch/library.h>
+
+#include <initializer_list>
 
 #include "torch_int8/kernels.h"
 
@@ -123,6 +126,11 @@ void check_bias(const at::Tensor& bias, const typename Shape<kSym>::Int& len, co
 // split across threads, at least ~1M multiply-adds per task; each task runs
 // the reference on its slice of rows.
 void gemm_cpu_parallel(const kernels::GemmProblem& p, const kernels::Epilogue& e, const char* op);
+
+// The ops have no derivatives (the layers in torch_int8.nn hold them): registers for each of
+// `ops` an Autograd kernel that refuses, while grad mode is on, a tensor argument that requires
+// grad, which would otherwise get no gradient without a word, and else runs the op below autograd.
+void impl_without_derivatives(torch::Library& m, std::initializer_list<const char*> ops);
 
 // Throws a clear error for a kernel-layer status other than success.
 void check_status(kernels::Status s, const char* op);

@@ -157,14 +157,16 @@ void check_int8_4d_pair(const at::Tensor& first, const char* first_name, const c
 template <bool kSym>
 using Dims = ConvDims<typename Shape<kSym>::Int>;
 
-// The filter size (R, S) of weight [K, C/G, R, S]: it fixes the GEMM depth,
-// so it must be known now, also under torch.compile.
+// The filter size (R, S) of weight [K, C/G, R, S]: it fixes the GEMM depth, so
+// under torch.compile with dynamic shapes it is specialized (a guard on its
+// value) rather than traced symbolically.
 template <bool kSym>
-std::array<int64_t, 2> static_filter_size(const at::Tensor& weight, const char* op) {
-  using S = Shape<kSym>;
-  const auto r = S::known(S::size(weight, 2)), s = S::known(S::size(weight, 3));
-  TORCH_CHECK_VALUE(r && s, op, ": the filter size must be static under torch.compile");
-  return {*r, *s};
+std::array<int64_t, 2> static_filter_size(const at::Tensor& weight) {
+  if constexpr (kSym) {
+    return {weight.sym_size(2).guard_int(__FILE__, __LINE__), weight.sym_size(3).guard_int(__FILE__, __LINE__)};
+  } else {
+    return {weight.size(2), weight.size(3)};
+  }
 }
 
 // A GEMM depth `channels` * R * S (named `what`) beyond kMaxK could overflow the int32 accumulator.
@@ -194,7 +196,7 @@ Dims<kSym> forward_dims(const at::Tensor& x, const at::Tensor& weight, const Con
   TORCH_CHECK_VALUE(S::size(x, 1) == S::size(weight, 1) * cp.groups, op, ": channel mismatch: x has ",
                     int_str(S::size(x, 1)), " channels, weight ", shape_str(weight), " with groups = ",
                     int_str(cp.groups), " expects ", int_str(S::size(weight, 1) * cp.groups));
-  const auto rs = static_filter_size<kSym>(weight, op);
+  const auto rs = static_filter_size<kSym>(weight);
   check_gemm_depth(S::size(weight, 1), rs, op, "C/groups*R*S");
   return conv_dims(S::size(x, 0), S::size(x, 1), S::size(x, 2), S::size(x, 3), S::size(weight, 0), rs[0], rs[1], cp,
                    op);
@@ -209,7 +211,7 @@ Dims<kSym> dgrad_dims(const at::Tensor& grad_out, const at::Tensor& weight, at::
   const auto hw = hw_pair(input_size, op, "input_size", 1);
   TORCH_CHECK_VALUE(S::size(grad_out, 1) == S::size(weight, 0), op, ": channel mismatch: grad_out has ",
                     int_str(S::size(grad_out, 1)), " channels, weight ", shape_str(weight));
-  const auto rs = static_filter_size<kSym>(weight, op);
+  const auto rs = static_filter_size<kSym>(weight);
   const auto d = conv_dims<typename S::Int>(S::size(grad_out, 0), S::size(weight, 1) * cp.groups, hw[0], hw[1],
                                             S::size(weight, 0), rs[0], rs[1], cp, op);
   check_grad_out_size<kSym>(grad_out, d, op, "input_size (" + int_str(hw[0]) + ", " + int_str(hw[1]) + ")");
@@ -1005,6 +1007,11 @@ TORCH_LIBRARY_IMPL(int8, Meta, m) {
   m.impl("scaled_conv2d_dgrad", scaled_conv2d_dgrad_meta);
   m.impl("conv2d_wgrad", conv2d_wgrad_meta);
   m.impl("scaled_conv2d_wgrad", scaled_conv2d_wgrad_meta);
+}
+
+TORCH_LIBRARY_IMPL(int8, Autograd, m) {
+  impl_without_derivatives(m, {"im2col", "col2im", "conv2d", "scaled_conv2d", "conv2d_dgrad", "scaled_conv2d_dgrad",
+                               "conv2d_wgrad", "scaled_conv2d_wgrad"});
 }
 
 }  // namespace torch_int8::ops

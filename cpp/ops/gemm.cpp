@@ -341,4 +341,6 @@ TORCH_LIBRARY_IMPL(int8, Meta, m) {
   m.impl("scaled_gemm_row_amax", scaled_gemm_row_amax_meta);
 }
 
+TORCH_LIBRARY_IMPL(int8, Autograd, m) { impl_without_derivatives(m, {"gemm", "scaled_gemm", "scaled_gemm_row_amax"}); }
+
 }  // namespace torch_int8::ops

@@ -365,4 +365,8 @@ TORCH_LIBRARY_IMPL(int8, CUDA, m) {
 }
 #endif
 
+TORCH_LIBRARY_IMPL(int8, Autograd, m) {
+  impl_without_derivatives(m, {"quantize", "dequantize", "quantize_rows", "column_amax", "quantize_columns_t"});
+}
+
 }  // namespace torch_int8::ops

@@ -82,4 +82,6 @@ TORCH_LIBRARY_IMPL(int8, CUDA, m) { m.impl("requantize", requantize_kernel); }
 #endif
 TORCH_LIBRARY_IMPL(int8, Meta, m) { m.impl("requantize", requantize_meta); }
 
+TORCH_LIBRARY_IMPL(int8, Autograd, m) { impl_without_derivatives(m, {"requantize"}); }
+
 }  // namespace torch_int8::ops
