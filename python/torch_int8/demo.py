@@ -236,6 +236,7 @@ def write_plots(results: Dict, out: Path) -> List[Path]:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         print("matplotlib is not installed: no plots (pip install matplotlib)")
         return []
@@ -250,6 +251,7 @@ def write_plots(results: Dict, out: Path) -> List[Path]:
     ax_acc.set(xlabel="epoch", ylabel="test accuracy", title="test accuracy")
     for ax in (ax_loss, ax_acc):
         ax.legend()
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     fig.tight_layout()
     paths = [out / "curves.png", out / "speed.png"]
     fig.savefig(paths[0], dpi=120)
