@@ -32,6 +32,11 @@ CASES = [
 ]
 
 
+# Depths C/G*R*S (forward) and K/G*R*S (dgrad) beyond the int32-safe 131071: summed in int64
+LONG_FORWARD = [(2, 14600, 4, 3, 5, 3, 3, 1, 1, 1, 1), (1, 29200, 3, 4, 4, 3, 3, 2, 1, 1, 2)]
+LONG_DGRAD = [(1, 3, 4, 3, 14600, 3, 3, 1, 1, 1, 1), (1, 4, 5, 3, 29200, 3, 3, 2, 1, 1, 2)]
+
+
 def case_id(c):
     return "n{}c{}h{}w{}k{}r{}s{}_st{}_p{}_d{}_g{}".format(*c)
 
@@ -99,7 +104,8 @@ def scaled_dgrad_reference(gy, w, sg, sw, x_size, g, out_dtype):
 
 
 @pytest.mark.parametrize("device", DEVICE_PARAMS)
-@pytest.mark.parametrize("case", [CASES[1], CASES[3], CASES[6], (4, 16, 12, 10, 24, 1, 1, 2, 0, 1, 1)], ids=case_id)
+@pytest.mark.parametrize("case", [CASES[1], CASES[3], CASES[6], (4, 16, 12, 10, 24, 1, 1, 2, 0, 1, 1), *LONG_DGRAD],
+                         ids=case_id)
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("per_tensor", [False, True], ids=["per_image_channel", "per_tensor"])
 def test_scaled_conv2d_dgrad_is_rescaled_dgrad(device, case, out_dtype, per_tensor):
@@ -146,7 +152,7 @@ def scaled_reference(x, w, sx, sw, zp, bias, g):
 
 
 @pytest.mark.parametrize("device", DEVICE_PARAMS)
-@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[5]], ids=case_id)
+@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[5], *LONG_FORWARD], ids=case_id)
 @pytest.mark.parametrize("zp", [0, -5])
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16, torch.int8])
 def test_scaled_conv2d(device, case, zp, out_dtype):
@@ -171,6 +177,18 @@ def test_scaled_conv2d(device, case, zp, out_dtype):
         rel = 2.0 ** -7 if out_dtype == torch.bfloat16 else 2.0 ** -20
         assert y.dtype == out_dtype
         assert torch.all((y.cpu().double() - ref).abs() <= rel * ref.abs() + 1e-5 * (1 + ref.abs().max()))
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+def test_scaled_conv2d_sums_beyond_int32_exactly(device):
+    # 16384 * 14600 * 9 = 2152857600 > 2^31 - 1 at the one output pixel: an int32 sum would wrap.
+    x = torch.full((1, 14600, 3, 3), -128, dtype=torch.int8, device=device)
+    w = torch.full((2, 14600, 3, 3), -128, dtype=torch.int8, device=device)
+    one = torch.ones((), device=device)
+    y = torch_int8.scaled_conv2d(QTensor(x, one, None, None), QTensor(w, one, None, None), out_dtype=torch.float32)
+    assert torch.equal(y.cpu(), torch.full((1, 2, 1, 1), float(16384 * 14600 * 9)))
+    with pytest.raises(ValueError, match="exceeds 131071"):  # int32 results keep their limit
+        torch_int8.conv2d(x, w)
 
 
 @pytest.mark.parametrize("device", DEVICE_PARAMS)
@@ -824,3 +842,20 @@ def test_conv2d_layer_compiles_without_graph_breaks(device, stride, size):
     y.backward(gy)
     for got, ref in zip((x.grad, conv.weight.grad, conv.bias.grad), want):
         assert torch.equal(got, ref)
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("channels", [(14600, 4), (4, 14600)], ids=["forward", "dgrad"])
+def test_conv2d_layer_trains_beyond_the_int32_depth(device, channels):
+    """C*R*S (forward) or K*R*S (input gradient) of 131400: int32 slices summed in int64, so no
+    depth a layer can reach is refused; the weight gradient reduces over the pixels."""
+    conv = torch.nn.Conv2d(*channels, 3, padding=1, bias=False).to(device)
+    x = torch.randn(1, channels[0], 3, 3, generator=make_gen(61)).to(device).requires_grad_(True)
+    y = torch_int8.nn.Conv2d.from_float(conv)(x)
+    gy = torch.randn(y.shape, generator=make_gen(62)).to(device)
+    y.backward(gy)
+    xd, wd, gd = x.detach().double(), conv.weight.detach().double(), gy.double()
+    for got, want in [(y.detach(), F.conv2d(xd, wd, None, 1, 1)), (x.grad, conv2d_input(xd.shape, wd, gd, 1, 1)),
+                      (conv.weight.grad, conv2d_weight(xd, wd.shape, gd, 1, 1))]:
+        err = (got.double() - want).abs().max() / want.abs().max()
+        assert 0 < err < 0.02, float(err)  # INT8's error, not float's, and no wrapped int32 sum

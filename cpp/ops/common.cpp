@@ -73,6 +73,19 @@ void impl_without_derivatives(torch::Library& m, std::initializer_list<const cha
   for (const char* name : ops) m.impl(name, torch::CppFunction::makeFromBoxedFunction<&refuse_inputs_requiring_grad>());
 }
 
+at::Tensor epilogue_on_int64(at::Tensor acc, const at::Tensor& col_offset, const at::Tensor& row_scale,
+                             const at::Tensor& col_scale, const std::optional<at::Tensor>& col_bias,
+                             at::ScalarType out_dtype, int64_t out_zero_point, bool relu) {
+  const int64_t n = acc.size(1);
+  if (col_offset.defined()) acc = acc + col_offset;  // exact, before the one rounding to float
+  at::Tensor v = acc.to(at::kFloat).mul_(row_scale.unsqueeze(1)).mul_(col_scale.narrow(0, 0, n));
+  if (col_bias) v.add_(col_bias->narrow(0, 0, n));
+  if (relu) v = at::clamp_min(v, 0);  // NaN stays NaN
+  if (out_dtype != at::kChar) return v.to(out_dtype);
+  // rint(v) + zero point, saturated, NaN -> 0: requantize_value of epilogue_math.h.
+  return at::nan_to_num(v.round_().add_(static_cast<double>(out_zero_point)), 0.0).clamp_(-128, 127).to(at::kChar);
+}
+
 void check_status(kernels::Status s, const char* op) {
   TORCH_CHECK(s != kernels::Status::kNoKernel, op,
               ": no kernel in this build runs on this GPU; rebuild with TORCH_CUDA_ARCH_LIST including its "

@@ -132,6 +132,15 @@ void gemm_cpu_parallel(const kernels::GemmProblem& p, const kernels::Epilogue& e
 // grad, which would otherwise get no gradient without a word, and else runs the op below autograd.
 void impl_without_derivatives(torch::Library& m, std::initializer_list<const char*> ops);
 
+// The epilogue of kernels.h on int64 accumulators acc [M, N], in ATen: the products of a
+// reduction longer than kMaxK, summed exactly over slices of it. Row vector [M], column vectors
+// of at least N entries (float32), col_bias optional; col_offset: the zero-point correction
+// -z * (sum of b's column) in int64, broadcastable to [M, N], or undefined. Rounds acc to
+// float32 once.
+at::Tensor epilogue_on_int64(at::Tensor acc, const at::Tensor& col_offset, const at::Tensor& row_scale,
+                             const at::Tensor& col_scale, const std::optional<at::Tensor>& col_bias,
+                             at::ScalarType out_dtype, int64_t out_zero_point, bool relu);
+
 // Throws a clear error for a kernel-layer status other than success.
 void check_status(kernels::Status s, const char* op);
 

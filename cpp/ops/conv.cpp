@@ -188,24 +188,27 @@ void check_grad_out_size(const at::Tensor& grad_out, const Dims<kSym>& d, const 
                     int_str(d.q));
 }
 
-// x [N, C, H, W] with weight [K, C/G, R, S].
+// x [N, C, H, W] with weight [K, C/G, R, S]; int32_result: the op returns the int32 sums, which
+// hold at most kMaxK products (the scaled ops sum longer ones in int64).
 template <bool kSym>
-Dims<kSym> forward_dims(const at::Tensor& x, const at::Tensor& weight, const ConvParams& cp, const char* op) {
+Dims<kSym> forward_dims(const at::Tensor& x, const at::Tensor& weight, const ConvParams& cp, const char* op,
+                        bool int32_result) {
   using S = Shape<kSym>;
   check_int8_4d_pair(x, "x", "[N, C, H, W]", weight, "weight", "[K, C/groups, R, S]", op);
   TORCH_CHECK_VALUE(S::size(x, 1) == S::size(weight, 1) * cp.groups, op, ": channel mismatch: x has ",
                     int_str(S::size(x, 1)), " channels, weight ", shape_str(weight), " with groups = ",
                     int_str(cp.groups), " expects ", int_str(S::size(weight, 1) * cp.groups));
   const auto rs = static_filter_size<kSym>(weight);
-  check_gemm_depth(S::size(weight, 1), rs, op, "C/groups*R*S");
+  if (int32_result) check_gemm_depth(S::size(weight, 1), rs, op, "C/groups*R*S");
   return conv_dims(S::size(x, 0), S::size(x, 1), S::size(x, 2), S::size(x, 3), S::size(weight, 0), rs[0], rs[1], cp,
                    op);
 }
 
-// grad_out [N, K, P, Q] with weight [K, C/G, R, S] and the input size (H, W).
+// grad_out [N, K, P, Q] with weight [K, C/G, R, S] and the input size (H, W); int32_result as
+// forward_dims's.
 template <bool kSym>
 Dims<kSym> dgrad_dims(const at::Tensor& grad_out, const at::Tensor& weight, at::IntArrayRef input_size,
-                      const ConvParams& cp, const char* op) {
+                      const ConvParams& cp, const char* op, bool int32_result) {
   using S = Shape<kSym>;
   check_int8_4d_pair(grad_out, "grad_out", "[N, K, P, Q]", weight, "weight", "[K, C/groups, R, S]", op);
   const auto hw = hw_pair(input_size, op, "input_size", 1);
@@ -215,7 +218,7 @@ Dims<kSym> dgrad_dims(const at::Tensor& grad_out, const at::Tensor& weight, at::
   const auto d = conv_dims<typename S::Int>(S::size(grad_out, 0), S::size(weight, 1) * cp.groups, hw[0], hw[1],
                                             S::size(weight, 0), rs[0], rs[1], cp, op);
   check_grad_out_size<kSym>(grad_out, d, op, "input_size (" + int_str(hw[0]) + ", " + int_str(hw[1]) + ")");
-  check_gemm_depth(S::size(weight, 0) / cp.groups, rs, op, "K/groups*R*S");
+  if (int32_result) check_gemm_depth(S::size(weight, 0) / cp.groups, rs, op, "K/groups*R*S");
   return d;
 }
 
@@ -432,9 +435,45 @@ void forward_im2col(const ConvProblem& p, const at::Tensor& x, const at::Tensor&
   }
 }
 
+at::Tensor conv2d_kernel(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
+                         at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
+
+// The same `slice` channels [c0, c0 + len) of every group of t's dimension `dim` (G groups).
+at::Tensor group_slice(const at::Tensor& t, int64_t dim, int64_t groups, int64_t c0, int64_t len) {
+  return t.unflatten(dim, {groups, t.size(dim) / groups}).narrow(dim + 1, c0, len).flatten(dim, dim + 1);
+}
+
+// A scaled forward convolution whose depth C/G*R*S exceeds kMaxK: the int32 convolutions of
+// slices of the input channels (the same slice of every group, each of depth at most kMaxK),
+// each exact, summed in int64, then the epilogue over that sum (the scales factor out of the
+// sum over channels). x is padded with its zero point first, since conv2d pads with 0.
+at::Tensor long_depth_forward(const ConvProblem& p, const at::Tensor& x, const at::Tensor& weight,
+                              const ConvParams& cp, at::ScalarType out_dtype, const ForwardScales& fs,
+                              int8_t pad_value) {
+  const int64_t cg = p.c / p.groups, slice = kernels::kMaxK / (p.r * p.s);
+  const at::Tensor xp = pad_value == 0 ? x : at::constant_pad_nd(x, {p.pad_w, p.pad_w, p.pad_h, p.pad_h}, pad_value);
+  const std::array<int64_t, 2> padding = pad_value == 0 ? cp.padding : std::array<int64_t, 2>{0, 0};
+  at::Tensor acc;
+  for (int64_t c0 = 0; c0 < cg; c0 += slice) {
+    const int64_t len = std::min(slice, cg - c0);
+    const at::Tensor part = conv2d_kernel(group_slice(xp, 1, p.groups, c0, len), weight.narrow(1, c0, len),
+                                          cp.stride, padding, cp.dilation, p.groups);
+    acc = acc.defined() ? acc.add_(part) : part.to(at::kLong);
+  }
+  const int64_t per_image = p.p * p.q;
+  const at::Tensor row_scale = fs.scale_x.expand({p.n}).unsqueeze(1).expand({p.n, per_image}).reshape({-1});
+  at::Tensor col_offset;  // sum (x - z) w = acc - z * (sum of the filter of each output channel)
+  if (pad_value != 0) col_offset = weight.sum({1, 2, 3}, false, at::kLong).mul_(-static_cast<int64_t>(pad_value));
+  const std::optional<at::Tensor> bias = fs.col_bias.defined() ? std::optional<at::Tensor>(fs.col_bias) : std::nullopt;
+  const at::Tensor y = epilogue_on_int64(acc.permute({0, 2, 3, 1}).reshape({-1, p.k}), col_offset, row_scale,
+                                         fs.col_scale.expand({p.k}), bias, out_dtype, fs.out_zero_point, fs.relu);
+  return as_nchw(y.view({p.n, p.p, p.q, p.k}));
+}
+
 at::Tensor forward(const at::Tensor& x, const at::Tensor& weight, const ConvParams& cp, at::ScalarType out_dtype,
                    const ForwardScales& fs, int8_t pad_value, const char* op) {
-  const ConvProblem p = problem_of(forward_dims<false>(x, weight, cp, op), cp);
+  const ConvProblem p = problem_of(forward_dims<false>(x, weight, cp, op, out_dtype == at::kInt), cp);
+  if (p.c / p.groups * p.r * p.s > kernels::kMaxK) return long_depth_forward(p, x, weight, cp, out_dtype, fs, pad_value);
   const at::Tensor y = new_output({p.n, p.p, p.q, p.k}, x.options().dtype(out_dtype));
   c10::DeviceGuard guard(x.device());
   // The implicit-GEMM kernel reads the filter as KRSC: a channels_last weight as it is (no copy).
@@ -451,7 +490,8 @@ at::Tensor conv2d_kernel(const at::Tensor& x, const at::Tensor& weight, at::IntA
 
 at::Tensor conv2d_meta(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
                        at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  const auto d = forward_dims<true>(x, weight, conv_params("conv2d", stride, padding, dilation, groups), "conv2d");
+  const auto d =
+      forward_dims<true>(x, weight, conv_params("conv2d", stride, padding, dilation, groups), "conv2d", true);
   return at::empty_symint({d.n, d.k, d.p, d.q},
                           x.options().dtype(at::kInt).memory_format(at::MemoryFormat::ChannelsLast));
 }
@@ -465,7 +505,7 @@ Dims<kSym> scaled_dims(const at::Tensor& x, const at::Tensor& weight, const at::
                        double out_scale, int64_t out_zero_point) {
   using S = Shape<kSym>;
   const char* op = "scaled_conv2d";
-  const auto d = forward_dims<kSym>(x, weight, cp, op);
+  const auto d = forward_dims<kSym>(x, weight, cp, op, false);
   check_scaled_output(out_dtype, out_scale, out_zero_point, op, "conv2d");
   check_dtype(scale_x, at::kFloat, op, "scale_x");
   check_dtype(scale_w, at::kFloat, op, "scale_w");
@@ -565,7 +605,7 @@ at::Tensor conv2d_dgrad_kernel(const at::Tensor& grad_out, const at::Tensor& wei
                                int64_t groups) {
   const char* op = "conv2d_dgrad";
   const ConvParams cp = conv_params(op, stride, padding, dilation, groups);
-  const ConvProblem p = problem_of(dgrad_dims<false>(grad_out, weight, input_size, cp, op), cp);
+  const ConvProblem p = problem_of(dgrad_dims<false>(grad_out, weight, input_size, cp, op, true), cp);
   c10::DeviceGuard guard(grad_out.device());
   const at::Tensor grad_in = new_output({p.n, p.h, p.w, p.c}, grad_out.options().dtype(at::kInt));
   dgrad_into(p, grad_out, weight, grad_in, {});
@@ -576,7 +616,8 @@ at::Tensor conv2d_dgrad_meta(const at::Tensor& grad_out, const at::Tensor& weigh
                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                              int64_t groups) {
   const char* op = "conv2d_dgrad";
-  const auto d = dgrad_dims<true>(grad_out, weight, input_size, conv_params(op, stride, padding, dilation, groups), op);
+  const auto d =
+      dgrad_dims<true>(grad_out, weight, input_size, conv_params(op, stride, padding, dilation, groups), op, true);
   return at::empty_symint({d.n, d.c, d.h, d.w},
                           grad_out.options().dtype(at::kInt).memory_format(at::MemoryFormat::ChannelsLast));
 }
@@ -588,7 +629,7 @@ Dims<kSym> scaled_dgrad_dims(const at::Tensor& grad_out, const at::Tensor& weigh
                              const at::Tensor& scale_weight, at::IntArrayRef input_size, const ConvParams& cp,
                              at::ScalarType out_dtype) {
   const char* op = "scaled_conv2d_dgrad";
-  const auto d = dgrad_dims<kSym>(grad_out, weight, input_size, cp, op);
+  const auto d = dgrad_dims<kSym>(grad_out, weight, input_size, cp, op, false);
   TORCH_CHECK_TYPE(out_dtype == at::kFloat || out_dtype == at::kBFloat16 || out_dtype == at::kHalf, op,
                    ": out_dtype must be bfloat16, float16 or float32, got ", out_dtype);
   check_dtype(scale_grad_out, at::kFloat, op, "scale_grad_out");
@@ -603,6 +644,26 @@ at::ScalarType scaled_dgrad_staging(const at::Tensor& grad_out, at::ScalarType o
   return grad_out.is_cuda() ? out_dtype : at::kFloat;
 }
 
+// A scaled dgrad whose depth K/G*R*S exceeds kMaxK: the int32 dgrads of slices of the output
+// channels (the same slice of every group, each of depth at most kMaxK), each exact, summed in
+// int64, then scaled per image and input channel.
+at::Tensor long_depth_dgrad(const ConvProblem& p, const at::Tensor& grad_out, const at::Tensor& weight,
+                            const at::Tensor& scale_grad_out, const at::Tensor& scale_weight,
+                            at::IntArrayRef input_size, const ConvParams& cp, at::ScalarType out_dtype) {
+  const int64_t kg = p.k / p.groups, slice = kernels::kMaxK / (p.r * p.s);
+  at::Tensor acc;
+  for (int64_t k0 = 0; k0 < kg; k0 += slice) {
+    const int64_t len = std::min(slice, kg - k0);
+    const at::Tensor part =
+        conv2d_dgrad_kernel(group_slice(grad_out, 1, p.groups, k0, len), group_slice(weight, 0, p.groups, k0, len),
+                            input_size, cp.stride, cp.padding, cp.dilation, p.groups);
+    acc = acc.defined() ? acc.add_(part) : part.to(at::kLong);
+  }
+  const at::Tensor scale_n = scale_grad_out.reshape({-1}).expand({p.n}).reshape({p.n, 1, 1, 1});
+  const at::Tensor scale_c = scale_weight.reshape({-1}).expand({p.c}).reshape({1, p.c, 1, 1});
+  return acc.to(at::kFloat).mul_(scale_n).mul_(scale_c).to(out_dtype);
+}
+
 at::Tensor scaled_conv2d_dgrad_kernel(const at::Tensor& grad_out, const at::Tensor& weight,
                                       const at::Tensor& scale_grad_out, const at::Tensor& scale_weight,
                                       at::IntArrayRef input_size, at::IntArrayRef stride, at::IntArrayRef padding,
@@ -611,6 +672,8 @@ at::Tensor scaled_conv2d_dgrad_kernel(const at::Tensor& grad_out, const at::Tens
   const ConvProblem p = problem_of(
       scaled_dgrad_dims<false>(grad_out, weight, scale_grad_out, scale_weight, input_size, cp, out_dtype), cp);
   c10::DeviceGuard guard(grad_out.device());
+  if (p.k / p.groups * p.r * p.s > kernels::kMaxK)
+    return long_depth_dgrad(p, grad_out, weight, scale_grad_out, scale_weight, input_size, cp, out_dtype);
   const at::ScalarType staging = scaled_dgrad_staging(grad_out, out_dtype);
   const at::Tensor grad_in = new_output({p.n, p.h, p.w, p.c}, grad_out.options().dtype(staging));
   const at::Tensor sn = scale_grad_out.contiguous(), sc = scale_weight.contiguous();

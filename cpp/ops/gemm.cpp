@@ -171,22 +171,6 @@ std::vector<typename Shape<kSym>::Int> scaled_gemm_shape(const at::Tensor& a, co
 // each short enough for an exact int32 accumulator.
 constexpr int64_t kSliceK = kernels::kMaxPaddedK - kGpuAlign;
 
-// The epilogue of kernels.h on int64 accumulators acc [M, N], in ATen: the products of a K beyond
-// kMaxK, summed exactly over K-slices. The vectors are epilogue_vector's (col_* padded past N);
-// col_offset: the zero-point correction -z * colsum(b) in int64 [N], or undefined.
-at::Tensor epilogue_on_int64(at::Tensor acc, const at::Tensor& col_offset, const at::Tensor& row_scale,
-                             const at::Tensor& col_scale, const std::optional<at::Tensor>& col_bias,
-                             at::ScalarType out_dtype, int64_t out_zero_point, bool relu) {
-  const int64_t n = acc.size(1);
-  if (col_offset.defined()) acc = acc + col_offset;  // exact, before the one rounding to float
-  at::Tensor v = acc.to(at::kFloat).mul_(row_scale.unsqueeze(1)).mul_(col_scale.narrow(0, 0, n));
-  if (col_bias) v.add_(col_bias->narrow(0, 0, n));
-  if (relu) v = at::clamp_min(v, 0);  // NaN stays NaN
-  if (out_dtype != at::kChar) return v.to(out_dtype);
-  // rint(v) + zero point, saturated, NaN -> 0: requantize_value of epilogue_math.h.
-  return at::nan_to_num(v.round_().add_(static_cast<double>(out_zero_point)), 0.0).clamp_(-128, 127).to(at::kChar);
-}
-
 // scaled_gemm of a3 [1, M, K] and b [K, N] for K > kMaxK: the int32 products of its K-slices,
 // each exact, summed in int64, then the epilogue. The scales factor out of the sum over k, so
 // this is the one-GEMM result with the accumulator held in 64 bits.
