@@ -263,13 +263,16 @@ def test_conv2d_weight_gradient_splits_the_batch_exactly():
 def test_linear_forward_backward_bit_exact_and_split_batch():
     lin = niti.Linear(6, 4, make_gen(2))
     weight = lin.weight.clone()
-    n = MAX_DEPTH + 9  # the weight gradient reduces over the batch: two int32 GEMMs, added in int64
-    x = rand_int8((n, 6), 1, -127, 128)
+    # the weight gradient reduces over the batch: three int32 GEMMs, added in int64; one sign, so that
+    # the sums grow past int32
+    n = 2 * MAX_DEPTH + 9
+    x = rand_int8((n, 6), 1, 120, 128)
     y = lin(int_tensor(x, 3))
     data, exp = ref_requantize(x.long() @ weight.long().t(), 3 + int(lin.weight_exp))
     assert torch.equal(y.data, data) and int(y.exp) == exp
-    err = rand_int8((n, 4), 2, -127, 128)
+    err = rand_int8((n, 4), 2, 120, 128)
     got = lin.backward(int_tensor(err, -2), update(3), input_grad=True)
+    assert (err.long().t() @ x.long()).abs().max() > 2**31
     data, exp = ref_requantize(err.long() @ weight.long(), -2 + int(lin.weight_exp))
     assert torch.equal(got.data, data) and int(got.exp) == exp
     assert torch.equal(lin.weight, ref_update(weight, err.long().t() @ x.long(), 3))

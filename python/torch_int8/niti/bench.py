@@ -37,8 +37,8 @@ def parse_args(argv):
     p.add_argument("--depths", type=int, nargs="+", default=[7, 8, 9], choices=[7, 8, 9])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("--no-graph", action="store_true", help="CUDA: skip the CUDA-graph integer column")
-    p.add_argument("--json", default=None)
-    p.add_argument("--plot", default=None)
+    p.add_argument("--json", default="niti_bench.json")
+    p.add_argument("--plot", default="niti_bench.png")
     args = p.parse_args(argv)
     for name in ("batch", "iters", "repeats"):
         if getattr(args, name) < 1:
@@ -142,11 +142,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     print(f"{'model':<12}" + "".join(f"{c:>16}" for c in columns))
     for row in rows:
         print(f"{row['model']:<12}" + "".join(f"{row[c]:>16.4f}" for c in columns))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1))
-    if args.plot:
-        plot(result, args.plot)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=1))
+    plot(result, args.plot)
+    print(f"wrote {args.json} and {args.plot}")
     return result
 
 
