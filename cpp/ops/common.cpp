@@ -127,26 +127,63 @@ int64_t out_bytes(kernels::OutType t) {
 }
 }  // namespace
 
-void gemm_cpu_parallel(const kernels::GemmProblem& p, const kernels::Epilogue& e, const char* op) {
-  const int64_t bytes = out_bytes(p.out_type);
-  const int64_t rows_per_task = std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(1, p.n * p.k));
-  at::parallel_for(0, p.batch * p.m, rows_per_task, [&](int64_t begin, int64_t end) {
+namespace {
+// Products of at least this many multiply-adds form their int32 sums with ATen's int8 matmul
+// (at::_int_mm: exact, and several times faster than float32 matmul where torch has its
+// vectorized kernels); smaller ones run the reference kernel whole, without the extra buffer.
+constexpr int64_t kAtenProductMacs = int64_t{1} << 18;
+
+// Runs `rows(begin, end)` over the rows [0, total) of a product with n * k multiply-adds a row,
+// at least ~1M multiply-adds per task.
+template <class Rows>
+void parallel_rows(int64_t total, int64_t n, int64_t k, const Rows& rows) {
+  const int64_t rows_per_task = std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(1, n * k));
+  at::parallel_for(0, total, rows_per_task, rows);
+}
+
+// p's rows [m0, m1) of batch bi: the problem and epilogue of that slice.
+std::pair<kernels::GemmProblem, kernels::Epilogue> row_slice(const kernels::GemmProblem& p,
+                                                            const kernels::Epilogue& e, int64_t bi, int64_t m0,
+                                                            int64_t m1) {
+  kernels::GemmProblem s = p;
+  s.batch = 1, s.m = m1 - m0;
+  s.a = p.a + bi * p.batch_stride_a + m0 * p.lda;
+  s.b = p.b + bi * p.batch_stride_b;
+  s.d = static_cast<char*>(p.d) + (bi * p.batch_stride_d + m0 * p.ldd) * out_bytes(p.out_type);
+  kernels::Epilogue se = e;
+  if (se.row_scale) se.row_scale += m0;
+  if (se.row_offset) se.row_offset += m0;
+  if (se.row_amax) se.row_amax += m0;
+  return {s, se};
+}
+
+// The reference kernel over the rows of every batch.
+void reference_gemm(const kernels::GemmProblem& p, const kernels::Epilogue& e, const char* op) {
+  parallel_rows(p.batch * p.m, p.n, p.k, [&](int64_t begin, int64_t end) {
     // A task's rows may span several batches: one reference call per batch slice.
     for (int64_t row = begin; row < end;) {
       const int64_t bi = row / p.m, m0 = row % p.m, m1 = std::min(p.m, m0 + (end - row));
-      kernels::GemmProblem s = p;
-      s.batch = 1, s.m = m1 - m0;
-      s.a = p.a + bi * p.batch_stride_a + m0 * p.lda;
-      s.b = p.b + bi * p.batch_stride_b;
-      s.d = static_cast<char*>(p.d) + (bi * p.batch_stride_d + m0 * p.ldd) * bytes;
-      kernels::Epilogue se = e;
-      if (se.row_scale) se.row_scale += m0;
-      if (se.row_offset) se.row_offset += m0;
-      if (se.row_amax) se.row_amax += m0;
+      const auto [s, se] = row_slice(p, e, bi, m0, m1);
       check_status(kernels::gemm_cpu(s, se), op);
       row += m1 - m0;
     }
   });
+}
+}  // namespace
+
+void gemm_cpu_parallel(const kernels::GemmProblem& p, const kernels::Epilogue& e, const char* op) {
+  if (p.m * p.n * p.k < kAtenProductMacs || p.k > kernels::kMaxK) return reference_gemm(p, e, op);
+  const auto int8 = at::TensorOptions().dtype(at::kChar);
+  for (int64_t bi = 0; bi < p.batch; ++bi) {
+    // A [M, K] row-major and B [K, N] column-major, as they lie in memory (no copies).
+    const at::Tensor a = at::from_blob(const_cast<int8_t*>(p.a + bi * p.batch_stride_a), {p.m, p.k}, {p.lda, 1}, int8);
+    const at::Tensor b = at::from_blob(const_cast<int8_t*>(p.b + bi * p.batch_stride_b), {p.k, p.n}, {1, p.ldb}, int8);
+    const at::Tensor acc = at::_int_mm(a, b);
+    parallel_rows(p.m, p.n, 1, [&](int64_t m0, int64_t m1) {
+      const auto [s, se] = row_slice(p, e, bi, m0, m1);
+      check_status(kernels::epilogue_cpu(s, se, acc.const_data_ptr<int32_t>() + m0 * p.n, p.n), op);
+    });
+  }
 }
 
 void* current_stream(const at::Device& device) {

@@ -122,9 +122,10 @@ void check_bias(const at::Tensor& bias, const typename Shape<kSym>::Int& len, co
                     int_str(len), "], got ", shape_str(bias));
 }
 
-// The CPU reference GEMM (kernels::gemm_cpu) with the rows of all batches
-// split across threads, at least ~1M multiply-adds per task; each task runs
-// the reference on its slice of rows.
+// A GEMM on the CPU: the int32 sums of larger products by ATen's int8 matmul
+// (at::_int_mm, exact) and the reference kernel's epilogue over them
+// (kernels::epilogue_cpu), of small ones by the reference kernel
+// (kernels::gemm_cpu) whole; rows split across threads either way.
 void gemm_cpu_parallel(const kernels::GemmProblem& p, const kernels::Epilogue& e, const char* op);
 
 // The ops have no derivatives (the layers in torch_int8.nn hold them): registers for each of

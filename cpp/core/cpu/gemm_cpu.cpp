@@ -96,6 +96,14 @@ Status gemm_cpu(const GemmProblem& p, const Epilogue& e) {
   return Status::kSuccess;
 }
 
+Status epilogue_cpu(const GemmProblem& p, const Epilogue& e, const int32_t* acc, int64_t ld_acc) {
+  if (p.m < 0 || p.n < 0 || p.batch != 1 || !acc || ld_acc < p.n) return Status::kInvalidArgument;
+  if (!epilogue_supported(e, p.out_type)) return Status::kInvalidArgument;
+  for (int64_t m = 0; m < p.m; ++m)
+    for (int64_t n = 0; n < p.n; ++n) store(p, e, 0, m, n, acc[m * ld_acc + n]);
+  return Status::kSuccess;
+}
+
 Status requantize_cpu(const Requantize& r) {
   if ((r.scale == nullptr) == (r.multiplier == nullptr)) return Status::kInvalidArgument;
   for (int64_t i = 0; i < r.rows * r.cols; ++i) r.out[i] = detail::requantize_element(r, i);

@@ -96,6 +96,10 @@ const char* built_gemm_families();
 // CPU reference implementation (exact int32 accumulation; same epilogue
 // arithmetic as the GPU, so int8 outputs agree bit for bit).
 Status gemm_cpu(const GemmProblem& p, const Epilogue& e);
+// gemm_cpu's epilogue and stores alone, on int32 sums formed elsewhere (batch 1):
+// acc[m * ld_acc + n] is the sum of row m of A and column n of B (p's a and b are
+// not read). The torch layer's CPU path forms the sums with ATen's int8 product.
+Status epilogue_cpu(const GemmProblem& p, const Epilogue& e, const int32_t* acc, int64_t ld_acc);
 // GPU implementation on the current device, enqueued on `stream` (a cudaStream_t).
 Status gemm_cuda(const GemmProblem& p, const Epilogue& e, void* stream);
 
