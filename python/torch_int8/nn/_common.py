@@ -11,9 +11,16 @@ from ..config import Int8Config
 from ..functional import QTensor, quantize
 
 
+@torch.compiler.assume_constant_result
+def _autocast_exists(device_type: str) -> bool:
+    """torch.amp.is_autocast_available, a constant to torch.compile (torch 2.11's dynamo cannot
+    trace the query)."""
+    return torch.amp.is_autocast_available(device_type)
+
+
 def _autocast_on(device_type: str) -> bool:
     """Whether autocast is on for device_type; never on devices it does not exist for (meta)."""
-    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+    return _autocast_exists(device_type) and torch.is_autocast_enabled(device_type)
 
 
 def output_dtype(x: torch.Tensor) -> torch.dtype:
