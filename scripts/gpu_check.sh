@@ -10,9 +10,9 @@
 #   SANITIZE_TESTS        pytest selection run under compute-sanitizer (default tests/test_backends.py)
 #   MAX_JOBS              default 16 (parallel compile jobs)
 #   SANITIZE=1            also run compute-sanitizer memcheck + racecheck over the CUDA tests
-#                         (SANITIZE_TESTS); SANITIZE=suite: memcheck over every CUDA test and racecheck
-#                         over every CUDA test function (scripts/sanitize_suite.sh, SANITIZE_WORKERS
-#                         pytest-xdist workers, default 8)
+#                         (SANITIZE_TESTS); SANITIZE=suite: scripts/sanitize_suite.sh for each of
+#                         SANITIZE_PASSES (default "memcheck:all:1/1 racecheck:functions:1/1";
+#                         TOOL:SELECT:SHARD, e.g. memcheck:all:2/3), logs TOOL-SELECT-i-n.log
 #   SKIP_BUILD=1          use the torch_int8 an earlier call installed on this (still warm) machine
 #   SKIP_TESTS=1          skip the full pytest run
 #   BENCH=1               also run `python3 -m torch_int8.bench CMD` for CMD in BENCH_COMMANDS
@@ -136,12 +136,13 @@ fi
 
 # ---- (e1) compute-sanitizer ---------------------------------------------------------------------
 if [[ "${SANITIZE:-0}" == suite ]]; then
-    for pass in "memcheck all" "racecheck functions"; do
-        read -r tool selection <<<"$pass"
-        echo "== compute-sanitizer $tool over the suite ($selection; log: $OUTDIR/$tool.log)"
+    for pass in ${SANITIZE_PASSES:-memcheck:all:1/1 racecheck:functions:1/1}; do
+        IFS=: read -r tool selection shard <<<"$pass"
+        log="$OUTDIR/$tool-$selection-${shard/\//-}.log"
+        echo "== compute-sanitizer $tool over the suite ($selection, shard $shard; log: $log)"
         t=$(now)
         set +e
-        scripts/sanitize_suite.sh "$tool" "$selection" "${SANITIZE_WORKERS:-8}" "$OUTDIR/$tool.log"
+        scripts/sanitize_suite.sh "$tool" "$selection" "$shard" "$log"
         rc=$?
         set -e
         record "$tool" "$rc" "$(secs "$t" "$(now)")"
