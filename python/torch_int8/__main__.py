@@ -48,7 +48,9 @@ def info() -> None:
             rows.append((f"GPU {i} quantize (other layouts) / dequantize", "ATen ops (composite)"))
     else:
         rows.append(("GPU", "none visible"))
-    rows.append(("CPU gemm / scaled_gemm / requantize", "reference kernels (exact int32)"))
+    rows.append(("CPU gemm / scaled_gemm", "torch._int_mm sums + the reference epilogue (>= 2^18 multiply-adds), "
+                                           "else the reference kernel (exact int32)"))
+    rows.append(("CPU requantize", "reference kernel"))
     rows.append(("cmake_prefix_path", torch_int8.cmake_prefix_path))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
