@@ -14,10 +14,11 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
+from .. import _C
 from .arith import INT8_MAX, IntTensor, add, quantize_input, requantize, shift_round, shift_to_bits
 
 _ops = torch.ops.int8
-MAX_DEPTH = 131071  # the largest reduction an int8 product keeps exact in int32 (131072 * 128 * 128 = 2^31)
+MAX_DEPTH = _C.max_k  # the largest reduction an int8 product keeps exact in int32 (kernels.h kMaxK)
 
 
 @dataclass

@@ -28,6 +28,7 @@ from typing import NamedTuple, Optional, Union
 import torch
 import torch.nn.functional as F
 
+from .. import _C
 from ..config import Int8Config
 from ..backends import selected_backend
 from ..conv import (conv2d_dgrad, conv2d_wgrad, dynamic_conv2d, scaled_conv2d, scaled_conv2d_dgrad,
@@ -36,7 +37,7 @@ from ..functional import QTensor, column_amax, quantize, quantize_columns_t, sca
 from ._common import (autocast_off, kernel_dtype, kernel_float, load_int8_weight, output_dtype, quantize_activation,
                       register_int8_weight, runs_as_torch_nn, sharing_parameters)
 
-_MAX_PIXELS = 131071  # conv2d_wgrad's largest N*P*Q
+_MAX_PIXELS = _C.max_k  # conv2d_wgrad's largest N*P*Q (kernels.h kMaxK)
 _EPILOGUE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)  # scaled_conv2d's float outputs
 
 
