@@ -37,6 +37,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_rows(const a
   return handle.call(x, with_col_amax, rounding, std::move(generator), with_col_sum);
 }
 
+at::Tensor column_amax(const at::Tensor& x) {
+  static const auto handle = op<at::Tensor(const at::Tensor&)>("int8::column_amax");
+  return handle.call(x);
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_columns_t(const at::Tensor& x, const at::Tensor& col_amax,
+                                                      const std::string& rounding,
+                                                      std::optional<at::Generator> generator) {
+  static const auto handle = op<std::tuple<at::Tensor, at::Tensor>(
+      const at::Tensor&, const at::Tensor&, c10::string_view, std::optional<at::Generator>)>("int8::quantize_columns_t");
+  return handle.call(x, col_amax, rounding, std::move(generator));
+}
+
 at::Tensor dequantize(const at::Tensor& data, const at::Tensor& scale, const std::optional<at::Tensor>& zero_point,
                       std::optional<int64_t> dim, at::ScalarType dtype) {
   static const auto handle = op<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
@@ -120,6 +133,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_conv2d(const at::Tensor& 
   return handle.call(x, weight, bias, stride, padding, dilation, groups, per_channel, out_dtype);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_images(const at::Tensor& x,
+                                                                           const std::string& rounding,
+                                                                           bool channel_amax, bool channel_sum) {
+  static const auto handle = op<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+      const at::Tensor&, c10::string_view, bool, bool)>("int8::quantize_images");
+  return handle.call(x, rounding, channel_amax, channel_sum);
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_rotated_filter(const at::Tensor& weight, int64_t groups,
+                                                           bool per_channel) {
+  static const auto handle =
+      op<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, int64_t, bool)>("int8::quantize_rotated_filter");
+  return handle.call(weight, groups, per_channel);
+}
+
 at::Tensor conv2d_dgrad(const at::Tensor& grad_out, const at::Tensor& weight, at::IntArrayRef input_size,
                         at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   static const auto handle = op<at::Tensor(const at::Tensor&, const at::Tensor&, at::IntArrayRef, at::IntArrayRef,
@@ -132,6 +160,27 @@ at::Tensor conv2d_wgrad(const at::Tensor& grad_out, const at::Tensor& x, at::Int
   static const auto handle = op<at::Tensor(const at::Tensor&, const at::Tensor&, at::IntArrayRef, at::IntArrayRef,
                                            at::IntArrayRef, at::IntArrayRef, int64_t)>("int8::conv2d_wgrad");
   return handle.call(grad_out, x, kernel_size, stride, padding, dilation, groups);
+}
+
+at::Tensor scaled_conv2d_dgrad(const at::Tensor& grad_out, const at::Tensor& weight,
+                               const at::Tensor& scale_grad_out, const at::Tensor& scale_weight,
+                               at::IntArrayRef input_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                               at::IntArrayRef dilation, int64_t groups, at::ScalarType out_dtype) {
+  static const auto handle =
+      op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, at::IntArrayRef,
+                    at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, int64_t, at::ScalarType)>(
+          "int8::scaled_conv2d_dgrad");
+  return handle.call(grad_out, weight, scale_grad_out, scale_weight, input_size, stride, padding, dilation, groups,
+                     out_dtype);
+}
+
+at::Tensor scaled_conv2d_wgrad(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& scale_grad_out,
+                               const at::Tensor& scale_x, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  static const auto handle =
+      op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, at::IntArrayRef,
+                    at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, int64_t)>("int8::scaled_conv2d_wgrad");
+  return handle.call(grad_out, x, scale_grad_out, scale_x, kernel_size, stride, padding, dilation, groups);
 }
 
 int64_t conv_workspace_limit() {

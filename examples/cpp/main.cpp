@@ -66,6 +66,30 @@ void check_conv_api(const torch::Device& device) {
          device.is_cuda() ? "dynamic_conv2d (cuda) = quantize + scaled_conv2d" : "dynamic_conv2d (cpu) = quantize + scaled_conv2d");
 }
 
+// The backward ops of the layers through the C++ API, each against the exact op it rescales.
+void check_backward_api(const torch::Device& device) {
+  torch::manual_seed(2);
+  const torch::Tensor x = torch::randn({37, 16}).to(device);
+  auto [xt, xt_scale] = torch_int8::quantize_columns_t(x, torch_int8::column_amax(x));
+  auto [xq, xq_scale, xq_zero] = torch_int8::quantize(x, 1);
+  expect(torch::equal(xt, xq.t().contiguous()) && torch::equal(xt_scale, xq_scale),
+         "quantize_columns_t = quantize(x, 1) transposed");
+  const torch::Tensor dy = torch::randint(-127, 128, {2, 6, 9, 7}, torch::kChar).to(device);
+  const torch::Tensor im = torch::randint(-127, 128, {2, 8, 9, 7}, torch::kChar).to(device);
+  const torch::Tensor w = torch::randint(-127, 128, {6, 8, 3, 3}, torch::kChar).to(device);
+  const torch::Tensor s2 = torch::rand({2}).to(device) + 0.5, s8 = torch::rand({8}).to(device) + 0.5;
+  const torch::Tensor dx = torch_int8::scaled_conv2d_dgrad(dy, w, s2, s8, {9, 7}, {1, 1}, {1, 1}, {1, 1});
+  const torch::Tensor dx_ref = torch_int8::conv2d_dgrad(dy, w, {9, 7}, {1, 1}, {1, 1}, {1, 1}).to(torch::kFloat) *
+                               s2.reshape({2, 1, 1, 1}) * s8.reshape({1, 8, 1, 1});
+  expect(torch::allclose(dx, dx_ref), "scaled_conv2d_dgrad = conv2d_dgrad rescaled");
+  const torch::Tensor dw = torch_int8::scaled_conv2d_wgrad(dy, im, s2, s2, {3, 3}, {1, 1}, {1, 1}, {1, 1});
+  torch::Tensor dw_ref = torch::zeros_like(dw);
+  for (int64_t n = 0; n < 2; ++n)
+    dw_ref += torch_int8::conv2d_wgrad(dy.narrow(0, n, 1), im.narrow(0, n, 1), {3, 3}, {1, 1}, {1, 1}, {1, 1})
+                  .to(torch::kFloat) * (s2[n] * s2[n]);
+  expect(torch::allclose(dw, dw_ref, 1e-5, 1e-2), "scaled_conv2d_wgrad = the images' exact wgrads rescaled");
+}
+
 // The kernel layer with no torch at all: what deployment code calls.
 void check_raw_kernels() {
   const int64_t m = 5, n = 3, k = 7;
@@ -92,9 +116,11 @@ void check_raw_kernels() {
 int main() {
   check_tensor_api(torch::kCPU);
   check_conv_api(torch::kCPU);
+  check_backward_api(torch::kCPU);
   if (torch::cuda::is_available()) {
     check_tensor_api(torch::kCUDA);
     check_conv_api(torch::kCUDA);
+    check_backward_api(torch::kCUDA);
   }
   check_raw_kernels();
   std::printf("%s\n", failures == 0 ? "all checks passed" : "some checks FAILED");

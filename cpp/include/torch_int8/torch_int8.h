@@ -14,7 +14,7 @@
 namespace torch_int8 {
 
 // int8 [M,K] @ int8 [K,N] -> int32 [M,N]; batched [B,M,K] @ [B,K,N] or [K,N].
-// Exact for K <= kMaxK; larger K is refused.
+// Exact for K <= kMaxK; larger K is refused (scaled_gemm takes any K).
 at::Tensor gemm(const at::Tensor& a, const at::Tensor& b);
 
 // Absmax quantization; dim nullopt means per tensor. A slice holding inf or
@@ -32,6 +32,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize(
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_rows(
     const at::Tensor& x, bool with_col_amax = false, const std::string& rounding = "nearest",
     std::optional<at::Generator> generator = std::nullopt, bool with_col_sum = false);
+
+// max_m |x[m, k]| of every column of a float matrix [M, K] (float32 [K]; NaN
+// for a column holding NaN, else inf for one holding inf).
+at::Tensor column_amax(const at::Tensor& x);
+
+// Per-column absmax quantization of x [M, K] with the column maxima col_amax,
+// written transposed: (data int8 [K, M] contiguous, scale float32 [K]); a
+// column whose col_amax is negative or not finite gets scale NaN.
+std::tuple<at::Tensor, at::Tensor> quantize_columns_t(const at::Tensor& x, const at::Tensor& col_amax,
+                                                      const std::string& rounding = "nearest",
+                                                      std::optional<at::Generator> generator = std::nullopt);
 
 at::Tensor dequantize(const at::Tensor& data, const at::Tensor& scale,
                       const std::optional<at::Tensor>& zero_point,
@@ -98,14 +109,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_conv2d(
     const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups = 1,
     bool per_channel = true, at::ScalarType out_dtype = at::kBFloat16);
+// x [N, C, H, W] quantized per image (one fused pass over each image's memory on
+// the GPU): (data int8 in x's layout, scale float32 [N], per-channel max |x| [C]
+// or empty, per-channel float32 sums [C] or empty).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_images(const at::Tensor& x,
+                                                                           const std::string& rounding = "nearest",
+                                                                           bool channel_amax = false,
+                                                                           bool channel_sum = false);
+// The filter of a stride-1 input gradient, W'[g*C/G + c, k, r, s] = W[g*K/G + k,
+// c, R-1-r, S-1-s] (channels_last), quantized per input channel (scale [C]) or
+// per tensor: (data int8, scale float32).
+std::tuple<at::Tensor, at::Tensor> quantize_rotated_filter(const at::Tensor& weight, int64_t groups = 1,
+                                                           bool per_channel = true);
 // Exact input gradient: int8 grad_out [N, K, P, Q] -> int32 [N, C, H, W]; input_size = {H, W}.
 at::Tensor conv2d_dgrad(const at::Tensor& grad_out, const at::Tensor& weight, at::IntArrayRef input_size,
                         at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                         int64_t groups = 1);
+// The dequantized input gradient: float(dgrad[n, c, h, w]) * scale_grad_out[n] *
+// scale_weight[c] (per tensor or per image / input channel) as out_dtype (bf16,
+// fp16, fp32), rescaled as col2im writes it; any depth K/groups*R*S.
+at::Tensor scaled_conv2d_dgrad(const at::Tensor& grad_out, const at::Tensor& weight,
+                               const at::Tensor& scale_grad_out, const at::Tensor& scale_weight,
+                               at::IntArrayRef input_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                               at::IntArrayRef dilation, int64_t groups = 1, at::ScalarType out_dtype = at::kFloat);
 // Exact weight gradient: -> int32 [K, C/groups, R, S]; N*P*Q <= 131071.
 at::Tensor conv2d_wgrad(const at::Tensor& grad_out, const at::Tensor& x, at::IntArrayRef kernel_size,
                         at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                         int64_t groups = 1);
+// The weight gradient of operands quantized per image (or per tensor): the sum
+// over images of float(exact wgrad of image n) * scale_grad_out[n] * scale_x[n],
+// float32 [K, C/groups, R, S] in channels_last memory; no limit on N*P*Q.
+at::Tensor scaled_conv2d_wgrad(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& scale_grad_out,
+                               const at::Tensor& scale_x, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups = 1);
 // Bytes one im2col column buffer may take (default 1 GiB or TORCH_INT8_CONV_WORKSPACE_MB).
 int64_t conv_workspace_limit();
 void set_conv_workspace_limit(int64_t bytes);
