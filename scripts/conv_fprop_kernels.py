@@ -24,7 +24,7 @@ from torch_int8.bench.cli import script_args
 from torch_int8.bench.conv import CONV_SHAPES
 from torch_int8.bench.graphs import graphed
 from torch_int8.bench.timer import time_in_turns
-from torch_int8.nn.conv import _quantize_images
+from torch_int8.nn.conv_backward import quantize_images
 
 
 def with_kernel(kernel: str, fn):
@@ -52,12 +52,12 @@ def main() -> None:
         x = torch.randn(args.batch, c, h, w, device="cuda", dtype=torch.bfloat16)
         x = x.contiguous(memory_format=torch.channels_last)
         weight = torch.randn(k, c, r, r, device="cuda", dtype=torch.bfloat16)
-        qx, qw = _quantize_images(x, "nearest"), torch_int8.quantize(weight, 0)
+        qx, qw = quantize_images(x, "nearest"), torch_int8.quantize(weight, 0)
         int8 = lambda: torch_int8.conv.scaled_conv2d(qx, qw, None, stride, pad, out_dtype=torch.bfloat16)  # noqa
         fns = {"rule": captured("", int8), "pingpong": captured("pingpong", int8),
                "coop": captured("cooperative", int8),
                "bf16": graphed(lambda: F.conv2d(x, weight, None, stride, pad)),
-               "quantize": graphed(lambda: _quantize_images(x, "nearest")), "copy": graphed(x.clone)}
+               "quantize": graphed(lambda: quantize_images(x, "nearest")), "copy": graphed(x.clone)}
         outs = [with_kernel(kernel, int8) for kernel in ("", "pingpong", "cooperative")]
         assert all(torch.equal(outs[0], o) for o in outs[1:]), f"{name}: the kernels' outputs differ"
         t = time_in_turns(name, fns, args)

@@ -6,7 +6,7 @@ usage: python3 scripts/wgrad_paths.py [--batch N] [--reps R]
   implicit   scaled_conv2d_wgrad on dY and X already quantized per image (the layer has both:
              dgrad's dY, the forward's X): the implicit-GEMM kernel and the sum of its partials
              (the layer's choice between the two INT8 paths, _implicit_wgrad, rests on this table)
-  channel    the per-channel path (_grad_weight): dY's and X's column maxima, their transposed
+  channel    the per-channel path (grad_weight): dY's and X's column maxima, their transposed
              int8 copies, im2col, the split GEMMs, their int64 sum and scaling
   bf16       torch.nn.grad.conv2d_weight in bf16 (cuDNN), channels_last
 """
@@ -17,7 +17,7 @@ from torch_int8.bench.cli import script_args
 from torch_int8.bench.conv import CONV_SHAPES
 from torch_int8.bench.graphs import graphed
 from torch_int8.bench.timer import time_in_turns
-from torch_int8.nn.conv import _grad_weight, _quantize_images
+from torch_int8.nn.conv_backward import grad_weight, quantize_images
 
 
 def main() -> None:
@@ -34,11 +34,11 @@ def main() -> None:
         gy = gy.contiguous(memory_format=torch.channels_last)
         geometry = ((stride, stride), (pad, pad), (1, 1), 1)
         fns = {
-            "channel": lambda: _grad_weight(gy, x, weight, geometry, config),
+            "channel": lambda: grad_weight(gy, x, weight, geometry, config),
             "bf16": lambda: torch.nn.grad.conv2d_weight(x, weight.shape, gy, *geometry),
         }
         if c % 16 == 0 and k % 16 == 0:  # what the kernel takes (the layer also asks for large images)
-            qx, qg = _quantize_images(x, "nearest"), _quantize_images(gy, "nearest")
+            qx, qg = quantize_images(x, "nearest"), quantize_images(gy, "nearest")
             fns["implicit"] = lambda: torch_int8.conv.scaled_conv2d_wgrad(qg, qx, (r, r), *geometry)
         t = time_in_turns(name, {m: graphed(fn) for m, fn in fns.items()}, args)
         ms = {m: (t[m]["ms"] if m in t else None) for m in ("implicit", "channel", "bf16")}

@@ -440,13 +440,13 @@ DGRAD_AS_FORWARD_CASES = [
 def test_dgrad_of_stride_1_is_a_forward_convolution(device, case):
     """What Conv2d's backward runs: conv(dY, W rotated and transposed, dilation*(R-1) - padding)
     equals conv2d_dgrad exactly."""
-    from torch_int8.nn.conv import _dgrad_as_forward_padding, _rotated_filter
+    from torch_int8.nn.conv_backward import dgrad_as_forward_padding, rotated_filter
     n, c, h, w_, k, r, s, padding, dilation, groups = case
     w = rand_int8((k, c // groups, r, s), seed=21)
     gy = rand_int8((n, k, h + 2 * padding[0] - dilation[0] * (r - 1), w_ + 2 * padding[1] - dilation[1] * (s - 1)),
                    seed=22)
-    forward_padding = _dgrad_as_forward_padding(w.shape, ((1, 1), padding, dilation, groups))
-    dx = torch_int8.conv2d(gy.to(device), _rotated_filter(w, groups).to(device), 1, forward_padding, dilation, groups)
+    forward_padding = dgrad_as_forward_padding(w.shape, ((1, 1), padding, dilation, groups))
+    dx = torch_int8.conv2d(gy.to(device), rotated_filter(w, groups).to(device), 1, forward_padding, dilation, groups)
     ref = conv2d_input((n, c, h, w_), w.double(), gy.double(), 1, padding, dilation, groups)
     assert dx.shape == ref.shape and torch.equal(dx.cpu().double(), ref)
 
@@ -465,10 +465,10 @@ def test_channels_last_weight(device, case):
 
 
 def test_dgrad_as_forward_only_for_stride_1_and_small_padding():
-    from torch_int8.nn.conv import _dgrad_as_forward_padding
-    assert _dgrad_as_forward_padding((4, 4, 3, 3), ((1, 1), (1, 1), (1, 1), 1)) == (1, 1)
-    assert _dgrad_as_forward_padding((4, 4, 3, 3), ((2, 1), (1, 1), (1, 1), 1)) is None
-    assert _dgrad_as_forward_padding((4, 4, 3, 3), ((1, 1), (3, 1), (1, 1), 1)) is None
+    from torch_int8.nn.conv_backward import dgrad_as_forward_padding
+    assert dgrad_as_forward_padding((4, 4, 3, 3), ((1, 1), (1, 1), (1, 1), 1)) == (1, 1)
+    assert dgrad_as_forward_padding((4, 4, 3, 3), ((2, 1), (1, 1), (1, 1), 1)) is None
+    assert dgrad_as_forward_padding((4, 4, 3, 3), ((1, 1), (3, 1), (1, 1), 1)) is None
 
 
 def poisoned(t, image):
@@ -484,7 +484,7 @@ def poisoned(t, image):
 def test_layer_quantizers_equal_quantize(device, dtype, fmt):
     """Conv2d's quantizers (fewer passes over the tensor) give quantize()'s data and scales bit for
     bit, non-finite images and channels included."""
-    from torch_int8.nn.conv import _quantize_channels, _quantize_images, _quantize_images_with_channel_stats
+    from torch_int8.nn.conv_backward import quantize_channels, quantize_images, quantize_images_with_channel_stats
     t = torch.randn(4, 6, 5, 7, generator=make_gen(41)) * torch.rand(4, 6, 1, 1, generator=make_gen(42)) * 3
     t[3] = 0  # an all-zero image: scale 1
     t = poisoned(t, 1).to(device, dtype)
@@ -492,13 +492,13 @@ def test_layer_quantizers_equal_quantize(device, dtype, fmt):
         t = t.contiguous(memory_format=torch.channels_last)
     elif fmt == "sliced":
         t = torch.cat([t, t], dim=3)[:, :, :, ::2]
-    for got, dim in ((_quantize_images(t, "nearest"), 0), (_quantize_channels(t, Int8Config()), 1)):
+    for got, dim in ((quantize_images(t, "nearest"), 0), (quantize_channels(t, Int8Config()), 1)):
         want = torch_int8.quantize(t, dim)
         assert got.dim == dim and got.data.shape == t.shape
         assert torch.equal(got.data.cpu(), want.data.cpu())
         assert torch.allclose(got.scale.cpu(), want.scale.cpu(), rtol=0, atol=0, equal_nan=True)
     # the backward's one pass over dY: per-image data, and the channel maxima / sums of wgrad and the bias
-    q, amax, total = _quantize_images_with_channel_stats(t, "nearest", amax=True, sums=True)
+    q, amax, total = quantize_images_with_channel_stats(t, "nearest", amax=True, sums=True)
     assert torch.equal(q.data.cpu(), torch_int8.quantize(t, 0).data.cpu())
     pixels = t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
     assert torch.allclose(amax.cpu(), torch_int8.column_amax(pixels).cpu(), rtol=0, atol=0, equal_nan=True)
@@ -692,10 +692,10 @@ def test_layer_takes_an_unbatched_image(device):
 def test_quantize_rotated_filter_is_the_rotated_filter_quantized(device, groups, per_channel):
     # dgrad's filter W'[g*C/G + c, k, r, s] = W[g*K/G + k, c, R-1-r, S-1-s], quantized per input
     # channel (a row of W') or per tensor, in channels_last memory (the kernel's filter layout).
-    from torch_int8.nn.conv import _rotated_filter
+    from torch_int8.nn.conv_backward import rotated_filter
     w = torch.randn(16, 24 // groups, 3, 5, generator=make_gen(51)).to(device, torch.bfloat16)
     data, scale = torch.ops.int8.quantize_rotated_filter(w, groups, per_channel)
-    want = torch_int8.quantize(_rotated_filter(w, groups), 0 if per_channel else None)
+    want = torch_int8.quantize(rotated_filter(w, groups), 0 if per_channel else None)
     assert data.shape == (24, 16 // groups, 3, 5) and data.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(data, want.data) and torch.equal(scale, want.scale)
 
@@ -712,7 +712,7 @@ def test_quantize_rotated_filter_is_the_rotated_filter_quantized(device, groups,
 @pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
 def test_pointwise_grad_input_equals_scaled_dgrad(device, n, c, h, w, k, stride, per_image, dtype, fmt):
     # The same exact sums, scales and float32 rounding as the col2im path it replaces.
-    from torch_int8.nn.conv import _pointwise_grad_input
+    from torch_int8.nn.conv_backward import pointwise_grad_input
 
     p, q = (h - 1) // stride[0] + 1, (w - 1) // stride[1] + 1
     g = make_gen(n * c + k)
@@ -723,7 +723,7 @@ def test_pointwise_grad_input_equals_scaled_dgrad(device, n, c, h, w, k, stride,
     s_gy = torch.rand(n if per_image else (), generator=g) + 0.5
     s_w = torch.rand(c if per_image else (), generator=g) * 1e-2 + 1e-3
     qg = QTensor(gy.to(device), s_gy.to(device), None, 0 if per_image else None)
-    got = _pointwise_grad_input(qg, wt.to(device), s_w.to(device), (n, c, h, w), stride, dtype)
+    got = pointwise_grad_input(qg, wt.to(device), s_w.to(device), (n, c, h, w), stride, dtype)
     ref = torch_int8.conv.scaled_conv2d_dgrad(qg, QTensor(wt.to(device), s_w.to(device), None, None), (h, w),
                                               stride, 0, 1, 1, out_dtype=dtype)
     assert got.shape == (n, c, h, w) and got.dtype == dtype
@@ -791,30 +791,30 @@ PHASE_CASES = [
 def test_strided_dgrad_by_phases_is_exact(device, case):
     """Conv2d's strided dgrad: one stride-1 convolution per phase, written to its strided share of
     dX, equals conv2d_dgrad exactly (here with the exact int32 conv2d as each phase's product)."""
-    from torch_int8.nn.conv import _dgrad_by_phases, _dgrad_phases, _rotated_filter
+    from torch_int8.nn.conv_backward import dgrad_by_phases, dgrad_phases, rotated_filter
     n, c, h, w_, k, r, s, stride, padding, groups = case
     w = rand_int8((k, c // groups, r, s), seed=71)
     out_hw = [(size + 2 * p - f) // st + 1 for size, p, f, st in zip((h, w_), padding, (r, s), stride)]
     gy = rand_int8((n, k, *out_hw), seed=72).to(device)
     geometry = (stride, padding, (1, 1), groups)
-    phases = _dgrad_phases(w.shape, (h, w_), out_hw, geometry)
+    phases = dgrad_phases(w.shape, (h, w_), out_hw, geometry)
     assert len(phases) == stride[0] * stride[1] or h < stride[0] or w_ < stride[1]
-    dx = _dgrad_by_phases(gy, _rotated_filter(w, groups).to(device), (n, c, h, w_), geometry, phases,
+    dx = dgrad_by_phases(gy, rotated_filter(w, groups).to(device), (n, c, h, w_), geometry, phases,
                           lambda f, p: torch_int8.conv2d(gy, f, 1, p, 1, groups), torch.int32)
     ref = conv2d_input((n, c, h, w_), w.double(), gy.cpu().double(), stride, padding, 1, groups)
     assert torch.equal(dx.cpu().double(), ref)
-    assert _dgrad_phases(w.shape, (h, w_), out_hw, ((1, 1), padding, (1, 1), groups)) is None
-    assert _dgrad_phases(w.shape, (h, w_), out_hw, (stride, padding, (2, 1), groups)) is None
+    assert dgrad_phases(w.shape, (h, w_), out_hw, ((1, 1), padding, (1, 1), groups)) is None
+    assert dgrad_phases(w.shape, (h, w_), out_hw, (stride, padding, (2, 1), groups)) is None
 
 
 def test_strided_dgrad_by_phases_only_where_the_kernel_takes_the_phases():
-    """The measured rule (nn/conv.py _phases_pay): ResNet's strided 3x3 (128 -> 64 channels of dX) by
+    """The measured rule (nn/conv.py phases_pay): ResNet's strided 3x3 (128 -> 64 channels of dX) by
     phases; the 3-channel stem, grouped layers and dY channels not a multiple of 32 by col2im."""
-    from torch_int8.nn.conv import _phases_pay
-    assert _phases_pay((128, 64, 3, 3), 1, torch.bfloat16) and _phases_pay((32, 4, 3, 3), 1, torch.float32)
-    assert not _phases_pay((64, 3, 7, 7), 1, torch.bfloat16)
-    assert not _phases_pay((128, 32, 3, 3), 2, torch.bfloat16)
-    assert not _phases_pay((48, 64, 3, 3), 1, torch.bfloat16)
+    from torch_int8.nn.conv_backward import phases_pay
+    assert phases_pay((128, 64, 3, 3), 1, torch.bfloat16) and phases_pay((32, 4, 3, 3), 1, torch.float32)
+    assert not phases_pay((64, 3, 7, 7), 1, torch.bfloat16)
+    assert not phases_pay((128, 32, 3, 3), 2, torch.bfloat16)
+    assert not phases_pay((48, 64, 3, 3), 1, torch.bfloat16)
 
 
 # (device, stride, H): a strided layer (its dgrad by phases) on the CPU; on the GPU a stride-1 layer
