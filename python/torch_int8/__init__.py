@@ -20,6 +20,7 @@ from .convert import convert
 from . import nn
 from . import niti
 from .ptq import PTQConfig, QuantizationReport, quantize_model
+from .export import export_model, load_exported
 
 __version__ = _C.build_info()["version"]
 # For C++ projects: find_package(torch_int8) with this on CMAKE_PREFIX_PATH.
@@ -29,4 +30,4 @@ __all__ = ["QTensor", "gemm", "quantize", "quantize_rows", "quantize_columns_t",
            "column_amax", "dequantize", "scaled_gemm", "scaled_gemm_row_amax",
            "requantize", "Int8Config", "convert", "im2col", "col2im", "conv2d", "conv2d_dgrad", "conv2d_wgrad",
            "scaled_conv2d", "nn", "use_backend", "cmake_prefix_path", "quantize_model", "PTQConfig",
-           "QuantizationReport"]
+           "QuantizationReport", "export_model", "load_exported"]

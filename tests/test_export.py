@@ -1,0 +1,64 @@
+"""torch_int8.export_model: a quantize_model result compiled by AOTInductor, loaded back in Python
+(load_exported runs the library that C++'s AOTIModelPackageLoader runs), gives the quantized model's
+outputs bit for bit, at batch sizes other than the example's."""
+import json
+import zipfile
+
+import pytest
+import torch
+from torch import nn
+
+import torch_int8
+
+
+class _ConvNet(nn.Module):
+    """Conv-BN-ReLU whose int8 output (a QTensor) feeds the next convolution, a residual addition,
+    pooling and a Linear classifier: every kind of layer and hand-over quantize_model produces."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = torch.relu(self.conv2(y) + x)
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1))
+
+
+@pytest.fixture(scope="module")
+def quantized():
+    torch.manual_seed(0)
+    model = _ConvNet()
+    with torch.no_grad():
+        model.train()(torch.randn(32, 1, 12, 12))  # BatchNorm running statistics
+    return torch_int8.quantize_model(model.eval(), [torch.randn(32, 1, 12, 12)])
+
+
+@pytest.fixture(scope="module")
+def package(quantized, tmp_path_factory):
+    return torch_int8.export_model(quantized, torch.randn(4, 1, 12, 12), tmp_path_factory.mktemp("export") / "m.pt2")
+
+
+def test_the_model_holds_int8_hand_overs(quantized):
+    assert "int8 output" in quantized.quantization_report.quantized["conv1"]
+    assert len(quantized.quantization_report.quantized) == 3
+
+
+@pytest.mark.parametrize("batch", [1, 4, 37])
+def test_round_trip_is_bit_exact(quantized, package, batch):
+    x = torch.randn(batch, 1, 12, 12, generator=torch.Generator().manual_seed(batch))
+    with torch.no_grad():
+        expected = quantized(x)
+    got = torch_int8.load_exported(package)(x)
+    assert got.dtype == expected.dtype and torch.equal(got, expected)
+
+
+def test_the_package_calls_the_int8_ops(package):
+    """The convolutions and the Linear stay torch.ops.int8 calls (the proxy executor's node list),
+    not float ops that Inductor would compile in their place."""
+    with zipfile.ZipFile(package) as archive:
+        nodes = [node for name in archive.namelist() if name.endswith("wrapper.json")
+                 for node in json.loads(archive.read(name))["nodes"]]
+    assert sorted(n["node"]["target"] for n in nodes) == ["int8::scaled_conv2d"] * 2 + ["int8::scaled_gemm"]
