@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import torch_int8
+from torch_int8 import distributed
 from torch_int8.datasets import ImageDataset, load_fashion_mnist
 
 
@@ -114,21 +115,22 @@ def train(model: nn.Module, data: ImageDataset, settings: Settings, desc: str, q
     """Trains model (AdamW, one-cycle schedule); returns per-epoch loss, test accuracy and seconds, the
     final test accuracy and the training throughput."""
     device = data.train_x.device
+    net = distributed.data_parallel(model)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=1e-4)
-    steps = (len(data.train_y) + settings.batch - 1) // settings.batch
+    steps = (distributed.share(len(data.train_y)) + settings.batch - 1) // settings.batch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, settings.lr, total_steps=settings.epochs * steps)
     g = torch.Generator().manual_seed(settings.seed)
     history = {"loss": [], "test_acc_per_epoch": [], "epoch_s": []}
     for epoch in range(settings.epochs):
         model.train()
-        perm = torch.randperm(len(data.train_y), generator=g).to(device)
+        perm = distributed.epoch_indices(len(data.train_y), epoch, settings.seed, g).to(device)
         losses = []
         _sync(device)
         start = time.perf_counter()
         for i in _progress(range(steps), f"{desc} epoch {epoch + 1}/{settings.epochs}", quiet):
             idx = perm[i * settings.batch:(i + 1) * settings.batch]
             with _autocast(device):
-                loss = F.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
+                loss = F.cross_entropy(net(data.train_x[idx]), data.train_y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -136,7 +138,7 @@ def train(model: nn.Module, data: ImageDataset, settings: Settings, desc: str, q
             losses.append(loss.detach())
         _sync(device)
         history["epoch_s"].append(time.perf_counter() - start)
-        history["loss"].append(float(torch.stack(losses).float().mean()))
+        history["loss"].append(float(distributed.mean(torch.stack(losses).float().mean())))
         history["test_acc_per_epoch"].append(evaluate(model, data))
     history["test_acc"] = history["test_acc_per_epoch"][-1]
     history["train_images_per_s"] = len(data.train_y) / (sum(history["epoch_s"]) / settings.epochs)
@@ -316,6 +318,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "against bf16 eager and compiled, channels_last (GPU)")
     parser.add_argument("--ptq-batch", type=int, default=256, help="batch of --ptq-models (default: %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--distributed", action="store_true",
+                        help="under torchrun: train with DistributedDataParallel, each rank on its share of "
+                             "every epoch (gloo on the CPU, nccl on the GPU); rank 0 prints and writes the files")
 
 
 def _settings(args: argparse.Namespace, device: torch.device) -> Settings:
@@ -334,22 +339,35 @@ def _device(name: Optional[str]) -> torch.device:
 
 
 def main(args: argparse.Namespace) -> Dict:
-    device = _device(args.device)
+    if not getattr(args, "distributed", False):
+        return _main(args, _device(args.device))
+    device = distributed.init_from_env(_device(args.device).type)
+    try:
+        return _main(args, device)
+    finally:
+        distributed.shutdown()
+
+
+def _main(args: argparse.Namespace, device: torch.device) -> Dict:
     settings = _settings(args, device)
+    main_process = distributed.is_main_process()
+    say = print if main_process else lambda *_, **__: None
     data = subset(load_fashion_mnist(args.data, fallback=True), settings).to(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
-    print(f"torch_int8 {torch_int8.__version__} demo on {name}: {data.name}, {len(data.train_y)} training / "
-          f"{len(data.test_y)} test images, {settings.epochs} epochs, SmallResNet width {settings.width}")
+    say(f"torch_int8 {torch_int8.__version__} demo on {name}: {data.name}, {len(data.train_y)} training / "
+        f"{len(data.test_y)} test images, {settings.epochs} epochs, SmallResNet width {settings.width}")
     start = time.perf_counter()
-    results = run(data, settings, args.quiet)
+    results = run(data, settings, args.quiet or not main_process)
     summary = {"device": name, "torch": torch.__version__, "torch_int8": torch_int8.__version__,
                "dataset": data.name, "train_images": len(data.train_y), "test_images": len(data.test_y),
-               "settings": asdict(settings), "results": results}
-    if args.ptq_models:
+               "settings": asdict(settings), "world_size": distributed.world_size(), "results": results}
+    if args.ptq_models and main_process:
         summary["ptq_benchmark"] = {"batch": args.ptq_batch, "images_per_s": ptq_benchmark(
             args.ptq_models, args.ptq_batch, device=device.type)}
     summary["seconds"] = time.perf_counter() - start
-    print(table(results))
+    say(table(results))
+    if not main_process:
+        return summary
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     written = [args.out / "summary.json"] + write_plots(results, args.out)
