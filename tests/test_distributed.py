@@ -38,6 +38,7 @@ first half alone) must break both (test_an_unsynchronized_run_breaks_both_checks
 from __future__ import annotations
 
 import copy
+import json
 import os
 import socket
 import subprocess
@@ -209,14 +210,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _worker_env():
+    """This environment, with the torch_int8 under test first on the path."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(torch_int8.__file__).parents[1]),
+                                                         os.environ.get("PYTHONPATH", "")])}
+
+
 @pytest.fixture(scope="module")
 def distributed_runs(tmp_path_factory):
     """{mode: run} from WORLD worker processes (this file run as a script), each bounded by TIMEOUT_S."""
     out = tmp_path_factory.mktemp("distributed") / "runs.pt"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(torch_int8.__file__).parents[1]),
-                                                        os.environ.get("PYTHONPATH", "")])}
     port = _free_port()
-    procs = [subprocess.Popen([sys.executable, __file__, str(rank), str(port), str(out)], env=env,
+    procs = [subprocess.Popen([sys.executable, __file__, str(rank), str(port), str(out)], env=_worker_env(),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in range(WORLD)]
     logs = []
     for p in procs:
@@ -325,6 +330,31 @@ def test_an_unsynchronized_run_breaks_both_checks(halves_run):
     unsynchronized = train_reference(lambda x, y: halves(x, y)[:1])  # rank 0 without the reduction
     assert not matches(unsynchronized, halves_run)
     assert bound_ratio(unsynchronized) > 1
+
+
+
+def _has_demo_data() -> bool:
+    from torch_int8 import datasets
+    try:
+        import sklearn  # noqa: F401 - the demo's fallback data set
+    except ImportError:
+        return datasets.find_fashion_mnist() is not None
+    return True
+
+
+def test_demo_trains_under_torchrun(tmp_path):
+    """python -m torch_int8 demo --distributed, 2 ranks (gloo): one table, one summary, from rank 0."""
+    if not _has_demo_data():
+        pytest.skip("neither Fashion-MNIST nor scikit-learn's digits are available")
+    out = tmp_path / "demo"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
+               "-m", "torch_int8", "demo", "--distributed", "--device", "cpu", "--epochs", "1",
+               "--train-images", "256", "--quiet", "--out", str(out)]
+    result = subprocess.run(command, env=_worker_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("int8 PTQ") == 1  # the table, printed by rank 0 alone
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == WORLD and set(summary["results"]) == {"fp32", "int8", "int8 PTQ"}
 
 
 if __name__ == "__main__":
