@@ -38,7 +38,8 @@ def quantized():
 
 @pytest.fixture(scope="module")
 def package(quantized, tmp_path_factory):
-    return torch_int8.export_model(quantized, torch.randn(4, 1, 12, 12), tmp_path_factory.mktemp("export") / "m.pt2")
+    # One example image: the package must still take any batch (torch.export fixes size-1 dimensions).
+    return torch_int8.export_model(quantized, torch.randn(1, 1, 12, 12), tmp_path_factory.mktemp("export") / "m.pt2")
 
 
 def test_the_model_holds_int8_hand_overs(quantized):

@@ -19,7 +19,7 @@ import torch
 
 import torch_int8
 from torch_int8.datasets import load_fashion_mnist
-from torch_int8.demo import CPU_SETTINGS, SmallResNet, Settings, subset, train
+from torch_int8.demo import CPU_SETTINGS, SmallResNet, Settings, evaluate, post_training_quantize, subset, train
 
 # Images per forward call, here and in main.cpp (kBatch): both sides run the same batches.
 EVAL_BATCH = 1000
@@ -30,12 +30,6 @@ def accuracy_line(correct: int, total: int) -> str:
     return f"test accuracy {correct}/{total} = {correct / total:.4f}"
 
 
-@torch.no_grad()
-def count_correct(model, images: torch.Tensor, labels: torch.Tensor) -> int:
-    return sum(int((model(images[i:i + EVAL_BATCH]).argmax(1) == labels[i:i + EVAL_BATCH]).sum())
-               for i in range(0, len(labels), EVAL_BATCH))
-
-
 def quantized_model(settings: Settings, data_dir, quiet: bool):
     """(quantize_model result of the trained SmallResNet, the data it was trained on, the float model's
     test accuracy)."""
@@ -43,9 +37,7 @@ def quantized_model(settings: Settings, data_dir, quiet: bool):
     torch.manual_seed(settings.seed)
     model = SmallResNet(settings.width, data.num_classes)
     float_acc = train(model, data, settings, "fp32", quiet)["test_acc"]
-    calibration = data.train_x[:settings.calibration_images]
-    batches = [calibration[i:i + settings.batch] for i in range(0, len(calibration), settings.batch)]
-    return torch_int8.quantize_model(model.eval(), batches), data, float_acc
+    return post_training_quantize(model, data, settings), data, float_acc
 
 
 def main(argv=None) -> None:
@@ -53,15 +45,16 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for model.pt2, test_set.pt, expected.txt")
     parser.add_argument("--data", type=Path, default=None, help="folder with the Fashion-MNIST IDX .gz files "
                         "(default: as `python -m torch_int8 demo` looks for them)")
-    parser.add_argument("--train-images", type=int, default=CPU_SETTINGS.train_images)
-    parser.add_argument("--epochs", type=int, default=CPU_SETTINGS.epochs)
+    parser.add_argument("--train-images", type=int, default=CPU_SETTINGS.train_images,
+                        help="default: %(default)s, as the demo on the CPU")
+    parser.add_argument("--epochs", type=int, default=CPU_SETTINGS.epochs, help="default: %(default)s")
     parser.add_argument("--test-images", type=int, default=None, help="default: the whole test set")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     settings = replace(CPU_SETTINGS, train_images=args.train_images, epochs=args.epochs, test_images=args.test_images)
     start = time.perf_counter()
     qmodel, data, float_acc = quantized_model(settings, args.data, args.quiet)
-    correct = count_correct(qmodel, data.test_x, data.test_y)
+    correct = round(evaluate(qmodel, data, EVAL_BATCH) * len(data.test_y))
     args.out.mkdir(parents=True, exist_ok=True)
     torch_int8.export_model(qmodel, data.test_x[:EVAL_BATCH], args.out / "model.pt2")
     # clone: a slice of the loaded test set would save the whole set's storage.

@@ -11,7 +11,7 @@ library inside a .pt2 package: the int8 ops stay calls into torch_int8's op libr
 package's proxy executor, so a C++ process needs that library loaded and nothing from Python.
 TorchScript (torch.jit.trace) carries the custom ops too and exports in a fraction of a second, but
 torch 2.13 deprecates it (a DeprecationWarning on every trace); AOTInductor is PyTorch's supported
-path for C++ inference, at the price of a C++ compile at export time (about 20-30 s on 2 cores).
+path for C++ inference, at the price of a C++ compile at export time (20-40 s on 2 cores).
 """
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ def export_model(qmodel: torch.nn.Module, example_input: torch.Tensor, path: Uni
     AOTInductor package at path (a .pt2 file, written over). The package runs on example_input's
     device. Returns the path."""
     dynamic_shapes = None if max_batch is None else ({0: torch.export.Dim("batch", min=1, max=max_batch)},)
+    if max_batch is not None and example_input.shape[0] == 1:
+        example_input = torch.cat([example_input] * 2)  # torch.export makes a size-1 dimension a constant
     with torch.no_grad():  # inference: no autograd state recorded around the layers
         program = torch.export.export(qmodel, (example_input,), dynamic_shapes=dynamic_shapes)
     return Path(torch._inductor.aoti_compile_and_package(program, package_path=str(path)))
