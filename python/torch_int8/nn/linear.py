@@ -165,7 +165,10 @@ class Linear(torch.nn.Linear):
                 y = _channel_forward(x2, weight, bias, dtype, x_col_amax=False, w_col_amax=False)[0]
             else:
                 y = function.apply(x2, weight, bias, self.config, dtype)
-        return y.to(out_dtype).reshape(*x.shape[:-1], self.out_features)
+        y = y.to(out_dtype)
+        # Not a view of itself for 2-D x, as nn.Linear's output: FSDP2's pre-backward hook would be
+        # lost on an in-place op of a view.
+        return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, config={self.config}"
