@@ -201,6 +201,9 @@ def worker(rank: int, port: int, out: str) -> None:
     runs = {mode: train_distributed(mode, rank) for mode in MODES}
     if rank == 0:
         torch.save(runs, out)
+    # Every rank past its last collective before any tears down: a rank leaving while another's gloo
+    # connection is still open was seen to abort the other at exit (torch 2.14, a loaded 2-core machine).
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -81,6 +81,8 @@ def epoch_indices(n: int, epoch: int, seed: int, generator: torch.Generator) -> 
 
 
 def shutdown() -> None:
-    """Leaves the process group, if one is active."""
+    """Leaves the process group, if one is active, once every rank is done with it (a rank tearing
+    down while another's connection is open can abort the other)."""
     if active():
+        dist.barrier()
         dist.destroy_process_group()
