@@ -133,6 +133,18 @@ void gemm_cpu_parallel(const kernels::GemmProblem& p, const kernels::Epilogue& e
 // grad, which would otherwise get no gradient without a word, and else runs the op below autograd.
 void impl_without_derivatives(torch::Library& m, std::initializer_list<const char*> ops);
 
+// The int64 sum of the exact int32 products part(s0, len) over the slices [s0, s0 + len) of
+// [0, total), each at most `slice` long: a reduction longer than kMaxK, summed without overflow.
+template <class Part>
+at::Tensor sum_slices_in_int64(int64_t total, int64_t slice, const Part& part) {
+  at::Tensor acc;
+  for (int64_t s0 = 0; s0 < total; s0 += slice) {
+    const at::Tensor p = part(s0, std::min(slice, total - s0));
+    acc = acc.defined() ? acc.add_(p) : p.to(at::kLong);
+  }
+  return acc;
+}
+
 // The epilogue of kernels.h on int64 accumulators acc [M, N], in ATen: the products of a
 // reduction longer than kMaxK, summed exactly over slices of it. Row vector [M], column vectors
 // of at least N entries (float32), col_bias optional; col_offset: the zero-point correction

@@ -453,13 +453,10 @@ at::Tensor long_depth_forward(const ConvProblem& p, const at::Tensor& x, const a
   const int64_t cg = p.c / p.groups, slice = kernels::kMaxK / (p.r * p.s);
   const at::Tensor xp = pad_value == 0 ? x : at::constant_pad_nd(x, {p.pad_w, p.pad_w, p.pad_h, p.pad_h}, pad_value);
   const std::array<int64_t, 2> padding = pad_value == 0 ? cp.padding : std::array<int64_t, 2>{0, 0};
-  at::Tensor acc;
-  for (int64_t c0 = 0; c0 < cg; c0 += slice) {
-    const int64_t len = std::min(slice, cg - c0);
-    const at::Tensor part = conv2d_kernel(group_slice(xp, 1, p.groups, c0, len), weight.narrow(1, c0, len),
-                                          cp.stride, padding, cp.dilation, p.groups);
-    acc = acc.defined() ? acc.add_(part) : part.to(at::kLong);
-  }
+  const at::Tensor acc = sum_slices_in_int64(cg, slice, [&](int64_t c0, int64_t len) {
+    return conv2d_kernel(group_slice(xp, 1, p.groups, c0, len), weight.narrow(1, c0, len), cp.stride, padding,
+                         cp.dilation, p.groups);
+  });
   const int64_t per_image = p.p * p.q;
   const at::Tensor row_scale = fs.scale_x.expand({p.n}).unsqueeze(1).expand({p.n, per_image}).reshape({-1});
   at::Tensor col_offset;  // sum (x - z) w = acc - z * (sum of the filter of each output channel)
@@ -651,14 +648,10 @@ at::Tensor long_depth_dgrad(const ConvProblem& p, const at::Tensor& grad_out, co
                             const at::Tensor& scale_grad_out, const at::Tensor& scale_weight,
                             at::IntArrayRef input_size, const ConvParams& cp, at::ScalarType out_dtype) {
   const int64_t kg = p.k / p.groups, slice = kernels::kMaxK / (p.r * p.s);
-  at::Tensor acc;
-  for (int64_t k0 = 0; k0 < kg; k0 += slice) {
-    const int64_t len = std::min(slice, kg - k0);
-    const at::Tensor part =
-        conv2d_dgrad_kernel(group_slice(grad_out, 1, p.groups, k0, len), group_slice(weight, 0, p.groups, k0, len),
-                            input_size, cp.stride, cp.padding, cp.dilation, p.groups);
-    acc = acc.defined() ? acc.add_(part) : part.to(at::kLong);
-  }
+  const at::Tensor acc = sum_slices_in_int64(kg, slice, [&](int64_t k0, int64_t len) {
+    return conv2d_dgrad_kernel(group_slice(grad_out, 1, p.groups, k0, len), group_slice(weight, 0, p.groups, k0, len),
+                               input_size, cp.stride, cp.padding, cp.dilation, p.groups);
+  });
   const at::Tensor scale_n = scale_grad_out.reshape({-1}).expand({p.n}).reshape({p.n, 1, 1, 1});
   const at::Tensor scale_c = scale_weight.reshape({-1}).expand({p.c}).reshape({1, p.c, 1, 1});
   return acc.to(at::kFloat).mul_(scale_n).mul_(scale_c).to(out_dtype);

@@ -179,13 +179,9 @@ at::Tensor long_k_scaled_gemm(const at::Tensor& a3, const at::Tensor& b, const s
                               const std::optional<at::Tensor>& col_bias, at::ScalarType out_dtype,
                               int64_t out_zero_point, bool relu) {
   const int64_t k = b.size(0), m = a3.size(1);
-  at::Tensor acc;
-  for (int64_t k0 = 0; k0 < k; k0 += kSliceK) {
-    const int64_t len = std::min(kSliceK, k - k0);
-    const at::Tensor part =
-        run_gemm(a3.narrow(2, k0, len), b.narrow(0, k0, len).t().unsqueeze(0), at::kInt, Epilogue{});
-    acc = k0 == 0 ? part.to(at::kLong) : acc.add_(part);
-  }
+  const at::Tensor acc = sum_slices_in_int64(k, kSliceK, [&](int64_t k0, int64_t len) {
+    return run_gemm(a3.narrow(2, k0, len), b.narrow(0, k0, len).t().unsqueeze(0), at::kInt, Epilogue{});
+  });
   at::Tensor col_offset;  // sum_k (a - z) b = acc - z * colsum(b)
   if (zero_point_a) col_offset = zero_point_a->reshape({-1}).expand({m}).to(at::kLong).unsqueeze(1).neg() *
                                  b.sum({0}, false, at::kLong);
