@@ -470,7 +470,8 @@ at::Tensor long_depth_forward(const ConvProblem& p, const at::Tensor& x, const a
 at::Tensor forward(const at::Tensor& x, const at::Tensor& weight, const ConvParams& cp, at::ScalarType out_dtype,
                    const ForwardScales& fs, int8_t pad_value, const char* op) {
   const ConvProblem p = problem_of(forward_dims<false>(x, weight, cp, op, out_dtype == at::kInt), cp);
-  if (p.c / p.groups * p.r * p.s > kernels::kMaxK) return long_depth_forward(p, x, weight, cp, out_dtype, fs, pad_value);
+  if (p.c / p.groups * p.r * p.s > kernels::kMaxK)
+    return long_depth_forward(p, x, weight, cp, out_dtype, fs, pad_value);
   const at::Tensor y = new_output({p.n, p.p, p.q, p.k}, x.options().dtype(out_dtype));
   c10::DeviceGuard guard(x.device());
   // The implicit-GEMM kernel reads the filter as KRSC: a channels_last weight as it is (no copy).
