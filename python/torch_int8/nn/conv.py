@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..config import Int8Config
 from ..conv import dynamic_conv2d, scaled_conv2d, scaled_conv2d_wgrad
-from ..functional import QTensor
+from ..functional import QTensor, quantize
 from . import conv_backward as backward
 from ._common import (autocast_off, kernel_dtype, kernel_float, load_int8_weight, output_dtype, quantize_activation,
                       register_int8_weight, runs_as_torch_nn, sharing_parameters)
@@ -49,35 +49,56 @@ def _memory_format(x: torch.Tensor) -> torch.memory_format:
 
 class _Int8Conv2dFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, geometry, config: Int8Config, out_dtype):
+    def forward(ctx, x, weight, bias, geometry, config: Int8Config, out_dtype, qx: Optional[QTensor] = None):
+        """qx: x already quantized per image (the int8 output of a fused producer, torch_int8.nn.fused);
+        x is then only its autograd stand-in (shape and dtype, no data read)."""
         ctx.geometry, ctx.config, ctx.has_bias = geometry, config, bias is not None
-        ctx.x_shape, ctx.x_dtype, ctx.x_format = x.shape, x.dtype, _memory_format(x)
+        ctx.x_shape, ctx.x_dtype = x.shape, x.dtype
+        ctx.x_format = _memory_format(x if qx is None else qx.data)
         ctx.wgrad_geometry = geometry  # of the x saved for the weight gradient
         stride, padding, dilation, groups = geometry
+        quantized_input = qx is not None
+        if quantized_input and not config.forward:
+            x, qx, quantized_input = qx.dequantize(x.dtype), None, False
         if not config.forward:
-            ctx.implicit_wgrad = False
+            ctx.implicit_wgrad = ctx.quantized_input = False
             ctx.save_for_backward(x, weight)
             return F.conv2d(x.to(out_dtype), weight.to(out_dtype), None if bias is None else bias.to(out_dtype),
                             stride, padding, dilation, groups)
         # A strided 1x1 layer reads every stride-th pixel only: those are quantized (not the rest of x),
         # and both the forward and the weight gradient run as the 1x1 stride-1 convolution over them.
         if backward.is_strided_pointwise(weight.shape, geometry):
-            x = x[:, :, ::stride[0], ::stride[1]].contiguous(memory_format=ctx.x_format)
+            if qx is None:
+                x = x[:, :, ::stride[0], ::stride[1]].contiguous(memory_format=ctx.x_format)
+            else:
+                qx = QTensor(qx.data[:, :, ::stride[0], ::stride[1]].contiguous(memory_format=ctx.x_format),
+                             qx.scale, None, 0)
             stride = (1, 1)
             ctx.wgrad_geometry = (stride, padding, dilation, groups)
-        # Per image x per output channel ("channel"), y in x's memory format: one op call.
-        y, qx = dynamic_conv2d(x, weight, bias, stride, padding, dilation, groups, config.granularity == "channel",
-                               out_dtype)
-        ctx.implicit_wgrad = config.grad_weight and backward.implicit_wgrad(x, weight, groups, y.shape[2] * y.shape[3])
+        per_channel = config.granularity == "channel"
+        if qx is None:  # per image x per output channel ("channel"), y in x's memory format: one op call
+            y, qx = dynamic_conv2d(x, weight, bias, stride, padding, dilation, groups, per_channel, out_dtype)
+        else:
+            qw = quantize(weight, 0 if per_channel else None)
+            y = scaled_conv2d(qx, qw, bias, stride, padding, dilation, groups, out_dtype=out_dtype)
+            y = y.contiguous(memory_format=ctx.x_format)  # as dynamic_conv2d returns it
+        ctx.implicit_wgrad = config.grad_weight and backward.implicit_wgrad(qx.data, weight, groups,
+                                                                            y.shape[2] * y.shape[3])
         # The implicit-GEMM wgrad reads this quantized x: saved instead of x (half the bytes of bf16),
-        # which no other backward product then needs.
-        ctx.save_for_backward(*((None, weight, qx.data, qx.scale) if ctx.implicit_wgrad else (x, weight)))
+        # which no other backward product then needs. A quantized input is all there is of x.
+        ctx.quantized_input = quantized_input
+        ctx.save_for_backward(*((None, weight, qx.data, qx.scale) if ctx.implicit_wgrad or quantized_input
+                                else (x, weight)))
         return y
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, *saved_qx = ctx.saved_tensors
         config, geometry = ctx.config, ctx.geometry
+        # A quantized input (ctx.quantized_input): the weight gradient reads its int8 data per image,
+        # as the implicit path does; the float paths read its values.
+        if x is None and not config.grad_weight:
+            x = QTensor(*saved_qx, None, 0).dequantize(ctx.x_dtype)
         stride, padding, dilation, groups = geometry
         int8_dgrad = ctx.needs_input_grad[0] and config.grad_input
         implicit_wgrad = ctx.needs_input_grad[1] and ctx.implicit_wgrad
@@ -85,7 +106,7 @@ class _Int8Conv2dFunction(torch.autograd.Function):
         # operands of the implicit path, through scaled_conv2d_wgrad (which adds int32 sums of tiles
         # of the image in int64 where its kernel does not run).
         per_image_wgrad = ctx.needs_input_grad[1] and config.grad_weight and (
-            implicit_wgrad or not backward.wgrad_in_int32(grad_out))
+            implicit_wgrad or ctx.quantized_input or not backward.wgrad_in_int32(grad_out))
         channel_wgrad = ctx.needs_input_grad[1] and config.grad_weight and not per_image_wgrad
         bgrad = ctx.has_bias and ctx.needs_input_grad[2]
         grad_x = grad_w = grad_b = grad_amax = grad_sum = qg = None
@@ -99,7 +120,7 @@ class _Int8Conv2dFunction(torch.autograd.Function):
                                                 dilation, groups).to(ctx.x_dtype)
         if ctx.needs_input_grad[1]:  # x: the pixels the forward read (ctx.wgrad_geometry's input)
             if per_image_wgrad:
-                qx = QTensor(*saved_qx, None, 0 if saved_qx[1].dim() else None) if implicit_wgrad \
+                qx = QTensor(*saved_qx, None, 0 if saved_qx[1].dim() else None) if x is None \
                     else backward.quantize_per_image(x, config)
                 grad_w = scaled_conv2d_wgrad(qg, qx, weight.shape[2:], *ctx.wgrad_geometry).to(weight.dtype)
             elif config.grad_weight:
@@ -109,7 +130,7 @@ class _Int8Conv2dFunction(torch.autograd.Function):
                                                      *ctx.wgrad_geometry).to(weight.dtype)
         if bgrad:
             grad_b = (grad_out.sum((0, 2, 3)) if grad_sum is None else grad_sum).to(weight.dtype)
-        return grad_x, grad_w, grad_b, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None
 
 
 class Conv2d(torch.nn.Conv2d):

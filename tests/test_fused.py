@@ -1,0 +1,243 @@
+"""The fused Conv2d -> BatchNorm2d (-> + residual) (-> ReLU) steps (torch_int8.nn.fused) and the graph
+pass that finds them (torch_int8.fuse, convert's default).
+
+The fused steps run the same INT8 arithmetic as the per-layer layers (the producer quantizes what
+the consumer's Conv2d would quantize, per image, by the same kernel), so a fused model's outputs,
+gradients and BatchNorm statistics equal the per-layer converted model's exactly; both are compared
+with float64 torch.nn within the bound the int8 quantization steps allow.
+"""
+import copy
+
+import pytest
+import torch
+
+import torch_int8
+from torch_int8.fuse import fuse
+from torch_int8.nn.fused import Int8Activation, conv_bn_act
+
+
+
+class BasicBlock(torch.nn.Module):
+    """torchvision's BasicBlock, as written there: one ReLU module used twice, `out += identity`."""
+
+    def __init__(self, c_in, c_out, stride=1):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(c_out)
+        self.relu = torch.nn.ReLU(inplace=True)
+        self.conv2 = torch.nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(c_out)
+        self.downsample = None
+        if stride != 1 or c_in != c_out:
+            self.downsample = torch.nn.Sequential(torch.nn.Conv2d(c_in, c_out, 1, stride, bias=False),
+                                                  torch.nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu(out)
+
+
+class Bottleneck(torch.nn.Module):
+    """torchvision's Bottleneck (1x1, 3x3, 1x1, the downsample's BatchNorm added to the last one)."""
+
+    def __init__(self, c_in, width, stride=1):
+        super().__init__()
+        c_out = width * 4
+        self.conv1, self.bn1 = torch.nn.Conv2d(c_in, width, 1, bias=False), torch.nn.BatchNorm2d(width)
+        self.conv2 = torch.nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(width)
+        self.conv3, self.bn3 = torch.nn.Conv2d(width, c_out, 1, bias=False), torch.nn.BatchNorm2d(c_out)
+        self.relu = torch.nn.ReLU(inplace=True)
+        self.downsample = torch.nn.Sequential(torch.nn.Conv2d(c_in, c_out, 1, stride, bias=False),
+                                              torch.nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + self.downsample(x))
+
+
+def small_resnet():
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, 1, 1, bias=False), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+        BasicBlock(16, 16), BasicBlock(16, 32, 2), Bottleneck(32, 8, 2),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, 10))
+
+
+def fused_calls(gm):
+    return [n for n in gm.graph.nodes if n.op == "call_function" and n.target is conv_bn_act]
+
+
+def test_convert_fuses_every_chain_and_keeps_the_state_dict():
+    model = small_resnet()
+    keys = list(model.state_dict())
+    fused = torch_int8.convert(model)
+    assert isinstance(fused, torch.fx.GraphModule)
+    calls = fused_calls(fused)
+    # stem + 2 per BasicBlock + 1 downsample + 3 + 1 downsample in the Bottleneck
+    assert len(calls) == 1 + 2 + 3 + 4
+    # int8 leaves: BasicBlock conv1 -> conv2 (twice), Bottleneck conv1 -> conv2 -> conv3
+    assert sum(n.kwargs["emit_int8"] for n in calls) == 4
+    assert sum(n.kwargs["residual"] is not None for n in calls) == 3
+    assert list(fused.state_dict()) == keys
+    for name, p in model.named_parameters():
+        assert fused.get_parameter(name) is p
+
+
+def test_untraceable_or_chainless_models_stay_as_they_are():
+    class DataDependent(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return self.bn(self.conv(x)) if x.sum() > 0 else x
+
+    model = DataDependent()
+    assert torch_int8.convert(model) is model
+    assert isinstance(model.conv, torch_int8.nn.Conv2d)
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    assert torch_int8.convert(plain) is plain
+    assert fuse(plain) == (plain, 0)
+
+
+def int8_fed_weights(gm):
+    """Names of the convolution weights whose input arrives as int8: their gradient is the per-image
+    wgrad of that int8 data, where the per-layer path (CPU, small images) quantizes the float input
+    per channel, so the two agree within the quantization's error, not bit for bit."""
+    calls = fused_calls(gm)
+    return {f"{n.args[1].target}.weight" for n in calls if n.args[0] in calls and n.args[0].kwargs["emit_int8"]}
+
+
+def assert_grads(grads_b, grads_a, approximate=(), exact=None):
+    """grads_b equal to grads_a, except for the names in `approximate`: no farther from the float64
+    gradients `exact` than 1.5 times grads_a's distance (plus 1%)."""
+    for name, g in grads_a.items():
+        if g is None:
+            assert grads_b[name] is None, name
+        elif name in approximate:
+            want = exact[name].to(g.dtype)
+            assert (grads_b[name] - want).norm() <= 1.5 * (g - want).norm() + 0.01 * want.norm(), name
+        else:
+            torch.testing.assert_close(grads_b[name], g, rtol=0, atol=0, msg=name)
+
+
+def run_step(model, x, labels):
+    model.zero_grad(set_to_none=True)
+    x = x.clone().to(next(model.parameters()).dtype).requires_grad_()
+    out = model(x)
+    torch.nn.functional.cross_entropy(out.float(), labels).backward()
+    return out.detach(), x.grad, {n: p.grad for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_training_equals_the_per_layer_path(device, channels_last):
+    torch.manual_seed(0)
+    base = small_resnet().to(device)
+    per_layer = torch_int8.convert(copy.deepcopy(base), fuse=False)
+    fused = torch_int8.convert(copy.deepcopy(base))
+    exact = copy.deepcopy(base).double()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for step in range(2):  # the second step reads the running statistics the first one wrote
+        x = torch.randn(4, 3, 16, 16, device=device).contiguous(memory_format=fmt)
+        labels = torch.randint(0, 10, (4,), device=device)
+        out_a, gx_a, grads_a = run_step(per_layer, x, labels)
+        out_b, gx_b, grads_b = run_step(fused, x, labels)
+        grads_exact = run_step(exact, x, labels)[2]
+        torch.testing.assert_close(out_b, out_a, rtol=0, atol=0)
+        torch.testing.assert_close(gx_b, gx_a, rtol=0, atol=0)
+        assert_grads(grads_b, grads_a, int8_fed_weights(fused), grads_exact)
+    for (name, a), b in zip(per_layer.state_dict().items(), fused.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=0, atol=0, msg=name)
+    per_layer.eval()
+    fused.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), per_layer(x), rtol=0, atol=0)
+
+
+def int8_step_bound(x):
+    """One int8 step of a per-image quantization of x: max|x| / 127 per image."""
+    return x.abs().amax((1, 2, 3)) / 127
+
+
+@pytest.mark.parametrize("relu,residual", [(True, False), (False, False), (True, True), (False, True)])
+def test_conv_bn_act_against_float64(device, relu, residual):
+    """Forward of one step in training mode against float64 torch.nn: the INT8 convolution's error
+    (one quantization step of x per image and of w per output channel, summed over the taps) passed
+    through BatchNorm's normalization."""
+    torch.manual_seed(1)
+    conv = torch.nn.Conv2d(8, 16, 3, padding=1, bias=False).to(device)
+    bn = torch.nn.BatchNorm2d(16).to(device)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(4, 8, 10, 10, device=device)
+    r = torch.randn(4, 16, 10, 10, device=device) if residual else None
+    ref_conv, ref_bn = copy.deepcopy(conv).double(), copy.deepcopy(bn).double()
+    y = ref_conv(x.double())
+    want = ref_bn(y) + (r.double() if residual else 0)
+    want = torch.relu(want) if relu else want
+    got = conv_bn_act(x, torch_int8.nn.Conv2d.from_float(conv), bn, relu=relu, residual=r)
+    # |error of y| <= sum over taps of |x| * (w step / 2) + |w| * (x step / 2) (+ their product)
+    w = conv.weight.double()
+    x_step = int8_step_bound(x.double()).reshape(-1, 1, 1, 1)
+    w_step = w.abs().amax((1, 2, 3)).reshape(-1, 1, 1, 1) / 127
+    ones = torch.ones_like(w)
+    bound_y = (torch.nn.functional.conv2d(x.double().abs(), ones, padding=1) * w_step.reshape(1, -1, 1, 1) / 2
+               + torch.nn.functional.conv2d(torch.ones_like(x.double()), w.abs(), padding=1) * x_step / 2
+               + torch.nn.functional.conv2d(torch.ones_like(x.double()), ones, padding=1)
+               * x_step * w_step.reshape(1, -1, 1, 1) / 4)
+    var = y.var((0, 2, 3), unbiased=False).reshape(1, -1, 1, 1)
+    gain = (bn.weight.double().abs().reshape(1, -1, 1, 1) / (var + bn.eps).sqrt())
+    # the mean and variance shift with y's errors too: at most the largest error again, twice over
+    bound = gain * (bound_y + 2 * bound_y.amax((0, 2, 3), keepdim=True)) + 1e-5
+    assert ((got.double() - want).abs() <= bound).all()
+    torch.testing.assert_close(bn.running_mean.double(), ref_bn.running_mean, atol=1e-3, rtol=1e-3)
+
+
+def test_int8_activation_is_the_per_image_quantization(device):
+    torch.manual_seed(2)
+    conv = torch_int8.nn.Conv2d(4, 8, 3, padding=1, bias=False).to(device)
+    bn = torch.nn.BatchNorm2d(8).to(device)
+    x = torch.randn(3, 4, 6, 6, device=device)
+    act = conv_bn_act(x, conv, bn, relu=True, emit_int8=True)
+    assert isinstance(act, Int8Activation) and act.data.dtype == torch.int8 and act.scale.shape == (3,)
+    assert act.carrier.stride() == (0, 0, 0, 0) and act.carrier.shape == (3, 8, 6, 6)
+    bn.num_batches_tracked.zero_()
+    bn.running_mean.zero_()
+    bn.running_var.fill_(1)
+    z = conv_bn_act(x, conv, bn, relu=True)
+    q = torch_int8.quantize(z.detach().float(), 0)
+    torch.testing.assert_close(act.data, q.data, rtol=0, atol=0)
+    torch.testing.assert_close(act.scale, q.scale, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="emit_int8 needs residual=None"):
+        conv_bn_act(x, conv, bn, relu=True, residual=z, emit_int8=True)
+
+
+def test_fused_model_on_empty_batch_and_meta(device):
+    fused = torch_int8.convert(small_resnet().to(device))
+    out = fused(torch.randn(0, 3, 16, 16, device=device))
+    assert out.shape == (0, 10)
+    meta = torch_int8.convert(small_resnet().to("meta"))
+    assert meta(torch.randn(2, 3, 16, 16, device="meta")).shape == (2, 10)
+
+
+def test_requires_grad_subsets():
+    """Frozen BatchNorm parameters or convolution weights: the rest still trains, exactly as per layer."""
+    torch.manual_seed(3)
+    base = small_resnet()
+    for p in base[1].parameters():
+        p.requires_grad_(False)
+    base[3].conv1.weight.requires_grad_(False)
+    per_layer = torch_int8.convert(copy.deepcopy(base), fuse=False)
+    fused = torch_int8.convert(copy.deepcopy(base))
+    x, labels = torch.randn(2, 3, 16, 16), torch.randint(0, 10, (2,))
+    _, _, grads_a = run_step(per_layer, x, labels)
+    _, _, grads_b = run_step(fused, x, labels)
+    assert_grads(grads_b, grads_a, int8_fed_weights(fused), run_step(base.double(), x, labels)[2])
