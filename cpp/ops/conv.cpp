@@ -314,14 +314,8 @@ void run_col2im(const kernels::Col2Im& a, const at::Tensor& cols, int64_t col_by
   });
 }
 
-// One GEMM with epilogue on like's device: the GPU kernel, or the CPU
-// reference with its rows split across threads.
-void run_gemm(const GemmProblem& p, const Epilogue& e, const at::Tensor& like) {
-  if (like.is_cuda())
-    check_status(kernels::gemm_cuda(p, e, stream_of(like)), "conv2d gemm");
-  else
-    gemm_cpu_parallel(p, e, "conv2d gemm");
-}
+// The `op` of the convolution ops' GEMMs in error messages.
+constexpr const char* kConvGemm = "conv2d gemm";
 
 // An NHWC [N, P, Q, K] (or [N, H, W, C]) buffer seen as the logical NCHW tensor (channels_last memory).
 at::Tensor as_nchw(const at::Tensor& nhwc) { return nhwc.permute({0, 3, 1, 2}); }
@@ -427,7 +421,7 @@ void forward_im2col(const ConvProblem& p, const at::Tensor& x, const at::Tensor&
                     : static_cast<char*>(staging.data_ptr()) + gi * chunk * per_image * n_pad * out_bytes;
       gp.ldd = direct ? p.k : n_pad;
       gp.out_type = out_type_of(y.scalar_type(), "scaled_conv2d");
-      run_gemm(gp, epilogue_of(rv, col_scale, col_sum, col_bias, gi * n_pad, fs), x);
+      run_gemm(gp, epilogue_of(rv, col_scale, col_sum, col_bias, gi * n_pad, fs), x, kConvGemm);
     }
     if (!direct)
       y.view({p.n * per_image, g, kg}).narrow(0, n0 * per_image, rows).copy_(
@@ -589,7 +583,7 @@ void dgrad_into(const ConvProblem& p, const at::Tensor& grad_out, const at::Tens
       gp.a = dy.const_data_ptr<int8_t>() + (gi * p.n * per_image + n0 * per_image) * kg_pad, gp.lda = kg_pad;
       gp.b = wt.const_data_ptr<int8_t>() + gi * n_pad * kg_pad, gp.ldb = kg_pad;
       gp.d = dcols.data_ptr<int32_t>() + gi * chunk * per_image * n_pad, gp.ldd = n_pad;
-      run_gemm(gp, Epilogue{}, grad_out);
+      run_gemm(gp, Epilogue{}, grad_out, kConvGemm);
     }
     c.geometry.n = count;
     c.image = static_cast<char*>(grad_in.data_ptr()) + n0 * p.h * p.w * p.c * image_bytes;
@@ -760,7 +754,7 @@ at::Tensor conv2d_wgrad_kernel(const at::Tensor& grad_out, const at::Tensor& x, 
       gp.b = cols.const_data_ptr<int8_t>() + gi * n_pad * chunk, gp.ldb = chunk;
       gp.batch_stride_a = gp.batch_stride_b = split.slice;
       gp.d = partial.data_ptr<int32_t>() + gi * kg * n_pad, gp.ldd = n_pad, gp.batch_stride_d = g * kg * n_pad;
-      run_gemm(gp, Epilogue{}, x);
+      run_gemm(gp, Epilogue{}, x, kConvGemm);
     }
     // Exact: every partial sum is bounded by the whole one (N*P*Q <= kMaxK).
     const at::Tensor sum = partial.narrow(0, 0, slices).sum(0, false, at::kInt);
