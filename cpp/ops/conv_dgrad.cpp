@@ -159,19 +159,13 @@ TORCH_LIBRARY_FRAGMENT(int8, m) {
 }
 
 namespace {
-// The CPU and CUDA kernels are the same functions: they pick the kernel layer's
-// CPU or GPU entry points from the tensors' device.
 void impl_dgrad_kernels(torch::Library& m) {
   m.impl("conv2d_dgrad", conv2d_dgrad_kernel);
   m.impl("scaled_conv2d_dgrad", scaled_conv2d_dgrad_kernel);
 }
 }  // namespace
 
-TORCH_LIBRARY_IMPL(int8, CPU, m) { impl_dgrad_kernels(m); }
-
-#ifdef TORCH_INT8_WITH_CUDA
-TORCH_LIBRARY_IMPL(int8, CUDA, m) { impl_dgrad_kernels(m); }
-#endif
+TORCH_INT8_IMPL_CPU_AND_CUDA(impl_dgrad_kernels)
 
 TORCH_LIBRARY_IMPL(int8, Meta, m) {
   m.impl("conv2d_dgrad", conv2d_dgrad_meta);

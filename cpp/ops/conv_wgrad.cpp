@@ -224,19 +224,13 @@ TORCH_LIBRARY_FRAGMENT(int8, m) {
 }
 
 namespace {
-// The CPU and CUDA kernels are the same functions: they pick the kernel layer's
-// CPU or GPU entry points from the tensors' device.
 void impl_wgrad_kernels(torch::Library& m) {
   m.impl("conv2d_wgrad", conv2d_wgrad_kernel);
   m.impl("scaled_conv2d_wgrad", scaled_conv2d_wgrad_kernel);
 }
 }  // namespace
 
-TORCH_LIBRARY_IMPL(int8, CPU, m) { impl_wgrad_kernels(m); }
-
-#ifdef TORCH_INT8_WITH_CUDA
-TORCH_LIBRARY_IMPL(int8, CUDA, m) { impl_wgrad_kernels(m); }
-#endif
+TORCH_INT8_IMPL_CPU_AND_CUDA(impl_wgrad_kernels)
 
 TORCH_LIBRARY_IMPL(int8, Meta, m) {
   m.impl("conv2d_wgrad", conv2d_wgrad_meta);

@@ -306,11 +306,7 @@ void impl_gemm_kernels(torch::Library& m) {
 }
 }  // namespace
 
-TORCH_LIBRARY_IMPL(int8, CPU, m) { impl_gemm_kernels(m); }
-
-#ifdef TORCH_INT8_WITH_CUDA
-TORCH_LIBRARY_IMPL(int8, CUDA, m) { impl_gemm_kernels(m); }
-#endif
+TORCH_INT8_IMPL_CPU_AND_CUDA(impl_gemm_kernels)
 
 TORCH_LIBRARY_IMPL(int8, Meta, m) {
   m.impl("gemm", gemm_meta);

@@ -144,19 +144,13 @@ TORCH_LIBRARY_FRAGMENT(int8, m) {
 }
 
 namespace {
-// The CPU and CUDA kernels are the same functions: they pick the kernel layer's
-// CPU or GPU entry points from the tensors' device.
 void impl_im2col_kernels(torch::Library& m) {
   m.impl("im2col", im2col_kernel);
   m.impl("col2im", col2im_kernel);
 }
 }  // namespace
 
-TORCH_LIBRARY_IMPL(int8, CPU, m) { impl_im2col_kernels(m); }
-
-#ifdef TORCH_INT8_WITH_CUDA
-TORCH_LIBRARY_IMPL(int8, CUDA, m) { impl_im2col_kernels(m); }
-#endif
+TORCH_INT8_IMPL_CPU_AND_CUDA(impl_im2col_kernels)
 
 TORCH_LIBRARY_IMPL(int8, Meta, m) {
   m.impl("im2col", im2col_meta);
