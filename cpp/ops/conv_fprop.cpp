@@ -57,13 +57,16 @@ Epilogue epilogue_of(const RowVectors& rv, const at::Tensor& col_scale, const at
 // The implicit-GEMM kernel on dense NHWC / KRSC operands; false when it
 // declines the problem. It pads with zeros, so an activation zero point
 // other than 0 (padded with the zero point) must take the im2col path.
-// What every family needs of the shape (conv.h: groups == 1, C % 16 == 0,
-// 16-byte output rows) is checked first, so that the stem (C = 3) and grouped
-// layers do not pay for the operand copies below only to be declined.
+// Whether the device's family takes the channel counts (conv.h's
+// conv_can_implement, the rule the family checks) is asked first, so that the
+// stem (C = 3) and grouped layers do not pay for the operand copies below only
+// to be declined.
 bool try_implicit_gemm(ConvProblem p, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& y,
                        const ForwardScales& fs, int8_t pad_value) {
   if (pad_value != 0 && (p.pad_h > 0 || p.pad_w > 0)) return false;
-  if (p.groups != 1 || p.c % kGpuAlign != 0 || p.k * y.element_size() % kGpuAlign != 0) return false;
+  if (!kernels::conv_can_implement(kernels::ConvKernel::kFprop, kernels::device_gemm_backend(x.get_device()), p.c,
+                                   p.k, p.groups, y.element_size()))
+    return false;
   const at::Tensor x_nhwc = x.contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor filter = weight.permute({0, 2, 3, 1}).contiguous();
   const int64_t k_pad = round_up(p.k, kGpuAlign);
