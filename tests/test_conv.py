@@ -860,3 +860,21 @@ def test_conv2d_layer_trains_beyond_the_int32_depth(device, channels):
     check_within(y.detach().cpu(), F.conv2d(xd, wd, None, *geometry), by)
     check_within(x.grad.cpu(), conv2d_input(xd.shape, wd, gd, *geometry), bdx)
     check_within(conv.weight.grad.cpu(), conv2d_weight(xd, wd.shape, gd, *geometry), bdw)
+
+
+def test_implicit_conv_can_implement_query():
+    """_C.implicit_conv_can_implement: the C++ families' channel rules. device_index None asks
+    every family with the kernel (the sm90 forward needs C % 32), answered in every build; a device
+    without an implicit-GEMM family (or a build without CUDA) takes nothing."""
+    from torch_int8 import _C
+    assert _C.implicit_conv_can_implement("fprop", None, 64, 64, 1, 2)
+    assert not _C.implicit_conv_can_implement("fprop", None, 16, 64, 1, 2)  # sm90: C % 32
+    assert not _C.implicit_conv_can_implement("fprop", None, 64, 4, 1, 2)  # output rows of 8 bytes
+    assert not _C.implicit_conv_can_implement("fprop", None, 64, 64, 2, 2)
+    assert _C.implicit_conv_can_implement("wgrad", None, 16, 32, 1, 4)
+    assert not _C.implicit_conv_can_implement("wgrad", None, 8, 32, 1, 4)
+    with pytest.raises(ValueError, match="kernel must be"):
+        _C.implicit_conv_can_implement("dgrad", None, 64, 64, 1, 2)
+    if not _C.build_info()["cuda"]:
+        assert not _C.implicit_conv_can_implement("fprop", 0, 64, 64, 1, 2)
+        assert not _C.implicit_conv_can_implement("wgrad", 0, 64, 64, 1, 4)

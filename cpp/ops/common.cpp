@@ -186,6 +186,13 @@ void gemm_cpu_parallel(const kernels::GemmProblem& p, const kernels::Epilogue& e
   }
 }
 
+void run_gemm(const kernels::GemmProblem& p, const kernels::Epilogue& e, const at::Tensor& like, const char* op) {
+  if (like.is_cuda())
+    check_status(kernels::gemm_cuda(p, e, current_stream(like.device())), op);
+  else
+    gemm_cpu_parallel(p, e, op);
+}
+
 void* current_stream(const at::Device& device) {
 #ifdef TORCH_INT8_WITH_CUDA
   return c10::cuda::getCurrentCUDAStream(device.index()).stream();

@@ -128,6 +128,23 @@ void check_bias(const at::Tensor& bias, const typename Shape<kSym>::Int& len, co
 // (kernels::gemm_cpu) whole; rows split across threads either way.
 void gemm_cpu_parallel(const kernels::GemmProblem& p, const kernels::Epilogue& e, const char* op);
 
+// One GEMM with epilogue on like's device, the caller holding a DeviceGuard for it: the GPU
+// kernel family's, or gemm_cpu_parallel. Every op's GEMMs run here (gemm.cpp lays out tensors
+// into the problem, the convolution ops their column buffers); errors name `op`.
+void run_gemm(const kernels::GemmProblem& p, const kernels::Epilogue& e, const at::Tensor& like, const char* op);
+
+// Registers impl(m) (the m.impl calls of a group's kernels) as the group's CPU kernels and, in a
+// CUDA build, its CUDA kernels: the same functions, which pick the kernel layer's CPU or GPU entry
+// points from the tensors' device.
+#ifdef TORCH_INT8_WITH_CUDA
+#define TORCH_INT8_IMPL_CPU_AND_CUDA(impl)      \
+  TORCH_LIBRARY_IMPL(int8, CPU, m) { impl(m); } \
+  TORCH_LIBRARY_IMPL(int8, CUDA, m) { impl(m); }
+#else
+#define TORCH_INT8_IMPL_CPU_AND_CUDA(impl) \
+  TORCH_LIBRARY_IMPL(int8, CPU, m) { impl(m); }
+#endif
+
 // The ops have no derivatives (the layers in torch_int8.nn hold them): registers for each of
 // `ops` an Autograd kernel that refuses, while grad mode is on, a tensor argument that requires
 // grad, which would otherwise get no gradient without a word, and else runs the op below autograd.

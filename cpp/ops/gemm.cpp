@@ -40,10 +40,11 @@ KMajor k_major(const at::Tensor& t, int64_t rows_pad, int64_t k_pad, int64_t ali
 
 // The GEMM of a [batch, M, K] and b [batch, N, K] (both any strides) into a
 // fresh [batch, M, N] tensor of out_dtype, with epilogue e (whose column
-// vectors hold round_up(N, 16) entries). On the GPU a ragged N runs as
-// round_up(N, 16) columns (zero rows of b) and is sliced off afterwards:
-// TMA epilogues need 16-byte aligned output rows.
-at::Tensor run_gemm(const at::Tensor& a, const at::Tensor& b, at::ScalarType out_dtype, const Epilogue& e) {
+// vectors hold round_up(N, 16) entries): the operands laid out K-major, then
+// run_gemm (common.h). On the GPU a ragged N runs as round_up(N, 16) columns
+// (zero rows of b) and is sliced off afterwards: TMA epilogues need 16-byte
+// aligned output rows.
+at::Tensor gemm_of_tensors(const at::Tensor& a, const at::Tensor& b, at::ScalarType out_dtype, const Epilogue& e) {
   const bool cuda = a.is_cuda();
   const int64_t align = cuda ? kGpuAlign : 1;
   const int64_t batch = a.size(0), m = a.size(1), n = b.size(1), k = a.size(2);
@@ -58,12 +59,8 @@ at::Tensor run_gemm(const at::Tensor& a, const at::Tensor& b, at::ScalarType out
   p.d = out.data_ptr(), p.ldd = ldd, p.batch_stride_d = m * ldd;
   p.out_type = out_type_of(out_dtype, "scaled_gemm");
 
-  if (cuda) {
-    c10::DeviceGuard guard(a.device());
-    check_status(kernels::gemm_cuda(p, e, current_stream(a.device())), "int8 gemm");
-  } else {
-    gemm_cpu_parallel(p, e, "int8 gemm");
-  }
+  c10::DeviceGuard guard(a.device());
+  run_gemm(p, e, a, "int8 gemm");
   return ldd == n ? out : out.narrow(2, 0, n).contiguous();
 }
 
@@ -112,7 +109,7 @@ at::Tensor gemm_kernel(const at::Tensor& a, const at::Tensor& b) {
   // A shared [K, N] operand folds the batch of a into its rows.
   const at::Tensor a3 = b.dim() == 2 ? a.reshape({1, -1, k}) : a;
   const at::Tensor b3 = (b.dim() == 2 ? b.unsqueeze(0) : b).transpose(1, 2);
-  return run_gemm(a3, b3, at::kInt, Epilogue{}).view(shape);
+  return gemm_of_tensors(a3, b3, at::kInt, Epilogue{}).view(shape);
 }
 
 at::Tensor gemm_meta(const at::Tensor& a, const at::Tensor& b) {
@@ -180,7 +177,7 @@ at::Tensor long_k_scaled_gemm(const at::Tensor& a3, const at::Tensor& b, const s
                               int64_t out_zero_point, bool relu) {
   const int64_t k = b.size(0), m = a3.size(1);
   const at::Tensor acc = sum_slices_in_int64(k, kSliceK, [&](int64_t k0, int64_t len) {
-    return run_gemm(a3.narrow(2, k0, len), b.narrow(0, k0, len).t().unsqueeze(0), at::kInt, Epilogue{});
+    return gemm_of_tensors(a3.narrow(2, k0, len), b.narrow(0, k0, len).t().unsqueeze(0), at::kInt, Epilogue{});
   });
   at::Tensor col_offset;  // sum_k (a - z) b = acc - z * colsum(b)
   if (zero_point_a) col_offset = zero_point_a->reshape({-1}).expand({m}).to(at::kLong).unsqueeze(1).neg() *
@@ -240,7 +237,7 @@ std::tuple<at::Tensor, at::Tensor> run_scaled_gemm(const at::Tensor& a, const at
   // Zeros: the kernels take the maximum with what is there (|v| >= 0).
   const at::Tensor row_amax = with_row_amax ? at::zeros({m}, row_scale.options()) : at::Tensor();
   if (with_row_amax) e.row_amax = row_amax.data_ptr<float>();
-  at::Tensor out = run_gemm(a3, b.t().unsqueeze(0), out_dtype, e).view(shape);
+  at::Tensor out = gemm_of_tensors(a3, b.t().unsqueeze(0), out_dtype, e).view(shape);
   return {out, with_row_amax ? row_amax.view(at::IntArrayRef(shape).slice(0, shape.size() - 1)) : row_amax};
 }
 
@@ -301,7 +298,7 @@ TORCH_LIBRARY_FRAGMENT(int8, m) {
 }
 
 namespace {
-// The CPU and CUDA kernels are the same functions (run_gemm picks the device).
+// The CPU and CUDA kernels are the same functions (run_gemm picks the device's kernel).
 void impl_gemm_kernels(torch::Library& m) {
   m.impl("gemm", gemm_kernel);
   m.impl("scaled_gemm", scaled_gemm_kernel);
@@ -309,11 +306,7 @@ void impl_gemm_kernels(torch::Library& m) {
 }
 }  // namespace
 
-TORCH_LIBRARY_IMPL(int8, CPU, m) { impl_gemm_kernels(m); }
-
-#ifdef TORCH_INT8_WITH_CUDA
-TORCH_LIBRARY_IMPL(int8, CUDA, m) { impl_gemm_kernels(m); }
-#endif
+TORCH_INT8_IMPL_CPU_AND_CUDA(impl_gemm_kernels)
 
 TORCH_LIBRARY_IMPL(int8, Meta, m) {
   m.impl("gemm", gemm_meta);

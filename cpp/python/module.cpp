@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 
+#include "torch_int8/conv.h"
 #include "torch_int8/kernels.h"
 
 namespace py = pybind11;
@@ -54,5 +55,24 @@ PYBIND11_MODULE(_C, m) {
         return name ? py::object(py::str(name)) : py::none();
       },
       "The family set_gemm_backend forces, or None.");
+  m.def(
+      "implicit_conv_can_implement",
+      [](const std::string& kernel, std::optional<int> device_index, int64_t c, int64_t k, int64_t groups,
+         int64_t out_bytes) {
+        using torch_int8::kernels::ConvKernel;
+        if (kernel != "fprop" && kernel != "wgrad")
+          throw py::value_error("implicit_conv_can_implement: kernel must be 'fprop' or 'wgrad', got '" + kernel + "'");
+        const ConvKernel which = kernel == "fprop" ? ConvKernel::kFprop : ConvKernel::kWgrad;
+        if (!device_index) return torch_int8::kernels::conv_can_implement_everywhere(which, c, k, groups, out_bytes);
+        const char* family = torch_int8::kernels::device_gemm_backend(*device_index);
+        return torch_int8::kernels::conv_can_implement(which, family, c, k, groups, out_bytes);
+      },
+      py::arg("kernel"), py::arg("device_index"), py::arg("c"), py::arg("k"), py::arg("groups"), py::arg("out_bytes"),
+      "Whether the implicit-GEMM convolution kernel 'fprop' (conv2d_fprop_cuda) or 'wgrad' "
+      "(conv2d_wgrad_scaled_cuda) of the GEMM family that CUDA device device_index runs takes a convolution of c "
+      "input and k output channels in `groups` groups with out_bytes-byte output elements (wgrad: ignored): the "
+      "channel rule the family checks before it runs (geometry limits and pointer alignment are checked then). "
+      "False for a family without the kernel and in a build without CUDA. device_index None: whether every "
+      "family with the kernel takes it (a rule that holds on any GPU; answers in every build).");
   m.attr("max_k") = torch_int8::kernels::kMaxK;
 }

@@ -6,6 +6,7 @@
 namespace torch_int8::kernels {
 
 const char* gemm_backend(int) { return nullptr; }
+const char* device_gemm_backend(int) { return nullptr; }
 const char* built_gemm_families() { return ""; }
 // No family to force; clearing the override is always fine.
 Status set_gemm_backend(const char* name) { return name && *name ? Status::kInvalidArgument : Status::kSuccess; }

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 
+#include "../conv_rules.h"
 #include "torch_int8/conv.h"
 
 namespace torch_int8::kernels::detail {
@@ -20,15 +21,12 @@ Status conv2d_fprop_sm90(const ConvProblem& p, const Epilogue& e, cudaStream_t s
 int64_t wgrad_mma_splits(const ConvProblem& p, int sm_count);
 Status conv2d_wgrad_mma(const ScaledWgrad& w, cudaStream_t stream);
 
-// What every tensor-core family needs besides the geometry: one group (the
-// kernels see the whole C as GEMM-K), 16-byte vector accesses to activation,
-// filter and output rows (C a multiple of 16, K of 16 bytes of output), and
-// 16-byte aligned base pointers, epilogue vectors included.
-inline bool meets_conv_alignment(const ConvProblem& p, const Epilogue& e, int out_bytes) {
+// What every tensor-core family needs besides the geometry and its channel rule
+// (conv_rules.h): 16-byte aligned base pointers, epilogue vectors included.
+inline bool conv_pointers_aligned(const ConvProblem& p, const Epilogue& e) {
   auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
-  return p.groups == 1 && p.c % 16 == 0 && (p.k * out_bytes) % 16 == 0 && aligned(p.x) && aligned(p.filter) &&
-         aligned(p.y) && aligned(e.row_scale) && aligned(e.col_scale) && aligned(e.row_offset) &&
-         aligned(e.col_sum) && aligned(e.col_bias);
+  return aligned(p.x) && aligned(p.filter) && aligned(p.y) && aligned(e.row_scale) && aligned(e.col_scale) &&
+         aligned(e.row_offset) && aligned(e.col_sum) && aligned(e.col_bias);
 }
 
 }  // namespace torch_int8::kernels::detail

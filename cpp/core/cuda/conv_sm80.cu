@@ -7,7 +7,8 @@ namespace torch_int8::kernels::detail {
 Status conv2d_fprop_sm80(const ConvProblem& p, const Epilogue& e, cudaStream_t stream) {
   return visit_out_type(p.out_type, [&](auto tag) {
     using ElementD = typename decltype(tag)::type;
-    if (!meets_conv_alignment(p, e, sizeof(ElementD))) return Status::kInvalidArgument;
+    if (!sm80_fprop_channels_ok(p.c, p.k, p.groups, sizeof(ElementD)) || !conv_pointers_aligned(p, e))
+      return Status::kInvalidArgument;
     return Sm80ConvFprop<ElementD>::run(p, e, stream);
   });
 }

@@ -50,9 +50,11 @@ Status conv2d_fprop_sm90(const ConvProblem& p, const Epilogue& e, cudaStream_t s
   if (p.stride_h > kMaxTmaStride || p.stride_w > kMaxTmaStride) return Status::kInvalidArgument;
   const Status aligned = visit_out_type(p.out_type, [&](auto tag) {
     using ElementD = typename decltype(tag)::type;
-    return meets_conv_alignment(p, e, sizeof(ElementD)) ? Status::kSuccess : Status::kInvalidArgument;
+    return sm90_fprop_channels_ok(p.c, p.k, p.groups, sizeof(ElementD)) && conv_pointers_aligned(p, e)
+               ? Status::kSuccess
+               : Status::kInvalidArgument;
   });
-  if (aligned != Status::kSuccess || p.c % 32 != 0) return Status::kInvalidArgument;  // (wgmma's int8 K is 32)
+  if (aligned != Status::kSuccess) return Status::kInvalidArgument;
   return run_scheduled(p, e, stream);
 }
 

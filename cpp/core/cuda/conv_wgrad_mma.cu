@@ -309,7 +309,8 @@ Status conv2d_wgrad_mma(const ScaledWgrad& w, cudaStream_t stream) {
   auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % kVector == 0; };
   const ConvProblem& p = w.geometry;
   constexpr int64_t kInt32 = int64_t{1} << 31;  // the in-image offsets of Copier
-  if (p.groups != 1 || p.c % kVector != 0 || p.k % kVector != 0 || !aligned(w.grad_out) || !aligned(w.x) ||
+  static_assert(kVector == kWgradVector, "conv_rules.h's wgrad rule is this kernel's copy width");
+  if (!wgrad_channels_ok(p.c, p.k, p.groups) || !aligned(w.grad_out) || !aligned(w.x) ||
       p.h * p.w * p.c >= kInt32 || p.p * p.q * p.k >= kInt32)
     return Status::kInvalidArgument;
   const dim3 grid(static_cast<unsigned>(tiles(p)), static_cast<unsigned>(w.splits));

@@ -65,11 +65,26 @@ const Family* find_family(int cc) {
   return nullptr;
 }
 
+// The compute capability of CUDA device `device` (e.g. 90); false on a CUDA error.
+bool compute_capability(int device, int* cc) {
+  int major = 0, minor = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess)
+    return false;
+  *cc = major * 10 + minor;
+  return true;
+}
+
 }  // namespace
 
 const char* gemm_backend(int cc) {
   const Family* f = find_family(cc);
   return f ? f->name : nullptr;
+}
+
+const char* device_gemm_backend(int device) {
+  int cc = 0;
+  return compute_capability(device, &cc) ? gemm_backend(cc) : nullptr;
 }
 
 Status set_gemm_backend(const char* name) {
@@ -101,12 +116,8 @@ Status gemm_cuda(const GemmProblem& p, const Epilogue& e, void* stream) {
   if (p.m < 1 || p.n < 1 || p.k < 1 || p.k > kMaxPaddedK || p.batch < 1) return Status::kInvalidArgument;
   if (p.batch > 1 && p.out_type != OutType::kInt32) return Status::kInvalidArgument;
   if (!epilogue_supported(e, p.out_type)) return Status::kInvalidArgument;
-  int device = 0, major = 0, minor = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess)
-    return Status::kCudaError;
-  const int cc = major * 10 + minor;
+  int device = 0, cc = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || !compute_capability(device, &cc)) return Status::kCudaError;
   const auto s = static_cast<cudaStream_t>(stream);
   const Family* f = find_family(cc);
   if (!f) return Status::kNoKernel;

@@ -42,6 +42,22 @@ struct ConvProblem {
 //   sm80 (CUTLASS 2.x): R, S <= 32; X, W and Y each under 2^31 bytes.
 Status conv2d_fprop_cuda(const ConvProblem& p, const Epilogue& e, void* stream);
 
+// --- can_implement: which implicit-GEMM kernel takes a problem ---
+//
+// The implicit-GEMM kernels: conv2d_fprop_cuda and conv2d_wgrad_scaled_cuda.
+enum class ConvKernel { kFprop, kWgrad };
+
+// Whether GEMM family `family` (a name of gemm_backend; nullptr: none) has the implicit-GEMM
+// kernel `kernel` and it takes a convolution of c input and k output channels in `groups` groups
+// with out_bytes-byte output elements (kWgrad ignores out_bytes): the channel rules that the
+// family checks before it runs, the same functions (conv_rules.h). What they check besides
+// (geometry limits, 16-byte aligned pointers, C*R*S <= kMaxK) is checked when they run.
+bool conv_can_implement(ConvKernel kernel, const char* family, int64_t c, int64_t k, int64_t groups,
+                        int64_t out_bytes);
+// Whether every family that has the kernel (built into this library or not) takes it: a rule
+// that holds whichever GPU runs the convolution. Answers in a build without CUDA too.
+bool conv_can_implement_everywhere(ConvKernel kernel, int64_t c, int64_t k, int64_t groups, int64_t out_bytes);
+
 // --- Weight gradient from per-image quantized operands (implicit GEMM) ---
 //
 // dW[k, r, s, c] = sum over images n of

@@ -82,6 +82,9 @@ inline bool epilogue_supported(const Epilogue& e, OutType t) {
 // environment variable TORCH_INT8_GEMM_BACKEND (read at every call); a forced
 // family serves every GPU of at least its minimum compute capability.
 const char* gemm_backend(int cc);
+// gemm_backend of CUDA device `device`'s compute capability: the family its GEMMs and
+// convolutions run; nullptr for none, for no such device and in a build without CUDA.
+const char* device_gemm_backend(int device);
 // Forces family `name` (one of built_gemm_families()) for every later GEMM of
 // the process; nullptr or "" ends the override (back to the variable or the
 // compute capability). kInvalidArgument, and no change, for a name this build

@@ -12,8 +12,8 @@ convolution per phase (every stride-th input pixel: a sub-filter of the same tap
 strided share of dX, where the kernel takes the phases (phases_pay); else its taps are summed after
 their GEMM (col2im), which rescales the int32 sums as it writes them (scaled_conv2d_dgrad).
 wgrad reuses the forward's quantized X and dgrad's quantized dY where its implicit-GEMM kernel runs
-and is the faster path (CUDA, sm80 / sm90 families, one group, channel counts multiples of 16,
-images of at least 28x28 output pixels, or 14x14 for 1x1 filters: implicit_wgrad), and for images
+and is the faster path (CUDA, where the kernel takes the layer: implicit_kernel_takes, and images of
+at least 28x28 output pixels, or 14x14 for 1x1 filters: implicit_wgrad), and for images
 of more than 131071 output pixels (whose int32 sums could overflow: scaled_conv2d_wgrad adds those of
 tiles of the image in int64). Elsewhere it is split into batches of at most 131071 output pixels, its
 operands quantized per channel straight into the [C, N, H, W] layout that path reads (im2col + GEMM).
@@ -25,7 +25,6 @@ from typing import NamedTuple, Optional
 import torch
 
 from .. import _C
-from ..backends import selected_backend
 from ..config import Int8Config
 from ..conv import conv2d_dgrad, conv2d_wgrad, scaled_conv2d, scaled_conv2d_dgrad
 from ..functional import QTensor, column_amax, quantize, quantize_columns_t, scaled_gemm
@@ -140,13 +139,26 @@ def dgrad_phases(weight_shape, x_hw, dy_hw, geometry):
     return [(row, col) for row in rows for col in cols]
 
 
+@torch.compiler.assume_constant_result
+def implicit_kernel_takes(kernel: str, device_index: Optional[int], c: int, k: int, groups: int,
+                          out_bytes: int) -> bool:
+    """Whether the implicit-GEMM convolution kernel ("fprop" or "wgrad") of the GEMM family of CUDA
+    device device_index (None: of every family that has it) takes c input and k output channels in
+    `groups` groups with out_bytes-byte outputs: _C.implicit_conv_can_implement, the rule the C++
+    families check before they run. A constant to torch.compile (which cannot trace the extension's
+    query; a compiled graph keeps the answer it was traced with)."""
+    return _C.implicit_conv_can_implement(kernel, device_index, c, k, groups, out_bytes)
+
+
 def phases_pay(weight_shape, groups: int, dtype: torch.dtype) -> bool:
-    """Whether Conv2d's strided dgrad runs by phases rather than col2im: where the implicit-GEMM
-    kernel takes the phase convolutions (one group, dY channels a multiple of 32, dX rows of whole
-    16 bytes). Measured on the H200 (benchmarks/NOTES.md 22): r18.layer2.3x3s2 (64 <- 128 channels)
-    2.3x faster than col2im; r18.conv1 (3 <- 64 channels: im2col per phase) 1.4x slower."""
-    k, cg = weight_shape[0], weight_shape[1]
-    return groups == 1 and k % 32 == 0 and cg * dtype.itemsize % 16 == 0
+    """Whether Conv2d's strided dgrad runs by phases rather than col2im: where every implicit-GEMM
+    family takes the phase convolutions (forward convolutions of dY: K input channels, C = C/G*G
+    output channels of dtype; today one group, K a multiple of 32, dX rows of whole 16 bytes), so
+    the choice is the same on every GPU and on the CPU. Measured on the H200 (benchmarks/NOTES.md
+    22): r18.layer2.3x3s2 (64 <- 128 channels) 2.3x faster than col2im; r18.conv1 (3 <- 64
+    channels: im2col per phase) 1.4x slower."""
+    k, cg = int(weight_shape[0]), int(weight_shape[1])
+    return implicit_kernel_takes("fprop", None, k, cg * groups, groups, dtype.itemsize)
 
 
 def dgrad_by_phases(dy: torch.Tensor, rotated: torch.Tensor, x_shape, geometry, phases, conv_phase, dtype):
@@ -254,22 +266,15 @@ IMPLICIT_WGRAD_MIN_PIXELS = 784
 IMPLICIT_WGRAD_MIN_PIXELS_1X1 = 196
 
 
-@torch.compiler.assume_constant_result
-def gemm_family(device_index: int) -> Optional[str]:
-    """selected_backend of CUDA device device_index, a constant to torch.compile (which cannot trace
-    the extension's query; a compiled graph keeps the family it was traced with)."""
-    return selected_backend(device_index)
-
-
 def implicit_wgrad(x: torch.Tensor, weight: torch.Tensor, groups: int, out_pixels: int) -> bool:
-    """Whether the layer's weight gradient runs as scaled_conv2d_wgrad's implicit-GEMM kernel (the
-    conditions of conv.h's conv2d_wgrad_scaled_cuda, and images of out_pixels output pixels large
-    enough for it to be the faster path); else the per-channel path (grad_weight). The op's
-    other path, image by image, is never the faster one."""
+    """Whether the layer's weight gradient runs as scaled_conv2d_wgrad's implicit-GEMM kernel (where
+    the family of x's device takes the layer: implicit_kernel_takes, and images of out_pixels output
+    pixels large enough for it to be the faster path); else the per-channel path (grad_weight). The
+    op's other path, image by image, is never the faster one."""
     pointwise = tuple(weight.shape[2:]) == (1, 1)
     least = IMPLICIT_WGRAD_MIN_PIXELS_1X1 if pointwise else IMPLICIT_WGRAD_MIN_PIXELS
-    return (x.is_cuda and groups == 1 and x.shape[1] % 16 == 0 and weight.shape[0] % 16 == 0
-            and out_pixels >= least and gemm_family(x.device.index) in ("sm80", "sm90"))
+    return (x.is_cuda and out_pixels >= least
+            and implicit_kernel_takes("wgrad", x.device.index, int(x.shape[1]), int(weight.shape[0]), groups, 4))
 
 
 def grad_weight(grad_out, x, weight, geometry, config: Int8Config, grad_amax: Optional[torch.Tensor] = None):
