@@ -56,7 +56,7 @@ def run(model_name, int8, seed, args, data):
     device = data[0][0].device
     model = (mlp() if model_name == "mlp" else TinyViT()).to(device)
     if int8:
-        torch_int8.convert(model, torch_int8.Int8Config(grad_rounding=args.grad_rounding))
+        model = torch_int8.convert(model, torch_int8.Int8Config(grad_rounding=args.grad_rounding))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     (xtr, ytr), (xte, yte) = data
     steps = (len(xtr) + args.batch - 1) // args.batch

@@ -206,7 +206,7 @@ def run(data: ImageDataset, settings: Settings, quiet: bool = False) -> Dict:
         torch.manual_seed(settings.seed)
         model = SmallResNet(settings.width, data.num_classes).to(device, memory_format=_memory_format(device))
         if variant == "int8":
-            torch_int8.convert(model)
+            model = torch_int8.convert(model)
         results[variant] = train(model, data, settings, variant, quiet)
         results[variant]["inference_images_per_s"] = images_per_second(
             _autocast_forward(model.eval(), device), data.test_x[:settings.batch])

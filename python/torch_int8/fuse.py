@@ -7,6 +7,7 @@ of it is another fused step's input; else float. Models fx cannot trace stay as 
 """
 from __future__ import annotations
 
+import copy
 import operator
 from typing import Dict, List, Optional, Tuple
 
@@ -137,3 +138,30 @@ def fuse(model: torch.nn.Module) -> Tuple[torch.nn.Module, int]:
     _rewrite(gm, chains)
     gm.train(model.training)
     return gm, len(chains)
+
+
+def unfuse(model: torch.nn.Module) -> torch.nn.Module:
+    """A fused model's graph with every fused step written out again as its modules (conv, bn, add,
+    relu): what graph passes that do not know conv_bn_act (post-training quantization) trace.
+    Other models come back as they are."""
+    if not isinstance(model, fx.GraphModule):
+        return model
+    calls = [n for n in model.graph.nodes if n.op == "call_function" and n.target is conv_bn_act]
+    if not calls:
+        return model
+    gm = fx.GraphModule(model, copy.deepcopy(model.graph), model.__class__.__name__)
+    graph = gm.graph
+    for node in [n for n in graph.nodes if n.op == "call_function" and n.target is conv_bn_act]:
+        x, conv_attr, bn_attr = node.args
+        with graph.inserting_before(node):
+            out = graph.call_module(bn_attr.target, (graph.call_module(conv_attr.target, (x,)),))
+            if node.kwargs["residual"] is not None:
+                out = graph.call_function(operator.add, (out, node.kwargs["residual"]))
+            if node.kwargs["relu"]:
+                out = graph.call_function(torch.relu, (out,))
+        node.replace_all_uses_with(out)
+        graph.erase_node(node)
+    graph.eliminate_dead_code()
+    graph.lint()
+    gm.recompile()
+    return gm

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from .conv import scaled_conv2d
 from .functional import QTensor
+from .fuse import unfuse
 from .nn import Conv2d, Linear, QuantizedConv2d, QuantizedLinear
 
 OBSERVERS = ("absmax", "percentile")
@@ -136,6 +137,7 @@ class _Leaves(torch.fx.Tracer):
 
 
 def _trace(model: torch.nn.Module) -> torch.fx.GraphModule:
+    model = unfuse(model)  # a convert()ed model's fused steps, as their modules again
     try:
         graph = _Leaves().trace(model)
     except Exception as e:  # fx raises many types (TraceError, TypeError, ...) for code it cannot follow
