@@ -267,7 +267,7 @@ def test_models_runs_cifar_resnet18(tmp_path, capsys):
                                                                  ("cifar_resnet18", 2, "infer")]
     base = rows[0]["baseline"]
     for r in rows:
-        assert list(r["methods"]) == [f"{base}_eager", "int8_eager"]
+        assert list(r["methods"]) == [f"{base}_eager", "int8_eager", "int8_layers_eager"]
         for t in r["methods"].values():
             assert t["error"] is None and t["ms"] > 0 and t["images_per_s"] > 0 and t["first_call_s"] > 0
         assert r["methods"][f"{base}_eager"]["speedup_vs_eager"] == 1.0

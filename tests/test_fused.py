@@ -241,3 +241,52 @@ def test_requires_grad_subsets():
     _, _, grads_a = run_step(per_layer, x, labels)
     _, _, grads_b = run_step(fused, x, labels)
     assert_grads(grads_b, grads_a, int8_fed_weights(fused), run_step(base.double(), x, labels)[2])
+
+
+@pytest.mark.parametrize("channels", [3, 64, 300])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_batch_norm_relu_quantize_against_float64(device, channels, training, dtype):
+    """int8::batch_norm_relu_quantize (the GPU's fused kernels for NHWC input, else the composite)
+    against float64: the scales within float32 rounding, q within one step (the statistics differ
+    in their last bits, which can move a value across a rounding boundary; a bfloat16 z moves it
+    by at most a quarter step), the running statistics updated as torch.nn's."""
+    torch.manual_seed(4)
+    y = (torch.randn(3, channels, 5, 7, device=device) * 2 + 0.5).to(dtype).contiguous(
+        memory_format=torch.channels_last)
+    weight = torch.rand(channels, device=device) + 0.5
+    bias = torch.randn(channels, device=device)
+    mean0, var0 = torch.randn(channels, device=device), torch.rand(channels, device=device) + 0.5
+    rm, rv = mean0.clone(), var0.clone()
+    data, scale, mean, invstd = torch.ops.int8.batch_norm_relu_quantize(y, weight, bias, rm, rv, training, 0.1, 1e-5)
+    y64 = y.double()
+    if training:
+        m, v = y64.mean((0, 2, 3)), y64.var((0, 2, 3), unbiased=False)
+        n = y.numel() // channels
+        torch.testing.assert_close(rm.double(), 0.9 * mean0.double() + 0.1 * m, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(rv.double(), 0.9 * var0.double() + 0.1 * v * n / (n - 1), rtol=1e-5, atol=1e-5)
+    else:
+        m, v = mean0.double(), var0.double()
+        assert torch.equal(rm, mean0) and torch.equal(rv, var0)
+    torch.testing.assert_close(mean.double(), m, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(invstd.double(), (v + 1e-5).rsqrt(), rtol=1e-5, atol=1e-5)
+    z = torch.relu((y64 - m.reshape(1, -1, 1, 1)) * (v + 1e-5).rsqrt().reshape(1, -1, 1, 1)
+                   * weight.double().reshape(1, -1, 1, 1) + bias.double().reshape(1, -1, 1, 1))
+    want_scale = z.amax((1, 2, 3)) / 127
+    # the composite rounds z to y's dtype before it quantizes (bfloat16: 2^-8 relative)
+    torch.testing.assert_close(scale.double(), want_scale, rtol=1e-5 if dtype == torch.float32 else 2 ** -8, atol=0)
+    assert data.dtype == torch.int8 and data.is_contiguous(memory_format=torch.channels_last)
+    assert (data.double() - (z / want_scale.reshape(-1, 1, 1, 1)).round()).abs().max() <= 1
+    assert data.min() >= 0
+
+
+def test_batch_norm_relu_quantize_nan_and_errors(device):
+    y = torch.randn(2, 4, 3, 3, device=device).contiguous(memory_format=torch.channels_last)
+    y[1, 2, 0, 0] = float("nan")
+    data, scale, mean, invstd = torch.ops.int8.batch_norm_relu_quantize(y, None, None, None, None, True, 0.1, 1e-5)
+    # NaN in channel 2 makes its batch statistics NaN, hence every image's largest value: NaN scales
+    assert torch.isnan(mean[2]) and torch.isnan(scale).all()
+    with pytest.raises(ValueError, match="eval mode needs the running statistics"):
+        torch.ops.int8.batch_norm_relu_quantize(y, None, None, None, None, False, 0.1, 1e-5)
+    with pytest.raises(ValueError, match="must be 4-D"):
+        torch.ops.int8.batch_norm_relu_quantize(y[0], None, None, None, None, True, 0.1, 1e-5)

@@ -31,16 +31,16 @@
 #include <type_traits>
 #include <utility>
 
+#include "quantize_math.cuh"
 #include "torch_int8/kernels.h"
 
 namespace torch_int8::kernels {
 namespace {
 
+using namespace quantize_math;  // to_float, Nearest, scale_of, Divisor, divisor_of, quantize_value
+
 constexpr int kThreads = 256;
 
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 
 __device__ __forceinline__ unsigned bits_of(float v) { return __float_as_uint(v); }
 __device__ __forceinline__ unsigned bits_of(__half v) { return __half_as_ushort(v); }
@@ -72,10 +72,6 @@ __device__ __forceinline__ uint4 philox(uint4 c, uint2 k) {
   return c;
 }
 
-struct Nearest {
-  __device__ Nearest resolved() const { return *this; }
-  __device__ float operator()(float y, int64_t) const { return rintf(y); }
-};
 
 // floor(y + u), u ~ U[0, 1): unbiased. The element index picks the counter, so
 // the noise of an element does not depend on how the work is split.
@@ -100,31 +96,6 @@ struct Stochastic {
   }
 };
 
-// The scale of a channel with absolute maximum amax (NaN if it is not finite, or negative: a
-// col_amax given to quantize_columns_t that is no maximum of absolute values).
-__device__ __forceinline__ float scale_of(float amax) {
-  if (!(amax >= 0.f && amax <= FLT_MAX)) return nanf("");
-  const float s = amax / 127.f;
-  return s == 0.f ? 1.f : s;
-}
-
-// A channel's scale and its reciprocal, which exists (is finite and normal)
-// for every normal scale; NaN otherwise, which sends every value of the
-// channel down the exact division.
-struct Divisor {
-  float s, r;
-};
-__device__ __forceinline__ Divisor divisor_of(float amax) {
-  const float s = scale_of(amax);
-  return {s, s >= FLT_MIN ? __frcp_rn(s) : nanf("")};
-}
-
-// round(v / s) clamped to the symmetric int8 range; 0 in a non-finite channel.
-template <class Round>
-__device__ __forceinline__ int8_t quantize_value(float v, const Divisor& d, const Round& round, int64_t index) {
-  if (isnan(d.s)) return 0;
-  return static_cast<int8_t>(fminf(fmaxf(round(__fdiv_rn(v, d.s), index), -127.f), 127.f));
-}
 
 // The low bytes of a, b, c, d as one word, a's lowest.
 __device__ __forceinline__ unsigned low_bytes(unsigned a, unsigned b, unsigned c, unsigned d) {

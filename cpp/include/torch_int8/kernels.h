@@ -200,4 +200,42 @@ struct QuantizeColumnsT {
 };
 Status quantize_columns_t_cuda(const QuantizeColumnsT& r, void* stream);
 
+
+// Training BatchNorm -> ReLU -> per-image quantization of an NHWC image batch
+// y [images, pixels, channels] (row-major, channels fastest), in three passes:
+// per-slice channel sums, sums of squares and per-image channel min / max of y;
+// the channel statistics (mean, biased variance; in training the running
+// statistics updated as torch.nn.BatchNorm2d does, the unbiased variance going
+// into running_var) and the affine map z = a * y + b, a = weight * invstd,
+// b = bias - mean * a; then q = round(relu(z) / scale[n]) clamped to
+// [-127, 127] with scale[n] = max relu(z) over image n / 127 (1 if 0, NaN if
+// not finite; q is 0 then). The affine map is monotonic in y per channel, so
+// that maximum comes from each channel's extremes exactly (z rounded once per
+// product and once per sum, the same in both places). Without training the
+// running statistics are read instead and y's sums are not formed.
+// weight / bias may be null (1 / 0); running_mean / running_var may be null in
+// training (not tracked). workspace: batch_norm_workspace(images, channels) floats.
+struct BatchNormReluQuantize {
+  const void* y = nullptr;
+  InType in_type = InType::kFloat32;
+  int64_t images = 0, pixels = 0, channels = 0;
+  const float* weight = nullptr;
+  const float* bias = nullptr;
+  float* running_mean = nullptr;
+  float* running_var = nullptr;
+  bool training = true;
+  float momentum = 0.1f, eps = 1e-5f;
+  int8_t* q = nullptr;
+  float* scale = nullptr;   // [images]
+  float* mean = nullptr;    // [channels]: the mean used (batch or running)
+  float* invstd = nullptr;  // [channels]: 1 / sqrt(variance + eps) used
+  float* workspace = nullptr;
+};
+// Slices of an image's pixels reduced apart (partial statistics in the workspace).
+constexpr int64_t kBatchNormSlices = 8;
+inline int64_t batch_norm_workspace(int64_t images, int64_t channels) {
+  return (4 * kBatchNormSlices * images + 2) * channels;
+}
+Status batch_norm_relu_quantize_cuda(const BatchNormReluQuantize& p, void* stream);
+
 }  // namespace torch_int8::kernels

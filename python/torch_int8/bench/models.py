@@ -184,9 +184,11 @@ def setup_for(args) -> Setup:
 
 
 def model_pair(spec: ModelSpec, setup: Setup) -> Dict[str, torch.nn.Module]:
-    """{baseline: the float model, "int8": torch_int8.convert of a copy}, channels_last on the device."""
+    """{baseline: the float model, "int8": torch_int8.convert of a copy (fused Conv-BN-ReLU steps, int8
+    between them), "int8_layers": convert(fuse=False), every layer on its own}, channels_last."""
     model = spec.build().to(setup.device, memory_format=torch.channels_last)
-    return {setup.baseline: model, "int8": torch_int8.convert(copy.deepcopy(model))}
+    return {setup.baseline: model, "int8": torch_int8.convert(copy.deepcopy(model)),
+            "int8_layers": torch_int8.convert(copy.deepcopy(model), fuse=False)}
 
 
 def bench_model(name: str, batch: int, modes: Sequence[str], setup: Setup, args) -> List[dict]:

@@ -56,31 +56,39 @@ def _affine(weight, bias, mean, invstd, channels: int):
     return a.expand(channels), b.expand(channels)
 
 
+def _carrier(z: torch.Tensor) -> torch.Tensor:
+    """Int8Activation.carrier for an activation shaped like z (one element of memory)."""
+    return torch.empty((), dtype=z.dtype, device=z.device).expand(z.shape)
+
+
 class _BatchNormActFunction(torch.autograd.Function):
     """z = relu(batch_norm(y) + residual), float or (emit_int8) quantized per image."""
 
     @staticmethod
     def forward(ctx, y, weight, bias, residual, running_mean, running_var, training: bool, momentum: float,
                 eps: float, relu: bool, emit_int8: bool):
-        z, save_mean, save_invstd = torch.ops.aten.native_batch_norm(y, weight, bias, running_mean, running_var,
-                                                                     training, momentum, eps)
-        if not training:  # eval: the backward's statistics are the running ones (copied: they are buffers)
-            save_mean, save_var = running_mean.clone(), running_var.clone()
-        ctx.training = training
+        ctx.relu, ctx.eps, ctx.has_residual, ctx.training = relu, eps, residual is not None, training
+        # eval: the backward's statistics are the running ones (copied: they are buffers)
+        running = None if training else (running_mean.clone(), running_var.clone())
+        if emit_int8 and relu:  # one op; on the GPU fused kernels that write no float z
+            data, scale, mean, invstd = torch.ops.int8.batch_norm_relu_quantize(
+                y, weight, bias, running_mean, running_var, training, momentum, eps)
+            ctx.save_for_backward(y, weight, bias, *((mean, invstd) if training else running), None)
+            ctx.mark_non_differentiable(data, scale)
+            return _carrier(y), data, scale
+        z, mean, invstd = torch.ops.aten.native_batch_norm(y, weight, bias, running_mean, running_var, training,
+                                                           momentum, eps)
         if residual is not None:
             z = z.add_(residual)
         if relu:
             z = z.relu_()
-        ctx.relu, ctx.eps, ctx.has_residual, ctx.emit_int8 = relu, eps, residual is not None, emit_int8
+        # the ReLU's mask comes from z (as torch.relu's backward reads its result)
+        ctx.save_for_backward(y, weight, bias, *((mean, invstd) if training else running),
+                              z if relu and not emit_int8 else None)
         if emit_int8:
             qz = backward.quantize_images(z, "nearest")
-            ctx.save_for_backward(y, weight, bias, save_mean, save_invstd if training else save_var, None)
-            carrier = torch.empty((), dtype=z.dtype, device=z.device).expand(z.shape)
             ctx.mark_non_differentiable(qz.data, qz.scale)
-            return carrier, qz.data, qz.scale
-        # the ReLU's mask comes from z (as torch.relu's backward reads its result)
-        ctx.save_for_backward(y, weight, bias, save_mean, save_invstd if training else save_var,
-                              z if relu else None)
+            return _carrier(z), qz.data, qz.scale
         return z
 
     @staticmethod

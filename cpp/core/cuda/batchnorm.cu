@@ -1,0 +1,231 @@
+// BatchNorm -> ReLU -> per-image quantization of an NHWC batch (kernels.h
+// BatchNormReluQuantize): the step that hands a fused Conv-BN-ReLU's output to
+// the next convolution as int8, without a float activation written or read
+// again. Three launches:
+//   stats:    per (slice of an image's pixels, image, chunk of channels) block,
+//             each thread one channel over a stride of pixel rows (coalesced
+//             loads of consecutive channels), the rows reduced in shared memory
+//             in a fixed order: sums, sums of squares, min and max per channel;
+//   finalize: a block per channel: the slices summed in double in a fixed
+//             order (the statistics are reproducible), mean, variance, the
+//             running statistics and the affine map;
+//   apply:    the same blocks as stats: the image's scale from the largest
+//             relu(z) of its channels' extremes, then z = relu(a * y + b)
+//             quantized.
+// z is rounded after the product and after the sum (no fused multiply-add), in
+// finalize and apply alike, so the extremes give the largest z exactly.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+
+#include "quantize_math.cuh"
+#include "torch_int8/kernels.h"
+
+namespace torch_int8::kernels {
+namespace {
+
+using namespace quantize_math;
+
+constexpr int kThreads = 256;
+
+// max / min that keep a NaN of either operand.
+__device__ __forceinline__ float nan_max(float a, float b) { return (a != a || a > b) ? a : b; }
+__device__ __forceinline__ float nan_min(float a, float b) { return (a != a || a < b) ? a : b; }
+
+__device__ __forceinline__ float affine(float a, float b, float v) { return __fadd_rn(__fmul_rn(a, v), b); }
+__device__ __forceinline__ float relu(float z) { return z < 0.f ? 0.f : z; }  // NaN stays NaN
+
+// The block's layout: `width` channels side by side (threadIdx.x % width) and
+// kThreads / width pixel rows at a time.
+struct Tile {
+  int width, rows, lane, row;
+  int64_t channel;
+  bool active;
+};
+__device__ __forceinline__ Tile tile_of(int64_t channels) {
+  Tile t;
+  t.width = static_cast<int>(channels < kThreads ? channels : kThreads);
+  t.rows = kThreads / t.width;
+  t.lane = threadIdx.x % t.width;
+  t.row = threadIdx.x / t.width;
+  t.channel = static_cast<int64_t>(blockIdx.z) * t.width + t.lane;
+  t.active = t.row < t.rows && t.channel < channels;
+  return t;
+}
+
+// Pixels [begin, end) of slice blockIdx.x of an image.
+__device__ __forceinline__ void slice_of(int64_t pixels, int64_t& begin, int64_t& end) {
+  const int64_t per = (pixels + gridDim.x - 1) / gridDim.x;
+  begin = min(pixels, static_cast<int64_t>(blockIdx.x) * per);
+  end = min(pixels, begin + per);
+}
+
+// Sums of v over the rows of the tile, into row 0 (in row order); `op` combines.
+template <class Op>
+__device__ __forceinline__ float reduce_rows(float v, const Tile& t, float* shared, Op op) {
+  shared[threadIdx.x] = v;
+  __syncthreads();
+  if (t.row == 0)
+    for (int r = 1; r < t.rows; ++r) v = op(v, shared[r * t.width + t.lane]);
+  __syncthreads();
+  return v;
+}
+
+template <class T>
+__global__ void __launch_bounds__(kThreads) stats_kernel(const T* __restrict__ y, int64_t pixels, int64_t channels,
+                                                         bool sums, float* part_sum, float* part_sq,
+                                                         float* part_min, float* part_max) {
+  __shared__ float shared[kThreads];
+  const Tile t = tile_of(channels);
+  int64_t begin, end;
+  slice_of(pixels, begin, end);
+  const int64_t image = blockIdx.y;
+  float s = 0.f, q = 0.f, lo = INFINITY, hi = -INFINITY;
+  if (t.active) {
+    const T* base = y + image * pixels * channels + t.channel;
+    for (int64_t p = begin + t.row; p < end; p += t.rows) {
+      const float v = to_float(base[p * channels]);
+      s += v;
+      q = fmaf(v, v, q);
+      lo = nan_min(lo, v);
+      hi = nan_max(hi, v);
+    }
+  }
+  const auto add = [](float a, float b) { return a + b; };
+  if (sums) {
+    s = reduce_rows(s, t, shared, add);
+    q = reduce_rows(q, t, shared, add);
+  }
+  lo = reduce_rows(lo, t, shared, nan_min);
+  hi = reduce_rows(hi, t, shared, nan_max);
+  if (t.active && t.row == 0) {
+    const int64_t at = (image * gridDim.x + blockIdx.x) * channels + t.channel;
+    if (sums) part_sum[at] = s, part_sq[at] = q;
+    part_min[at] = lo;
+    part_max[at] = hi;
+  }
+}
+
+// A block per channel: the slices' sums added in double, in a fixed tree order.
+__global__ void __launch_bounds__(kThreads) finalize_kernel(BatchNormReluQuantize p, int slices,
+                                                            const float* part_sum, const float* part_sq,
+                                                            float* a_out, float* b_out) {
+  __shared__ double shared_s[kThreads], shared_q[kThreads];
+  const int64_t c = blockIdx.x;
+  float mean, invstd;
+  if (p.training) {
+    double s = 0, q = 0;
+    for (int64_t i = threadIdx.x; i < p.images * slices; i += kThreads)
+      s += part_sum[i * p.channels + c], q += part_sq[i * p.channels + c];
+    shared_s[threadIdx.x] = s, shared_q[threadIdx.x] = q;
+    __syncthreads();
+    for (int half = kThreads / 2; half > 0; half /= 2) {
+      if (threadIdx.x < half)
+        shared_s[threadIdx.x] += shared_s[threadIdx.x + half], shared_q[threadIdx.x] += shared_q[threadIdx.x + half];
+      __syncthreads();
+    }
+    if (threadIdx.x) return;
+    const double count = static_cast<double>(p.images) * static_cast<double>(p.pixels);
+    const double m = shared_s[0] / count;
+    const double var = fmax(shared_q[0] / count - m * m, 0.0);  // (a NaN is handled below)
+    mean = static_cast<float>(m);
+    invstd = static_cast<float>(1.0 / sqrt(var + static_cast<double>(p.eps)));
+    if (!isfinite(shared_s[0]) || !isfinite(shared_q[0])) mean = invstd = nanf("");  // NaN or inf in the channel
+    if (p.running_mean) {
+      const float k = p.momentum;
+      const double unbiased = count > 1 ? var * count / (count - 1) : var;
+      p.running_mean[c] = (1.f - k) * p.running_mean[c] + k * mean;
+      p.running_var[c] = (1.f - k) * p.running_var[c] + k * static_cast<float>(unbiased);
+    }
+  } else {
+    if (threadIdx.x) return;
+    mean = p.running_mean[c];
+    invstd = static_cast<float>(1.0 / sqrt(static_cast<double>(p.running_var[c]) + static_cast<double>(p.eps)));
+  }
+  const float a = p.weight ? __fmul_rn(p.weight[c], invstd) : invstd;
+  const float b = __fsub_rn(p.bias ? p.bias[c] : 0.f, __fmul_rn(mean, a));
+  p.mean[c] = mean, p.invstd[c] = invstd, a_out[c] = a, b_out[c] = b;
+}
+
+// The largest relu(z) of image `image`: over its channels' extremes in every slice (NaN if any is).
+__device__ float image_top(int64_t image, int slices, int64_t channels, const float* a_in, const float* b_in,
+                           const float* part_min, const float* part_max, float* shared) {
+  float top = 0.f;
+  for (int64_t c = threadIdx.x; c < channels; c += kThreads) {
+    const float a = a_in[c], b = b_in[c];
+    for (int s = 0; s < slices; ++s) {
+      const int64_t at = (image * slices + s) * channels + c;
+      const float lo = part_min[at], hi = part_max[at];
+      if (lo > hi) continue;  // an empty slice
+      top = nan_max(top, nan_max(relu(affine(a, b, lo)), relu(affine(a, b, hi))));
+    }
+  }
+  shared[threadIdx.x] = top;
+  __syncthreads();
+  for (int half = kThreads / 2; half > 0; half /= 2) {
+    if (threadIdx.x < half) shared[threadIdx.x] = nan_max(shared[threadIdx.x], shared[threadIdx.x + half]);
+    __syncthreads();
+  }
+  return shared[0];
+}
+
+template <class T>
+__global__ void __launch_bounds__(kThreads) apply_kernel(const T* __restrict__ y, int64_t pixels, int64_t channels,
+                                                         int slices, const float* a_in, const float* b_in,
+                                                         const float* part_min, const float* part_max, int8_t* q,
+                                                         float* scale) {
+  __shared__ float shared[kThreads];
+  const int64_t image = blockIdx.y;
+  const Divisor d = divisor_of(image_top(image, slices, channels, a_in, b_in, part_min, part_max, shared));
+  if (blockIdx.x == 0 && blockIdx.z == 0 && threadIdx.x == 0) scale[image] = d.s;
+  const Tile t = tile_of(channels);
+  if (!t.active) return;
+  int64_t begin, end;
+  slice_of(pixels, begin, end);
+  const float a = a_in[t.channel], b = b_in[t.channel];
+  const int64_t offset = image * pixels * channels + t.channel;
+  for (int64_t p = begin + t.row; p < end; p += t.rows) {
+    const int64_t at = offset + p * channels;
+    q[at] = quantize_value(relu(affine(a, b, to_float(y[at]))), d, Nearest{}, at);
+  }
+}
+
+template <class T>
+Status run(const BatchNormReluQuantize& p, cudaStream_t stream) {
+  const int slices = static_cast<int>(std::min<int64_t>(kBatchNormSlices, std::max<int64_t>(1, p.pixels / 64)));
+  const int64_t width = std::min<int64_t>(p.channels, kThreads);
+  const dim3 grid(slices, static_cast<unsigned>(p.images), static_cast<unsigned>((p.channels + width - 1) / width));
+  const int64_t part = kBatchNormSlices * p.images * p.channels;
+  float *part_sum = p.workspace, *part_sq = part_sum + part, *part_min = part_sq + part, *part_max = part_min + part;
+  float *a = part_max + part, *b = a + p.channels;
+  const T* y = static_cast<const T*>(p.y);
+  stats_kernel<T><<<grid, kThreads, 0, stream>>>(y, p.pixels, p.channels, p.training, part_sum, part_sq, part_min,
+                                                 part_max);
+  finalize_kernel<<<static_cast<unsigned>(p.channels), kThreads, 0, stream>>>(p, slices, part_sum, part_sq, a, b);
+  apply_kernel<T><<<grid, kThreads, 0, stream>>>(y, p.pixels, p.channels, slices, a, b, part_min, part_max, p.q,
+                                                 p.scale);
+  return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError;
+}
+
+}  // namespace
+
+Status batch_norm_relu_quantize_cuda(const BatchNormReluQuantize& p, void* stream) {
+  if (!p.y || !p.q || !p.scale || !p.mean || !p.invstd || !p.workspace || p.images <= 0 || p.pixels <= 0 ||
+      p.channels <= 0 || p.images > 65535 || p.channels > INT32_MAX ||
+      (!p.training && (!p.running_mean || !p.running_var)) || (!p.running_mean != !p.running_var))
+    return Status::kInvalidArgument;
+  const auto s = static_cast<cudaStream_t>(stream);
+  switch (p.in_type) {
+    case InType::kFloat32: return run<float>(p, s);
+    case InType::kFloat16: return run<__half>(p, s);
+    case InType::kBFloat16: return run<__nv_bfloat16>(p, s);
+  }
+  return Status::kInvalidArgument;
+}
+
+}  // namespace torch_int8::kernels

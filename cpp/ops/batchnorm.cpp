@@ -1,0 +1,105 @@
+// int8::batch_norm_relu_quantize: BatchNorm (batch statistics in training,
+// running statistics in eval), ReLU and per-image quantization in one op, the
+// step that hands a fused Conv -> BN -> ReLU's output to the next convolution
+// as int8 (torch_int8.nn.fused). Composite of ATen's batch norm and
+// int8::quantize_images on every device (CompositeExplicitAutograd); on the GPU
+// an NHWC float batch with float32 parameters goes through the fused kernels
+// (kernels.h BatchNormReluQuantize), which write no float activation.
+#include <torch/library.h>
+
+#include "common.h"
+#include "torch_int8/torch_int8.h"
+
+namespace torch_int8::ops {
+namespace {
+
+using Result = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+void check_inputs(const at::Tensor& y, const std::optional<at::Tensor>& running_mean,
+                  const std::optional<at::Tensor>& running_var, bool training) {
+  const char* op = "batch_norm_relu_quantize";
+  TORCH_CHECK_VALUE(y.dim() == 4, op, ": y must be 4-D [N, C, H, W], got shape ", shape_str(y));
+  TORCH_CHECK_TYPE(at::isFloatingType(y.scalar_type()), op, ": y must be a float tensor, got ", y.scalar_type());
+  TORCH_CHECK_VALUE(running_mean.has_value() == running_var.has_value(), op,
+                    ": running_mean and running_var must both be given or both be None");
+  TORCH_CHECK_VALUE(training || running_mean.has_value(), op, ": eval mode needs the running statistics");
+}
+
+// (data, scale, mean, invstd): ATen's batch norm, relu, int8::quantize_images.
+Result composite(const at::Tensor& y, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
+                 const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
+                 bool training, double momentum, double eps) {
+  check_inputs(y, running_mean, running_var, training);
+  auto [z, mean, invstd] = at::native_batch_norm(y, weight, bias, running_mean, running_var, training, momentum, eps);
+  if (!training)  // copies: outputs never alias the buffers
+    mean = running_mean->to(at::kFloat, false, true), invstd = running_var->to(at::kFloat).add(eps).rsqrt();
+  auto [data, scale, unused_amax, unused_sum] = torch_int8::quantize_images(z.relu_());
+  return {data, scale, mean, invstd};
+}
+
+#ifdef TORCH_INT8_WITH_CUDA
+std::optional<kernels::InType> in_type(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return kernels::InType::kFloat32;
+    case at::kHalf: return kernels::InType::kFloat16;
+    case at::kBFloat16: return kernels::InType::kBFloat16;
+    default: return std::nullopt;
+  }
+}
+
+bool float32_vector(const std::optional<at::Tensor>& t, int64_t channels) {
+  return !t || (t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == channels && t->is_cuda());
+}
+
+const float* data_or_null(const std::optional<at::Tensor>& t) { return t ? t->const_data_ptr<float>() : nullptr; }
+float* mutable_or_null(const std::optional<at::Tensor>& t) { return t ? t->mutable_data_ptr<float>() : nullptr; }
+
+Result cuda(const at::Tensor& y, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
+            const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
+            bool training, double momentum, double eps) {
+  check_inputs(y, running_mean, running_var, training);
+  const int64_t n = y.size(0), c = y.size(1), pixels = y.size(2) * y.size(3);
+  const auto type = in_type(y.scalar_type());
+  const bool nhwc = y.is_contiguous(at::MemoryFormat::ChannelsLast);
+  if (!type || !nhwc || y.numel() == 0 || !float32_vector(weight, c) || !float32_vector(bias, c) ||
+      !float32_vector(running_mean, c) || !float32_vector(running_var, c))
+    return composite(y, weight, bias, running_mean, running_var, training, momentum, eps);
+  const auto floats = y.options().dtype(at::kFloat);
+  at::Tensor q = at::empty_like(y, y.options().dtype(at::kChar), at::MemoryFormat::ChannelsLast);
+  at::Tensor scale = at::empty({n}, floats), mean = at::empty({c}, floats), invstd = at::empty({c}, floats);
+  at::Tensor workspace = at::empty({kernels::batch_norm_workspace(n, c)}, floats);
+  kernels::BatchNormReluQuantize p;
+  p.y = y.const_data_ptr(), p.in_type = *type, p.images = n, p.pixels = pixels, p.channels = c;
+  p.weight = data_or_null(weight), p.bias = data_or_null(bias);
+  p.running_mean = mutable_or_null(running_mean), p.running_var = mutable_or_null(running_var);
+  p.training = training, p.momentum = static_cast<float>(momentum), p.eps = static_cast<float>(eps);
+  p.q = q.mutable_data_ptr<int8_t>(), p.scale = scale.mutable_data_ptr<float>();
+  p.mean = mean.mutable_data_ptr<float>(), p.invstd = invstd.mutable_data_ptr<float>();
+  p.workspace = workspace.mutable_data_ptr<float>();
+  c10::DeviceGuard guard(y.device());
+  const kernels::Status status = kernels::batch_norm_relu_quantize_cuda(p, current_stream(y.device()));
+  if (status == kernels::Status::kInvalidArgument)
+    return composite(y, weight, bias, running_mean, running_var, training, momentum, eps);
+  check_status(status, "batch_norm_relu_quantize");
+  return {q, scale, mean, invstd};
+}
+#endif
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(int8, m) {
+  m.def(
+      "batch_norm_relu_quantize(Tensor y, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
+      "Tensor(b!)? running_var, bool training, float momentum, float eps) "
+      "-> (Tensor data, Tensor scale, Tensor mean, Tensor invstd)");
+}
+
+TORCH_LIBRARY_IMPL(int8, CompositeExplicitAutograd, m) { m.impl("batch_norm_relu_quantize", composite); }
+
+#ifdef TORCH_INT8_WITH_CUDA
+TORCH_LIBRARY_IMPL(int8, CUDA, m) { m.impl("batch_norm_relu_quantize", cuda); }
+#endif
+
+TORCH_LIBRARY_IMPL(int8, Autograd, m) { impl_without_derivatives(m, {"batch_norm_relu_quantize"}); }
+
+}  // namespace torch_int8::ops
