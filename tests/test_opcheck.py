@@ -57,6 +57,8 @@ def samples(device):
                             True, torch.bfloat16)),
         ("quantize_images", (xf, "nearest", True, True)),
         ("quantize_rotated_filter", (torch.randn(32, 16, 3, 3, generator=g).to(device), 2, True)),
+        ("batch_norm_relu_quantize", (xf.contiguous(memory_format=torch.channels_last), f32(16), f32(16),
+                                      f32(16), f32(16).abs() + 0.5, True, 0.1, 1e-5)),
     ]
 
 
