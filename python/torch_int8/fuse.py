@@ -96,7 +96,7 @@ def _find_chains(gm: fx.GraphModule) -> List[_Chain]:
 
 def _rewrite(gm: fx.GraphModule, chains: List[_Chain]) -> None:
     graph = gm.graph
-    fused: Dict[fx.Node, _Chain] = {}
+    fused = set()  # the conv_bn_act nodes
     replaced: Dict[fx.Node, fx.Node] = {}  # a chain's last node -> its fused call (for later residuals)
     for chain in chains:
         residual = replaced.get(chain.residual, chain.residual)
@@ -112,7 +112,7 @@ def _rewrite(gm: fx.GraphModule, chains: List[_Chain]) -> None:
         for dead in (chain.relu, chain.add, chain.bn, chain.conv):
             if dead is not None:
                 graph.erase_node(dead)
-        fused[node] = chain
+        fused.add(node)
     # int8 between steps: where every user of a residual-free step takes it as its input x
     for node in fused:
         users = list(node.users)

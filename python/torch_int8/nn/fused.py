@@ -47,13 +47,11 @@ def _channel(v: torch.Tensor) -> torch.Tensor:
     return v.reshape(1, -1, 1, 1)
 
 
-def _affine(weight, bias, mean, invstd, channels: int):
-    """BatchNorm as z = a * y + b per channel (float32): a = gamma * invstd, b = beta - mean * a."""
+def _affine(weight, bias, mean, invstd):
+    """BatchNorm as z = a * y + b per channel (float32 [C]): a = gamma * invstd, b = beta - mean * a."""
     a = invstd.float() if weight is None else weight.float() * invstd.float()
     b = -mean.float() * a
-    if bias is not None:
-        b = b + bias.float()
-    return a.expand(channels), b.expand(channels)
+    return a, b if bias is None else b + bias.float()
 
 
 def _carrier(z: torch.Tensor) -> torch.Tensor:
@@ -99,7 +97,7 @@ class _BatchNormActFunction(torch.autograd.Function):
         if ctx.relu:
             if z is None:  # int8 output: the mask is where the affine map of y is positive
                 invstd = spread if ctx.training else (spread.float() + ctx.eps).rsqrt()
-                a, b = _affine(weight, bias, mean, invstd, y.shape[1])
+                a, b = _affine(weight, bias, mean, invstd)
                 z = torch.addcmul(_channel(b), y.float(), _channel(a))
             g = torch.ops.aten.threshold_backward(grad_z, z, 0)
         running = (None, None, mean, spread) if ctx.training else (mean, spread, None, None)
