@@ -161,6 +161,40 @@ def test_fused_training_equals_the_per_layer_path(device, channels_last):
         torch.testing.assert_close(fused(x), per_layer(x), rtol=0, atol=0)
 
 
+def relative_error(got, want):
+    return ((got.double() - want.double()).norm() / want.double().norm()).item()
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_training_under_bfloat16_autocast(device, channels_last):
+    """A bf16 autocast step (what `bench models` times): the fused model returns autocast's dtype and
+    trains as the per-layer one does. Not bit for bit: a fused step quantizes BatchNorm's float32
+    output, the per-layer path the bf16-rounded one, so the two lie a bf16 rounding apart per
+    activation; both stay within a few percent of the float64 model (the int8 steps' error)."""
+    torch.manual_seed(0)
+    base = small_resnet().to(device)
+    per_layer = torch_int8.convert(copy.deepcopy(base), fuse=False)
+    fused = torch_int8.convert(copy.deepcopy(base))
+    exact = copy.deepcopy(base).double()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(8, 3, 16, 16, device=device).contiguous(memory_format=fmt)
+    labels = torch.randint(0, 10, (8,), device=device)
+    with torch.autocast(device, torch.bfloat16):
+        out_a, gx_a, grads_a = run_step(per_layer, x, labels)
+        out_b, gx_b, grads_b = run_step(fused, x, labels)
+    out_exact, gx_exact, grads_exact = run_step(exact, x, labels)
+    assert out_b.dtype == out_a.dtype == torch.bfloat16
+    assert relative_error(out_b, out_exact) <= 1.5 * relative_error(out_a, out_exact) + 0.01
+    grads_a["input"], grads_b["input"], grads_exact["input"] = gx_a, gx_b, gx_exact
+    for name, g in grads_a.items():
+        # no farther from float64 than the per-layer path, up to the bf16 hand-overs' difference
+        bound = 1.5 * relative_error(g, grads_exact[name]) + 0.02
+        assert relative_error(grads_b[name], grads_exact[name]) <= bound, name
+    for (name, a), b in zip(per_layer.state_dict().items(), fused.state_dict().values()):
+        if a.is_floating_point():  # the running statistics, from bf16 convolution outputs
+            torch.testing.assert_close(b, a, rtol=0.02, atol=0.02, msg=name)
+
+
 def int8_step_bound(x):
     """One int8 step of a per-image quantization of x: max|x| / 127 per image."""
     return x.abs().amax((1, 2, 3)) / 127

@@ -72,10 +72,13 @@ class _BatchNormActFunction(torch.autograd.Function):
             data, scale, mean, invstd = torch.ops.int8.batch_norm_relu_quantize(
                 y, weight, bias, running_mean, running_var, training, momentum, eps)
             ctx.save_for_backward(y, weight, bias, *((mean, invstd) if training else running), None)
+            ctx.impl, ctx.reserve = 0, y.new_empty(0, dtype=torch.uint8)  # ATen's native backward
             ctx.mark_non_differentiable(data, scale)
             return _carrier(y), data, scale
-        z, mean, invstd = torch.ops.aten.native_batch_norm(y, weight, bias, running_mean, running_var, training,
-                                                           momentum, eps)
+        # torch.nn's dispatch (cuDNN where it takes the call): the same z and statistics as BatchNorm2d
+        z, mean, invstd, ctx.reserve, impl = torch._batch_norm_impl_index(
+            y, weight, bias, running_mean, running_var, training, momentum, eps, torch.backends.cudnn.enabled)
+        ctx.impl = impl if training else 0  # eval: autograd's backward of any backend is ATen's native one
         if residual is not None:
             z = z.add_(residual)
         if relu:
@@ -99,12 +102,13 @@ class _BatchNormActFunction(torch.autograd.Function):
                 invstd = spread if ctx.training else (spread.float() + ctx.eps).rsqrt()
                 a, b = _affine(weight, bias, mean, invstd)
                 z = torch.addcmul(_channel(b), y.float(), _channel(a))
-            g = torch.ops.aten.threshold_backward(grad_z, z, 0)
+            # the recomputed z is float32, grad_z autocast's dtype: the mask in grad_z's
+            g = torch.ops.aten.threshold_backward(grad_z, z.to(grad_z.dtype), 0)
         running = (None, None, mean, spread) if ctx.training else (mean, spread, None, None)
-        grad_y, grad_w, grad_b = torch.ops.aten.native_batch_norm_backward(
-            g, y, weight, *running, ctx.training, ctx.eps,
+        grad_y, grad_w, grad_b = torch.ops.aten._batch_norm_impl_index_backward(
+            ctx.impl, y, g, weight, *running, ctx.training, ctx.eps,
             [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1],
-             bias is not None and ctx.needs_input_grad[2]])
+             bias is not None and ctx.needs_input_grad[2]], ctx.reserve)
         grad_residual = g if ctx.has_residual and ctx.needs_input_grad[3] else None
         return grad_y, grad_w, grad_b, grad_residual, None, None, None, None, None, None, None
 
