@@ -2,7 +2,7 @@
 
     python -m torch_int8.bench models [--models resnet18,resnet50,cifar_resnet18] [--batches 128,256]
                                       [--modes train,infer] [--iters N] [--warmup N] [--no-compile]
-                                      [--json FILE] [--plot FILE] [--list]
+                                      [--json FILE] [--plot FILE] [--list] [--profile]
 
 Per model and batch size, one model with float32 parameters in channels_last (the baseline, run
 under bf16 autocast) and ``torch_int8.convert`` of a copy of it (the same parameters, run under the
@@ -38,6 +38,7 @@ import torch_int8
 from .cifar_resnet import CifarResNet18
 from .cli import add_output_args, register
 from .plot import plot_grouped_bars
+from .profiling import profile_steps
 from .report import failed_methods, finish, fmt, meta, print_meta, ratio, write_json
 from .timer import clock, time_in_turns
 
@@ -108,6 +109,9 @@ def _add_models_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                    help="also time each model through torch.compile (default on; skipped on the CPU)")
     p.add_argument("--list", action="store_true", help="print the models and exit")
+    p.add_argument("--profile", action="store_true",
+                   help="instead of the table: torch.profiler's top CUDA kernels of each eager method's step "
+                        "(the first model, batch and mode given), with its wall and kernel-busy time")
 
 
 class FirstCallTimed:
@@ -189,6 +193,18 @@ def model_pair(spec: ModelSpec, setup: Setup) -> Dict[str, torch.nn.Module]:
     model = spec.build().to(setup.device, memory_format=torch.channels_last)
     return {setup.baseline: model, "int8": torch_int8.convert(copy.deepcopy(model)),
             "int8_layers": torch_int8.convert(copy.deepcopy(model), fuse=False)}
+
+
+def profile_model(name: str, batch: int, mode: str, setup: Setup, reps: int) -> int:
+    """bench models --profile: each eager method's step through torch.profiler."""
+    spec = MODELS[name]
+    models = model_pair(spec, setup)
+    optimizers = {side: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for side, m in models.items()}
+    for m in models.values():
+        m.train(mode == "train")
+    runners = {f"{side}_eager": (side, m) for side, m in models.items()}
+    steps = steps_for(mode, runners, optimizers, partial(random_batch, spec, batch, setup.device), setup)
+    return profile_steps(f"{name} N={batch} {mode}", steps, reps)
 
 
 def bench_model(name: str, batch: int, modes: Sequence[str], setup: Setup, args) -> List[dict]:
@@ -292,6 +308,11 @@ def run_models(args: argparse.Namespace) -> int:
         return print_models()
     setup = setup_for(args)
     torch.manual_seed(args.seed)
+    if args.profile:
+        if setup.device.type != "cuda":
+            sys.exit("torch_int8.bench models --profile: needs a GPU")
+        name = args.models[0]
+        return profile_model(name, (args.batches or MODELS[name].batches)[0], args.modes[0], setup, min(args.reps, 5))
     info = meta(setup.device)
     info.update({"command": "models", "models": args.models, "batches": args.batches, "modes": args.modes,
                  "iters": args.reps, "warmup": args.warmup, "seed": args.seed, "compile": setup.compile,

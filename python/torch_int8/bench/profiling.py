@@ -1,4 +1,5 @@
-"""torch.profiler's view of a layer: its top CUDA kernels (`bench linear --profile`, `bench conv --profile`)."""
+"""torch.profiler's view of a layer or a model's step: its top CUDA kernels (`bench linear --profile`,
+`bench conv --profile`, `bench models --profile`)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,29 @@ def kernel_table(prof, top: int = 25) -> str:
               for e in rows[:top]]
     lines.append(f"{'all':<90} {sum(e.count for e in rows):>6} {sum(e.device_time_total for e in rows):>10.1f}")
     return "\n".join(lines)
+
+
+def profile_steps(label: str, steps, reps: int, top: int = 25) -> int:
+    """Per step of steps ({method: step callable}): the wall and the device-busy ms per step (their gap
+    is host time the GPU waits for) and the top CUDA kernels of `reps` calls."""
+    for method, step in steps.items():
+        for _ in range(3):  # warm-up: CUTLASS initialization, the caching allocator
+            step()
+        torch.cuda.synchronize()
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            start.record()
+            for _ in range(reps):
+                step()
+            end.record()
+            torch.cuda.synchronize()
+        busy = sum(e.device_time_total for e in prof.key_averages()
+                   if e.device_type == torch.autograd.DeviceType.CUDA) / 1e3 / reps
+        print(f"\n{label} {method}: {start.elapsed_time(end) / reps:.2f} ms per step (profiled), "
+              f"kernels busy {busy:.2f} ms per step; {reps} steps")
+        print(kernel_table(prof, top))
+    return 0
 
 
 def profile_layer(label: str, layer: torch.nn.Module, x: torch.Tensor, gy: torch.Tensor, reps: int) -> int:
