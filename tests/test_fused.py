@@ -324,3 +324,67 @@ def test_batch_norm_relu_quantize_nan_and_errors(device):
         torch.ops.int8.batch_norm_relu_quantize(y, None, None, None, None, False, 0.1, 1e-5)
     with pytest.raises(ValueError, match="must be 4-D"):
         torch.ops.int8.batch_norm_relu_quantize(y[0], None, None, None, None, True, 0.1, 1e-5)
+
+
+def batch_norm_relu_backward_float64(grad, y, weight, bias, mean, invstd):
+    """The reference: the ReLU's mask from the float64 affine map, torch.nn's BatchNorm backward
+    formulas in float64 (batch statistics)."""
+    g64, y64 = grad.double(), y.double()
+    c = lambda v: v.double().reshape(1, -1, 1, 1)  # noqa: E731
+    z = (y64 - c(mean)) * c(invstd) * c(weight) + c(bias)
+    g = torch.where(z > 0, g64, 0.0)
+    xhat = (y64 - c(mean)) * c(invstd)
+    count = y.numel() // y.shape[1]
+    sum_g, sum_gx = g.sum((0, 2, 3)), (g * xhat).sum((0, 2, 3))
+    grad_y = (g - c(sum_g) / count - xhat * c(sum_gx) / count) * c(invstd) * c(weight)
+    return grad_y, sum_gx, sum_g
+
+
+@pytest.mark.parametrize("channels", [3, 64, 300])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_batch_norm_relu_backward_against_float64(device, channels, dtype, channels_last):
+    """int8::batch_norm_relu_backward (the GPU's fused kernels for NHWC input, else the composite)
+    against float64, from poisoned outputs: the weight and bias gradients within float32 rounding
+    of their sums, grad_y within the rounding of y's dtype (values at a mask boundary, where the
+    forward's rounded z decides, are left out: |z| below float32's rounding of the affine map)."""
+    torch.manual_seed(5)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    y = (torch.randn(3, channels, 5, 7, device=device) * 2 + 0.5).to(dtype).contiguous(memory_format=fmt)
+    grad = torch.randn(y.shape, device=device).to(dtype).contiguous(memory_format=fmt)
+    weight, bias = torch.rand(channels, device=device) + 0.5, torch.randn(channels, device=device)
+    mean = y.float().mean((0, 2, 3))
+    invstd = (y.float().var((0, 2, 3), unbiased=False) + 1e-5).rsqrt()
+    grad_y, grad_w, grad_b = torch.ops.int8.batch_norm_relu_backward(grad, y, weight, bias, mean, invstd)
+    want_y, want_w, want_b = batch_norm_relu_backward_float64(grad, y, weight, bias, mean, invstd)
+    c = lambda v: v.double().reshape(1, -1, 1, 1)  # noqa: E731
+    z = (y.double() - c(mean)) * c(invstd) * c(weight) + c(bias)
+    clear = (z.abs() > 1e-5).all((0, 2, 3))  # channels with no value at the mask's boundary
+    assert clear.float().mean() > 0.9
+    assert grad_y.dtype == dtype and grad_y.shape == y.shape
+    eps = 1e-5 if dtype == torch.float32 else 2 ** -7
+    scale = c(invstd) * c(weight) * grad.double().abs().amax((0, 2, 3), keepdim=True)  # grad_y's magnitude
+    assert ((grad_y.double() - want_y).abs() / scale)[:, clear].max() <= eps
+    magnitude = (grad.double().abs() * (1 + (y.double() - c(mean)).abs() * c(invstd))).sum((0, 2, 3))
+    assert ((grad_w.double() - want_w).abs() / magnitude)[clear].max() <= 1e-5
+    assert ((grad_b.double() - want_b).abs() / magnitude)[clear].max() <= 1e-5
+
+
+def test_batch_norm_relu_backward_nan_and_errors(device):
+    y = torch.randn(2, 4, 3, 3, device=device).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn_like(y)
+    grad[1, 2, 0, 0] = float("nan")
+    ones, zeros = torch.ones(4, device=device), torch.zeros(4, device=device)
+    mean, invstd = y.mean((0, 2, 3)), (y.var((0, 2, 3), unbiased=False) + 1e-5).rsqrt()
+    y[1, 2, 0, 0] = mean[2] + 1  # z > 0 there: the NaN gradient passes the mask
+    grad_y, grad_w, grad_b = torch.ops.int8.batch_norm_relu_backward(grad, y, ones, zeros, mean, invstd)
+    assert torch.isnan(grad_y[:, 2]).all() and torch.isnan(grad_w[2]) and torch.isnan(grad_b[2])
+    assert not torch.isnan(grad_y[:, [0, 1, 3]]).any()
+    with pytest.raises(ValueError, match="must be 4-D"):
+        torch.ops.int8.batch_norm_relu_backward(grad[0], y[0], ones, zeros, mean, invstd)
+    with pytest.raises(ValueError, match="must have y's shape"):
+        torch.ops.int8.batch_norm_relu_backward(grad[:1], y, ones, zeros, mean, invstd)
+    with pytest.raises(TypeError, match="one dtype"):
+        torch.ops.int8.batch_norm_relu_backward(grad.bfloat16(), y, ones, zeros, mean, invstd)
+    with pytest.raises(ValueError, match=r"must be \[C\]"):
+        torch.ops.int8.batch_norm_relu_backward(grad, y, ones[:3], zeros, mean, invstd)

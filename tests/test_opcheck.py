@@ -59,6 +59,9 @@ def samples(device):
         ("quantize_rotated_filter", (torch.randn(32, 16, 3, 3, generator=g).to(device), 2, True)),
         ("batch_norm_relu_quantize", (xf.contiguous(memory_format=torch.channels_last), f32(16), f32(16),
                                       f32(16), f32(16).abs() + 0.5, True, 0.1, 1e-5)),
+        ("batch_norm_relu_backward", (xf.contiguous(memory_format=torch.channels_last),
+                                      xf.flip(0).contiguous(memory_format=torch.channels_last), f32(16), f32(16),
+                                      f32(16), f32(16).abs() + 0.5)),
     ]
 
 

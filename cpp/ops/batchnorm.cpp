@@ -5,6 +5,10 @@
 // int8::quantize_images on every device (CompositeExplicitAutograd); on the GPU
 // an NHWC float batch with float32 parameters goes through the fused kernels
 // (kernels.h BatchNormReluQuantize), which write no float activation.
+// int8::batch_norm_relu_backward: the training backward of such a step, the
+// ReLU's mask recomputed from y (composite: ATen's threshold_backward and
+// native_batch_norm_backward; CUDA, NHWC: kernels.h BatchNormReluBackward,
+// which writes no masked gradient).
 #include <torch/library.h>
 
 #include "common.h"
@@ -85,6 +89,64 @@ Result cuda(const at::Tensor& y, const std::optional<at::Tensor>& weight, const 
 }
 #endif
 
+using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+void check_backward(const at::Tensor& grad, const at::Tensor& y, const at::Tensor& weight, const at::Tensor& bias,
+                    const at::Tensor& mean, const at::Tensor& invstd) {
+  const char* op = "batch_norm_relu_backward";
+  TORCH_CHECK_VALUE(y.dim() == 4, op, ": y must be 4-D [N, C, H, W], got shape ", shape_str(y));
+  TORCH_CHECK_VALUE(grad.sizes() == y.sizes(), op, ": grad must have y's shape ", shape_str(y), ", got ",
+                    shape_str(grad));
+  TORCH_CHECK_TYPE(at::isFloatingType(y.scalar_type()) && grad.scalar_type() == y.scalar_type(), op,
+                   ": grad and y must be float tensors of one dtype, got ", grad.scalar_type(), " and ",
+                   y.scalar_type());
+  for (const at::Tensor* t : {&weight, &bias, &mean, &invstd})
+    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == y.size(1), op,
+                      ": weight, bias, mean and invstd must be [C] with C = ", y.size(1), ", got ", shape_str(*t));
+}
+
+// The forward's affine map recomputed (a = weight * invstd, b = bias - mean * a,
+// each rounded once), the mask where a * y + b > 0, ATen's backward.
+Grads backward_composite(const at::Tensor& grad, const at::Tensor& y, const at::Tensor& weight,
+                         const at::Tensor& bias, const at::Tensor& mean, const at::Tensor& invstd) {
+  check_backward(grad, y, weight, bias, mean, invstd);
+  const at::Tensor a = weight.to(at::kFloat) * invstd.to(at::kFloat);
+  const at::Tensor b = bias.to(at::kFloat) - mean.to(at::kFloat) * a;
+  const at::Tensor z = y.to(at::kFloat) * a.view({1, -1, 1, 1}) + b.view({1, -1, 1, 1});
+  const at::Tensor g = at::threshold_backward(grad, z.to(grad.scalar_type()), 0);
+  return at::native_batch_norm_backward(g, y, weight, {}, {}, mean, invstd, true, 0.0, {true, true, true});
+}
+
+#ifdef TORCH_INT8_WITH_CUDA
+Grads backward_cuda(const at::Tensor& grad, const at::Tensor& y, const at::Tensor& weight, const at::Tensor& bias,
+                    const at::Tensor& mean, const at::Tensor& invstd) {
+  check_backward(grad, y, weight, bias, mean, invstd);
+  const int64_t n = y.size(0), c = y.size(1);
+  const auto type = in_type(y.scalar_type());
+  const auto nhwc = at::MemoryFormat::ChannelsLast;
+  if (!type || !y.is_contiguous(nhwc) || !grad.is_contiguous(nhwc) || y.numel() == 0 ||
+      !float32_vector(weight, c) || !float32_vector(bias, c) || !float32_vector(mean, c) ||
+      !float32_vector(invstd, c))
+    return backward_composite(grad, y, weight, bias, mean, invstd);
+  const auto floats = y.options().dtype(at::kFloat);
+  at::Tensor grad_y = at::empty_like(y, nhwc);
+  at::Tensor grad_weight = at::empty({c}, floats), grad_bias = at::empty({c}, floats);
+  at::Tensor workspace = at::empty({kernels::batch_norm_workspace(n, c)}, floats);
+  kernels::BatchNormReluBackward p;
+  p.grad = grad.const_data_ptr(), p.y = y.const_data_ptr(), p.in_type = *type;
+  p.images = n, p.pixels = y.size(2) * y.size(3), p.channels = c;
+  p.weight = weight.const_data_ptr<float>(), p.bias = bias.const_data_ptr<float>();
+  p.mean = mean.const_data_ptr<float>(), p.invstd = invstd.const_data_ptr<float>();
+  p.grad_y = grad_y.mutable_data_ptr(), p.grad_weight = grad_weight.mutable_data_ptr<float>();
+  p.grad_bias = grad_bias.mutable_data_ptr<float>(), p.workspace = workspace.mutable_data_ptr<float>();
+  c10::DeviceGuard guard(y.device());
+  const kernels::Status status = kernels::batch_norm_relu_backward_cuda(p, current_stream(y.device()));
+  if (status == kernels::Status::kInvalidArgument) return backward_composite(grad, y, weight, bias, mean, invstd);
+  check_status(status, "batch_norm_relu_backward");
+  return {grad_y, grad_weight, grad_bias};
+}
+#endif
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(int8, m) {
@@ -92,14 +154,23 @@ TORCH_LIBRARY_FRAGMENT(int8, m) {
       "batch_norm_relu_quantize(Tensor y, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
       "Tensor(b!)? running_var, bool training, float momentum, float eps) "
       "-> (Tensor data, Tensor scale, Tensor mean, Tensor invstd)");
+  m.def(
+      "batch_norm_relu_backward(Tensor grad, Tensor y, Tensor weight, Tensor bias, Tensor mean, Tensor invstd) "
+      "-> (Tensor grad_y, Tensor grad_weight, Tensor grad_bias)");
 }
 
-TORCH_LIBRARY_IMPL(int8, CompositeExplicitAutograd, m) { m.impl("batch_norm_relu_quantize", composite); }
+TORCH_LIBRARY_IMPL(int8, CompositeExplicitAutograd, m) {
+  m.impl("batch_norm_relu_quantize", composite);
+  m.impl("batch_norm_relu_backward", backward_composite);
+}
 
 #ifdef TORCH_INT8_WITH_CUDA
-TORCH_LIBRARY_IMPL(int8, CUDA, m) { m.impl("batch_norm_relu_quantize", cuda); }
+TORCH_LIBRARY_IMPL(int8, CUDA, m) {
+  m.impl("batch_norm_relu_quantize", cuda);
+  m.impl("batch_norm_relu_backward", backward_cuda);
+}
 #endif
 
-TORCH_LIBRARY_IMPL(int8, Autograd, m) { impl_without_derivatives(m, {"batch_norm_relu_quantize"}); }
+TORCH_LIBRARY_IMPL(int8, Autograd, m) { impl_without_derivatives(m, {"batch_norm_relu_quantize", "batch_norm_relu_backward"}); }
 
 }  // namespace torch_int8::ops

@@ -16,6 +16,7 @@ Status requantize_cuda(const Requantize&, void*) { return Status::kNoKernel; }
 Status column_stats_cuda(const ColumnStats&, void*) { return Status::kNoKernel; }
 Status quantize_rows_cuda(const QuantizeRows&, void*) { return Status::kNoKernel; }
 Status batch_norm_relu_quantize_cuda(const BatchNormReluQuantize&, void*) { return Status::kNoKernel; }
+Status batch_norm_relu_backward_cuda(const BatchNormReluBackward&, void*) { return Status::kNoKernel; }
 Status quantize_columns_t_cuda(const QuantizeColumnsT&, void*) { return Status::kNoKernel; }
 Status conv2d_fprop_cuda(const ConvProblem&, const Epilogue&, void*) { return Status::kNoKernel; }
 int64_t conv2d_wgrad_scaled_splits(const ConvProblem&) { return 1; }

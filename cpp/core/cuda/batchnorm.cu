@@ -14,6 +14,10 @@
 //             quantized.
 // z is rounded after the product and after the sum (no fused multiply-add), in
 // finalize and apply alike, so the extremes give the largest z exactly.
+// The backward (BatchNormReluBackward), for a step whose forward wrote no float
+// z: two passes over grad and y on the same blocks (the ReLU's mask recomputed
+// from y with the same rounding; channel sums of the masked gradient), a
+// finalize block per channel, no masked gradient written.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
@@ -212,7 +216,125 @@ Status run(const BatchNormReluQuantize& p, cudaStream_t stream) {
   return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError;
 }
 
+// ---- backward (kernels.h BatchNormReluBackward): the same blocks as stats / apply
+
+// The forward's affine map of one channel and the ReLU's mask on it.
+struct ChannelMap {
+  float a, b, mean;
+  __device__ ChannelMap(const BatchNormReluBackward& p, int64_t c) : mean(p.mean[c]) {
+    a = p.weight ? __fmul_rn(p.weight[c], p.invstd[c]) : p.invstd[c];
+    b = __fsub_rn(p.bias ? p.bias[c] : 0.f, __fmul_rn(mean, a));
+  }
+  // grad where relu(z) passes it: z > 0, or z NaN (threshold_backward's z <= 0 is false)
+  __device__ float masked(float grad, float y) const { return affine(a, b, y) <= 0.f ? 0.f : grad; }
+};
+
+template <class T>
+__global__ void __launch_bounds__(kThreads) backward_sums_kernel(BatchNormReluBackward p, float* part_g,
+                                                                 float* part_gx) {
+  __shared__ float shared[kThreads];
+  const Tile t = tile_of(p.channels);
+  int64_t begin, end;
+  slice_of(p.pixels, begin, end);
+  const int64_t image = blockIdx.y;
+  float sg = 0.f, sgx = 0.f;
+  if (t.active) {
+    const ChannelMap map(p, t.channel);
+    const int64_t offset = image * p.pixels * p.channels + t.channel;
+    const T* grad = static_cast<const T*>(p.grad) + offset;
+    const T* y = static_cast<const T*>(p.y) + offset;
+    for (int64_t px = begin + t.row; px < end; px += t.rows) {
+      const float v = to_float(y[px * p.channels]);
+      const float g = map.masked(to_float(grad[px * p.channels]), v);
+      sg += g;
+      sgx = fmaf(g, v - map.mean, sgx);
+    }
+  }
+  const auto add = [](float a, float b) { return a + b; };
+  sg = reduce_rows(sg, t, shared, add);
+  sgx = reduce_rows(sgx, t, shared, add);
+  if (t.active && t.row == 0) {
+    const int64_t at = (image * gridDim.x + blockIdx.x) * p.channels + t.channel;
+    part_g[at] = sg, part_gx[at] = sgx;
+  }
+}
+
+// A block per channel: the slices' sums in double (fixed order), the weight and
+// bias gradients and apply's two coefficients of the channel.
+__global__ void __launch_bounds__(kThreads) backward_finalize_kernel(BatchNormReluBackward p, int slices,
+                                                                     const float* part_g, const float* part_gx,
+                                                                     float* mean_g, float* coef_x) {
+  __shared__ double shared_g[kThreads], shared_gx[kThreads];
+  const int64_t c = blockIdx.x;
+  double sg = 0, sgx = 0;
+  for (int64_t i = threadIdx.x; i < p.images * slices; i += kThreads)
+    sg += part_g[i * p.channels + c], sgx += part_gx[i * p.channels + c];
+  shared_g[threadIdx.x] = sg, shared_gx[threadIdx.x] = sgx;
+  __syncthreads();
+  for (int half = kThreads / 2; half > 0; half /= 2) {
+    if (threadIdx.x < half)
+      shared_g[threadIdx.x] += shared_g[threadIdx.x + half], shared_gx[threadIdx.x] += shared_gx[threadIdx.x + half];
+    __syncthreads();
+  }
+  if (threadIdx.x) return;
+  const double count = static_cast<double>(p.images) * static_cast<double>(p.pixels);
+  const double invstd = p.invstd[c];
+  p.grad_bias[c] = static_cast<float>(shared_g[0]);
+  p.grad_weight[c] = static_cast<float>(shared_gx[0] * invstd);
+  mean_g[c] = static_cast<float>(shared_g[0] / count);
+  coef_x[c] = static_cast<float>(shared_gx[0] / count * invstd * invstd);
+}
+
+template <class T>
+__global__ void __launch_bounds__(kThreads) backward_apply_kernel(BatchNormReluBackward p, const float* mean_g,
+                                                                  const float* coef_x) {
+  const Tile t = tile_of(p.channels);
+  if (!t.active) return;
+  int64_t begin, end;
+  slice_of(p.pixels, begin, end);
+  const ChannelMap map(p, t.channel);
+  const float mg = mean_g[t.channel], cx = coef_x[t.channel];
+  const float k = p.weight ? p.weight[t.channel] * p.invstd[t.channel] : p.invstd[t.channel];
+  const int64_t offset = static_cast<int64_t>(blockIdx.y) * p.pixels * p.channels + t.channel;
+  const T* grad = static_cast<const T*>(p.grad) + offset;
+  const T* y = static_cast<const T*>(p.y) + offset;
+  T* out = static_cast<T*>(p.grad_y) + offset;
+  for (int64_t px = begin + t.row; px < end; px += t.rows) {
+    const int64_t at = px * p.channels;
+    const float v = to_float(y[at]);
+    const float g = map.masked(to_float(grad[at]), v);
+    out[at] = from_float<T>((g - mg - (v - map.mean) * cx) * k);
+  }
+}
+
+template <class T>
+Status run_backward(const BatchNormReluBackward& p, cudaStream_t stream) {
+  const int slices = static_cast<int>(std::min<int64_t>(kBatchNormSlices, std::max<int64_t>(1, p.pixels / 64)));
+  const int64_t width = std::min<int64_t>(p.channels, kThreads);
+  const dim3 grid(slices, static_cast<unsigned>(p.images), static_cast<unsigned>((p.channels + width - 1) / width));
+  const int64_t part = kBatchNormSlices * p.images * p.channels;
+  float *part_g = p.workspace, *part_gx = part_g + part, *mean_g = part_gx + part, *coef_x = mean_g + p.channels;
+  backward_sums_kernel<T><<<grid, kThreads, 0, stream>>>(p, part_g, part_gx);
+  backward_finalize_kernel<<<static_cast<unsigned>(p.channels), kThreads, 0, stream>>>(p, slices, part_g, part_gx,
+                                                                                      mean_g, coef_x);
+  backward_apply_kernel<T><<<grid, kThreads, 0, stream>>>(p, mean_g, coef_x);
+  return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError;
+}
+
 }  // namespace
+
+Status batch_norm_relu_backward_cuda(const BatchNormReluBackward& p, void* stream) {
+  if (!p.grad || !p.y || !p.grad_y || !p.grad_weight || !p.grad_bias || !p.mean || !p.invstd || !p.workspace ||
+      p.images <= 0 || p.pixels <= 0 || p.channels <= 0 || p.images > 65535 || p.channels > INT32_MAX)
+    return Status::kInvalidArgument;
+  const auto s = static_cast<cudaStream_t>(stream);
+  switch (p.in_type) {
+    case InType::kFloat32: return run_backward<float>(p, s);
+    case InType::kFloat16: return run_backward<__half>(p, s);
+    case InType::kBFloat16: return run_backward<__nv_bfloat16>(p, s);
+  }
+  return Status::kInvalidArgument;
+}
 
 Status batch_norm_relu_quantize_cuda(const BatchNormReluQuantize& p, void* stream) {
   if (!p.y || !p.q || !p.scale || !p.mean || !p.invstd || !p.workspace || p.images <= 0 || p.pixels <= 0 ||

@@ -21,6 +21,7 @@
 #include <cutlass/fast_math.h>
 
 #include "../im2col_math.h"
+#include "quantize_math.cuh"
 
 namespace torch_int8::kernels {
 namespace {
@@ -271,15 +272,7 @@ struct StoreSum {
   __device__ void operator()(int64_t offset, int, int, Acc sum) const { image[offset] = sum; }
 };
 
-template <class T>
-__device__ T from_float(float v) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>)
-    return __float2bfloat16_rn(v);
-  else if constexpr (std::is_same_v<T, __half>)
-    return __float2half_rn(v);
-  else
-    return v;
-}
+using quantize_math::from_float;
 
 template <class T>
 struct StoreScaled {

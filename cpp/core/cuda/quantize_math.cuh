@@ -1,18 +1,31 @@
 // The scalar steps of absmax quantization on the GPU, shared by the quantize
 // kernels (quantize.cu) and the fused BatchNorm -> ReLU -> quantize kernels
-// (batchnorm.cu): the same scale and rounding as the ATen composite, bit for bit.
+// (batchnorm.cu): the same scale and rounding as the ATen composite, bit for
+// bit; and the float conversions of the kernels that read or write float types.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <cfloat>
 #include <cstdint>
+#include <type_traits>
 
 namespace torch_int8::kernels::quantize_math {
 
 __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
 __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+// v rounded to nearest into T (float, __half or __nv_bfloat16).
+template <class T>
+__device__ __forceinline__ T from_float(float v) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>)
+    return __float2bfloat16_rn(v);
+  else if constexpr (std::is_same_v<T, __half>)
+    return __float2half_rn(v);
+  else
+    return v;
+}
 
 struct Nearest {
   __device__ Nearest resolved() const { return *this; }

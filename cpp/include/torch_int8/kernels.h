@@ -238,4 +238,30 @@ inline int64_t batch_norm_workspace(int64_t images, int64_t channels) {
 }
 Status batch_norm_relu_quantize_cuda(const BatchNormReluQuantize& p, void* stream);
 
+// The backward of training BatchNorm -> ReLU for an NHWC batch whose forward
+// kept no float output (BatchNormReluQuantize): the ReLU's mask recomputed from
+// y as z = a * y + b > 0 (the forward's affine map; a NaN z passes the
+// gradient, as threshold_backward), g = grad where the mask holds, else 0, then
+// BatchNorm's backward with the batch statistics (mean, invstd) in two passes:
+// per-slice channel sums of g and g * (y - mean); then
+// grad_y = (g - mean(g) - (y - mean) * invstd^2 * mean(g * (y - mean))) * invstd * weight,
+// grad_weight = sum(g * (y - mean)) * invstd, grad_bias = sum(g).
+// grad and grad_y share y's type and layout. weight / bias may be null (1 / 0).
+// workspace: batch_norm_workspace(images, channels) floats.
+struct BatchNormReluBackward {
+  const void* grad = nullptr;
+  const void* y = nullptr;
+  InType in_type = InType::kFloat32;
+  int64_t images = 0, pixels = 0, channels = 0;
+  const float* weight = nullptr;
+  const float* bias = nullptr;
+  const float* mean = nullptr;
+  const float* invstd = nullptr;
+  void* grad_y = nullptr;
+  float* grad_weight = nullptr;  // [channels]
+  float* grad_bias = nullptr;    // [channels]
+  float* workspace = nullptr;
+};
+Status batch_norm_relu_backward_cuda(const BatchNormReluBackward& p, void* stream);
+
 }  // namespace torch_int8::kernels

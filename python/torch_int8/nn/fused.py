@@ -13,8 +13,9 @@ convert (torch_int8.fuse) finds the chains in a model's graph and calls conv_bn_
 on the model's own modules: the parameters, buffers and state_dict keys stay the model's.
 
 Backward: the ReLU's mask is recomputed from the convolution's output y and BatchNorm's affine map
-(the int8 output keeps no float activation), then BatchNorm's backward (ATen's kernel), then the
-convolution's (torch_int8.nn.Conv2d's INT8 dgrad and wgrad).
+(the int8 output keeps no float activation), then BatchNorm's backward: in training one op,
+int8::batch_norm_relu_backward (fused CUDA kernels on NHWC batches that write no masked gradient),
+else ATen's kernels; then the convolution's (torch_int8.nn.Conv2d's INT8 dgrad and wgrad).
 """
 from __future__ import annotations
 
@@ -96,6 +97,10 @@ class _BatchNormActFunction(torch.autograd.Function):
     def backward(ctx, grad_z, *_int8_grads):
         # training: the batch's mean and 1 / std; eval: the running mean and variance
         y, weight, bias, mean, spread, z = ctx.saved_tensors
+        if ctx.relu and z is None and ctx.training and weight is not None and bias is not None:
+            # int8 output: one op recomputes the ReLU's mask from y (fused CUDA kernels on NHWC batches)
+            grad_y, grad_w, grad_b = torch.ops.int8.batch_norm_relu_backward(grad_z, y, weight, bias, mean, spread)
+            return grad_y, grad_w, grad_b, None, None, None, None, None, None, None, None
         g = grad_z
         if ctx.relu:
             if z is None:  # int8 output: the mask is where the affine map of y is positive
