@@ -388,3 +388,24 @@ def test_batch_norm_relu_backward_nan_and_errors(device):
         torch.ops.int8.batch_norm_relu_backward(grad.bfloat16(), y, ones, zeros, mean, invstd)
     with pytest.raises(ValueError, match=r"must be \[C\]"):
         torch.ops.int8.batch_norm_relu_backward(grad, y, ones[:3], zeros, mean, invstd)
+
+
+def test_fused_model_compiles_in_one_graph(device):
+    """torch.compile(fullgraph=True) of a fused model (aot_eager: the graph and its autograd as
+    compiled code would run them) gives the eager fused model's outputs and gradients bit for bit,
+    in training and in eval."""
+    torch.manual_seed(6)
+    base = small_resnet().to(device)
+    eager, compiled = torch_int8.convert(copy.deepcopy(base)), torch_int8.convert(copy.deepcopy(base))
+    run = torch.compile(compiled, backend="aot_eager", fullgraph=True)
+    x = torch.randn(4, 3, 16, 16, device=device).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 10, (4,), device=device)
+    out_a, gx_a, grads_a = run_step(eager, x, labels)
+    out_b, gx_b, grads_b = run_step(run, x, labels)
+    torch.testing.assert_close(out_b, out_a, rtol=0, atol=0)
+    torch.testing.assert_close(gx_b, gx_a, rtol=0, atol=0)
+    assert_grads({n: p.grad for n, p in compiled.named_parameters()}, grads_a)
+    eager.eval()
+    compiled.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(run(x), eager(x), rtol=0, atol=0)
