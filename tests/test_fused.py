@@ -136,13 +136,17 @@ def run_step(model, x, labels):
     return out.detach(), x.grad, {n: p.grad for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_fused_training_equals_the_per_layer_path(device, channels_last):
+def three_models(device):
+    """(per-layer converted, fused converted, float64) copies of one small_resnet (seed 0)."""
     torch.manual_seed(0)
     base = small_resnet().to(device)
-    per_layer = torch_int8.convert(copy.deepcopy(base), fuse=False)
-    fused = torch_int8.convert(copy.deepcopy(base))
-    exact = copy.deepcopy(base).double()
+    return (torch_int8.convert(copy.deepcopy(base), fuse=False), torch_int8.convert(copy.deepcopy(base)),
+            copy.deepcopy(base).double())
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_training_equals_the_per_layer_path(device, channels_last):
+    per_layer, fused, exact = three_models(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     for step in range(2):  # the second step reads the running statistics the first one wrote
         x = torch.randn(4, 3, 16, 16, device=device).contiguous(memory_format=fmt)
@@ -171,11 +175,7 @@ def test_fused_training_under_bfloat16_autocast(device, channels_last):
     trains as the per-layer one does. Not bit for bit: a fused step quantizes BatchNorm's float32
     output, the per-layer path the bf16-rounded one, so the two lie a bf16 rounding apart per
     activation; both stay within a few percent of the float64 model (the int8 steps' error)."""
-    torch.manual_seed(0)
-    base = small_resnet().to(device)
-    per_layer = torch_int8.convert(copy.deepcopy(base), fuse=False)
-    fused = torch_int8.convert(copy.deepcopy(base))
-    exact = copy.deepcopy(base).double()
+    per_layer, fused, exact = three_models(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(8, 3, 16, 16, device=device).contiguous(memory_format=fmt)
     labels = torch.randint(0, 10, (8,), device=device)

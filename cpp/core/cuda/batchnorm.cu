@@ -115,31 +115,41 @@ __global__ void __launch_bounds__(kThreads) stats_kernel(const T* __restrict__ y
   }
 }
 
+// The sums over parts [0, count) of column c of two [count, channels] arrays,
+// in double, in a fixed tree order (reproducible); valid in thread 0.
+struct DoubleSums {
+  double a, b;
+};
+__device__ DoubleSums channel_sums(const float* part_a, const float* part_b, int64_t count, int64_t channels,
+                                   int64_t c) {
+  __shared__ double shared_a[kThreads], shared_b[kThreads];
+  double a = 0, b = 0;
+  for (int64_t i = threadIdx.x; i < count; i += kThreads) a += part_a[i * channels + c], b += part_b[i * channels + c];
+  shared_a[threadIdx.x] = a, shared_b[threadIdx.x] = b;
+  __syncthreads();
+  for (int half = kThreads / 2; half > 0; half /= 2) {
+    if (threadIdx.x < half)
+      shared_a[threadIdx.x] += shared_a[threadIdx.x + half], shared_b[threadIdx.x] += shared_b[threadIdx.x + half];
+    __syncthreads();
+  }
+  return {shared_a[0], shared_b[0]};
+}
+
 // A block per channel: the slices' sums added in double, in a fixed tree order.
 __global__ void __launch_bounds__(kThreads) finalize_kernel(BatchNormReluQuantize p, int slices,
                                                             const float* part_sum, const float* part_sq,
                                                             float* a_out, float* b_out) {
-  __shared__ double shared_s[kThreads], shared_q[kThreads];
   const int64_t c = blockIdx.x;
   float mean, invstd;
   if (p.training) {
-    double s = 0, q = 0;
-    for (int64_t i = threadIdx.x; i < p.images * slices; i += kThreads)
-      s += part_sum[i * p.channels + c], q += part_sq[i * p.channels + c];
-    shared_s[threadIdx.x] = s, shared_q[threadIdx.x] = q;
-    __syncthreads();
-    for (int half = kThreads / 2; half > 0; half /= 2) {
-      if (threadIdx.x < half)
-        shared_s[threadIdx.x] += shared_s[threadIdx.x + half], shared_q[threadIdx.x] += shared_q[threadIdx.x + half];
-      __syncthreads();
-    }
+    const DoubleSums sums = channel_sums(part_sum, part_sq, p.images * slices, p.channels, c);
     if (threadIdx.x) return;
     const double count = static_cast<double>(p.images) * static_cast<double>(p.pixels);
-    const double m = shared_s[0] / count;
-    const double var = fmax(shared_q[0] / count - m * m, 0.0);  // (a NaN is handled below)
+    const double m = sums.a / count;
+    const double var = fmax(sums.b / count - m * m, 0.0);  // (a NaN is handled below)
     mean = static_cast<float>(m);
     invstd = static_cast<float>(1.0 / sqrt(var + static_cast<double>(p.eps)));
-    if (!isfinite(shared_s[0]) || !isfinite(shared_q[0])) mean = invstd = nanf("");  // NaN or inf in the channel
+    if (!isfinite(sums.a) || !isfinite(sums.b)) mean = invstd = nanf("");  // NaN or inf in the channel
     if (p.running_mean) {
       const float k = p.momentum;
       const double unbiased = count > 1 ? var * count / (count - 1) : var;
@@ -199,11 +209,20 @@ __global__ void __launch_bounds__(kThreads) apply_kernel(const T* __restrict__ y
   }
 }
 
+// The slices of an image (at least 64 pixels each, at most kBatchNormSlices) and
+// the grid of the stats / apply kernels: (slice, image, chunk of channels).
+int slices_of(int64_t pixels) {
+  return static_cast<int>(std::min<int64_t>(kBatchNormSlices, std::max<int64_t>(1, pixels / 64)));
+}
+dim3 grid_of(int slices, int64_t images, int64_t channels) {
+  const int64_t width = std::min<int64_t>(channels, kThreads);
+  return dim3(slices, static_cast<unsigned>(images), static_cast<unsigned>((channels + width - 1) / width));
+}
+
 template <class T>
 Status run(const BatchNormReluQuantize& p, cudaStream_t stream) {
-  const int slices = static_cast<int>(std::min<int64_t>(kBatchNormSlices, std::max<int64_t>(1, p.pixels / 64)));
-  const int64_t width = std::min<int64_t>(p.channels, kThreads);
-  const dim3 grid(slices, static_cast<unsigned>(p.images), static_cast<unsigned>((p.channels + width - 1) / width));
+  const int slices = slices_of(p.pixels);
+  const dim3 grid = grid_of(slices, p.images, p.channels);
   const int64_t part = kBatchNormSlices * p.images * p.channels;
   float *part_sum = p.workspace, *part_sq = part_sum + part, *part_min = part_sq + part, *part_max = part_min + part;
   float *a = part_max + part, *b = a + p.channels;
@@ -264,25 +283,15 @@ __global__ void __launch_bounds__(kThreads) backward_sums_kernel(BatchNormReluBa
 __global__ void __launch_bounds__(kThreads) backward_finalize_kernel(BatchNormReluBackward p, int slices,
                                                                      const float* part_g, const float* part_gx,
                                                                      float* mean_g, float* coef_x) {
-  __shared__ double shared_g[kThreads], shared_gx[kThreads];
   const int64_t c = blockIdx.x;
-  double sg = 0, sgx = 0;
-  for (int64_t i = threadIdx.x; i < p.images * slices; i += kThreads)
-    sg += part_g[i * p.channels + c], sgx += part_gx[i * p.channels + c];
-  shared_g[threadIdx.x] = sg, shared_gx[threadIdx.x] = sgx;
-  __syncthreads();
-  for (int half = kThreads / 2; half > 0; half /= 2) {
-    if (threadIdx.x < half)
-      shared_g[threadIdx.x] += shared_g[threadIdx.x + half], shared_gx[threadIdx.x] += shared_gx[threadIdx.x + half];
-    __syncthreads();
-  }
+  const DoubleSums sums = channel_sums(part_g, part_gx, p.images * slices, p.channels, c);
   if (threadIdx.x) return;
   const double count = static_cast<double>(p.images) * static_cast<double>(p.pixels);
   const double invstd = p.invstd[c];
-  p.grad_bias[c] = static_cast<float>(shared_g[0]);
-  p.grad_weight[c] = static_cast<float>(shared_gx[0] * invstd);
-  mean_g[c] = static_cast<float>(shared_g[0] / count);
-  coef_x[c] = static_cast<float>(shared_gx[0] / count * invstd * invstd);
+  p.grad_bias[c] = static_cast<float>(sums.a);
+  p.grad_weight[c] = static_cast<float>(sums.b * invstd);
+  mean_g[c] = static_cast<float>(sums.a / count);
+  coef_x[c] = static_cast<float>(sums.b / count * invstd * invstd);
 }
 
 template <class T>
@@ -309,9 +318,8 @@ __global__ void __launch_bounds__(kThreads) backward_apply_kernel(BatchNormReluB
 
 template <class T>
 Status run_backward(const BatchNormReluBackward& p, cudaStream_t stream) {
-  const int slices = static_cast<int>(std::min<int64_t>(kBatchNormSlices, std::max<int64_t>(1, p.pixels / 64)));
-  const int64_t width = std::min<int64_t>(p.channels, kThreads);
-  const dim3 grid(slices, static_cast<unsigned>(p.images), static_cast<unsigned>((p.channels + width - 1) / width));
+  const int slices = slices_of(p.pixels);
+  const dim3 grid = grid_of(slices, p.images, p.channels);
   const int64_t part = kBatchNormSlices * p.images * p.channels;
   float *part_g = p.workspace, *part_gx = part_g + part, *mean_g = part_gx + part, *coef_x = mean_g + p.channels;
   backward_sums_kernel<T><<<grid, kThreads, 0, stream>>>(p, part_g, part_gx);
