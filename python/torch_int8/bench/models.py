@@ -1,6 +1,8 @@
-"""``bench models``: whole ResNets, bf16 autocast against the same model converted to INT8.
+"""``bench models``: whole models (torchvision ResNets, timm's ViT-B, a Llama-style block), bf16
+autocast against the same model converted to INT8.
 
-    python -m torch_int8.bench models [--models resnet18,resnet50,cifar_resnet18] [--batches 128,256]
+    python -m torch_int8.bench models [--models resnet18,resnet50,cifar_resnet18,vit_base,llama_block]
+                                      [--batches 128,256]
                                       [--modes train,infer] [--iters N] [--warmup N] [--no-compile]
                                       [--json FILE] [--plot FILE] [--list] [--profile]
 
@@ -36,6 +38,7 @@ import torch.nn.functional as F
 import torch_int8
 
 from .cifar_resnet import CifarResNet18
+from .llama_block import LlamaBlock
 from .cli import add_output_args, register
 from .plot import plot_grouped_bars
 from .profiling import profile_steps
@@ -55,22 +58,38 @@ def torchvision_resnet(name: str) -> torch.nn.Module:
     return getattr(torchvision.models, name)(weights=None)
 
 
+def timm_model(name: str) -> torch.nn.Module:
+    """timm.create_model(name) with random weights; timm is imported only here."""
+    try:
+        import timm
+    except ImportError:
+        sys.exit(f"torch_int8.bench models: {name} needs timm (pip install timm)")
+    return timm.create_model(name, pretrained=False)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     build: Callable[[], torch.nn.Module]
-    image_size: int
+    input_shape: Tuple[int, ...]  # of one sample: (3, H, W) images (channels_last), or (tokens, hidden)
     classes: int
     batches: Tuple[int, ...]  # default batch sizes
     about: str
 
 
 MODELS: Dict[str, ModelSpec] = {
-    "resnet18": ModelSpec(partial(torchvision_resnet, "resnet18"), 224, 1000, (128, 256),
+    "resnet18": ModelSpec(partial(torchvision_resnet, "resnet18"), (3, 224, 224), 1000, (128, 256),
                           "torchvision resnet18, ImageNet size"),
-    "resnet50": ModelSpec(partial(torchvision_resnet, "resnet50"), 224, 1000, (128, 256),
+    "resnet50": ModelSpec(partial(torchvision_resnet, "resnet50"), (3, 224, 224), 1000, (128, 256),
                           "torchvision resnet50, ImageNet size"),
-    "cifar_resnet18": ModelSpec(CifarResNet18, 32, 10, (256,),
+    "cifar_resnet18": ModelSpec(CifarResNet18, (3, 32, 32), 10, (256,),
                                 "ResNet-18 for CIFAR-10: 3x3 stem, no max-pool, BasicBlocks [2,2,2,2]"),
+    "vit_base": ModelSpec(partial(timm_model, "vit_base_patch16_224"), (3, 224, 224), 1000, (64,),
+                          "timm vit_base_patch16_224"),
+    "llama_block": ModelSpec(LlamaBlock, (2048, 4096), 1000, (4,),
+                             "a Llama-style decoder block (hidden 4096, 32 heads, SwiGLU MLP 11008) and a "
+                             "mean-pooled classifier; batch = sequences of 2048 tokens"),
+    "llama_block_small": ModelSpec(partial(LlamaBlock, 64, 4, 128, 10), (16, 64), 10, (2,),
+                                   "the Llama-style block at hidden 64 (a path for tests)"),
 }
 
 
@@ -96,7 +115,8 @@ def parse_batches(text: str) -> List[int]:
 
 def _add_models_args(p: argparse.ArgumentParser) -> None:
     add_output_args(p)
-    p.add_argument("--models", type=partial(parse_list, choices=list(MODELS)), default=list(MODELS),
+    p.add_argument("--models", type=partial(parse_list, choices=list(MODELS)),
+                   default=[m for m in MODELS if not m.endswith("_small")],
                    help=f"comma-separated models (default {','.join(MODELS)}; --list describes them)")
     p.add_argument("--batches", type=parse_batches,
                    help="comma-separated batch sizes for every model (default: 128,256 at 224x224, 256 at 32x32)")
@@ -131,9 +151,10 @@ class FirstCallTimed:
 
 
 def random_batch(spec: ModelSpec, batch: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Fresh random channels_last images and labels (one kernel each)."""
-    shape = (batch, 3, spec.image_size, spec.image_size)
-    x = torch.empty(shape, device=device, memory_format=torch.channels_last).normal_()
+    """Fresh random inputs (images channels_last) and labels (one kernel each)."""
+    shape = (batch, *spec.input_shape)
+    layout = torch.channels_last if len(shape) == 4 else torch.contiguous_format
+    x = torch.empty(shape, device=device, memory_format=layout).normal_()
     return x, torch.randint(spec.classes, (batch,), device=device)
 
 
@@ -264,20 +285,20 @@ def model_row(name: str, spec: ModelSpec, batch: int, mode: str, setup: Setup, t
         t["images_per_s"] = ratio(batch * 1e3, t["ms"])
         t["speedup_vs_eager"] = ratio(eager, t["ms"])
         t["speedup_vs_compiled"] = ratio(compiled, t["ms"])
-    return {"model": name, "batch": batch, "mode": mode, "image_size": spec.image_size, "classes": spec.classes,
+    return {"model": name, "batch": batch, "mode": mode, "input_shape": list(spec.input_shape), "classes": spec.classes,
             "baseline": setup.baseline, "methods": timed}
 
 
 def format_models_table(rows: Sequence[dict]) -> str:
     """A line per (model, batch, mode, method): ms per step, images/s, speed-ups, peak memory, first call."""
-    head = (f"{'model':<15} {'N':>4} {'mode':<5} | {'method':<14} {'ms':>9} {'img/s':>8} {'x eager':>7} "
+    head = (f"{'model':<17} {'N':>4} {'mode':<5} | {'method':<14} {'ms':>9} {'samples/s':>9} {'x eager':>7} "
             f"{'x comp':>7} | {'peak GiB':>8} {'1st call s':>10}")
     lines = [head, "-" * len(head)]
     for r in rows:
         for method, t in r["methods"].items():
             peak = t.get("peak_mem_bytes")
-            lines.append(f"{r['model']:<15} {r['batch']:>4} {r['mode']:<5} | {method:<14} {fmt(t['ms'], 9, 2)} "
-                         f"{fmt(t['images_per_s'], 8, 0)} {fmt(t['speedup_vs_eager'], 7, 2)} "
+            lines.append(f"{r['model']:<17} {r['batch']:>4} {r['mode']:<5} | {method:<14} {fmt(t['ms'], 9, 2)} "
+                         f"{fmt(t['images_per_s'], 9, 0)} {fmt(t['speedup_vs_eager'], 7, 2)} "
                          f"{fmt(t['speedup_vs_compiled'], 7, 2)} | {fmt(None if peak is None else peak / 2**30, 8, 2)} "
                          f"{fmt(t.get('first_call_s'), 10, 1)}")
     lines.append(f"ms per step (median); x eager / x comp = {rows[0]['baseline']} eager / compiled time over the "
@@ -296,12 +317,12 @@ def plot_models(rows: Sequence[dict], path: str, title: str) -> bool:
 def print_models() -> int:
     for name, spec in MODELS.items():
         batches = ",".join(map(str, spec.batches))
-        size = f"{spec.image_size}x{spec.image_size}"
+        size = "x".join(map(str, spec.input_shape))
         print(f"{name:<15} {size}, {spec.classes} classes, batches {batches}: {spec.about}")
     return 0
 
 
-@register("models", "whole ResNets (training step, inference): bf16 autocast vs torch_int8.convert, eager and "
+@register("models", "whole models (training step, inference): bf16 autocast vs torch_int8.convert, eager and "
                     "torch.compile", _add_models_args)
 def run_models(args: argparse.Namespace) -> int:
     if args.list:
@@ -331,6 +352,6 @@ def run_models(args: argparse.Namespace) -> int:
             if args.json:  # so far, in case the run is cut short
                 write_json(args.json, {"meta": info, "results": rows})
     print(format_models_table(rows))
-    title = f"INT8 vs {info['baseline']} ResNets on {info['gpu']}"
+    title = f"INT8 vs {info['baseline']} models on {info['gpu']}"
     failed = failed_methods(rows, lambda r: f"{r['model']} N={r['batch']} {r['mode']}")
     return finish(args, {"meta": info, "results": rows}, lambda path: plot_models(rows, path, title), failed)
