@@ -229,7 +229,20 @@ def test_bench_gemm_shape_keeps_every_method(monkeypatch):
 def test_models_list(capsys):
     assert cli.main(["models", "--list"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in out] == ["resnet18", "resnet50", "cifar_resnet18"]
+    assert [line.split()[0] for line in out] == ["resnet18", "resnet50", "cifar_resnet18", "vit_base", "llama_block",
+                                                 "llama_block_small"]
+    assert "2048x4096" in out[4]
+
+
+def test_models_runs_the_llama_block(tmp_path):
+    """The transformer path end to end on the CPU: no convolution chain to fuse, so int8 and
+    int8_layers are the same converted model."""
+    out = tmp_path / "models.json"
+    argv = ["models", "--models", "llama_block_small", "--batches", "2", "--iters", "1", "--warmup", "1",
+            "--no-compile", "--modes", "train", "--json", str(out)]
+    assert cli.main(argv) == 0
+    row = json.loads(out.read_text())["results"][0]
+    assert row["input_shape"] == [16, 64] and all(t["error"] is None for t in row["methods"].values())
 
 
 def test_models_options():
