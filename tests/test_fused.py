@@ -161,10 +161,11 @@ def assert_as_near_as_per_layer(step_b, step_a, step_exact):
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_fused_training_equals_the_per_layer_path(device, channels_last):
-    """Bit for bit where both paths run the same BatchNorm kernels: the CPU, and NCHW batches on the
-    GPU (torch.nn's dispatch). NHWC GPU batches run the fused BatchNorm kernels (their own sums and
-    rounding): there within the per-layer path's distance to float64."""
-    bitwise = device == "cpu" or not channels_last
+    """Bit for bit on the CPU, where both paths run ATen's BatchNorm kernels. On the GPU nn.BatchNorm2d
+    runs cuDNN, the fused steps that hand int8 on their own kernels (NHWC) or ATen's native ones
+    (other layouts), each with its own sums and rounding: there within the per-layer path's
+    distance to float64 (seen on the H100: outputs 1.2e-7 apart for NCHW input)."""
+    bitwise = device == "cpu"
     per_layer, fused, exact = three_models(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     for step in range(2):  # the second step reads the running statistics the first one wrote

@@ -106,15 +106,20 @@ void check_backward(const at::Tensor& grad, const at::Tensor& y, const at::Tenso
 }
 
 // The forward's affine map recomputed (a = weight * invstd, b = bias - mean * a,
-// each rounded once), the mask where a * y + b > 0, ATen's backward.
+// each rounded once), the mask where a * y + b > 0, ATen's backward in float32.
 Grads backward_composite(const at::Tensor& grad, const at::Tensor& y, const at::Tensor& weight,
                          const at::Tensor& bias, const at::Tensor& mean, const at::Tensor& invstd) {
   check_backward(grad, y, weight, bias, mean, invstd);
   const at::Tensor a = weight.to(at::kFloat) * invstd.to(at::kFloat);
   const at::Tensor b = bias.to(at::kFloat) - mean.to(at::kFloat) * a;
   const at::Tensor z = y.to(at::kFloat) * a.view({1, -1, 1, 1}) + b.view({1, -1, 1, 1});
-  const at::Tensor g = at::threshold_backward(grad, z.to(grad.scalar_type()), 0);
-  return at::native_batch_norm_backward(g, y, weight, {}, {}, mean, invstd, true, 0.0, {true, true, true});
+  // In float32: ATen's CUDA kernel for NCHW bf16 input under float32 parameters loses precision in
+  // its sums (pytorch/pytorch#156513; grad_weight off by bf16's rounding, seen on the H100).
+  const at::Tensor g = at::threshold_backward(grad.to(at::kFloat), z, 0);
+  auto [grad_y, grad_weight, grad_bias] = at::native_batch_norm_backward(
+      g, y.to(at::kFloat), weight.to(at::kFloat), {}, {}, mean.to(at::kFloat), invstd.to(at::kFloat), true, 0.0,
+      {true, true, true});
+  return {grad_y.to(y.scalar_type()), grad_weight.to(weight.scalar_type()), grad_bias.to(bias.scalar_type())};
 }
 
 #ifdef TORCH_INT8_WITH_CUDA
