@@ -1,16 +1,21 @@
-"""Train the same model on Fashion-MNIST with float nn.Linear and with torch_int8.nn.Linear.
+"""Train the same model on Fashion-MNIST in float and converted to INT8 by torch_int8.convert.
 
     python examples/train_fashion_mnist.py --model mlp --seeds 0 1 2 --epochs 5 \
         --out benchmarks/results/fashion_mnist_mlp
+    python examples/train_fashion_mnist.py --model resnet --augment --epochs 15 \
+        --out benchmarks/results/fashion_mnist_resnet
 
-Writes <out>.json (per-epoch loss and test accuracy for both variants and every
-seed) and <out>.png (loss curves). The float baseline is bf16 autocast on a GPU
-and fp32 on the CPU; the INT8 variant converts every nn.Linear with
-torch_int8.convert (forward, grad_input and grad_weight in INT8).
+Models: mlp, vit (a TinyViT; every layer nn.Linear) and resnet (the CIFAR-style ResNet-18 of
+`bench models`, one input channel, channels_last: its Conv2d -> BatchNorm2d -> ReLU chains become
+fused INT8 steps that hand int8 activations on). Writes <out>.json (per-epoch loss and test
+accuracy for both variants and every seed) and <out>.png (loss curves). The float baseline is bf16
+autocast on a GPU and fp32 on the CPU; the INT8 variant is torch_int8.convert of the same model
+(forward, grad_input and grad_weight in INT8).
 """
 import argparse
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 import torch_int8
+from torch_int8.bench.cifar_resnet import CifarResNet18
 from torch_int8.datasets import load_fashion_mnist
 
 
@@ -51,10 +57,26 @@ class TinyViT(torch.nn.Module):
         return self.head(self.norm(h).mean(1))
 
 
+MODELS = {"mlp": mlp, "vit": TinyViT, "resnet": lambda: CifarResNet18(classes=10, in_channels=1)}
+
+
+def augment(x, g):
+    """Random horizontal flips and shifts of up to 2 pixels (zero padding), per image."""
+    b, _, h, w = x.shape
+    flip = torch.rand(b, generator=g).to(x.device) < 0.5
+    x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+    padded = F.pad(x, (2, 2, 2, 2))
+    dy, dx = (torch.randint(0, 5, (b,), generator=g).to(x.device) for _ in range(2))
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]
+    out = padded[torch.arange(b, device=x.device)[:, None, None], 0, rows, cols].unsqueeze(1)
+    return out.contiguous(memory_format=torch.channels_last)
+
+
 def run(model_name, int8, seed, args, data):
     torch.manual_seed(seed)
     device = data[0][0].device
-    model = (mlp() if model_name == "mlp" else TinyViT()).to(device)
+    model = MODELS[model_name]().to(device, memory_format=torch.channels_last)
     if int8:
         model = torch_int8.convert(model, torch_int8.Int8Config(grad_rounding=args.grad_rounding))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
@@ -70,8 +92,9 @@ def run(model_name, int8, seed, args, data):
         total = 0.0
         for i in range(steps):
             idx = perm[i * args.batch:(i + 1) * args.batch]
+            x = augment(xtr[idx], g) if args.augment else xtr[idx]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss = F.cross_entropy(model(xtr[idx]), ytr[idx])
+                loss = F.cross_entropy(model(x), ytr[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -91,7 +114,7 @@ def run(model_name, int8, seed, args, data):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", choices=["mlp", "vit"], default="mlp")
+    parser.add_argument("--model", choices=list(MODELS), default="mlp")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch", type=int, default=256)
@@ -102,11 +125,16 @@ def main():
                         help="folder with the four Fashion-MNIST IDX .gz files (default: the Debian package "
                              "dataset-fashion-mnist, then ../shared/data/fashion-mnist beside the checkout; "
                              "else scikit-learn's digits, with a warning)")
+    parser.add_argument("--augment", action="store_true", help="random flips and 2-pixel shifts of the training images")
+    parser.add_argument("--limit", type=int, default=None, metavar="N",
+                        help="train and test on the first N images of each split (a quick check)")
     parser.add_argument("--out", type=Path, required=True, help="output prefix for .json and .png")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dataset = load_fashion_mnist(args.data, fallback=True).to(device)
-    data = ((dataset.train_x, dataset.train_y), (dataset.test_x, dataset.test_y))
+    channels_last = partial(torch.Tensor.contiguous, memory_format=torch.channels_last)
+    data = ((channels_last(dataset.train_x[:args.limit]), dataset.train_y[:args.limit]),
+            (channels_last(dataset.test_x[:args.limit]), dataset.test_y[:args.limit]))
     results = {"meta": {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "dataset": dataset.name,
                         "torch": torch.__version__, "torch_int8": torch_int8.__version__,
                         "float_baseline": "bf16 autocast" if device.type == "cuda" else "fp32",
@@ -136,7 +164,7 @@ def main():
                 alpha=0.8, label=key)
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss")
-    ax.set_title(f"Fashion-MNIST {args.model}: float vs torch_int8.nn.Linear")
+    ax.set_title(f"Fashion-MNIST {args.model}: float vs torch_int8.convert")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(args.out.with_suffix(".png"), dpi=120)

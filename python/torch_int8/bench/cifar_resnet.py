@@ -28,9 +28,9 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet18(nn.Module):
-    def __init__(self, classes: int = 10):
+    def __init__(self, classes: int = 10, in_channels: int = 3):
         super().__init__()
-        self.stem = nn.Sequential(conv_bn(3, 64, 3, 1), nn.ReLU())
+        self.stem = nn.Sequential(conv_bn(in_channels, 64, 3, 1), nn.ReLU())
         stages, c_in = [], 64
         for c_out, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
             stages += [BasicBlock(c_in, c_out, stride), BasicBlock(c_out, c_out, 1)]
