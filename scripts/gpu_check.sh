@@ -27,8 +27,9 @@
 #                         default .data/fashion-mnist)
 #
 # Prerequisites on the machine: python3 with torch (CUDA), pytest, pybind11, cmake, ninja, numpy,
-# matplotlib. Wheels that are missing there (nvidia-cutlass) are taken from ./.whl/*.whl if that
-# folder exists (installed offline into /tmp/site, put on PYTHONPATH).
+# matplotlib. Wheels that are missing there (nvidia-cutlass; torchao for `bench models`' torchao
+# method) are taken from ./.whl/*.whl if that folder exists (installed offline into /tmp/site, put on
+# PYTHONPATH; fill it with `pip download --no-deps -d .whl nvidia-cutlass==4.2.0.0 torchao==0.18.0`).
 #
 # Everything lands in OUTDIR (at most 8 files, what the device tool returns):
 #   build.log info.txt pytest.log [sanitizer.log] [bench.log] [extra.log] [results.tgz: bench/*.json|png, train/*]

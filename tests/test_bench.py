@@ -241,8 +241,11 @@ def test_models_runs_the_llama_block(tmp_path):
     argv = ["models", "--models", "llama_block_small", "--batches", "2", "--iters", "1", "--warmup", "1",
             "--no-compile", "--modes", "train", "--json", str(out)]
     assert cli.main(argv) == 0
-    row = json.loads(out.read_text())["results"][0]
+    report = json.loads(out.read_text())
+    row = report["results"][0]
     assert row["input_shape"] == [16, 64] and all(t["error"] is None for t in row["methods"].values())
+    with_torchao = ["torchao_eager"] if report["meta"]["torchao"] else []
+    assert list(row["methods"]) == ["fp32_eager", "int8_eager", "int8_layers_eager", *with_torchao]
 
 
 def test_models_options():

@@ -16,6 +16,9 @@ are timed in turns (:mod:`.timer`) on fresh random inputs each call:
   parameters and optimizer states included; ``resident_bytes`` is what was allocated before it)
 * ``infer``  forward in eval mode under no_grad
 
+For the transformers (vit_base, llama_block) torchao's INT8 mixed-precision training of the same
+model (``torchao``, where torchao is installed) is timed beside them, in both modes.
+
 Each method's first call (torch.compile's compilation) is timed apart (``first_call_s``). Without a
 GPU the models run in float32 on the CPU, eagerly (a path for tests: ``--models cifar_resnet18
 --batches 2 --iters 1``).
@@ -74,6 +77,7 @@ class ModelSpec:
     classes: int
     batches: Tuple[int, ...]  # default batch sizes
     about: str
+    transformer: bool = False  # all Linear: torchao's INT8 training is compared too
 
 
 MODELS: Dict[str, ModelSpec] = {
@@ -84,12 +88,12 @@ MODELS: Dict[str, ModelSpec] = {
     "cifar_resnet18": ModelSpec(CifarResNet18, (3, 32, 32), 10, (256,),
                                 "ResNet-18 for CIFAR-10: 3x3 stem, no max-pool, BasicBlocks [2,2,2,2]"),
     "vit_base": ModelSpec(partial(timm_model, "vit_base_patch16_224"), (3, 224, 224), 1000, (64,),
-                          "timm vit_base_patch16_224"),
+                          "timm vit_base_patch16_224", transformer=True),
     "llama_block": ModelSpec(LlamaBlock, (2048, 4096), 1000, (4,),
                              "a Llama-style decoder block (hidden 4096, 32 heads, SwiGLU MLP 11008) and a "
-                             "mean-pooled classifier; batch = sequences of 2048 tokens"),
+                             "mean-pooled classifier; batch = sequences of 2048 tokens", transformer=True),
     "llama_block_small": ModelSpec(partial(LlamaBlock, 64, 4, 128, 10), (16, 64), 10, (2,),
-                                   "the Llama-style block at hidden 64 (a path for tests)"),
+                                   "the Llama-style block at hidden 64 (a path for tests)", transformer=True),
 }
 
 
@@ -208,12 +212,36 @@ def setup_for(args) -> Setup:
     return Setup(torch.device("cpu"), "fp32", "fp32", contextlib.nullcontext, False)
 
 
+def torchao_version() -> Optional[str]:
+    try:
+        import torchao
+    except ImportError:
+        return None
+    return torchao.__version__
+
+
+def torchao_int8_training(model: torch.nn.Module) -> Optional[torch.nn.Module]:
+    """torchao's INT8 mixed-precision training (every nn.Linear: int8 products in forward and backward,
+    dynamic row-wise scales) applied to a copy of model; None where torchao is not installed."""
+    try:
+        from torchao.prototype.quantized_training import int8_mixed_precision_training
+        from torchao.quantization import quantize_
+    except ImportError:
+        return None
+    ours = copy.deepcopy(model)
+    quantize_(ours, int8_mixed_precision_training())
+    return ours
+
+
 def model_pair(spec: ModelSpec, setup: Setup) -> Dict[str, torch.nn.Module]:
     """{baseline: the float model, "int8": torch_int8.convert of a copy (fused Conv-BN-ReLU steps, int8
-    between them), "int8_layers": convert(fuse=False), every layer on its own}, channels_last."""
+    between them), "int8_layers": convert(fuse=False), every layer on its own}, channels_last; for the
+    transformers also "torchao" (torchao_int8_training) where torchao is installed."""
     model = spec.build().to(setup.device, memory_format=torch.channels_last)
-    return {setup.baseline: model, "int8": torch_int8.convert(copy.deepcopy(model)),
-            "int8_layers": torch_int8.convert(copy.deepcopy(model), fuse=False)}
+    models = {setup.baseline: model, "int8": torch_int8.convert(copy.deepcopy(model)),
+              "int8_layers": torch_int8.convert(copy.deepcopy(model), fuse=False)}
+    torchao = torchao_int8_training(model) if spec.transformer else None
+    return models if torchao is None else {**models, "torchao": torchao}
 
 
 def profile_model(name: str, batch: int, mode: str, setup: Setup, reps: int) -> int:
@@ -339,7 +367,8 @@ def run_models(args: argparse.Namespace) -> int:
                  "iters": args.reps, "warmup": args.warmup, "seed": args.seed, "compile": setup.compile,
                  "baseline": setup.about,
                  "cudnn_benchmark": torch.backends.cudnn.benchmark,
-                 "layout": "channels_last, float32 parameters, SGD momentum 0.9, fresh random inputs per step"})
+                 "layout": "channels_last, float32 parameters, SGD momentum 0.9, fresh random inputs per step",
+                 "torchao": torchao_version()})
     print_meta(info)
     if setup.device.type == "cpu":
         print("# no GPU: float32 models on the CPU, eager only", file=sys.stderr)
