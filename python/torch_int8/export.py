@@ -23,13 +23,34 @@ import torch
 # The batch dimension of the exported program: any size from 1 to this.
 MAX_BATCH = 1 << 16
 
+# The oldest torch whose AOTInductor runs the int8 ops right. torch 2.11's proxy executor hands
+# them wrong arguments (scaled_conv2d saw out_dtype Short, then tensors without storage) and, on
+# a GPU machine, crashed the process; the round trip is exact on 2.12.1, 2.13.0 and 2.14.1.
+MIN_TORCH = (2, 12)
+
+
+def torch_runs_exports(version: Optional[str] = None) -> bool:
+    """Whether torch `version` (e.g. "2.14.1+cu130"; default: the running torch's) is MIN_TORCH or later."""
+    version = torch.__version__ if version is None else version
+    return tuple(int(part) for part in version.split("+")[0].split(".")[:2]) >= MIN_TORCH
+
+
+def check_torch_version(version: Optional[str] = None) -> None:
+    """Raises RuntimeError where torch `version` (default: the running torch's) is older than MIN_TORCH."""
+    version = torch.__version__ if version is None else version
+    if not torch_runs_exports(version):
+        need = ".".join(map(str, MIN_TORCH))
+        raise RuntimeError(f"torch_int8.export_model / load_exported need torch >= {need} (found {version}): "
+                           "older AOTInductor runtimes pass the int8 ops wrong arguments")
+
 
 def export_model(qmodel: torch.nn.Module, example_input: torch.Tensor, path: Union[str, Path],
                  max_batch: Optional[int] = MAX_BATCH) -> Path:
     """Compiles qmodel (e.g. a quantize_model result, in eval mode) for inputs shaped like
     example_input, with any batch size up to max_batch (None: example_input's batch only), into an
     AOTInductor package at path (a .pt2 file, written over). The package runs on example_input's
-    device. Returns the path."""
+    device. Returns the path. Needs torch >= MIN_TORCH."""
+    check_torch_version()
     dynamic_shapes = None if max_batch is None else ({0: torch.export.Dim("batch", min=1, max=max_batch)},)
     if max_batch is not None and example_input.shape[0] == 1:
         example_input = torch.cat([example_input] * 2)  # torch.export makes a size-1 dimension a constant
@@ -40,5 +61,6 @@ def export_model(qmodel: torch.nn.Module, example_input: torch.Tensor, path: Uni
 
 def load_exported(path: Union[str, Path]) -> Callable[[torch.Tensor], torch.Tensor]:
     """The package export_model wrote, as a callable (input -> output), run by the same compiled
-    library that C++'s AOTIModelPackageLoader runs."""
+    library that C++'s AOTIModelPackageLoader runs. Needs torch >= MIN_TORCH."""
+    check_torch_version()
     return torch._inductor.aoti_load_package(str(path))
