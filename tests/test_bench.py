@@ -303,3 +303,40 @@ def test_models_table_prints_missing_times_as_dashes():
     assert len(lines[0]) == len(lines[2]) == len(lines[3])
     assert lines[2].split()[4:] == ["bf16_eager", "10.00", "12800", "1.00", "0.50", "|", "3.00", "30.0"]
     assert lines[3].split("|")[1].split()[1:] == ["-", "-", "-", "-"]
+
+
+def test_kernel_kinds_of_profiled_names():
+    from torch_int8.bench.profiling import kernel_kind
+    cases = {
+        "void torch_int8::kernels::(anonymous namespace)::wgrad_mma_kernel<true>(torch_int8::kernels::ScaledWgrad)":
+            "int8 wgrad (mma.sync)",
+        "void torch_int8::kernels::(anonymous namespace)::backward_apply_kernel<__nv_bfloat16>(...)":
+            "int8 BatchNorm (fused)",
+        "void torch_int8::kernels::(anonymous namespace)::quantize_long_rows_kernel<__nv_bfloat16>(...)":
+            "int8 quantize",
+        "void cutlass::device_kernel<cutlass::conv::kernel::ConvUniversal<...> >(...)": "int8 GEMM / conv (CUTLASS)",
+        "sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize128x128x64": "cuDNN convolution",
+        "void cutlass__5x_cudnn::Kernel<cutlass_tensorop_bf16_s16816dgrad_optimized_bf16_64x64_64x5_nhwc>(...)":
+            "cuDNN convolution",
+        "void at::native::batch_norm_backward_kernel<float, float, float, int>(...)": "BatchNorm (ATen / cuDNN)",
+        "void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>, ...>(...)":
+            "elementwise (ATen)",
+        "Memset (Device)": "copies / memsets",
+        "some_new_kernel": "other",
+    }
+    assert {name: kernel_kind(name) for name in cases} == cases
+
+
+def test_kinds_table_sums_per_step_and_sorts():
+    from types import SimpleNamespace
+
+    from torch_int8.bench.profiling import kinds_table
+    cuda = torch.autograd.DeviceType.CUDA
+    events = [SimpleNamespace(key="wgrad_mma_kernel", device_type=cuda, device_time_total=3000.0),
+              SimpleNamespace(key="quantize_rows_kernel", device_type=cuda, device_time_total=500.0),
+              SimpleNamespace(key="requantize_kernel", device_type=cuda, device_time_total=500.0),
+              SimpleNamespace(key="aten::mm", device_type=torch.autograd.DeviceType.CPU, device_time_total=9e9)]
+    lines = kinds_table(SimpleNamespace(key_averages=lambda: events), reps=2).splitlines()
+    assert lines[1].split()[-2:] == ["1.50", "75.0%"] and lines[1].startswith("int8 wgrad")
+    assert lines[2].startswith("int8 quantize") and lines[2].split()[-2:] == ["0.50", "25.0%"]
+    assert len(lines) == 3
