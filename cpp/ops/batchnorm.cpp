@@ -176,6 +176,8 @@ TORCH_LIBRARY_IMPL(int8, CUDA, m) {
 }
 #endif
 
-TORCH_LIBRARY_IMPL(int8, Autograd, m) { impl_without_derivatives(m, {"batch_norm_relu_quantize", "batch_norm_relu_backward"}); }
+TORCH_LIBRARY_IMPL(int8, Autograd, m) {
+  impl_without_derivatives(m, {"batch_norm_relu_quantize", "batch_norm_relu_backward"});
+}
 
 }  // namespace torch_int8::ops

@@ -69,6 +69,24 @@ __device__ __forceinline__ void slice_of(int64_t pixels, int64_t& begin, int64_t
   end = min(pixels, begin + per);
 }
 
+// Rows begin, begin + step, ... < end of a thread: kRowsInFlight loads issued
+// before any is used (memory-level parallelism for these bandwidth-bound
+// passes), then `use(row, value)` in row order, so that sums add up in the
+// order of a plain loop.
+constexpr int kRowsInFlight = 8;
+template <class Load, class Use>
+__device__ __forceinline__ void for_rows(int64_t begin, int64_t end, int step, Load load, Use use) {
+  for (int64_t first = begin; first < end; first += static_cast<int64_t>(kRowsInFlight) * step) {
+    decltype(load(first)) v[kRowsInFlight];
+#pragma unroll
+    for (int u = 0; u < kRowsInFlight; ++u)
+      if (first + u * step < end) v[u] = load(first + u * step);
+#pragma unroll
+    for (int u = 0; u < kRowsInFlight; ++u)
+      if (first + u * step < end) use(first + u * step, v[u]);
+  }
+}
+
 // Sums of v over the rows of the tile, into row 0 (in row order); `op` combines.
 template <class Op>
 __device__ __forceinline__ float reduce_rows(float v, const Tile& t, float* shared, Op op) {
@@ -92,13 +110,13 @@ __global__ void __launch_bounds__(kThreads) stats_kernel(const T* __restrict__ y
   float s = 0.f, q = 0.f, lo = INFINITY, hi = -INFINITY;
   if (t.active) {
     const T* base = y + image * pixels * channels + t.channel;
-    for (int64_t p = begin + t.row; p < end; p += t.rows) {
-      const float v = to_float(base[p * channels]);
+    const auto load = [&](int64_t p) { return to_float(base[p * channels]); };
+    for_rows(begin + t.row, end, t.rows, load, [&](int64_t, float v) {
       s += v;
       q = fmaf(v, v, q);
       lo = nan_min(lo, v);
       hi = nan_max(hi, v);
-    }
+    });
   }
   const auto add = [](float a, float b) { return a + b; };
   if (sums) {
@@ -203,10 +221,11 @@ __global__ void __launch_bounds__(kThreads) apply_kernel(const T* __restrict__ y
   slice_of(pixels, begin, end);
   const float a = a_in[t.channel], b = b_in[t.channel];
   const int64_t offset = image * pixels * channels + t.channel;
-  for (int64_t p = begin + t.row; p < end; p += t.rows) {
+  const auto load = [&](int64_t p) { return to_float(y[offset + p * channels]); };
+  for_rows(begin + t.row, end, t.rows, load, [&](int64_t p, float v) {
     const int64_t at = offset + p * channels;
-    q[at] = quantize_value(relu(affine(a, b, to_float(y[at]))), d, Nearest{}, at);
-  }
+    q[at] = quantize_value(relu(affine(a, b, v)), d, Nearest{}, at);
+  });
 }
 
 // The slices of an image (at least 64 pixels each, at most kBatchNormSlices) and
@@ -248,6 +267,17 @@ struct ChannelMap {
   __device__ float masked(float grad, float y) const { return affine(a, b, y) <= 0.f ? 0.f : grad; }
 };
 
+// Row px's (grad, y) of a thread's channel, as floats.
+template <class T>
+struct GradAndY {
+  const T* grad;
+  const T* y;
+  int64_t channels;
+  __device__ float2 operator()(int64_t px) const {
+    return {to_float(grad[px * channels]), to_float(y[px * channels])};
+  }
+};
+
 template <class T>
 __global__ void __launch_bounds__(kThreads) backward_sums_kernel(BatchNormReluBackward p, float* part_g,
                                                                  float* part_gx) {
@@ -262,12 +292,11 @@ __global__ void __launch_bounds__(kThreads) backward_sums_kernel(BatchNormReluBa
     const int64_t offset = image * p.pixels * p.channels + t.channel;
     const T* grad = static_cast<const T*>(p.grad) + offset;
     const T* y = static_cast<const T*>(p.y) + offset;
-    for (int64_t px = begin + t.row; px < end; px += t.rows) {
-      const float v = to_float(y[px * p.channels]);
-      const float g = map.masked(to_float(grad[px * p.channels]), v);
+    for_rows(begin + t.row, end, t.rows, GradAndY<T>{grad, y, p.channels}, [&](int64_t, float2 gy) {
+      const float g = map.masked(gy.x, gy.y);
       sg += g;
-      sgx = fmaf(g, v - map.mean, sgx);
-    }
+      sgx = fmaf(g, gy.y - map.mean, sgx);
+    });
   }
   const auto add = [](float a, float b) { return a + b; };
   sg = reduce_rows(sg, t, shared, add);
@@ -308,12 +337,10 @@ __global__ void __launch_bounds__(kThreads) backward_apply_kernel(BatchNormReluB
   const T* grad = static_cast<const T*>(p.grad) + offset;
   const T* y = static_cast<const T*>(p.y) + offset;
   T* out = static_cast<T*>(p.grad_y) + offset;
-  for (int64_t px = begin + t.row; px < end; px += t.rows) {
-    const int64_t at = px * p.channels;
-    const float v = to_float(y[at]);
-    const float g = map.masked(to_float(grad[at]), v);
-    out[at] = from_float<T>((g - mg - (v - map.mean) * cx) * k);
-  }
+  for_rows(begin + t.row, end, t.rows, GradAndY<T>{grad, y, p.channels}, [&](int64_t px, float2 gy) {
+    const float g = map.masked(gy.x, gy.y);
+    out[px * p.channels] = from_float<T>((g - mg - (gy.y - map.mean) * cx) * k);
+  });
 }
 
 template <class T>
