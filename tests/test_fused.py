@@ -292,6 +292,43 @@ def test_requires_grad_subsets():
     assert_grads(grads_b, grads_a, int8_fed_weights(fused), run_step(base.double(), x, labels)[2])
 
 
+def without_affine(model):
+    """model with every BatchNorm2d made affine=False (weight and bias None), its statistics kept."""
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.BatchNorm2d):
+                setattr(module, child_name, torch.nn.BatchNorm2d(child.num_features, affine=False))
+    return model
+
+
+@pytest.mark.parametrize("case", ["eval", "no_affine"])
+def test_backward_of_the_other_batch_norm_modes(device, case):
+    """The backward's other branches, as exactly as per layer: BatchNorm in eval mode (fine-tuning
+    with frozen statistics: the mask and BatchNorm's backward from the running statistics), and
+    BatchNorm without weight and bias (the mask from the batch statistics alone)."""
+    torch.manual_seed(7)
+    base = small_resnet().to(device)
+    if case == "no_affine":
+        base = without_affine(base).to(device)
+    with torch.no_grad():
+        base(torch.randn(8, 3, 16, 16, device=device))  # running statistics that are not the defaults
+    per_layer = torch_int8.convert(copy.deepcopy(base), fuse=False)
+    fused = torch_int8.convert(copy.deepcopy(base))
+    exact = copy.deepcopy(base).double()
+    if case == "eval":
+        for m in (per_layer, fused, exact):
+            m.eval()
+    x = torch.randn(4, 3, 16, 16, device=device).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 10, (4,), device=device)
+    step_a, step_b, step_exact = (run_step(m, x, labels) for m in (per_layer, fused, exact))
+    if device != "cpu":  # the GPU's BatchNorm kernels differ (see the per-layer test)
+        assert_as_near_as_per_layer(step_b, step_a, step_exact)
+        return
+    torch.testing.assert_close(step_b[0], step_a[0], rtol=0, atol=0)
+    torch.testing.assert_close(step_b[1], step_a[1], rtol=0, atol=0)
+    assert_grads(step_b[2], step_a[2], int8_fed_weights(fused), step_exact[2])
+
+
 @pytest.mark.parametrize("channels", [3, 64, 300])
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
