@@ -1,6 +1,7 @@
-// Forward convolution entry point: checks the geometry every kernel needs,
-// then runs the implicit-GEMM family of the GEMM's family choice
-// (gemm_backend, so TORCH_INT8_GEMM_BACKEND forces both alike).
+// Implicit-GEMM convolution entry points (forward, weight gradient): check the
+// geometry every kernel needs, then run the kernels of the GEMM's family choice
+// (gemm_backend, so TORCH_INT8_GEMM_BACKEND forces both alike) from a table of
+// the families built, as dispatch.cu does for the GEMM.
 #include <cstring>
 #include <limits>
 
@@ -45,7 +46,30 @@ bool current_family(const char** family) {
   return true;
 }
 
-bool is_family(const char* family, const char* name) { return family && std::strcmp(family, name) == 0; }
+// The implicit-GEMM kernels of a GEMM family, for the families CMake built (the
+// others run every convolution as im2col + GEMM). The null entry ends the table.
+struct ConvKernels {
+  const char* family;
+  Status (*fprop)(const ConvProblem&, const Epilogue&, cudaStream_t);
+  int64_t (*wgrad_splits)(const ConvProblem&, int sm_count);
+  Status (*wgrad)(const ScaledWgrad&, cudaStream_t);
+};
+constexpr ConvKernels kConvKernels[] = {
+#ifdef TORCH_INT8_CONV_SM90
+    {"sm90", detail::conv2d_fprop_sm90, detail::wgrad_mma_splits, detail::conv2d_wgrad_mma},
+#endif
+#ifdef TORCH_INT8_CONV_SM80
+    {"sm80", detail::conv2d_fprop_sm80, detail::wgrad_mma_splits, detail::conv2d_wgrad_mma},
+#endif
+    {nullptr, nullptr, nullptr, nullptr},
+};
+
+// The kernels of `family`, or null.
+const ConvKernels* kernels_of(const char* family) {
+  for (const ConvKernels* k = kConvKernels; family && k->family; ++k)
+    if (std::strcmp(k->family, family) == 0) return k;
+  return nullptr;
+}
 
 }  // namespace
 
@@ -53,24 +77,15 @@ Status conv2d_fprop_cuda(const ConvProblem& p, const Epilogue& e, void* stream) 
   if (!conv_geometry_ok(p) || !p.x || !p.filter || !p.y) return Status::kInvalidArgument;
   const char* family = nullptr;
   if (!current_family(&family)) return Status::kCudaError;
-  [[maybe_unused]] const auto s = static_cast<cudaStream_t>(stream);
-#ifdef TORCH_INT8_CONV_SM90
-  if (is_family(family, "sm90")) return detail::conv2d_fprop_sm90(p, e, s);
-#endif
-#ifdef TORCH_INT8_CONV_SM80
-  if (is_family(family, "sm80")) return detail::conv2d_fprop_sm80(p, e, s);
-#endif
-  return Status::kNoKernel;
+  const ConvKernels* k = kernels_of(family);
+  return k ? k->fprop(p, e, static_cast<cudaStream_t>(stream)) : Status::kNoKernel;
 }
 
 int64_t conv2d_wgrad_scaled_splits(const ConvProblem& p) {
-#ifdef TORCH_INT8_WGRAD_MMA
-  const int sm_count = detail::device_sm_count();
-  return sm_count == 0 ? 1 : detail::wgrad_mma_splits(p, sm_count);
-#else
-  (void)p;
-  return 1;
-#endif
+  const char* family = nullptr;
+  const ConvKernels* k = current_family(&family) ? kernels_of(family) : nullptr;
+  const int sm_count = k ? detail::device_sm_count() : 0;
+  return sm_count == 0 ? 1 : k->wgrad_splits(p, sm_count);
 }
 
 Status conv2d_wgrad_scaled_cuda(const ScaledWgrad& w, void* stream) {
@@ -79,11 +94,8 @@ Status conv2d_wgrad_scaled_cuda(const ScaledWgrad& w, void* stream) {
     return Status::kInvalidArgument;
   const char* family = nullptr;
   if (!current_family(&family)) return Status::kCudaError;
-#ifdef TORCH_INT8_WGRAD_MMA
-  if (is_family(family, "sm90") || is_family(family, "sm80"))
-    return detail::conv2d_wgrad_mma(w, static_cast<cudaStream_t>(stream));
-#endif
-  return Status::kNoKernel;
+  const ConvKernels* k = kernels_of(family);
+  return k ? k->wgrad(w, static_cast<cudaStream_t>(stream)) : Status::kNoKernel;
 }
 
 }  // namespace torch_int8::kernels
