@@ -218,12 +218,14 @@ def test_bench_gemm_shape_keeps_every_method(monkeypatch):
     monkeypatch.setattr(gemm, "int_mm_supported", lambda m, n, k: False)
     args = argparse.Namespace(reps=1, warmup=1)
     res = gemm.bench_gemm_shape(8, 32, 64, args, seed=0, device="cpu")
-    assert list(res["methods"]) == ["ours", "int_mm", "bf16", "scaled_gemm", "scaled_int8", "row_amax"]
+    assert list(res["methods"]) == ["ours", "int_mm", "bf16", "scaled_gemm", "scaled_int8", "row_amax",
+                                    "scaled_row_b"]
     assert res["methods"]["int_mm"] is None and res["exact"] is True
     assert all(d["ms"] == 1.0 and d["tops"] == pytest.approx(2 * 8 * 32 * 64 / 1e9)  # in 1 ms
                for name, d in res["methods"].items() if name != "int_mm")
     assert set(res["graph_methods"]) == {"ours", "bf16", "scaled_gemm"}
     assert res["ratio_scaled_bf16"] == 1.0 and res["int8_epilogue_overhead_pct"] == 0.0
+    assert res["row_b_overhead_pct"] == 0.0
 
 
 def test_models_list(capsys):

@@ -112,7 +112,9 @@ def _layout(t: torch.Tensor, layout: str) -> torch.Tensor:
 @pytest.mark.parametrize("device", DEVICE_PARAMS)
 @pytest.mark.parametrize("a_layout", ["row", "col"])
 @pytest.mark.parametrize("b_layout", ["row", "col"])
-@pytest.mark.parametrize("M,N,K", [(5, 7, 3), (37, 53, 91), (64, 96, 128)])
+# (48, 144, 208) and (33, 80, 160): column-major operands that the GPU's transpose kernel lays out in
+# several 64 x 64 tiles with ragged edges, by 4-byte words (48, 144, 208) and by bytes (33 rows)
+@pytest.mark.parametrize("M,N,K", [(5, 7, 3), (37, 53, 91), (64, 96, 128), (48, 144, 208), (33, 80, 160)])
 def test_transposed_inputs(device, a_layout, b_layout, M, N, K):
     a = _layout(rand_int8((M, K), seed=M * K), a_layout).to(device)
     b = _layout(rand_int8((K, N), seed=K * N + 3), b_layout).to(device)

@@ -20,10 +20,30 @@ struct KMajor {
   int64_t ld, batch_stride;
 };
 
+// A CUDA [batch, rows, K] operand laid out column-major per batch (rows
+// contiguous: the transposed view of a row-major [K, rows] matrix), copied into
+// a contiguous one by the tiled transpose kernel; else t itself (ATen copies
+// the rest, which is no transpose).
+at::Tensor transposed_on_gpu(const at::Tensor& t) {
+  const int64_t rows = t.size(1), k = t.size(2);
+  if (!t.is_cuda() || rows < 2 || k < 2 || t.stride(1) != 1 || t.stride(2) < rows || t.stride(0) < 0) return t;
+  at::Tensor out = at::empty({t.size(0), rows, k}, t.options());
+  kernels::TransposeInt8 p;
+  p.in = t.const_data_ptr<int8_t>(), p.out = out.mutable_data_ptr<int8_t>();
+  p.batch = t.size(0), p.rows = rows, p.cols = k, p.in_ld = t.stride(2), p.in_batch_stride = t.stride(0);
+  c10::DeviceGuard guard(t.device());
+  const kernels::Status status = kernels::transpose_int8_cuda(p, current_stream(t.device()));
+  if (status == kernels::Status::kInvalidArgument) return t;  // beyond the kernel's grid: ATen's copy
+  check_status(status, "int8 gemm operand transpose");
+  return out;
+}
+
 // t is [batch, rows, K] with any strides. Padding (zeros: exact) happens only
 // for ragged sizes; an operand that is already K-contiguous and aligned is
-// used in place, and anything else is copied once.
-KMajor k_major(const at::Tensor& t, int64_t rows_pad, int64_t k_pad, int64_t align) {
+// used in place, and anything else is copied once (a column-major one on the
+// GPU by the transpose kernel).
+KMajor k_major(const at::Tensor& input, int64_t rows_pad, int64_t k_pad, int64_t align) {
+  const at::Tensor t = transposed_on_gpu(input);
   const int64_t rows = t.size(1), k = t.size(2);
   at::Tensor r = t;
   if (k_pad != k || rows_pad != rows) {

@@ -13,6 +13,7 @@ Status set_gemm_backend(const char* name) { return name && *name ? Status::kInva
 const char* gemm_backend_override() { return nullptr; }
 Status gemm_cuda(const GemmProblem&, const Epilogue&, void*) { return Status::kNoKernel; }
 Status requantize_cuda(const Requantize&, void*) { return Status::kNoKernel; }
+Status transpose_int8_cuda(const TransposeInt8&, void*) { return Status::kNoKernel; }
 Status column_stats_cuda(const ColumnStats&, void*) { return Status::kNoKernel; }
 Status quantize_rows_cuda(const QuantizeRows&, void*) { return Status::kNoKernel; }
 Status batch_norm_relu_quantize_cuda(const BatchNormReluQuantize&, void*) { return Status::kNoKernel; }

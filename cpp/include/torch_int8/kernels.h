@@ -124,6 +124,17 @@ struct Requantize {
 Status requantize_cpu(const Requantize& r);
 Status requantize_cuda(const Requantize& r, void* stream);
 
+// out[b][r][c] = in[b * in_batch_stride + c * in_ld + r]: batch int8 matrices of
+// cols rows x rows columns (row-major, leading dimension in_ld >= rows)
+// transposed into contiguous rows x cols ones (the GEMM's K-major layout of a
+// column-major operand). Up to 65535 batches and 65535 * 64 columns.
+struct TransposeInt8 {
+  const int8_t* in = nullptr;
+  int8_t* out = nullptr;
+  int64_t batch = 1, rows = 0, cols = 0, in_ld = 0, in_batch_stride = 0;
+};
+Status transpose_int8_cuda(const TransposeInt8& p, void* stream);
+
 // Symmetric absmax quantization of a rows x cols row-major float matrix on the
 // GPU, the fused kernels behind the training layers (one read of x each).
 // Rounding is rint (nearest, ties to even) or, when `stochastic`, floor(y + u)

@@ -38,7 +38,7 @@ from .plot import plot_grouped_bars
 from .report import PEAK_INT8_DENSE_TOPS, finish, fmt, meta, print_meta, ratio, tops
 from .timer import require_cuda, time_in_turns, time_or_error
 
-METHODS = ("ours", "int_mm", "bf16", "scaled_gemm", "scaled_int8", "row_amax")
+METHODS = ("ours", "int_mm", "bf16", "scaled_gemm", "scaled_int8", "row_amax", "scaled_row_b")
 # Shapes with M <= GRAPH_MAX_M are also timed as CUDA-graph replays (GPU time without host overhead).
 GRAPH_MAX_M = 1024
 GRAPH_METHODS = ("ours", "bf16", "scaled_gemm")
@@ -74,7 +74,8 @@ def format_table(results: Sequence[dict]) -> str:
     head = " ".join(f"{c:>{w}}" for c, w in cols)
     for meth in METHODS:
         head += f" | {meth + ' ms':>14} {'TOPS':>7}"
-    head += f" | {'ours/int_mm':>11} {'scaled/bf16':>11} {'int8 epi %':>10} {'amax %':>6} {'%peak':>6} {'exact':>5}"
+    head += (f" | {'ours/int_mm':>11} {'scaled/bf16':>11} {'int8 epi %':>10} {'amax %':>6} {'rowB %':>6}"
+             f" {'%peak':>6} {'exact':>5}")
     lines = [head, "-" * len(head)]
     for r in results:
         line = f"{r['M']:>7} {r['N']:>6} {r['K']:>6}"
@@ -86,6 +87,7 @@ def format_table(results: Sequence[dict]) -> str:
         line += (
             f" | {fmt(r.get('ratio_ours_int_mm'), 11, 3)} {fmt(r.get('ratio_scaled_bf16'), 11, 3)}"
             f" {fmt(r.get('int8_epilogue_overhead_pct'), 10, 1)} {fmt(r.get('row_amax_overhead_pct'), 6, 1)}"
+            f" {fmt(r.get('row_b_overhead_pct'), 6, 1)}"
             f" {fmt(r.get('pct_peak_ours'), 6, 1)} {exact_s:>5}"
         )
         lines.append(line)
@@ -141,6 +143,7 @@ def bench_gemm_shape(m: int, n: int, k: int, args, seed: int, device: str = "cud
     bias = torch.randn(n, device=dev, dtype=torch.float32, generator=g)
     qa = torch_int8.QTensor(data=a, scale=scale_a, zero_point=None, dim=0)
     qb = torch_int8.QTensor(data=b, scale=scale_b, zero_point=None, dim=1)
+    qb_row = torch_int8.QTensor(data=b.contiguous(), scale=scale_b, zero_point=None, dim=1)
     has_int_mm = int_mm_supported(m, n, k)
 
     fns = {
@@ -152,6 +155,8 @@ def bench_gemm_shape(m: int, n: int, k: int, args, seed: int, device: str = "cud
         "scaled_int8": lambda: torch_int8.scaled_gemm(qa, qb, bias=bias, out_dtype=torch.int8, out_scale=64.0),
         # bf16 output plus the per-row max |out| from the same epilogue, for its cost over scaled_gemm
         "row_amax": lambda: torch_int8.scaled_gemm_row_amax(qa, qb, bias=bias, out_dtype=torch.bfloat16),
+        # b row-major [K, N] (N contiguous): laid out K-major by a transpose first, for its cost
+        "scaled_row_b": lambda: torch_int8.scaled_gemm(qa, qb_row, bias=bias, out_dtype=torch.bfloat16),
     }
 
     res: dict = {"M": m, "N": n, "K": k, "ops": 2 * m * n * k, "seed": seed, "methods": {}}
@@ -205,6 +210,8 @@ def bench_gemm_shape(m: int, n: int, k: int, args, seed: int, device: str = "cud
     # time of the int8-output epilogue kernel over the int32-output one, in percent
     res["int8_epilogue_overhead_pct"] = None if not (t["ours"] and t["scaled_int8"]) else \
         100.0 * (t["ours"] / t["scaled_int8"] - 1.0)
+    res["row_b_overhead_pct"] = None if not (t["scaled_gemm"] and t["scaled_row_b"]) else \
+        100.0 * (t["scaled_gemm"] / t["scaled_row_b"] - 1.0)
     res["row_amax_overhead_pct"] = None if not (t["scaled_gemm"] and t["row_amax"]) else \
         100.0 * (t["scaled_gemm"] / t["row_amax"] - 1.0)
     res["pct_peak_ours"] = None if t["ours"] is None else 100.0 * t["ours"] / PEAK_INT8_DENSE_TOPS
