@@ -20,8 +20,10 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
-class LlamaBlock(nn.Module):
-    def __init__(self, hidden: int = 4096, heads: int = 32, mlp: int = 11008, classes: int = 1000):
+class DecoderBlock(nn.Module):
+    """Pre-norm causal self-attention and SwiGLU MLP, each added to the residual stream."""
+
+    def __init__(self, hidden: int = 4096, heads: int = 32, mlp: int = 11008):
         super().__init__()
         self.heads = heads
         self.attn_norm, self.mlp_norm = RMSNorm(hidden), RMSNorm(hidden)
@@ -29,7 +31,6 @@ class LlamaBlock(nn.Module):
         self.out = nn.Linear(hidden, hidden, bias=False)
         self.gate_up = nn.Linear(hidden, 2 * mlp, bias=False)
         self.down = nn.Linear(mlp, hidden, bias=False)
-        self.head = nn.Linear(hidden, classes)
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
@@ -40,5 +41,16 @@ class LlamaBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attention(self.attn_norm(x))
         gate, up = self.gate_up(self.mlp_norm(x)).chunk(2, dim=-1)
-        x = x + self.down(F.silu(gate) * up)
-        return self.head(x.mean(1))
+        return x + self.down(F.silu(gate) * up)
+
+
+class LlamaBlock(nn.Module):
+    """One DecoderBlock and a mean-pooled linear classifier (the `bench models` step's loss)."""
+
+    def __init__(self, hidden: int = 4096, heads: int = 32, mlp: int = 11008, classes: int = 1000):
+        super().__init__()
+        self.block = DecoderBlock(hidden, heads, mlp)
+        self.head = nn.Linear(hidden, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(x).mean(1))
