@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 import torch_int8
 from torch_int8.bench.cifar_resnet import CifarResNet18
+from torch_int8.bench.plot import plot_float_int8_curves
 from torch_int8.datasets import load_fashion_mnist
 
 
@@ -151,23 +152,9 @@ def main():
           f"difference {100 * (final['int8'] - final['float']):+.2f} points")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=1))
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print(f"matplotlib is not installed: {args.out.with_suffix('.png')} not written (pip install matplotlib)")
-        return
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key, hist in results["runs"].items():
-        ax.plot(range(1, len(hist["loss"]) + 1), hist["loss"], color="C0" if key.startswith("float") else "C1",
-                alpha=0.8, label=key)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("training loss")
-    ax.set_title(f"Fashion-MNIST {args.model}: float vs torch_int8.convert")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(args.out.with_suffix(".png"), dpi=120)
+    plot_float_int8_curves(str(args.out.with_suffix(".png")), {k: h["loss"] for k, h in results["runs"].items()},
+                           xlabel="epoch", ylabel="training loss",
+                           title=f"Fashion-MNIST {args.model}: float vs torch_int8.convert")
 
 
 if __name__ == "__main__":

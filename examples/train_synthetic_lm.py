@@ -24,6 +24,7 @@ from torch import nn
 
 import torch_int8
 from torch_int8.bench.llama_block import DecoderBlock, RMSNorm
+from torch_int8.bench.plot import plot_float_int8_curves
 
 
 class TinyLM(nn.Module):
@@ -121,24 +122,9 @@ def main():
           f"int8 {final['int8']:.4f}  entropy floor {floor:.4f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=1))
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print(f"matplotlib is not installed: {args.out.with_suffix('.png')} not written (pip install matplotlib)")
-        return
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key, losses in results["runs"].items():
-        ax.plot(range(1, len(losses) + 1), losses, color="C0" if key.startswith("float") else "C1", alpha=0.7,
-                label=key)
-    ax.axhline(floor, color="k", linestyle="--", linewidth=1, label="entropy floor")
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss (nats / token)")
-    ax.set_title("synthetic language task: float vs torch_int8.convert")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(args.out.with_suffix(".png"), dpi=120)
+    plot_float_int8_curves(str(args.out.with_suffix(".png")), results["runs"], xlabel="step",
+                           ylabel="training loss (nats / token)", floor=(floor, "entropy floor"),
+                           title="synthetic language task: float vs torch_int8.convert")
 
 
 if __name__ == "__main__":

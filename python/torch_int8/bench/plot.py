@@ -52,3 +52,32 @@ def plot_speedups(results: Sequence[dict], labels: Sequence[str], path: str, bas
                      "forward + backward, CUDA graph": "fwd_bwd_graph_speedup"})
     return plot_grouped_bars(path, labels, {name: [r.get(key) for r in results] for name, key in keys.items()},
                              ylabel=f"speed-up over {baseline}", title=title, lines=[(1.0, "--", None)])
+
+
+def plot_float_int8_curves(path: str, curves: Dict[str, Sequence[float]], *, xlabel: str, ylabel: str, title: str,
+                           floor: Optional[Tuple[float, str]] = None) -> bool:
+    """Line chart of training curves keyed "float/<seed>" and "int8/<seed>" (one color per variant),
+    written to ``path`` as PNG; ``floor``: a dashed reference line (y, legend label). Returns False
+    if matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"matplotlib is not installed: skipping the plot {path} (pip install matplotlib)", file=sys.stderr)
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, values in curves.items():
+        ax.plot(range(1, len(values) + 1), values, color="C0" if key.startswith("float") else "C1", alpha=0.8,
+                label=key)
+    if floor is not None:
+        ax.axhline(floor[0], color="k", linestyle="--", linewidth=1, label=floor[1])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
