@@ -293,8 +293,8 @@ def test_requires_grad_subsets():
 
 
 def without_affine(model):
-    """model with every BatchNorm2d made affine=False (weight and bias None), its statistics kept."""
-    for name, module in list(model.named_modules()):
+    """model with every BatchNorm2d replaced by a fresh affine=False one (weight and bias None)."""
+    for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, torch.nn.BatchNorm2d):
                 setattr(module, child_name, torch.nn.BatchNorm2d(child.num_features, affine=False))

@@ -37,8 +37,8 @@ def torch_runs_exports(version: Optional[str] = None) -> bool:
 
 def check_torch_version(version: Optional[str] = None) -> None:
     """Raises RuntimeError where torch `version` (default: the running torch's) is older than MIN_TORCH."""
-    version = torch.__version__ if version is None else version
     if not torch_runs_exports(version):
+        version = torch.__version__ if version is None else version
         need = ".".join(map(str, MIN_TORCH))
         raise RuntimeError(f"torch_int8.export_model / load_exported need torch >= {need} (found {version}): "
                            "older AOTInductor runtimes pass the int8 ops wrong arguments")

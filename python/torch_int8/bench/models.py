@@ -233,7 +233,7 @@ def torchao_int8_training(model: torch.nn.Module) -> Optional[torch.nn.Module]:
     return ours
 
 
-def model_pair(spec: ModelSpec, setup: Setup) -> Dict[str, torch.nn.Module]:
+def model_set(spec: ModelSpec, setup: Setup) -> Dict[str, torch.nn.Module]:
     """{baseline: the float model, "int8": torch_int8.convert of a copy (fused Conv-BN-ReLU steps, int8
     between them), "int8_layers": convert(fuse=False), every layer on its own}, channels_last; for the
     transformers also "torchao" (torchao_int8_training) where torchao is installed."""
@@ -244,14 +244,27 @@ def model_pair(spec: ModelSpec, setup: Setup) -> Dict[str, torch.nn.Module]:
     return models if torchao is None else {**models, "torchao": torchao}
 
 
+def runners_of(models: Dict[str, torch.nn.Module], compile: bool):
+    """(an SGD optimizer per model, {method: (side, model or compiled model)}: each model eager, and
+    through torch.compile when compile)."""
+    optimizers = {side: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for side, m in models.items()}
+    runners = {f"{side}_eager": (side, m) for side, m in models.items()}
+    if compile:
+        runners.update({f"{side}_compiled": (side, torch.compile(m)) for side, m in models.items()})
+    return optimizers, runners
+
+
+def set_mode(models: Dict[str, torch.nn.Module], mode: str) -> None:
+    for m in models.values():
+        m.train(mode == "train")
+
+
 def profile_model(name: str, batch: int, mode: str, setup: Setup, reps: int) -> int:
     """bench models --profile: each eager method's step through torch.profiler."""
     spec = MODELS[name]
-    models = model_pair(spec, setup)
-    optimizers = {side: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for side, m in models.items()}
-    for m in models.values():
-        m.train(mode == "train")
-    runners = {f"{side}_eager": (side, m) for side, m in models.items()}
+    models = model_set(spec, setup)
+    optimizers, runners = runners_of(models, compile=False)
+    set_mode(models, mode)
     steps = steps_for(mode, runners, optimizers, partial(random_batch, spec, batch, setup.device), setup)
     return profile_steps(f"{name} N={batch} {mode}", steps, reps)
 
@@ -261,16 +274,12 @@ def bench_model(name: str, batch: int, modes: Sequence[str], setup: Setup, args)
     spec = MODELS[name]
     if setup.compile:  # a fresh compile cache per model: the recompile limit is never reached
         torch._dynamo.reset()
-    models = model_pair(spec, setup)
-    optimizers = {side: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for side, m in models.items()}
-    runners = {f"{side}_eager": (side, m) for side, m in models.items()}
-    if setup.compile:
-        runners.update({f"{side}_compiled": (side, torch.compile(m)) for side, m in models.items()})
+    models = model_set(spec, setup)
+    optimizers, runners = runners_of(models, setup.compile)
     inputs = partial(random_batch, spec, batch, setup.device)
     rows = []
     for mode in modes:
-        for m in models.values():
-            m.train(mode == "train")
+        set_mode(models, mode)
         timed = time_steps(f"{name} N={batch} {mode}", steps_for(mode, runners, optimizers, inputs, setup), mode,
                            setup, args)
         rows.append(model_row(name, spec, batch, mode, setup, timed))
