@@ -284,8 +284,9 @@ def test_models_runs_cifar_resnet18(tmp_path, capsys):
     assert [(r["model"], r["batch"], r["mode"]) for r in rows] == [("cifar_resnet18", 2, "train"),
                                                                  ("cifar_resnet18", 2, "infer")]
     base = rows[0]["baseline"]
-    for r in rows:
-        assert list(r["methods"]) == [f"{base}_eager", "int8_eager", "int8_layers_eager"]
+    for r in rows:  # inference also times the post-training-quantized model
+        ptq = ["int8_ptq_eager"] if r["mode"] == "infer" else []
+        assert list(r["methods"]) == [f"{base}_eager", "int8_eager", "int8_layers_eager", *ptq]
         for t in r["methods"].values():
             assert t["error"] is None and t["ms"] > 0 and t["images_per_s"] > 0 and t["first_call_s"] > 0
         assert r["methods"][f"{base}_eager"]["speedup_vs_eager"] == 1.0

@@ -14,7 +14,9 @@ are timed in turns (:mod:`.timer`) on fresh random inputs each call:
 * ``train``  forward, cross-entropy, backward, SGD step (momentum 0.9), gradients dropped;
   also the peak memory of one step (torch.cuda.max_memory_allocated, the models' resident
   parameters and optimizer states included; ``resident_bytes`` is what was allocated before it)
-* ``infer``  forward in eval mode under no_grad
+* ``infer``  forward in eval mode under no_grad; besides, ``int8_ptq``: torch_int8.quantize_model of
+  the eval model in bf16 (static scales calibrated on one random batch, BatchNorm folded, int8
+  between consecutive convolutions), the post-training-quantized inference model
 
 For the transformers (vit_base, llama_block) torchao's INT8 mixed-precision training of the same
 model (``torchao``, where torchao is installed) is timed beside them, in both modes.
@@ -244,14 +246,33 @@ def model_set(spec: ModelSpec, setup: Setup) -> Dict[str, torch.nn.Module]:
     return models if torchao is None else {**models, "torchao": torchao}
 
 
-def runners_of(models: Dict[str, torch.nn.Module], compile: bool):
-    """(an SGD optimizer per model, {method: (side, model or compiled model)}: each model eager, and
-    through torch.compile when compile)."""
-    optimizers = {side: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for side, m in models.items()}
+PTQ_SIDE = "int8_ptq"
+
+
+def ptq_model(model: torch.nn.Module, spec: ModelSpec, setup: Setup) -> Optional[torch.nn.Module]:
+    """torch_int8.quantize_model of an eval copy of model in the autocast dtype (bf16; float32 on the
+    CPU), calibrated on one random batch of 32; None (with the reason on stderr) where it fails."""
+    dtype = torch.bfloat16 if setup.device.type == "cuda" else torch.float32
+    float_model = copy.deepcopy(model).to(dtype).eval()
+    calibration = random_batch(spec, 32, setup.device)[0].to(dtype)
+    try:
+        return torch_int8.quantize_model(float_model, [calibration])
+    except Exception as exc:  # noqa: BLE001 - a model quantize_model cannot take is reported, not fatal
+        print(f"# {PTQ_SIDE}: quantize_model failed ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return None
+
+
+def optimizers_of(models: Dict[str, torch.nn.Module]) -> Dict[str, torch.optim.Optimizer]:
+    """An SGD optimizer (momentum 0.9) per model, for the training step."""
+    return {side: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for side, m in models.items()}
+
+
+def runners_of(models: Dict[str, torch.nn.Module], compile: bool) -> Dict[str, Tuple[str, Callable]]:
+    """{method: (side, model or compiled model)}: each model eager, and through torch.compile when compile."""
     runners = {f"{side}_eager": (side, m) for side, m in models.items()}
     if compile:
         runners.update({f"{side}_compiled": (side, torch.compile(m)) for side, m in models.items()})
-    return optimizers, runners
+    return runners
 
 
 def set_mode(models: Dict[str, torch.nn.Module], mode: str) -> None:
@@ -263,7 +284,7 @@ def profile_model(name: str, batch: int, mode: str, setup: Setup, reps: int) -> 
     """bench models --profile: each eager method's step through torch.profiler."""
     spec = MODELS[name]
     models = model_set(spec, setup)
-    optimizers, runners = runners_of(models, compile=False)
+    optimizers, runners = optimizers_of(models), runners_of(models, compile=False)
     set_mode(models, mode)
     steps = steps_for(mode, runners, optimizers, partial(random_batch, spec, batch, setup.device), setup)
     return profile_steps(f"{name} N={batch} {mode}", steps, reps)
@@ -275,12 +296,15 @@ def bench_model(name: str, batch: int, modes: Sequence[str], setup: Setup, args)
     if setup.compile:  # a fresh compile cache per model: the recompile limit is never reached
         torch._dynamo.reset()
     models = model_set(spec, setup)
-    optimizers, runners = runners_of(models, setup.compile)
+    optimizers, runners = optimizers_of(models), runners_of(models, setup.compile)
+    quantized = ptq_model(models[setup.baseline], spec, setup) if "infer" in modes else None
+    inference_runners = {} if quantized is None else runners_of({PTQ_SIDE: quantized}, setup.compile)
     inputs = partial(random_batch, spec, batch, setup.device)
     rows = []
     for mode in modes:
         set_mode(models, mode)
-        timed = time_steps(f"{name} N={batch} {mode}", steps_for(mode, runners, optimizers, inputs, setup), mode,
+        mode_runners = runners if mode == "train" else {**runners, **inference_runners}
+        timed = time_steps(f"{name} N={batch} {mode}", steps_for(mode, mode_runners, optimizers, inputs, setup), mode,
                            setup, args)
         rows.append(model_row(name, spec, batch, mode, setup, timed))
     return rows
@@ -345,8 +369,9 @@ def format_models_table(rows: Sequence[dict]) -> str:
 
 
 def plot_models(rows: Sequence[dict], path: str, title: str) -> bool:
+    methods = list(dict.fromkeys(m for r in rows for m in r["methods"]))  # int8_ptq in inference rows only
     return plot_grouped_bars(path, [f"{r['model']} N={r['batch']} {r['mode']}" for r in rows],
-                             {m: [r["methods"][m]["speedup_vs_eager"] for r in rows] for m in rows[0]["methods"]},
+                             {m: [r["methods"].get(m, {}).get("speedup_vs_eager") for r in rows] for m in methods},
                              ylabel=f"speed-up over {rows[0]['baseline']} eager", title=title,
                              lines=[(1.0, "--", None)])
 
