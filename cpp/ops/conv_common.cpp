@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <vector>
 
 namespace torch_int8::ops {
 
@@ -28,9 +29,89 @@ int64_t pixel_start(const kernels::ColumnStrides& cs, int64_t per_image, int64_t
 }
 }  // namespace
 
+namespace {
+// Whether the strided-copy im2col below takes a: a geometry the kernels take (im2col_math.h's
+// valid_geometry), a pixel range inside the batch, and padding that at most quadruples an image
+// (the copy pads the images it reads; beyond that the element loop, which pads nothing, runs).
+bool copy_takes(const kernels::Im2Col& a) {
+  const kernels::ConvProblem& p = a.geometry;
+  auto out_size = [](int64_t in, int64_t f, int64_t pad, int64_t stride, int64_t dilation) {
+    return (in + 2 * pad - dilation * (f - 1) - 1) / stride + 1;
+  };
+  constexpr int64_t kSide = int64_t{1} << 20;  // keeps every product below in int64
+  const bool sizes_ok = p.n > 0 && p.h > 0 && p.w > 0 && p.c > 0 && p.r > 0 && p.s > 0 && p.groups > 0 &&
+                        p.c % p.groups == 0 && p.h < kSide && p.w < kSide && p.c < kSide && p.r < kSide &&
+                        p.s < kSide && p.pad_h >= 0 && p.pad_w >= 0 && p.pad_h < kSide && p.pad_w < kSide &&
+                        p.stride_h > 0 && p.stride_w > 0 && p.dilation_h > 0 && p.dilation_w > 0 &&
+                        p.stride_h < kSide && p.stride_w < kSide && p.dilation_h < kSide && p.dilation_w < kSide;
+  if (!sizes_ok || p.p <= 0 || p.q <= 0 || p.p != out_size(p.h, p.r, p.pad_h, p.stride_h, p.dilation_h) ||
+      p.q != out_size(p.w, p.s, p.pad_w, p.stride_w, p.dilation_w))
+    return false;
+  const int64_t padded_pixels = (p.h + 2 * p.pad_h) * (p.w + 2 * p.pad_w);
+  return a.pixel_begin >= 0 && a.pixel_count > 0 && a.pixel_begin + a.pixel_count <= p.n * p.p * p.q &&
+         padded_pixels <= 4 * p.h * p.w + 4096;
+}
+
+// im2col on the CPU as ATen strided copies, a few times faster than the element loop of
+// kernels::im2col_cpu (the reference, which the tests hold these copies to): the images the range
+// touches, NHWC and padded with the pad value, seen as the [images, P, Q, G, R, S, C/G] columns
+// of their pixels (a view), copied into the column buffer's view of the same shape. The range is
+// cut into blocks of whole images, whole output rows and parts of one row (at most five blocks).
+void im2col_by_copy(const kernels::Im2Col& a) {
+  const kernels::ConvProblem& p = a.geometry;
+  const kernels::ImageStrides& xs = a.x_strides;
+  const kernels::ColumnStrides& cs = a.cols_strides;
+  const int64_t per_image = p.p * p.q, cg = p.c / p.groups, end = a.pixel_begin + a.pixel_count;
+  const int64_t n_first = a.pixel_begin / per_image, n_last = (end - 1) / per_image;
+  const auto int8 = at::TensorOptions().dtype(at::kChar);
+  // x's images [n_first, n_last] as NHWC, padded: [images, Hp, Wp, C], contiguous.
+  const at::Tensor images = at::from_blob(const_cast<int8_t*>(a.x) + n_first * xs.n,
+                                          {n_last - n_first + 1, p.h, p.w, p.c}, {xs.n, xs.h, xs.w, xs.c}, int8);
+  const at::Tensor xp =
+      at::constant_pad_nd(images, {0, 0, p.pad_w, p.pad_w, p.pad_h, p.pad_h}, a.pad_value).contiguous();
+  const int64_t hp = xp.size(1), wp = xp.size(2);
+  const int64_t start = pixel_start(cs, per_image, a.pixel_begin);
+  // The column elements of the range, as one buffer to take strided views of (every stride >= 0).
+  const int64_t extent = pixel_start(cs, per_image, end - 1) - start + (p.groups - 1) * cs.g + (cg - 1) * cs.c +
+                         (p.r * p.s - 1) * cs.tap + 1;
+  const at::Tensor cols = at::from_blob(a.cols, {extent}, int8);
+  // Output pixels (n, oh, ow) for n in [n0, n0 + count), oh in [oh0, oh0 + rows), ow in [ow0, ow0 + width).
+  auto copy_block = [&](int64_t n0, int64_t count, int64_t oh0, int64_t rows, int64_t ow0, int64_t width) {
+    const std::vector<int64_t> sizes{count, rows, width, p.groups, p.r, p.s, cg};
+    const at::Tensor src = xp.as_strided(
+        sizes, {hp * wp * p.c, p.stride_h * wp * p.c, p.stride_w * p.c, cg, p.dilation_h * wp * p.c,
+                p.dilation_w * p.c, 1},
+        (n0 - n_first) * hp * wp * p.c + oh0 * p.stride_h * wp * p.c + ow0 * p.stride_w * p.c);
+    const at::Tensor dst = cols.as_strided(sizes, {cs.n, p.q * cs.pixel, cs.pixel, cs.g, p.s * cs.tap, cs.tap, cs.c},
+                                           pixel_start(cs, per_image, n0 * per_image + oh0 * p.q + ow0) - start);
+    dst.copy_(src);
+  };
+  for (int64_t m = a.pixel_begin; m < end;) {
+    const int64_t n = m / per_image, l = m % per_image, oh = l / p.q, ow = l % p.q, left = end - m;
+    if (ow != 0 || left < p.q) {  // part of one output row
+      const int64_t width = std::min(p.q - ow, left);
+      copy_block(n, 1, oh, 1, ow, width);
+      m += width;
+    } else if (l != 0 || left < per_image) {  // whole output rows of one image
+      const int64_t rows = std::min(p.p - oh, left / p.q);
+      copy_block(n, 1, oh, rows, 0, p.q);
+      m += rows * p.q;
+    } else {  // whole images
+      const int64_t count = left / per_image;
+      copy_block(n, count, 0, p.p, 0, p.q);
+      m += count * per_image;
+    }
+  }
+}
+}  // namespace
+
 void run_im2col(const kernels::Im2Col& a, const at::Tensor& x) {
   if (x.is_cuda()) {
     check_status(kernels::im2col_cuda(a, stream_of(x)), "im2col");
+    return;
+  }
+  if (copy_takes(a)) {
+    im2col_by_copy(a);
     return;
   }
   const int64_t per_image = a.geometry.p * a.geometry.q;
