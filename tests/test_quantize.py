@@ -454,3 +454,23 @@ def test_float64_beyond_float32_range_is_an_error(device, op):
         calls[op](x)
     x[1, 2] = float("inf")  # not finite: propagates as in float32, no error
     calls[op](x)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dim", [None, 0])
+def test_cpu_loops_match_the_composite(dtype, memory_format, dim):
+    """Dense CPU input per image or per tensor runs as two C++ loops; a strided view of the same
+    values runs the ATen composite (the reference): the same data and scales, bit for bit, with
+    NaN / inf / all-zero images and exact ties."""
+    x = make_x((5, 3, 4, 6), seed=11, device="cpu").to(dtype)
+    x[1, 0, 0, 0], x[2, 1, 2, 3], x[3] = float("nan"), float("-inf"), 0.0
+    x[4] = torch.tensor([127.0, 0.5, 1.5, -2.5, 126.5, -3.5]).to(dtype)  # scale 1: ties
+    dense = x.contiguous(memory_format=memory_format)
+    strided = torch.empty(5, 3, 4, 12, dtype=dtype)[..., ::2].copy_(x)
+    assert not strided.is_contiguous() and not strided.is_contiguous(memory_format=torch.channels_last)
+    q, ref = torch_int8.quantize(dense, dim), torch_int8.quantize(strided, dim)
+    assert torch.equal(q.data, ref.data)
+    assert torch.equal(q.scale.isnan(), ref.scale.isnan())
+    assert torch.equal(q.scale.nan_to_num(), ref.scale.nan_to_num())
+    assert q.data.is_contiguous(memory_format=memory_format)

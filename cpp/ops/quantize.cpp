@@ -11,6 +11,11 @@
 #include <ATen/core/DistributionsHelper.h>
 #endif
 
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "common.h"
@@ -65,6 +70,71 @@ void check_float_matrix(const at::Tensor& x, const char* op) {
   check_float32_range(x, op);
 }
 
+// Whether quantize below can run as quantize_symmetric_cpu: a real CPU tensor (not a fake or
+// functional one: no Python dispatch), symmetric, nearest, per tensor or per slice of dim 0, in
+// memory where each slice is one contiguous run (contiguous, or channels_last 4-D).
+bool runs_as_cpu_loops(const at::Tensor& x, std::optional<int64_t> dim, bool symmetric, c10::string_view rounding) {
+  if (!x.device().is_cpu() || symbolic(x) || !x.has_storage() || !symmetric || rounding != "nearest" ||
+      x.key_set().has(c10::DispatchKey::Python) || (dim && *dim != 0) || x.dim() == 0)
+    return false;
+  return x.is_contiguous() || (x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast));
+}
+
+// On x86-64 also compiled for SSE4.1, picked when the library loads: std::nearbyint is then one
+// instruction (roundss) instead of a libm call per element; the same roundings either way.
+#if defined(__x86_64__) && defined(__GNUC__)
+#define TORCH_INT8_SSE41_CLONES __attribute__((target_clones("sse4.1", "default")))
+#else
+#define TORCH_INT8_SSE41_CLONES
+#endif
+
+// x[i] / scale rounded half to even and clamped to [-127, 127]; 0 where the scale is NaN (a slice
+// holding inf or NaN).
+TORCH_INT8_SSE41_CLONES void quantize_run(const float* x, int8_t* out, int64_t n, float scale) {
+  if (scale != scale) {
+    std::memset(out, 0, static_cast<size_t>(n));
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i)
+    out[i] = static_cast<int8_t>(std::clamp(std::nearbyint(x[i] / scale), -127.f, 127.f));
+}
+
+// quantize(x, 0 or None, symmetric, "nearest") in two parallel loops over float32 memory: each
+// slice's finiteness and max|x|, then x / scale rounded half to even and clamped. The values of the
+// ATen composite below, element for element (IEEE float32 divisions, the same special cases); the
+// composite stays the reference (tests/test_quantize.py compares both).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_symmetric_cpu(const at::Tensor& x, bool per_slice) {
+  const at::Tensor xf = x.to(at::kFloat);  // keeps the memory format
+  const int64_t slices = per_slice ? xf.size(0) : 1, len = xf.numel() / slices;
+  const float* in = xf.const_data_ptr<float>();
+  at::Tensor scale = at::empty({slices}, xf.options());
+  float* sc = scale.data_ptr<float>();
+  at::parallel_for(0, slices, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, len)), [&](int64_t s0, int64_t s1) {
+    for (int64_t s = s0; s < s1; ++s) {
+      const float* row = in + s * len;
+      float amax = 0.f;
+      bool finite = true;
+      for (int64_t i = 0; i < len; ++i) {
+        finite &= std::isfinite(row[i]);
+        amax = std::max(amax, std::fabs(row[i]));
+      }
+      const float v = amax / 127.f;
+      sc[s] = !finite ? std::numeric_limits<float>::quiet_NaN() : (v == 0.f ? 1.f : v);
+    }
+  });
+  at::Tensor q = at::empty_like(xf, xf.options().dtype(at::kChar));
+  int8_t* out = q.data_ptr<int8_t>();
+  at::parallel_for(0, xf.numel(), 32768, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1;) {  // the part of one slice at a time
+      const int64_t slice = i / len, end = std::min(i1, (slice + 1) * len);
+      quantize_run(in + i, out + i, end - i, sc[slice]);
+      i = end;
+    }
+  });
+  const std::vector<int64_t> shape = per_slice ? std::vector<int64_t>{slices} : std::vector<int64_t>{};
+  return {q, scale.reshape(shape), at::empty({0}, x.options().dtype(at::kInt))};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize(const at::Tensor& x, std::optional<int64_t> dim,
                                                         bool symmetric, c10::string_view rounding,
                                                         std::optional<at::Generator> generator) {
@@ -79,6 +149,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize(const at::Tensor& x, std
                       " is out of range for a tensor of shape ", shape_str(x));
     dim = c10::maybe_wrap_dim(*dim, x.dim());
   }
+  if (runs_as_cpu_loops(x, dim, symmetric, rounding)) return quantize_symmetric_cpu(x, dim.has_value());
   const std::vector<c10::SymInt> channel_shape =
       dim ? std::vector<c10::SymInt>{symbolic(x) ? x.sym_size(*dim) : c10::SymInt(x.size(*dim))}
           : std::vector<c10::SymInt>{};

@@ -130,8 +130,8 @@ struct Columns {
 // Row m of the epilogue over acc, stored as Out: epilogue_value's arithmetic, element for element
 // (inlined into epilogue_cpu, whose FMA copy it then shares).
 template <class Out, class Store>
-[[gnu::always_inline]] inline void epilogue_row(const Epilogue& e, const Columns& cols, int64_t m, int64_t n, const int32_t* acc, Out* out,
-                  Store store) {
+[[gnu::always_inline]] inline void epilogue_row(const Epilogue& e, const Columns& cols, int64_t m, int64_t n,
+                                                const int32_t* acc, Out* out, Store store) {
   const float offset = detail::load_or(e.row_offset, m, 0.f), scale = detail::load_or(e.row_scale, m, 1.f);
   const float floor = detail::relu_floor(e.relu);
   for (int64_t j = 0; j < n; ++j)
