@@ -94,8 +94,14 @@ void forward_im2col(const ConvProblem& p, const at::Tensor& x, const at::Tensor&
   auto cols_of = [&](const at::Tensor& v) { return v.defined() ? group_columns(v, p.k, g, n_pad) : at::Tensor(); };
   const at::Tensor col_scale = cols_of(fs.col_scale), col_sum = cols_of(fs.col_sum), col_bias = cols_of(fs.col_bias);
 
-  const int64_t chunk = units_per_chunk(g * per_image * k_pad, p.n);
-  at::Tensor cols = at::empty({g, chunk * per_image, k_pad}, x.options());
+  // A 1x1, stride-1, unpadded convolution of dense NHWC x: x's pixels are the GEMM's rows as they lie.
+  const kernels::ImageStrides xs = nchw_strides(x);
+  const bool pixels_are_rows = g == 1 && p.r == 1 && p.s == 1 && p.stride_h == 1 && p.stride_w == 1 &&
+                               p.pad_h == 0 && p.pad_w == 0 && k_pad == p.c && xs.c == 1 && xs.w == p.c &&
+                               xs.h == p.w * p.c && xs.n == p.h * p.w * p.c &&
+                               reinterpret_cast<uintptr_t>(x.const_data_ptr()) % kGpuAlign == 0;
+  const int64_t chunk = pixels_are_rows ? p.n : units_per_chunk(g * per_image * k_pad, p.n);
+  at::Tensor cols = pixels_are_rows ? x : at::empty({g, chunk * per_image, k_pad}, x.options());
   if (k_pad > depth) cols.narrow(2, depth, k_pad - depth).zero_();  // im2col never writes the K padding
   // Groups or a ragged K: each group's GEMM writes a staging buffer, copied into y.
   const bool direct = g == 1 && n_pad == p.k;
@@ -103,13 +109,13 @@ void forward_im2col(const ConvProblem& p, const at::Tensor& x, const at::Tensor&
   const int64_t out_bytes = y.element_size();
 
   kernels::Im2Col a;
-  a.geometry = p, a.x = x.const_data_ptr<int8_t>(), a.x_strides = nchw_strides(x), a.pad_value = pad_value;
+  a.geometry = p, a.x = x.const_data_ptr<int8_t>(), a.x_strides = xs, a.pad_value = pad_value;
   a.cols = cols.data_ptr<int8_t>();
   a.cols_strides = {chunk * per_image * k_pad, 1, cg, per_image * k_pad, k_pad};
   for (int64_t n0 = 0; n0 < p.n; n0 += chunk) {
     const int64_t count = std::min(chunk, p.n - n0), rows = count * per_image;
     a.pixel_begin = n0 * per_image, a.pixel_count = rows;
-    run_im2col(a, x);
+    if (!pixels_are_rows) run_im2col(a, x);
     const RowVectors rv = row_vectors(fs, p.n, n0, count, per_image);
     for (int64_t gi = 0; gi < g; ++gi) {
       GemmProblem gp;
