@@ -6,10 +6,12 @@ float32, eager). One GPU test times two methods in turns for real."""
 import argparse
 import json
 import sys
+from functools import partial
 
 import pytest
 import torch
 
+import torch_int8
 from torch_int8.bench import cli, conv, gemm, graphs, models, quantize, timer
 
 from conftest import CUDA_ONLY
@@ -254,7 +256,10 @@ def test_models_options():
     parser = cli.build_parser()
     args = parser.parse_args(["models", "--models", "resnet50,cifar_resnet18", "--batches", "64,128", "--no-compile"])
     assert args.models == ["resnet50", "cifar_resnet18"] and args.batches == [64, 128] and not args.compile
-    assert args.modes == ["train", "infer"] and args.reps == 20
+    assert args.modes == ["train", "infer"] and args.reps == 20 and not args.graphs
+    assert parser.parse_args(["models", "--graphs"]).graphs
+    # the CUDA-graph methods are a GPU's: the CPU setup leaves them out
+    assert models.setup_for(parser.parse_args(["models", "--graphs"])).graphs == torch.cuda.is_available()
     for bad in (["--models", "vgg16"], ["--batches", "0"], ["--modes", "train,eval"]):
         with pytest.raises(SystemExit):
             parser.parse_args(["models", *bad])
@@ -343,3 +348,22 @@ def test_kinds_table_sums_per_step_and_sorts():
     assert lines[1].split()[-2:] == ["1.50", "75.0%"] and lines[1].startswith("int8 wgrad")
     assert lines[2].startswith("int8 quantize") and lines[2].split()[-2:] == ["0.50", "25.0%"]
     assert len(lines) == 3
+
+
+def test_models_graphed_methods(monkeypatch):
+    """--graphs adds a {side}_graphed method per eager runner, whose first call captures the step
+    (here an identity capture: CUDA graphs need a GPU) with autocast's cache off, then replays it."""
+    captured = []
+    monkeypatch.setattr(models, "graphed", lambda fn: captured.append(fn) or fn)
+    spec = models.MODELS["cifar_resnet18"]
+    autocast = partial(torch.autocast, "cpu", dtype=torch.bfloat16)
+    setup = models.Setup(torch.device("cpu"), "fp32", "bf16 autocast", autocast, compile=False, graphs=True)
+    nets = {"fp32": spec.build(), "int8": torch_int8.convert(spec.build())}
+    runners = models.runners_of(nets, compile=False)
+    inputs = partial(models.random_batch, spec, 2, setup.device)
+    steps = models.steps_for("train", runners, models.optimizers_of(nets), inputs, setup)
+    assert list(steps) == ["fp32_eager", "int8_eager", "fp32_graphed", "int8_graphed"]
+    for _ in range(2):
+        steps["int8_graphed"]()
+    assert len(captured) == 1 and steps["int8_graphed"].seconds > 0
+    assert all(p.grad is None for p in nets["int8"].parameters())  # the step leaves no gradients behind

@@ -21,7 +21,11 @@ are timed in turns (:mod:`.timer`) on fresh random inputs each call:
 For the transformers (vit_base, llama_block) torchao's INT8 mixed-precision training of the same
 model (``torchao``, where torchao is installed) is timed beside them, in both modes.
 
-Each method's first call (torch.compile's compilation) is timed apart (``first_call_s``). Without a
+With ``--graphs`` each eager model's step is also captured whole in one CUDA graph (``{side}_graphed``:
+fresh random inputs drawn inside the graph, forward, loss, backward, SGD step) and timed as replays:
+the GPU time of a step without the host's Python and launches, which eager steps also pay.
+
+Each method's first call (torch.compile's compilation, a graph's capture) is timed apart (``first_call_s``). Without a
 GPU the models run in float32 on the CPU, eagerly (a path for tests: ``--models cifar_resnet18
 --batches 2 --iters 1``).
 """
@@ -45,6 +49,7 @@ import torch_int8
 from .cifar_resnet import CifarResNet18
 from .llama_block import LlamaBlock
 from .cli import add_output_args, register
+from .graphs import graphed
 from .plot import plot_grouped_bars
 from .profiling import profile_steps
 from .report import failed_methods, finish, fmt, meta, print_meta, ratio, write_json
@@ -134,6 +139,9 @@ def _add_models_args(p: argparse.ArgumentParser) -> None:
                    help="untimed steps per method after its first call (default 3)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                    help="also time each model through torch.compile (default on; skipped on the CPU)")
+    p.add_argument("--graphs", action="store_true",
+                   help="also time each eager model's whole step (fresh inputs, forward, loss, backward, SGD step) "
+                        "captured in one CUDA graph and replayed: the step's GPU time without the host's (GPU)")
     p.add_argument("--list", action="store_true", help="print the models and exit")
     p.add_argument("--profile", action="store_true",
                    help="instead of the table: torch.profiler's top CUDA kernels of each eager method's step "
@@ -203,6 +211,7 @@ class Setup:
     about: str
     autocast: Callable[[], contextlib.AbstractContextManager]
     compile: bool
+    graphs: bool = False
 
 
 def setup_for(args) -> Setup:
@@ -210,7 +219,7 @@ def setup_for(args) -> Setup:
     left out as too slow for the test path this is."""
     if torch.cuda.is_available():
         bf16 = partial(torch.autocast, "cuda", dtype=torch.bfloat16)
-        return Setup(torch.device("cuda"), "bf16", "bf16 autocast", bf16, args.compile)
+        return Setup(torch.device("cuda"), "bf16", "bf16 autocast", bf16, args.compile, args.graphs)
     return Setup(torch.device("cpu"), "fp32", "fp32", contextlib.nullcontext, False)
 
 
@@ -312,15 +321,38 @@ def bench_model(name: str, batch: int, modes: Sequence[str], setup: Setup, args)
 
 def steps_for(mode: str, runners: Dict[str, Tuple[str, Callable]], optimizers: Dict[str, torch.optim.Optimizer],
               inputs: Callable, setup: Setup) -> Dict[str, FirstCallTimed]:
-    """The step of each runner ({method: (side, model or compiled model)}) in mode, its first call timed."""
+    """The step of each runner ({method: (side, model or compiled model)}) in mode, its first call timed;
+    with setup.graphs also each eager runner's step as CUDA-graph replays ({side}_graphed)."""
 
-    def step(side: str, run: Callable) -> Callable[[], None]:
+    def step(side: str, run: Callable, autocast: Callable) -> Callable[[], None]:
         if mode == "train":
-            return train_step(run, optimizers[side], inputs, setup.autocast)
-        return infer_step(run, inputs, setup.autocast)
+            return train_step(run, optimizers[side], inputs, autocast)
+        return infer_step(run, inputs, autocast)
 
     synchronize = clock(setup.device)[1]
-    return {method: FirstCallTimed(step(side, run), synchronize) for method, (side, run) in runners.items()}
+    steps = {method: FirstCallTimed(step(side, run, setup.autocast), synchronize)
+             for method, (side, run) in runners.items()}
+    if setup.graphs:  # autocast's weight-cast cache off: the casts are remade inside the graph
+        uncached = partial(setup.autocast, cache_enabled=False)
+        for method, (side, run) in runners.items():
+            if method.endswith("_eager"):
+                steps[f"{side}_graphed"] = FirstCallTimed(GraphedStep(step(side, run, uncached)), synchronize)
+    return steps
+
+
+class GraphedStep:
+    """step captured in a CUDA graph at the first call (graphs.graphed: a side-stream warm-up, then
+    the capture), replayed at every call. The step draws its inputs with torch's CUDA generator,
+    which graphs replay with fresh random numbers, and a training step leaves every .grad None, so
+    the captured backward and SGD step work in the graph's own memory (whole-network capture)."""
+
+    def __init__(self, step: Callable[[], None]):
+        self.step, self.replay = step, None
+
+    def __call__(self) -> None:
+        if self.replay is None:
+            self.replay = graphed(self.step)
+        self.replay()
 
 
 def time_steps(label: str, steps: Dict[str, FirstCallTimed], mode: str, setup: Setup, args) -> Dict[str, dict]:
@@ -400,12 +432,12 @@ def run_models(args: argparse.Namespace) -> int:
     info.update({"command": "models", "models": args.models, "batches": args.batches, "modes": args.modes,
                  "iters": args.reps, "warmup": args.warmup, "seed": args.seed, "compile": setup.compile,
                  "baseline": setup.about,
-                 "cudnn_benchmark": torch.backends.cudnn.benchmark,
+                 "cudnn_benchmark": torch.backends.cudnn.benchmark, "graphs": setup.graphs,
                  "layout": "channels_last, float32 parameters, SGD momentum 0.9, fresh random inputs per step",
                  "torchao": torchao_version()})
     print_meta(info)
     if setup.device.type == "cpu":
-        print("# no GPU: float32 models on the CPU, eager only", file=sys.stderr)
+        print("# no GPU: float32 models on the CPU, eager only (no --graphs)", file=sys.stderr)
     rows = []
     for name in args.models:
         for batch in args.batches or MODELS[name].batches:
