@@ -30,23 +30,27 @@ int64_t pixel_start(const kernels::ColumnStrides& cs, int64_t per_image, int64_t
 }  // namespace
 
 namespace {
-// Whether the strided-copy im2col below takes a: a geometry the kernels take (im2col_math.h's
-// valid_geometry), a pixel range inside the batch, and padding that at most quadruples an image
-// (the copy pads the images it reads; beyond that the element loop, which pads nothing, runs).
-bool copy_takes(const kernels::Im2Col& a) {
-  const kernels::ConvProblem& p = a.geometry;
+// Whether p is a geometry the kernels take (im2col_math.h's valid_geometry), with every size small
+// enough that the index products of the CPU loops below stay in int64.
+bool loops_take(const kernels::ConvProblem& p) {
   auto out_size = [](int64_t in, int64_t f, int64_t pad, int64_t stride, int64_t dilation) {
     return (in + 2 * pad - dilation * (f - 1) - 1) / stride + 1;
   };
-  constexpr int64_t kSide = int64_t{1} << 20;  // keeps every product below in int64
-  const bool sizes_ok = p.n > 0 && p.h > 0 && p.w > 0 && p.c > 0 && p.r > 0 && p.s > 0 && p.groups > 0 &&
-                        p.c % p.groups == 0 && p.h < kSide && p.w < kSide && p.c < kSide && p.r < kSide &&
-                        p.s < kSide && p.pad_h >= 0 && p.pad_w >= 0 && p.pad_h < kSide && p.pad_w < kSide &&
-                        p.stride_h > 0 && p.stride_w > 0 && p.dilation_h > 0 && p.dilation_w > 0 &&
-                        p.stride_h < kSide && p.stride_w < kSide && p.dilation_h < kSide && p.dilation_w < kSide;
-  if (!sizes_ok || p.p <= 0 || p.q <= 0 || p.p != out_size(p.h, p.r, p.pad_h, p.stride_h, p.dilation_h) ||
-      p.q != out_size(p.w, p.s, p.pad_w, p.stride_w, p.dilation_w))
-    return false;
+  constexpr int64_t kSide = int64_t{1} << 20;
+  auto small = [](int64_t v, int64_t least) { return v >= least && v < kSide; };
+  return p.n > 0 && small(p.h, 1) && small(p.w, 1) && small(p.c, 1) && small(p.r, 1) && small(p.s, 1) &&
+         p.groups > 0 && p.c % p.groups == 0 && small(p.pad_h, 0) && small(p.pad_w, 0) && small(p.stride_h, 1) &&
+         small(p.stride_w, 1) && small(p.dilation_h, 1) && small(p.dilation_w, 1) && p.p > 0 && p.q > 0 &&
+         p.p == out_size(p.h, p.r, p.pad_h, p.stride_h, p.dilation_h) &&
+         p.q == out_size(p.w, p.s, p.pad_w, p.stride_w, p.dilation_w);
+}
+
+// Whether the strided-copy im2col below takes a: loops_take, a pixel range inside the batch, and
+// padding that at most quadruples an image (the copy pads the images it reads; beyond that the
+// element loop, which pads nothing, runs).
+bool copy_takes(const kernels::Im2Col& a) {
+  const kernels::ConvProblem& p = a.geometry;
+  if (!loops_take(p)) return false;
   const int64_t padded_pixels = (p.h + 2 * p.pad_h) * (p.w + 2 * p.pad_w);
   return a.pixel_begin >= 0 && a.pixel_count > 0 && a.pixel_begin + a.pixel_count <= p.n * p.p * p.q &&
          padded_pixels <= 4 * p.h * p.w + 4096;
@@ -130,9 +134,73 @@ kernels::Col2ImScales scales_from(kernels::Col2ImScales s, int64_t n0) {
   return s;
 }
 
+namespace {
+// Whether col2im_by_scatter takes a: int8 / int32 columns (whose int32 sums are the same in any
+// order, as two's-complement sums), and no rescaling or a float32 one, on a loops_take geometry.
+bool scatter_takes(const kernels::Col2Im& a) {
+  const kernels::Col2ImScales& s = a.scales;
+  return a.cols_type != kernels::ColumnType::kFloat32 && loops_take(a.geometry) &&
+         (!s.scale_n || (s.scale_c && s.out_type == kernels::OutType::kFloat32));
+}
+
+// Image n of col2im on the CPU as a scatter: every column's channels added into the NHWC int32 image
+// position its tap reads (a run of C/G channels at a time), then the image written out, rescaled
+// (float(sum) * scale_n * scale_c, as detail::scaled_sum) or as int32 sums. The element loop of
+// kernels::col2im_cpu, which gathers each image element's taps, stays the reference (and takes float
+// columns, whose sums depend on the order).
+template <class Col>
+void col2im_image(const kernels::Col2Im& a, int64_t n, std::vector<uint32_t>& sums) {
+  const kernels::ConvProblem& p = a.geometry;
+  const kernels::ColumnStrides& cs = a.cols_strides;
+  const kernels::ImageStrides& is = a.image_strides;
+  const int64_t cg = p.c / p.groups;
+  sums.assign(static_cast<size_t>(p.h * p.w * p.c), 0u);
+  const Col* cols = static_cast<const Col*>(a.cols) + n * cs.n;
+  for (int64_t oh = 0; oh < p.p; ++oh)
+    for (int64_t ow = 0; ow < p.q; ++ow)
+      for (int64_t r = 0; r < p.r; ++r) {
+        const int64_t h = oh * p.stride_h - p.pad_h + r * p.dilation_h;
+        if (h < 0 || h >= p.h) continue;
+        for (int64_t s = 0; s < p.s; ++s) {
+          const int64_t w = ow * p.stride_w - p.pad_w + s * p.dilation_w;
+          if (w < 0 || w >= p.w) continue;
+          uint32_t* dst = sums.data() + (h * p.w + w) * p.c;
+          const Col* src = cols + (oh * p.q + ow) * cs.pixel + (r * p.s + s) * cs.tap;
+          for (int64_t g = 0; g < p.groups; ++g)
+            for (int64_t c = 0; c < cg; ++c)
+              dst[g * cg + c] += static_cast<uint32_t>(static_cast<int32_t>(src[g * cs.g + c * cs.c]));
+        }
+      }
+  const kernels::Col2ImScales& sc = a.scales;
+  for (int64_t h = 0; h < p.h; ++h)
+    for (int64_t w = 0; w < p.w; ++w)
+      for (int64_t c = 0; c < p.c; ++c) {
+        const int32_t sum = static_cast<int32_t>(sums[(h * p.w + w) * p.c + c]);
+        const int64_t offset = n * is.n + c * is.c + h * is.h + w * is.w;
+        if (sc.scale_n)
+          static_cast<float*>(a.image)[offset] = static_cast<float>(sum) * sc.scale_n[sc.per_image ? n : 0] *
+                                                 sc.scale_c[sc.per_channel ? c : 0];
+        else
+          static_cast<int32_t*>(a.image)[offset] = sum;
+      }
+}
+}  // namespace
+
 void run_col2im(const kernels::Col2Im& a, const at::Tensor& cols, int64_t col_bytes, int64_t image_bytes) {
   if (cols.is_cuda()) {
     check_status(kernels::col2im_cuda(a, stream_of(cols)), "col2im");
+    return;
+  }
+  if (scatter_takes(a)) {
+    at::parallel_for(0, a.geometry.n, 1, [&](int64_t begin, int64_t end) {
+      std::vector<uint32_t> sums;
+      for (int64_t n = begin; n < end; ++n) {
+        if (a.cols_type == kernels::ColumnType::kInt8)
+          col2im_image<int8_t>(a, n, sums);
+        else
+          col2im_image<int32_t>(a, n, sums);
+      }
+    });
     return;
   }
   at::parallel_for(0, a.geometry.n, 1, [&](int64_t begin, int64_t end) {

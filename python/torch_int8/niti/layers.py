@@ -202,9 +202,13 @@ class MaxPool2d(IntModule):
                              f"got {list(x.data.shape)}")
         windows = self._windows(x.data)
         out = windows.amax(-1)
-        if self.training:  # the first tap holding the maximum (amin of indices: deterministic everywhere)
-            taps = torch.arange(windows.shape[-1], device=windows.device)
-            self._first = torch.where(windows == out.unsqueeze(-1), taps, windows.shape[-1]).amin(-1)
+        if self.training:  # the first tap holding the maximum: the taps from last to first, each
+            # taking the place where it holds the maximum (deterministic everywhere; an amin over
+            # the k*k taps of every window was ~20x slower on the CPU)
+            first = torch.zeros_like(out, dtype=torch.int64)
+            for tap in range(windows.shape[-1] - 1, -1, -1):
+                first = torch.where(windows[..., tap] == out, tap, first)
+            self._first = first
             self._input_shape = x.data.shape
         return IntTensor(out, x.exp)
 
