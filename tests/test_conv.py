@@ -383,6 +383,22 @@ def test_wgrad_reads_a_batch_slice_of_dy_in_place(device, images, hw):
     assert_wgrad_exact(gy[n0:n1], cnhw(x)[n0:n1], w, g, device, None)
 
 
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("images,stride", [((0, 5), 1), ((1, 4), 1), ((0, 5), 2)],
+                         ids=["whole_batch", "batch_slice", "strided"])
+def test_wgrad_of_a_1x1_layer_in_cnhw_memory(device, images, stride):
+    """A 1x1 stride-1 layer's x in [C, N, H, W] memory is the GEMM's B operand where it lies (no
+    columns): exact on the whole batch, on a slice of it (an offset, possibly unaligned, start) and,
+    for comparison, at stride 2, which gathers columns."""
+    n0, n1 = images
+    case = (5, 32, 16, 16, 16, 1, 1, stride, 0, 1, 1)
+    x, w, g = make_case(case, seed=61)
+    cnhw = lambda t: t.permute(1, 0, 2, 3).contiguous().permute(1, 0, 2, 3)  # noqa: E731
+    out = (16 - 1) // stride + 1
+    gy = cnhw(rand_int8((5, 16, out, out), seed=62))
+    assert_wgrad_exact(gy[n0:n1], cnhw(x)[n0:n1], w, g, device, None)
+
+
 def assert_wgrad_exact(gy, x, w, g, device, limit):
     """conv2d_wgrad on device, under workspace limit `limit` (None: the default), equals the float64
     weight gradient."""

@@ -78,9 +78,17 @@ at::Tensor conv2d_wgrad_kernel(const at::Tensor& grad_out, const at::Tensor& x, 
   const at::Tensor dy_rows = grad_out.permute({1, 0, 2, 3}).reshape({g, kg, pixels});
   const at::Tensor dyt =
       wgrad_reads_in_place(dy_rows, chunk, align) ? dy_rows : padded(dy_rows, kg, round_up(pixels, chunk));
+  // A 1x1, stride-1, unpadded wgrad of x in [C, N, H, W] memory (pixels contiguous per channel, as
+  // the per-channel path quantizes it) whose dY^T is read in place: x^T is the B operand where it
+  // lies, and no slice passes the last pixel.
+  const kernels::ImageStrides xs = nchw_strides(x);
+  const bool x_in_place = g == 1 && p.r == 1 && p.s == 1 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 0 &&
+                          p.pad_w == 0 && n_pad == p.c && xs.w == 1 && xs.h == p.w && xs.n == p.h * p.w &&
+                          xs.c % align == 0 && reinterpret_cast<uintptr_t>(x.const_data_ptr()) % align == 0 &&
+                          dyt.data_ptr() == dy_rows.data_ptr();
   // Only the padding rows (r, s, c) >= depth need zeros: im2col writes the rest, and the columns
   // past a chunk's pixels (stale or never written) meet the zero padding of dY^T.
-  const at::Tensor cols = at::empty({g, n_pad, chunk}, x.options());
+  const at::Tensor cols = x_in_place ? x : at::empty({g, n_pad, chunk}, x.options());
   if (n_pad > depth) cols.narrow(1, depth, n_pad - depth).zero_();
   const at::Tensor grad_w = at::empty({g, kg, n_pad}, x.options().dtype(at::kInt));
   // One int32 partial product per slice (split-K over the pixels), summed after each chunk.
@@ -92,12 +100,13 @@ at::Tensor conv2d_wgrad_kernel(const at::Tensor& grad_out, const at::Tensor& x, 
   for (int64_t m0 = 0; m0 < pixels; m0 += chunk) {
     const int64_t count = std::min(chunk, pixels - m0), slices = ceil_div(count, split.slice);
     a.pixel_begin = m0, a.pixel_count = count;
-    run_im2col(a, x);
+    if (!x_in_place) run_im2col(a, x);
     for (int64_t gi = 0; gi < g; ++gi) {
       GemmProblem gp;
       gp.m = kg, gp.n = n_pad, gp.k = split.slice, gp.batch = slices;
       gp.a = dyt.const_data_ptr<int8_t>() + gi * dyt.stride(0) + m0, gp.lda = dyt.stride(1);
-      gp.b = cols.const_data_ptr<int8_t>() + gi * n_pad * chunk, gp.ldb = chunk;
+      gp.b = x_in_place ? x.const_data_ptr<int8_t>() + m0 : cols.const_data_ptr<int8_t>() + gi * n_pad * chunk;
+      gp.ldb = x_in_place ? xs.c : chunk;
       gp.batch_stride_a = gp.batch_stride_b = split.slice;
       gp.d = partial.data_ptr<int32_t>() + gi * kg * n_pad, gp.ldd = n_pad, gp.batch_stride_d = g * kg * n_pad;
       run_gemm(gp, Epilogue{}, x, kConvGemm);
