@@ -231,8 +231,8 @@ GY = rand_int8((2, 6, 6, 6), seed=2)
 BAD = [
     (lambda: torch_int8.conv2d(X[0], W), ValueError, "x must be 4-D"),
     (lambda: torch_int8.conv2d(X, W[0]), ValueError, "weight must be 4-D"),
-    (lambda: torch_int8.conv2d(X.float(), W), TypeError, "x must be Char"),
-    (lambda: torch_int8.conv2d(X, W.int()), TypeError, "weight must be Char"),
+    (lambda: torch_int8.conv2d(X.float(), W), TypeError, "x must be torch.int8"),
+    (lambda: torch_int8.conv2d(X, W.int()), TypeError, "weight must be torch.int8"),
     (lambda: torch_int8.conv2d(X, W, groups=1), ValueError, "channel mismatch"),
     (lambda: torch_int8.conv2d(X, W[:5], groups=2), ValueError, "does not divide the output channels"),
     (lambda: torch_int8.conv2d(X, W, groups=0), ValueError, "groups must be >= 1"),
@@ -269,7 +269,7 @@ BAD = [
 SCALED_BAD = [
     (dict(x_scale=torch.ones(3)), ValueError, "scale_x must have one element or 2"),
     (dict(w_scale=torch.ones(5)), ValueError, "scale_w must have one element or 6"),
-    (dict(w_scale=torch.ones(6, dtype=torch.float64)), TypeError, "scale_w must be Float"),
+    (dict(w_scale=torch.ones(6, dtype=torch.float64)), TypeError, "scale_w must be torch.float32"),
     (dict(bias=torch.ones(5)), ValueError, "bias must be \\[K\\]"),
     (dict(bias=torch.ones(6, dtype=torch.int32)), TypeError, "bias must be a float"),
     (dict(out_dtype=torch.int32), TypeError, "out_dtype must be"),
@@ -287,7 +287,7 @@ SCALED_BAD = [
 DGRAD_SCALED_BAD = [
     (dict(sg=torch.ones(3)), ValueError, "scale_grad_out must have one element or 2"),
     (dict(sw=torch.ones(6)), ValueError, "scale_weight must have one element or 4"),
-    (dict(sw=torch.ones(4, dtype=torch.float64)), TypeError, "scale_weight must be Float"),
+    (dict(sw=torch.ones(4, dtype=torch.float64)), TypeError, "scale_weight must be torch.float32"),
     (dict(out_dtype=torch.int8), TypeError, "out_dtype must be bfloat16, float16 or float32"),
     (dict(out_dtype=torch.int32), TypeError, "out_dtype must be bfloat16, float16 or float32"),
     (dict(g_dim=1), ValueError, "per tensor or per image"),

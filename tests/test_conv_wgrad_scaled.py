@@ -140,7 +140,7 @@ def test_scaled_wgrad_bad_input():
         scaled_conv2d_wgrad(QTensor(gy, s2, None, 0), QTensor(x[:1], s1, None, 0), (1, 1))
     with pytest.raises(ValueError, match="does not match"):
         scaled_conv2d_wgrad(QTensor(gy, s2, None, 0), QTensor(x, s2, None, 0), (3, 3))
-    with pytest.raises(TypeError, match="grad_out must be Char"):
+    with pytest.raises(TypeError, match="grad_out must be torch.int8"):
         torch.ops.int8.scaled_conv2d_wgrad(gy.float(), x, s2, s2, [1, 1])
 
 

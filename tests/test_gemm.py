@@ -244,9 +244,10 @@ def test_extreme_values_larger(device, M, N, K):
 def test_error_dtype(device, bad_dtype):
     a = rand_int8((4, 8), seed=1).to(device)
     b = rand_int8((8, 5), seed=2).to(device)
-    with pytest.raises(TypeError):
+    # the dtypes as Python writes them, not ATen's names ("Char", "Float")
+    with pytest.raises(TypeError, match=rf"gemm: a must be torch.int8, got {bad_dtype}$"):
         torch_int8.gemm(a.to(bad_dtype), b)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=rf"gemm: b must be torch.int8, got {bad_dtype}$"):
         torch_int8.gemm(a, b.to(bad_dtype))
     with pytest.raises(TypeError):
         torch_int8.gemm(a.to(bad_dtype), b.to(bad_dtype))

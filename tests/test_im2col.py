@@ -136,7 +136,7 @@ def test_float_col2im_gpu_matches_cpu_bitwise(device):
 
 BAD_IM2COL = [
     (lambda x: torch_int8.im2col(x[0], 3), ValueError, "must be 4-D"),
-    (lambda x: torch_int8.im2col(x.float(), 3), TypeError, "must be Char"),
+    (lambda x: torch_int8.im2col(x.float(), 3), TypeError, "must be torch.int8"),
     (lambda x: torch_int8.im2col(x, 3, padding=-1), ValueError, "padding must be in \\[0, "),
     (lambda x: torch_int8.im2col(x, 3, stride=0), ValueError, "stride must be in \\[1, "),
     (lambda x: torch_int8.im2col(x, 3, dilation=(1, 0)), ValueError, "dilation must be in \\[1, "),

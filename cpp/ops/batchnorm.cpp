@@ -23,7 +23,8 @@ void check_inputs(const at::Tensor& y, const std::optional<at::Tensor>& running_
                   const std::optional<at::Tensor>& running_var, bool training) {
   const char* op = "batch_norm_relu_quantize";
   TORCH_CHECK_VALUE(y.dim() == 4, op, ": y must be 4-D [N, C, H, W], got shape ", shape_str(y));
-  TORCH_CHECK_TYPE(at::isFloatingType(y.scalar_type()), op, ": y must be a float tensor, got ", y.scalar_type());
+  TORCH_CHECK_TYPE(at::isFloatingType(y.scalar_type()), op, ": y must be a float tensor, got ",
+                   dtype_str(y.scalar_type()));
   TORCH_CHECK_VALUE(running_mean.has_value() == running_var.has_value(), op,
                     ": running_mean and running_var must both be given or both be None");
   TORCH_CHECK_VALUE(training || running_mean.has_value(), op, ": eval mode needs the running statistics");
@@ -98,8 +99,8 @@ void check_backward(const at::Tensor& grad, const at::Tensor& y, const at::Tenso
   TORCH_CHECK_VALUE(grad.sizes() == y.sizes(), op, ": grad must have y's shape ", shape_str(y), ", got ",
                     shape_str(grad));
   TORCH_CHECK_TYPE(at::isFloatingType(y.scalar_type()) && grad.scalar_type() == y.scalar_type(), op,
-                   ": grad and y must be float tensors of one dtype, got ", grad.scalar_type(), " and ",
-                   y.scalar_type());
+                   ": grad and y must be float tensors of one dtype, got ", dtype_str(grad.scalar_type()), " and ",
+                   dtype_str(y.scalar_type()));
   for (const at::Tensor* t : {&weight, &bias, &mean, &invstd})
     TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == y.size(1), op,
                       ": weight, bias, mean and invstd must be [C] with C = ", y.size(1), ", got ", shape_str(*t));

@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include <initializer_list>
+#include <string>
 
 #include "torch_int8/kernels.h"
 
@@ -16,9 +17,26 @@
 
 namespace torch_int8::ops {
 
+// A dtype as Python users write it (torch.int8, not ATen's "Char").
+inline std::string dtype_str(at::ScalarType t) {
+  switch (t) {
+    case at::kChar: return "torch.int8";
+    case at::kByte: return "torch.uint8";
+    case at::kShort: return "torch.int16";
+    case at::kInt: return "torch.int32";
+    case at::kLong: return "torch.int64";
+    case at::kHalf: return "torch.float16";
+    case at::kBFloat16: return "torch.bfloat16";
+    case at::kFloat: return "torch.float32";
+    case at::kDouble: return "torch.float64";
+    case at::kBool: return "torch.bool";
+    default: return std::string("torch.") + c10::toString(t);
+  }
+}
+
 inline void check_dtype(const at::Tensor& t, at::ScalarType want, const char* op, const char* name) {
-  TORCH_CHECK_TYPE(t.scalar_type() == want, op, ": ", name, " must be ", c10::toString(want), ", got ",
-                   t.scalar_type());
+  TORCH_CHECK_TYPE(t.scalar_type() == want, op, ": ", name, " must be ", dtype_str(want), ", got ",
+                   dtype_str(t.scalar_type()));
 }
 
 inline void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* op, const char* name) {
@@ -116,7 +134,7 @@ template <bool kSym>
 void check_bias(const at::Tensor& bias, const typename Shape<kSym>::Int& len, const at::Tensor& ref, const char* op,
                 const char* len_name) {
   TORCH_CHECK_TYPE(at::isFloatingType(bias.scalar_type()), op, ": bias must be a float tensor, got ",
-                   bias.scalar_type());
+                   dtype_str(bias.scalar_type()));
   check_same_device(bias, ref, op, "bias");
   TORCH_CHECK_VALUE(bias.dim() == 1 && Shape<kSym>::numel(bias) == len, op, ": bias must be [", len_name, "] = [",
                     int_str(len), "], got ", shape_str(bias));

@@ -29,7 +29,7 @@ at::MemoryFormat memory_format_of(const at::Tensor& t) {
 void check_float_image(const at::Tensor& t, const char* op, const char* name) {
   TORCH_CHECK_VALUE(t.dim() == 4, op, ": ", name, " must be 4-D, got shape ", shape_str(t));
   TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), op, ": ", name, " must be a float tensor, got ",
-                   t.scalar_type());
+                   dtype_str(t.scalar_type()));
 }
 
 struct Quantized {

@@ -63,7 +63,8 @@ void check_float32_range(const at::Tensor& x, const char* op) {
 }
 
 void check_float_matrix(const at::Tensor& x, const char* op) {
-  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), op, ": x must be a float tensor, got ", x.scalar_type());
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), op, ": x must be a float tensor, got ",
+                   dtype_str(x.scalar_type()));
   TORCH_CHECK_VALUE(x.dim() == 2, op, ": x must be 2-D, got shape ", shape_str(x));
   const auto numel = known_numel(x);
   TORCH_CHECK_VALUE(!numel || *numel > 0, op, ": x is empty (shape ", shape_str(x), ")");
@@ -170,7 +171,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize(const at::Tensor& x, std
                                                         bool symmetric, c10::string_view rounding,
                                                         std::optional<at::Generator> generator) {
   TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "quantize: x must be a float tensor, got ",
-                   x.scalar_type());
+                   dtype_str(x.scalar_type()));
   const auto numel = known_numel(x);
   TORCH_CHECK_VALUE(!numel || *numel > 0, "quantize: x is empty (shape ", shape_str(x), ")");
   check_float32_range(x, "quantize");
