@@ -135,7 +135,7 @@ kernels::Col2ImScales scales_from(kernels::Col2ImScales s, int64_t n0) {
 }
 
 namespace {
-// Whether col2im_by_scatter takes a: int8 / int32 columns (whose int32 sums are the same in any
+// Whether col2im_image (below) takes a: int8 / int32 columns (whose int32 sums are the same in any
 // order, as two's-complement sums), and no rescaling or a float32 one, on a loops_take geometry.
 bool scatter_takes(const kernels::Col2Im& a) {
   const kernels::Col2ImScales& s = a.scales;
