@@ -30,19 +30,13 @@ int64_t pixel_start(const kernels::ColumnStrides& cs, int64_t per_image, int64_t
 }  // namespace
 
 namespace {
-// Whether p is a geometry the kernels take (im2col_math.h's valid_geometry), with every size small
-// enough that the index products of the CPU loops below stay in int64.
+// Whether p is a geometry the kernels take (kernels::valid_geometry), with every size small enough
+// that the index products of the CPU loops below stay in int64.
 bool loops_take(const kernels::ConvProblem& p) {
-  auto out_size = [](int64_t in, int64_t f, int64_t pad, int64_t stride, int64_t dilation) {
-    return (in + 2 * pad - dilation * (f - 1) - 1) / stride + 1;
-  };
   constexpr int64_t kSide = int64_t{1} << 20;
-  auto small = [](int64_t v, int64_t least) { return v >= least && v < kSide; };
-  return p.n > 0 && small(p.h, 1) && small(p.w, 1) && small(p.c, 1) && small(p.r, 1) && small(p.s, 1) &&
-         p.groups > 0 && p.c % p.groups == 0 && small(p.pad_h, 0) && small(p.pad_w, 0) && small(p.stride_h, 1) &&
-         small(p.stride_w, 1) && small(p.dilation_h, 1) && small(p.dilation_w, 1) && p.p > 0 && p.q > 0 &&
-         p.p == out_size(p.h, p.r, p.pad_h, p.stride_h, p.dilation_h) &&
-         p.q == out_size(p.w, p.s, p.pad_w, p.stride_w, p.dilation_w);
+  return kernels::valid_geometry(p) && p.h < kSide && p.w < kSide && p.c < kSide && p.r < kSide && p.s < kSide &&
+         p.pad_h < kSide && p.pad_w < kSide && p.stride_h < kSide && p.stride_w < kSide && p.dilation_h < kSide &&
+         p.dilation_w < kSide;
 }
 
 // Whether the strided-copy im2col below takes a: loops_take, a pixel range inside the batch, and

@@ -9,7 +9,7 @@ namespace torch_int8::kernels {
 
 Status im2col_cpu(const Im2Col& a) {
   const ConvProblem& p = a.geometry;
-  if (!detail::valid_geometry(p) || a.pixel_begin < 0 || a.pixel_count < 0 ||
+  if (!valid_geometry(p) || a.pixel_begin < 0 || a.pixel_count < 0 ||
       a.pixel_begin + a.pixel_count > p.n * p.p * p.q)
     return Status::kInvalidArgument;
   const int64_t per_image = p.p * p.q, channels = p.c / p.groups;
@@ -28,7 +28,7 @@ Status im2col_cpu(const Im2Col& a) {
 
 Status col2im_cpu(const Col2Im& a) {
   const ConvProblem& p = a.geometry;
-  if (!detail::valid_geometry(p) || !detail::valid_scales(a, false)) return Status::kInvalidArgument;
+  if (!valid_geometry(p) || !detail::valid_scales(a, false)) return Status::kInvalidArgument;
   return detail::visit_column_type(a.cols_type, [&](auto col, auto acc) {
     using Col = decltype(col);
     using Acc = decltype(acc);

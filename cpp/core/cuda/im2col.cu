@@ -330,7 +330,7 @@ Status visit_store(const Col2Im& a, Fn&& fn) {
 Status im2col_cuda(const Im2Col& a, void* stream) {
   const ConvProblem& p = a.geometry;
   const int64_t pixels = p.n * p.p * p.q, per_pixel = p.c * p.r * p.s;
-  if (!detail::valid_geometry(p) || a.pixel_begin < 0 || a.pixel_count < 0 || a.pixel_begin + a.pixel_count > pixels ||
+  if (!valid_geometry(p) || a.pixel_begin < 0 || a.pixel_count < 0 || a.pixel_begin + a.pixel_count > pixels ||
       pixels >= (int64_t{1} << 31) || per_pixel > kMaxLaunchElements)
     return Status::kInvalidArgument;
   const int64_t start = detail::pixel_offset(a.cols_strides, p, a.pixel_begin);
@@ -348,7 +348,7 @@ Status im2col_cuda(const Im2Col& a, void* stream) {
 Status col2im_cuda(const Col2Im& a, void* stream) {
   const ConvProblem& p = a.geometry;
   const int64_t per_image = p.c * p.h * p.w;
-  if (!detail::valid_geometry(p) || !detail::valid_scales(a, true) || per_image > kMaxLaunchElements ||
+  if (!valid_geometry(p) || !detail::valid_scales(a, true) || per_image > kMaxLaunchElements ||
       p.n >= (int64_t{1} << 31) || p.h + 2 * p.pad_h >= (int64_t{1} << 31) || p.w + 2 * p.pad_w >= (int64_t{1} << 31))
     return Status::kInvalidArgument;
   return detail::visit_column_type(a.cols_type, [&](auto col, auto acc) {

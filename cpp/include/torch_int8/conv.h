@@ -119,6 +119,18 @@ struct ColumnStrides {
   int64_t g = 0, c = 0, tap = 0, n = 0, pixel = 0;
 };
 
+// Whether p describes a convolution the im2col / col2im kernels take: every
+// size positive, groups dividing C, and P, Q the output size of the geometry.
+inline bool valid_geometry(const ConvProblem& p) {
+  auto out_size = [](int64_t in, int64_t f, int64_t pad, int64_t stride, int64_t dilation) {
+    return (in + 2 * pad - dilation * (f - 1) - 1) / stride + 1;
+  };
+  return p.n > 0 && p.h > 0 && p.w > 0 && p.c > 0 && p.r > 0 && p.s > 0 && p.groups > 0 && p.c % p.groups == 0 &&
+         p.pad_h >= 0 && p.pad_w >= 0 && p.stride_h > 0 && p.stride_w > 0 && p.dilation_h > 0 && p.dilation_w > 0 &&
+         p.p > 0 && p.q > 0 && p.p == out_size(p.h, p.r, p.pad_h, p.stride_h, p.dilation_h) &&
+         p.q == out_size(p.w, p.s, p.pad_w, p.stride_w, p.dilation_w);
+}
+
 // Writes the column elements of output pixels [pixel_begin, pixel_begin + pixel_count).
 struct Im2Col {
   ConvProblem geometry;
