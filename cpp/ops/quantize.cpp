@@ -94,8 +94,26 @@ bool runs_as_cpu_loops(const at::Tensor& x, std::optional<int64_t> dim, bool sym
 #define TORCH_INT8_SIMD_CLONES
 #endif
 
-// max(v, m) where NaN wins, as ATen's amax.
-inline float max_keep_nan(float v, float m) { return v > m || v != v ? v : m; }
+// The scale of values whose max|x| is amax: amax / 127 (1 for 0), NaN for an amax that is no
+// maximum of finite values (inf, NaN, negative), as the composites compute it.
+float scale_for(float amax) {
+  const float v = amax / 127.f;
+  return !(std::isfinite(amax) && amax >= 0) ? std::numeric_limits<float>::quiet_NaN() : (v == 0.f ? 1.f : v);
+}
+
+// |v|'s bit pattern: for floats of one sign the integer order is the float order, with NaN's
+// patterns above inf's, so integer maxima of these give max|x|, NaN if any x is NaN (and vectorize).
+inline uint32_t magnitude_bits(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  return bits & 0x7fffffffu;
+}
+
+inline float from_bits(uint32_t bits) {
+  float v;
+  std::memcpy(&v, &bits, sizeof(v));
+  return v;
+}
 
 // v / scale rounded half to even, 0 if NaN, else clamped to [-127, 127].
 [[gnu::always_inline]] inline int8_t quantized(float v, float scale) {
@@ -103,19 +121,11 @@ inline float max_keep_nan(float v, float m) { return v > m || v != v ? v : m; }
   return y != y ? 0 : static_cast<int8_t>(std::clamp(y, -127.f, 127.f));
 }
 
-// max|x[i]|, NaN if any x[i] is NaN, else inf if any is inf: the largest of the magnitudes' bit
-// patterns (sign cleared), whose integer order is that of the floats, with NaN's above inf's;
-// an integer maximum, which vectorizes.
+// max|x[i]|, NaN if any x[i] is NaN, else inf if any is inf.
 TORCH_INT8_SIMD_CLONES float largest_magnitude(const float* x, int64_t n) {
   uint32_t most = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    uint32_t bits;
-    std::memcpy(&bits, x + i, sizeof(bits));
-    most = std::max(most, bits & 0x7fffffffu);
-  }
-  float v;
-  std::memcpy(&v, &most, sizeof(v));
-  return v;
+  for (int64_t i = 0; i < n; ++i) most = std::max(most, magnitude_bits(x[i]));
+  return from_bits(most);
 }
 
 // x[i] / scale quantized; 0 where the scale is NaN (a slice holding inf or NaN).
@@ -149,9 +159,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_symmetric_cpu(const at::
   float* sc = scale.data_ptr<float>();
   at::parallel_for(0, slices, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, len)), [&](int64_t s0, int64_t s1) {
     for (int64_t s = s0; s < s1; ++s) {
-      const float amax = largest_magnitude(in + s * len, len);
-      const float v = amax / 127.f;
-      sc[s] = !std::isfinite(amax) ? std::numeric_limits<float>::quiet_NaN() : (v == 0.f ? 1.f : v);
+      sc[s] = scale_for(largest_magnitude(in + s * len, len));
     }
   });
   at::Tensor q = at::empty_like(xf, xf.options().dtype(at::kChar));
@@ -219,30 +227,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize(const at::Tensor& x, std
   return {q, scale.reshape_symint(channel_shape), zero_point};
 }
 
-// max|x| of every column of a float matrix, float32: NaN for a column holding
-// NaN, else inf for one holding inf.
-// column_amax_of in C++ on a real CPU tensor: each task's rows reduced into maxima of its own,
-// then those combined; NaN wins over every value (as ATen's amax), so the same result.
+// Rows [r0, r1) of the row-major [rows, cols] x folded into the column maxima m (magnitude_bits).
+TORCH_INT8_SIMD_CLONES void column_magnitudes(const float* x, int64_t cols, int64_t r0, int64_t r1, uint32_t* m) {
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t c = 0; c < cols; ++c) m[c] = std::max(m[c], magnitude_bits(x[r * cols + c]));
+}
+
+// column_amax_of in C++ on a real CPU tensor: each task's rows reduced into maxima of its own, then
+// those combined.
 at::Tensor column_amax_cpu(const at::Tensor& x) {
   const at::Tensor xf = x.to(at::kFloat).contiguous();
   const int64_t rows = xf.size(0), cols = xf.size(1);
-  const float* in = xf.const_data_ptr<float>();
   const int64_t tasks = std::clamp<int64_t>(rows * cols / 65536, 1, at::get_num_threads());
-  std::vector<float> partial(static_cast<size_t>(tasks * cols), 0.f);
+  std::vector<uint32_t> partial(static_cast<size_t>(tasks * cols), 0u);
   at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      float* m = partial.data() + t * cols;
-      for (int64_t r = rows * t / tasks; r < rows * (t + 1) / tasks; ++r)
-        for (int64_t c = 0; c < cols; ++c) m[c] = max_keep_nan(std::fabs(in[r * cols + c]), m[c]);
-    }
+    for (int64_t t = t0; t < t1; ++t)
+      column_magnitudes(xf.const_data_ptr<float>(), cols, rows * t / tasks, rows * (t + 1) / tasks,
+                        partial.data() + t * cols);
   });
-  at::Tensor amax = at::zeros({cols}, xf.options());
+  at::Tensor amax = at::empty({cols}, xf.options());
   float* out = amax.data_ptr<float>();
-  for (int64_t t = 0; t < tasks; ++t)
-    for (int64_t c = 0; c < cols; ++c) out[c] = max_keep_nan(partial[t * cols + c], out[c]);
+  for (int64_t c = 0; c < cols; ++c) {
+    uint32_t most = 0;
+    for (int64_t t = 0; t < tasks; ++t) most = std::max(most, partial[t * cols + c]);
+    out[c] = from_bits(most);
+  }
   return amax;
 }
 
+// max|x| of every column of a float matrix, float32: NaN for a column holding
+// NaN, else inf for one holding inf.
 at::Tensor column_amax_of(const at::Tensor& x) {
   return real_cpu_tensor(x) ? column_amax_cpu(x) : x.to(at::kFloat).abs().amax(0);
 }
@@ -278,7 +292,6 @@ void check_columns_t_args(const at::Tensor& x, const at::Tensor& col_amax, c10::
                     shape_str(col_amax), ", expected one entry per column of x ", shape_str(x));
 }
 
-// Per column with the given column maxima, written transposed (cols x rows).
 // quantize_columns_t(x, col_amax, "nearest") in C++ on real CPU tensors: the composite's scales,
 // then its values written transposed a 64 x 64 tile at a time.
 std::tuple<at::Tensor, at::Tensor> columns_t_cpu(const at::Tensor& x, const at::Tensor& col_amax) {
@@ -287,10 +300,7 @@ std::tuple<at::Tensor, at::Tensor> columns_t_cpu(const at::Tensor& x, const at::
   at::Tensor scale = at::empty({cols}, amax.options());
   const float* a = amax.const_data_ptr<float>();
   float* sc = scale.data_ptr<float>();
-  for (int64_t c = 0; c < cols; ++c) {  // a negative or non-finite maximum: NaN
-    const float v = a[c] / 127.f;
-    sc[c] = !(std::isfinite(a[c]) && a[c] >= 0) ? std::numeric_limits<float>::quiet_NaN() : (v == 0.f ? 1.f : v);
-  }
+  for (int64_t c = 0; c < cols; ++c) sc[c] = scale_for(a[c]);
   at::Tensor q_t = at::empty({cols, rows}, xf.options().dtype(at::kChar));
   const float* in = xf.const_data_ptr<float>();
   int8_t* out = q_t.data_ptr<int8_t>();
@@ -301,6 +311,7 @@ std::tuple<at::Tensor, at::Tensor> columns_t_cpu(const at::Tensor& x, const at::
   return {q_t, scale};
 }
 
+// Per column with the given column maxima, written transposed (cols x rows).
 std::tuple<at::Tensor, at::Tensor> quantize_columns_t(const at::Tensor& x, const at::Tensor& col_amax,
                                                       c10::string_view rounding,
                                                       std::optional<at::Generator> generator) {
