@@ -1,7 +1,8 @@
 // int8::conv2d_dgrad and int8::scaled_conv2d_dgrad (the input gradient): schema, CPU / CUDA /
 // Meta kernels. dcols = dY @ W per group (GEMM), then col2im, which rescales the int32 sums as it
 // writes them for the scaled op; a depth K/G*R*S beyond kMaxK sums int32 dgrads of channel slices
-// in int64.
+// in int64. conv2d_dgrad at stride 1 with one group is the forward convolution of dY with the
+// rotated, transposed filter instead (int8::conv2d: no int32 column buffer).
 #include <torch/library.h>
 
 #include <algorithm>
