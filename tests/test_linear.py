@@ -227,3 +227,22 @@ def test_training_step_in_a_cuda_graph(device, rounding):
     else:  # dX and dW draw their dY noise afresh; the bias gradient has no rounding
         assert not torch.equal(replays[0][0], replays[1][0]) and not torch.equal(replays[0][1], replays[1][1])
         assert torch.equal(replays[0][2], eager[2])
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("out_scale,relu", [(None, False), (None, True), (0.05, False)], ids=["float", "relu", "int8"])
+def test_quantized_linear_op_is_quantize_rows_then_scaled_gemm(device, out_scale, relu):
+    """QuantizedLinear's dynamic path, one op (int8::quantized_linear): bit for bit the per-row
+    quantize and scaled_gemm it stands for, on 3-D input, with and without ReLU, int8 output."""
+    torch.manual_seed(3)
+    ref = torch.nn.Linear(40, 24).to(device)
+    q = torch_int8.nn.QuantizedLinear.from_float(ref, relu=relu, out_scale=out_scale)
+    x = torch.randn(3, 5, 40, device=device)
+    rows = torch.ops.int8.quantize_rows(x.reshape(-1, 40), False, "nearest", None, False)
+    out_dtype = torch.float32 if out_scale is None else torch.int8
+    want = torch.ops.int8.scaled_gemm(rows[0], q.weight_int8.t(), rows[1], q.weight_scale, None, q.bias, out_dtype,
+                                      out_scale or 1.0, 0, relu).reshape(3, 5, 24)
+    got = q(x)
+    assert got.shape == (3, 5, 24) and got.dtype == out_dtype and torch.equal(got, want)
+    with pytest.raises(ValueError, match="quantized_linear: x must have at least one dimension"):
+        torch.ops.int8.quantized_linear(torch.tensor(1.0, device=device), q.weight_int8, q.weight_scale)

@@ -53,6 +53,8 @@ def samples(device):
         ("scaled_conv2d_dgrad", (dy, w, f32(2), f32(16), [9, 9], [1, 1], [1, 1], [1, 1], 1, torch.float32)),
         ("conv2d_wgrad", (dy, x, [3, 3], [1, 1], [1, 1], [1, 1], 1)),
         ("scaled_conv2d_wgrad", (dy, x, f32(2), f32(2), [3, 3], [1, 1], [1, 1], [1, 1], 1)),
+        ("quantized_linear", (torch.stack([m, -m]), i8(19, 24), f32(19), f32(19), torch.bfloat16, 1.0, True)),
+        ("quantized_linear", (m, i8(19, 24), f32(19), None, torch.int8, 0.25, False)),
         ("dynamic_conv2d", (xf, torch.randn(32, 16, 3, 3, generator=g).to(device), None, [1, 1], [1, 1], [1, 1], 1,
                             True, torch.bfloat16)),
         ("quantize_images", (xf, "nearest", True, True)),

@@ -122,6 +122,15 @@ at::Tensor scaled_conv2d(const at::Tensor& x, const at::Tensor& weight, const at
                      out_scale, out_zero_point, relu);
 }
 
+at::Tensor quantized_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& weight_scale,
+                            const std::optional<at::Tensor>& bias, std::optional<at::ScalarType> out_dtype,
+                            double out_scale, bool relu) {
+  static const auto handle =
+      op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                    std::optional<at::ScalarType>, double, bool)>("int8::quantized_linear");
+  return handle.call(x, weight, weight_scale, bias, out_dtype, out_scale, relu);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_conv2d(const at::Tensor& x, const at::Tensor& weight,
                                                               const std::optional<at::Tensor>& bias,
                                                               at::IntArrayRef stride, at::IntArrayRef padding,

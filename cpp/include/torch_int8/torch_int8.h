@@ -76,6 +76,14 @@ at::Tensor requantize(const at::Tensor& acc, const at::Tensor& scale,
                       int64_t zero_point = 0,
                       const std::string& mode = "float");
 
+// QuantizedLinear's forward with dynamic activations, one op: x [..., K] quantized per row, times
+// the int8 weight [N, K] (scales weight_scale [N]) with bias and ReLU in the epilogue;
+// out_dtype defaults to x's dtype (kChar: requantized with out_scale). [..., N].
+at::Tensor quantized_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& weight_scale,
+                            const std::optional<at::Tensor>& bias = std::nullopt,
+                            std::optional<at::ScalarType> out_dtype = std::nullopt, double out_scale = 1.0,
+                            bool relu = false);
+
 // --- Convolution (logical NCHW tensors, weights [K, C/groups, R, S]; images
 // computed here come back channels_last). Sizes, strides, padding, dilation:
 // {height, width}.

@@ -199,14 +199,12 @@ class QuantizedLinear(torch.nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = x.reshape(-1, self.in_features)
         out_dtype = x.dtype if self.out_scale is None else torch.int8
         out_scale = _out_scale_arg("QuantizedLinear", out_dtype, self.out_scale)
-        if self.activation_scale is None:  # per token at run time, straight into the ops (decode: host-bound)
-            qx, sx, _, _ = _rows(x2, False)
-        else:
-            q = quantize_activation(x2, None, self.activation_scale)
-            qx, sx = q.data, q.scale
-        y = _ops.scaled_gemm(qx, self.weight_int8.t(), sx, self.weight_scale, None, self.bias, out_dtype, out_scale,
-                             0, self.relu)
+        if self.activation_scale is None:  # per token at run time: one op call (decode is host-bound)
+            return _ops.quantized_linear(x, self.weight_int8, self.weight_scale, self.bias, out_dtype, out_scale,
+                                         self.relu)
+        q = quantize_activation(x.reshape(-1, self.in_features), None, self.activation_scale)
+        y = _ops.scaled_gemm(q.data, self.weight_int8.t(), q.scale, self.weight_scale, None, self.bias, out_dtype,
+                             out_scale, 0, self.relu)
         return y.reshape(*x.shape[:-1], self.out_features)
