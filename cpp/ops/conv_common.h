@@ -40,6 +40,13 @@ inline kernels::ImageStrides nhwc_strides(const at::Tensor& t) {
 // An NHWC [N, P, Q, K] (or [N, H, W, C]) buffer seen as the logical NCHW tensor (channels_last memory).
 inline at::Tensor as_nchw(const at::Tensor& nhwc) { return nhwc.permute({0, 3, 1, 2}); }
 
+// A 1x1 filter at stride 1 without padding, in one group: each output pixel reads its own input
+// pixel, so the GEMM operands are the images themselves (no columns to gather).
+inline bool pixel_to_pixel(const kernels::ConvProblem& p) {
+  return p.groups == 1 && p.r == 1 && p.s == 1 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 0 &&
+         p.pad_w == 0;
+}
+
 // The `op` of the convolution ops' GEMMs in error messages.
 constexpr const char* kConvGemm = "conv2d gemm";
 

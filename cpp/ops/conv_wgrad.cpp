@@ -82,8 +82,7 @@ at::Tensor conv2d_wgrad_kernel(const at::Tensor& grad_out, const at::Tensor& x, 
   // the per-channel path quantizes it) whose dY^T is read in place: x^T is the B operand where it
   // lies, and no slice passes the last pixel.
   const kernels::ImageStrides xs = nchw_strides(x);
-  const bool x_in_place = g == 1 && p.r == 1 && p.s == 1 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 0 &&
-                          p.pad_w == 0 && n_pad == p.c && xs.w == 1 && xs.h == p.w && xs.n == p.h * p.w &&
+  const bool x_in_place = pixel_to_pixel(p) && n_pad == p.c && xs.w == 1 && xs.h == p.w && xs.n == p.h * p.w &&
                           xs.c % align == 0 && reinterpret_cast<uintptr_t>(x.const_data_ptr()) % align == 0 &&
                           dyt.data_ptr() == dy_rows.data_ptr();
   // Only the padding rows (r, s, c) >= depth need zeros: im2col writes the rest, and the columns
