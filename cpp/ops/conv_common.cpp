@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 namespace torch_int8::ops {
@@ -69,6 +70,22 @@ void im2col_by_copy(const kernels::Im2Col& a) {
       at::constant_pad_nd(images, {0, 0, p.pad_w, p.pad_w, p.pad_h, p.pad_h}, a.pad_value).contiguous();
   const int64_t hp = xp.size(1), wp = xp.size(2);
   const int64_t start = pixel_start(cs, per_image, a.pixel_begin);
+  if (p.groups == 1 && p.dilation_w == 1 && cs.c == 1 && cs.tap == p.c) {
+    // The forward's layout, one group: a pixel's S taps of one filter row are S*C bytes in a row
+    // of xp and in its columns, one memcpy each (the strided copy below moves short runs, slowly
+    // for few channels: 8 channels at 28x28, 1.7 ms against ~0.3 ms).
+    const int8_t* in = xp.const_data_ptr<int8_t>();
+    const int64_t run = p.s * p.c, grain = std::max<int64_t>(1, 65536 / (p.r * run));
+    at::parallel_for(a.pixel_begin, end, grain, [&](int64_t m0, int64_t m1) {
+      for (int64_t m = m0; m < m1; ++m) {
+        const int64_t n = m / per_image, oh = m % per_image / p.q, ow = m % p.q;
+        const int8_t* src = in + (((n - n_first) * hp + oh * p.stride_h) * wp + ow * p.stride_w) * p.c;
+        int8_t* dst = a.cols + (pixel_start(cs, per_image, m) - start);
+        for (int64_t r = 0; r < p.r; ++r) std::memcpy(dst + r * run, src + r * p.dilation_h * wp * p.c, run);
+      }
+    });
+    return;
+  }
   // The column elements of the range, as one buffer to take strided views of (every stride >= 0).
   const int64_t extent = pixel_start(cs, per_image, end - 1) - start + (p.groups - 1) * cs.g + (cg - 1) * cs.c +
                          (p.r * p.s - 1) * cs.tap + 1;

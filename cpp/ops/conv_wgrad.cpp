@@ -1,7 +1,9 @@
 // int8::conv2d_wgrad and int8::scaled_conv2d_wgrad (the weight gradient): schema, CPU / CUDA /
 // Meta kernels. conv2d_wgrad: dW = dY^T @ cols per group over the pixels (split-K over slices of
 // them, im2col + GEMM); scaled_conv2d_wgrad: per-image scales, the implicit-GEMM kernel
-// (conv2d_wgrad_scaled_cuda) where it runs, else image by image in int64.
+// (conv2d_wgrad_scaled_cuda) where it runs, else each image's exact sum scaled and the images
+// added in float64 (on the CPU batches of images, one im2col and one product per image).
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -170,10 +172,61 @@ at::Tensor image_wgrad_int64(const at::Tensor& dy, const at::Tensor& x, const Co
   return acc;
 }
 
+// The int32 weight gradients of images [n0, n0 + count) on the CPU, each image's on its own:
+// [count, G, K/G, R*S*C/G] ((r, s, c) columns). One im2col of those images in the forward's layout
+// (a row of taps per pixel), then per image and group at::_int_mm of dY^T and the columns where
+// they lie (dy_pixels: dY as [N*P*Q, K] pixel rows, a view of channels_last dY). Images of at
+// most kMaxK output pixels.
+at::Tensor image_wgrads_int32_cpu(const ConvProblem& p, const at::Tensor& dy_pixels, const at::Tensor& x, int64_t n0,
+                                  int64_t count) {
+  const int64_t g = p.groups, cg = p.c / g, kg = p.k / g, per_image = p.p * p.q, depth = p.r * p.s * cg;
+  const int64_t pixels = count * per_image;
+  const at::Tensor cols = at::empty({g, pixels, depth}, x.options());
+  kernels::Im2Col a;
+  a.geometry = p, a.x = x.const_data_ptr<int8_t>(), a.x_strides = nchw_strides(x);
+  a.cols = cols.data_ptr<int8_t>(), a.cols_strides = {pixels * depth, 1, cg, per_image * depth, depth};
+  a.pixel_begin = n0 * per_image, a.pixel_count = pixels;
+  run_im2col(a, x);
+  const at::Tensor out = at::empty({count, g, kg, depth}, x.options().dtype(at::kInt));
+  // One product per thread (a product inside a parallel region runs on its thread).
+  at::parallel_for(0, count * g, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t i = t / g, gi = t % g;
+      const at::Tensor dy_t = dy_pixels.narrow(0, (n0 + i) * per_image, per_image).narrow(1, gi * kg, kg).t();
+      at::Tensor image = out.select(0, i).select(0, gi);
+      at::_int_mm_out(image, dy_t, cols.select(0, gi).narrow(0, i * per_image, per_image));
+    }
+  });
+  return out;
+}
+
+// scaled_wgrad_by_image on the CPU: images of at most kMaxK pixels in batches (the columns and
+// the int32 gradients of a batch under the workspace limit), each image's int32 sum scaled and
+// the images summed in float64.
+at::Tensor scaled_wgrad_batched_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& image_scale,
+                                    const ConvProblem& p) {
+  const int64_t per_image = p.p * p.q, depth = p.r * p.s * p.c / p.groups;
+  const at::Tensor dy_pixels = grad_out.permute({0, 2, 3, 1}).reshape({p.n * per_image, p.k});
+  // Per image: its columns (int8) and its int32 and float64 weight gradients.
+  const int64_t images = units_per_chunk(p.groups * depth * per_image + 12 * p.k * depth, p.n);
+  at::Tensor sum;
+  for (int64_t n0 = 0; n0 < p.n; n0 += images) {
+    const int64_t count = std::min(images, p.n - n0);
+    const at::Tensor wgrads = image_wgrads_int32_cpu(p, dy_pixels, x, n0, count).to(at::kDouble).view({count, -1});
+    const at::Tensor part = at::mv(wgrads.t(), image_scale.narrow(0, n0, count));  // sum of scale[n] * wgrad[n]
+    sum = n0 == 0 ? part : sum.add_(part);
+  }
+  // [G, K/G, (r, s, c)] = [K, R, S, C/G] memory: [K, C/G, R, S] in channels_last
+  return sum.view({p.k, p.r, p.s, p.c / p.groups}).permute({0, 3, 1, 2}).to(at::kFloat);
+}
+
 // The images one at a time (image_wgrad_int64 of each, exact), scaled and summed in
-// float64: the CPU kernel, and the GPU's where the implicit-GEMM kernel declines.
+// float64: the GPU's kernel where the implicit-GEMM kernel declines, and the CPU's for images of
+// more than kMaxK pixels (else scaled_wgrad_batched_cpu).
 at::Tensor scaled_wgrad_by_image(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& image_scale,
-                                 at::IntArrayRef kernel_size, const ConvParams& cp) {
+                                 at::IntArrayRef kernel_size, const ConvParams& cp, const ConvProblem& p) {
+  if (!x.is_cuda() && p.p * p.q <= kernels::kMaxK)
+    return scaled_wgrad_batched_cpu(grad_out, x, image_scale, p);
   at::Tensor sum;
   for (int64_t n = 0; n < x.size(0); ++n) {
     const at::Tensor acc = image_wgrad_int64(grad_out.narrow(0, n, 1), x.narrow(0, n, 1), cp, kernel_size);
@@ -208,7 +261,7 @@ at::Tensor scaled_conv2d_wgrad_kernel(const at::Tensor& grad_out, const at::Tens
   }
   // Per image: the float32 product of its two scales, as the GPU kernel forms it.
   const at::Tensor image_scale = (scale_grad_out.expand({p.n}) * scale_x.expand({p.n})).to(at::kDouble);
-  return scaled_wgrad_by_image(grad_out, x, image_scale, kernel_size, cp).contiguous(at::MemoryFormat::ChannelsLast);
+  return scaled_wgrad_by_image(grad_out, x, image_scale, kernel_size, cp, p).contiguous(at::MemoryFormat::ChannelsLast);
 }
 
 at::Tensor scaled_conv2d_wgrad_meta(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& scale_grad_out,
