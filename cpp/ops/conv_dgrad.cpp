@@ -66,9 +66,9 @@ at::Tensor conv2d_dgrad_kernel(const at::Tensor& grad_out, const at::Tensor& wei
   c10::DeviceGuard guard(grad_out.device());
   // Stride 1, one group: the forward convolution of dY with the rotated, transposed filter (the
   // same int32 sums), which reads the int8 dY instead of writing and gathering int32 columns.
-  const int64_t pad_h = p.dilation_h * (p.r - 1) - p.pad_h, pad_w = p.dilation_w * (p.s - 1) - p.pad_w;
-  if (p.stride_h == 1 && p.stride_w == 1 && p.groups == 1 && pad_h >= 0 && pad_w >= 0)
-    return torch_int8::conv2d(grad_out, weight.transpose(0, 1).flip({2, 3}), {1, 1}, {pad_h, pad_w},
+  const kernels::ForwardPadding forward = kernels::dgrad_as_forward_padding(p);
+  if (forward.valid() && p.groups == 1)
+    return torch_int8::conv2d(grad_out, weight.transpose(0, 1).flip({2, 3}), {1, 1}, {forward.h, forward.w},
                               {p.dilation_h, p.dilation_w}, 1);
   const at::Tensor grad_in = new_output({p.n, p.h, p.w, p.c}, grad_out.options().dtype(at::kInt));
   dgrad_into(p, grad_out, weight, grad_in, {});

@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <array>
 #include <optional>
 #include <string>
 
@@ -74,5 +75,19 @@ PYBIND11_MODULE(_C, m) {
       "channel rule the family checks before it runs (geometry limits and pointer alignment are checked then). "
       "False for a family without the kernel and in a build without CUDA. device_index None: whether every "
       "family with the kernel takes it (a rule that holds on any GPU; answers in every build).");
+  m.def(
+      "dgrad_as_forward_padding",
+      [](std::array<int64_t, 2> filter, std::array<int64_t, 2> stride, std::array<int64_t, 2> padding,
+         std::array<int64_t, 2> dilation) -> py::object {
+        torch_int8::kernels::ConvProblem p;
+        p.r = filter[0], p.s = filter[1], p.stride_h = stride[0], p.stride_w = stride[1];
+        p.pad_h = padding[0], p.pad_w = padding[1], p.dilation_h = dilation[0], p.dilation_w = dilation[1];
+        const auto f = torch_int8::kernels::dgrad_as_forward_padding(p);
+        return f.valid() ? py::object(py::make_tuple(f.h, f.w)) : py::none();
+      },
+      py::arg("filter"), py::arg("stride"), py::arg("padding"), py::arg("dilation"),
+      "The padding (h, w) of the forward convolution with the rotated, transposed filter that equals a "
+      "convolution's input gradient (stride 1: dilation * (filter - 1) - padding), or None where there is none "
+      "(conv.h's dgrad_as_forward_padding).");
   m.attr("max_k") = torch_int8::kernels::kMaxK;
 }

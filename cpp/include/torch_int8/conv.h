@@ -131,6 +131,20 @@ inline bool valid_geometry(const ConvProblem& p) {
          p.q == out_size(p.w, p.s, p.pad_w, p.stride_w, p.dilation_w);
 }
 
+// A stride-1 input gradient is the forward convolution of dY with the rotated, transposed filter
+// (W'[c, k, r, s] = W[k, c, R-1-r, S-1-s]) at padding dilation * (filter - 1) - padding along each
+// axis: that padding {h, w}, or {-1, -1} where dgrad cannot be written so (a stride above 1, or
+// padding beyond the dilated filter). The int32 op conv2d_dgrad and torch_int8.nn.Conv2d's
+// backward (torch_int8._C.dgrad_as_forward_padding) both ask here.
+struct ForwardPadding {
+  int64_t h = -1, w = -1;
+  bool valid() const { return h >= 0 && w >= 0; }
+};
+inline ForwardPadding dgrad_as_forward_padding(const ConvProblem& p) {
+  const ForwardPadding f{p.dilation_h * (p.r - 1) - p.pad_h, p.dilation_w * (p.s - 1) - p.pad_w};
+  return p.stride_h == 1 && p.stride_w == 1 && f.valid() ? f : ForwardPadding{};
+}
+
 // Writes the column elements of output pixels [pixel_begin, pixel_begin + pixel_count).
 struct Im2Col {
   ConvProblem geometry;

@@ -90,10 +90,16 @@ def rotated_filter(weight: torch.Tensor, groups: int) -> torch.Tensor:
 def dgrad_as_forward_padding(weight_shape, geometry):
     """The padding of the forward convolution equal to dgrad (stride 1: dX = conv(dY, W', padding
     dilation*(R-1) - padding)), or None when dgrad cannot be written so (stride > 1, or padding
-    beyond the dilated filter)."""
+    beyond the dilated filter): the C++ rule (conv.h), which conv2d_dgrad follows too."""
     stride, padding, dilation, _ = geometry
-    pads = [d * (f - 1) - p for d, f, p in zip(dilation, weight_shape[2:], padding)]
-    return tuple(pads) if tuple(stride) == (1, 1) and min(pads) >= 0 else None
+    return _forward_padding(*weight_shape[2:], *stride, *padding, *dilation)
+
+
+@torch.compiler.assume_constant_result
+def _forward_padding(r: int, s: int, stride_h: int, stride_w: int, pad_h: int, pad_w: int, dilation_h: int,
+                     dilation_w: int):
+    """_C.dgrad_as_forward_padding, a constant to torch.compile (which cannot trace the extension)."""
+    return _C.dgrad_as_forward_padding((r, s), (stride_h, stride_w), (pad_h, pad_w), (dilation_h, dilation_w))
 
 
 class AxisPhase(NamedTuple):
