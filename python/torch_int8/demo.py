@@ -8,8 +8,9 @@ INT8 inference, and compare the three.
    quantization: BatchNorm folded, static scales from calibration, int8 between convolutions).
 
 Prints a table (test accuracy, time per epoch, training and inference images/s), writes curves.png,
-speed.png and summary.json to --out. On a GPU it trains on the full data set; on the CPU, where the
-INT8 kernels are the exact reference kernels, on a subset for fewer epochs (a few minutes).
+speed.png and summary.json to --out. On a GPU it trains on the full data set; on the CPU (torch's
+int8 matrix product inside the project's quantize and rescale loops) on a subset for fewer epochs
+(under a minute on 2 cores).
 --ptq-models times quantize_model on torchvision ImageNet models against bf16 (eager and compiled).
 """
 from __future__ import annotations
