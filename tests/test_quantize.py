@@ -474,3 +474,29 @@ def test_cpu_loops_match_the_composite(dtype, memory_format, dim):
     assert torch.equal(q.scale.isnan(), ref.scale.isnan())
     assert torch.equal(q.scale.nan_to_num(), ref.scale.nan_to_num())
     assert q.data.is_contiguous(memory_format=memory_format)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("memory_format,dim", [(torch.channels_last, 1), (torch.contiguous_format, 3)],
+                         ids=["nhwc_channels", "contiguous_last"])
+def test_cpu_per_channel_loops_match_the_composite(dtype, memory_format, dim):
+    """Per channel of the dim innermost in memory (a convolution's channels in channels_last, a
+    matrix's columns) runs as C++ loops; a strided view runs the composite: the same data and
+    scales, bit for bit, with a NaN, an inf and an all-zero channel and exact ties."""
+    x = make_x((5, 6, 4, 6), seed=12, device="cpu").to(dtype)
+    channel = [slice(None)] * 4
+    for c, value in ((0, float("nan")), (1, float("-inf"))):
+        channel[dim] = c
+        x[tuple(channel)][0] = value
+    channel[dim] = 2
+    x[tuple(channel)] = 0.0
+    channel[dim] = 3  # max 127: scale 1, and ties of .5 to round half to even
+    ties = x[tuple(channel)]
+    ties.copy_(torch.tensor([127.0, 0.5, 1.5, -2.5]).repeat(ties.numel() // 4).reshape(ties.shape))
+    dense = x.contiguous(memory_format=memory_format)
+    strided = torch.empty(5, 6, 4, 12, dtype=dtype)[..., ::2].copy_(x)
+    q, ref = torch_int8.quantize(dense, dim), torch_int8.quantize(strided, dim)
+    assert torch.equal(q.data, ref.data)
+    assert torch.equal(q.scale.isnan(), ref.scale.isnan()) and q.scale.isnan()[:2].all()
+    assert torch.equal(q.scale.nan_to_num(), ref.scale.nan_to_num()) and q.scale[2] == 1 and q.scale[3] == 1
+    assert q.data.is_contiguous(memory_format=memory_format)

@@ -1,6 +1,7 @@
 // int8::conv2d_wgrad and int8::scaled_conv2d_wgrad (the weight gradient): schema, CPU / CUDA /
-// Meta kernels. conv2d_wgrad: dW = dY^T @ cols per group over the pixels (split-K over slices of
-// them, im2col + GEMM); scaled_conv2d_wgrad: per-image scales, the implicit-GEMM kernel
+// Meta kernels. conv2d_wgrad: dW = dY^T @ cols per group over the pixels (GPU: split-K over slices
+// of them, im2col + GEMM; CPU: at::_int_mm of dY^T and the forward's columns where they lie);
+// scaled_conv2d_wgrad: per-image scales, the implicit-GEMM kernel
 // (conv2d_wgrad_scaled_cuda) where it runs, else each image's exact sum scaled and the images
 // added in float64 (on the CPU batches of images, one im2col and one product per image).
 #include <ATen/Parallel.h>
@@ -63,13 +64,84 @@ bool wgrad_reads_in_place(const at::Tensor& dyt, int64_t chunk, int64_t align) {
          reinterpret_cast<uintptr_t>(dyt.const_data_ptr()) % align == 0;
 }
 
+// Images [n0, n0 + count) as the rows of the weight gradient's B operand on the CPU, [G][pixels]
+// [(r, s, c)]: x's own pixels for a 1x1, stride-1, unpadded layer of dense channels_last x (a view),
+// else the forward's im2col (a row of taps per pixel).
+at::Tensor pixel_rows_cpu(const ConvProblem& p, const at::Tensor& x, int64_t n0, int64_t count) {
+  const int64_t g = p.groups, cg = p.c / g, per_image = p.p * p.q, depth = p.r * p.s * cg;
+  const int64_t pixels = count * per_image;
+  const kernels::ImageStrides xs = nchw_strides(x);
+  if (pixel_to_pixel(p) && xs.c == 1 && xs.w == p.c && xs.h == p.w * p.c && xs.n == p.h * p.w * p.c)
+    return x.permute({0, 2, 3, 1}).reshape({1, p.n * per_image, p.c}).narrow(1, n0 * per_image, pixels);
+  const at::Tensor cols = at::empty({g, pixels, depth}, x.options());
+  kernels::Im2Col a;
+  a.geometry = p, a.x = x.const_data_ptr<int8_t>(), a.x_strides = xs;
+  a.cols = cols.data_ptr<int8_t>(), a.cols_strides = {pixels * depth, 1, cg, per_image * depth, depth};
+  a.pixel_begin = n0 * per_image, a.pixel_count = pixels;
+  run_im2col(a, x);
+  return cols;
+}
+
+// The weight gradient's int32 products on the CPU over images [n0, n0 + count): at::_int_mm of dY^T
+// and pixel_rows_cpu where they lie (dy_pixels: dY as [N*P*Q, K] pixel rows, a view of channels_last
+// dY), per group, into [G, K/G, R*S*C/G] ((r, s, c) columns); or (per_image) each image's own, one
+// product per image and thread, into [count, G, K/G, R*S*C/G]. Sums of at most kMaxK pixels.
+at::Tensor wgrad_products_cpu(const ConvProblem& p, const at::Tensor& dy_pixels, const at::Tensor& x, int64_t n0,
+                              int64_t count, bool per_image) {
+  const int64_t g = p.groups, kg = p.k / g, per_image_pixels = p.p * p.q, depth = p.r * p.s * p.c / g;
+  const at::Tensor rows = pixel_rows_cpu(p, x, n0, count);
+  // dY^T of group gi over `len` pixels from pixel `first` of the batch, and the matching rows.
+  auto dy_t = [&](int64_t gi, int64_t first, int64_t len) {
+    return dy_pixels.narrow(0, n0 * per_image_pixels + first, len).narrow(1, gi * kg, kg).t();
+  };
+  if (!per_image) {
+    const at::Tensor out = at::empty({g, kg, depth}, x.options().dtype(at::kInt));
+    for (int64_t gi = 0; gi < g; ++gi) {
+      at::Tensor group = out.select(0, gi);
+      at::_int_mm_out(group, dy_t(gi, 0, count * per_image_pixels), rows.select(0, gi));
+    }
+    return out;
+  }
+  const at::Tensor out = at::empty({count, g, kg, depth}, x.options().dtype(at::kInt));
+  // One product per thread (a product inside a parallel region runs on its thread).
+  at::parallel_for(0, count * g, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t i = t / g, gi = t % g;
+      at::Tensor image = out.select(0, i).select(0, gi);
+      at::_int_mm_out(image, dy_t(gi, i * per_image_pixels, per_image_pixels),
+                      rows.select(0, gi).narrow(0, i * per_image_pixels, per_image_pixels));
+    }
+  });
+  return out;
+}
+
+// dY as [N*P*Q, K] pixel rows: a view of channels_last dY, else one copy.
+at::Tensor dy_pixels_of(const at::Tensor& grad_out) {
+  return grad_out.permute({0, 2, 3, 1}).reshape({-1, grad_out.size(1)});
+}
+
+// conv2d_wgrad on the CPU: batches of images under the workspace limit (their columns), the
+// batches' int32 sums added (exact: N*P*Q <= kMaxK). [K, C/G, R, S] contiguous.
+at::Tensor conv2d_wgrad_cpu(const at::Tensor& grad_out, const at::Tensor& x, const ConvProblem& p) {
+  const int64_t cg = p.c / p.groups, depth = p.r * p.s * cg;
+  const at::Tensor dy_pixels = dy_pixels_of(grad_out);
+  const int64_t images = units_per_chunk(p.groups * depth * p.p * p.q, p.n);
+  at::Tensor sum;
+  for (int64_t n0 = 0; n0 < p.n; n0 += images) {
+    const at::Tensor part = wgrad_products_cpu(p, dy_pixels, x, n0, std::min(images, p.n - n0), false);
+    sum = n0 == 0 ? part : sum.add_(part);
+  }
+  return sum.view({p.k, p.r, p.s, cg}).permute({0, 3, 1, 2}).contiguous();
+}
+
 at::Tensor conv2d_wgrad_kernel(const at::Tensor& grad_out, const at::Tensor& x, at::IntArrayRef kernel_size,
                                at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                int64_t groups) {
   const ConvParams cp = conv_params("conv2d_wgrad", stride, padding, dilation, groups);
   const ConvProblem p = problem_of(int32_wgrad_dims<false>(grad_out, x, kernel_size, cp), cp);
+  if (!x.is_cuda()) return conv2d_wgrad_cpu(grad_out, x, p);
   c10::DeviceGuard guard(x.device());
-  const int64_t align = x.is_cuda() ? kGpuAlign : 1;
+  const int64_t align = kGpuAlign;
   const int64_t g = p.groups, cg = p.c / g, kg = p.k / g, per_image = p.p * p.q, pixels = p.n * per_image;
   const int64_t depth = p.r * p.s * cg, n_pad = round_up(depth, align);
   const WgradSplit split = wgrad_split(kg, n_pad, units_per_chunk(g * n_pad, pixels, align), align, pixels);
@@ -172,47 +244,20 @@ at::Tensor image_wgrad_int64(const at::Tensor& dy, const at::Tensor& x, const Co
   return acc;
 }
 
-// The int32 weight gradients of images [n0, n0 + count) on the CPU, each image's on its own:
-// [count, G, K/G, R*S*C/G] ((r, s, c) columns). One im2col of those images in the forward's layout
-// (a row of taps per pixel), then per image and group at::_int_mm of dY^T and the columns where
-// they lie (dy_pixels: dY as [N*P*Q, K] pixel rows, a view of channels_last dY). Images of at
-// most kMaxK output pixels.
-at::Tensor image_wgrads_int32_cpu(const ConvProblem& p, const at::Tensor& dy_pixels, const at::Tensor& x, int64_t n0,
-                                  int64_t count) {
-  const int64_t g = p.groups, cg = p.c / g, kg = p.k / g, per_image = p.p * p.q, depth = p.r * p.s * cg;
-  const int64_t pixels = count * per_image;
-  const at::Tensor cols = at::empty({g, pixels, depth}, x.options());
-  kernels::Im2Col a;
-  a.geometry = p, a.x = x.const_data_ptr<int8_t>(), a.x_strides = nchw_strides(x);
-  a.cols = cols.data_ptr<int8_t>(), a.cols_strides = {pixels * depth, 1, cg, per_image * depth, depth};
-  a.pixel_begin = n0 * per_image, a.pixel_count = pixels;
-  run_im2col(a, x);
-  const at::Tensor out = at::empty({count, g, kg, depth}, x.options().dtype(at::kInt));
-  // One product per thread (a product inside a parallel region runs on its thread).
-  at::parallel_for(0, count * g, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t i = t / g, gi = t % g;
-      const at::Tensor dy_t = dy_pixels.narrow(0, (n0 + i) * per_image, per_image).narrow(1, gi * kg, kg).t();
-      at::Tensor image = out.select(0, i).select(0, gi);
-      at::_int_mm_out(image, dy_t, cols.select(0, gi).narrow(0, i * per_image, per_image));
-    }
-  });
-  return out;
-}
-
 // scaled_wgrad_by_image on the CPU: images of at most kMaxK pixels in batches (the columns and
 // the int32 gradients of a batch under the workspace limit), each image's int32 sum scaled and
 // the images summed in float64.
 at::Tensor scaled_wgrad_batched_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& image_scale,
                                     const ConvProblem& p) {
   const int64_t per_image = p.p * p.q, depth = p.r * p.s * p.c / p.groups;
-  const at::Tensor dy_pixels = grad_out.permute({0, 2, 3, 1}).reshape({p.n * per_image, p.k});
+  const at::Tensor dy_pixels = dy_pixels_of(grad_out);
   // Per image: its columns (int8) and its int32 and float64 weight gradients.
   const int64_t images = units_per_chunk(p.groups * depth * per_image + 12 * p.k * depth, p.n);
   at::Tensor sum;
   for (int64_t n0 = 0; n0 < p.n; n0 += images) {
     const int64_t count = std::min(images, p.n - n0);
-    const at::Tensor wgrads = image_wgrads_int32_cpu(p, dy_pixels, x, n0, count).to(at::kDouble).view({count, -1});
+    const at::Tensor wgrads =
+        wgrad_products_cpu(p, dy_pixels, x, n0, count, true).to(at::kDouble).view({count, -1});
     const at::Tensor part = at::mv(wgrads.t(), image_scale.narrow(0, n0, count));  // sum of scale[n] * wgrad[n]
     sum = n0 == 0 ? part : sum.add_(part);
   }

@@ -77,11 +77,20 @@ bool real_cpu_tensor(const at::Tensor& x) {
   return x.device().is_cpu() && !symbolic(x) && x.has_storage() && !x.key_set().has(c10::DispatchKey::Python);
 }
 
-// Whether quantize below can run as quantize_symmetric_cpu: a real CPU tensor, symmetric, nearest,
-// per tensor or per slice of dim 0, in memory where each slice is one contiguous run (contiguous,
-// or channels_last 4-D).
+// Whether dim is x's innermost dimension in memory, the others dense around it (x the row-major
+// matrix [numel / size(dim), size(dim)]): the last of contiguous x, or the channels of channels_last
+// 4-D x (a convolution's activations per channel: quantize_columns_cpu).
+bool innermost_channels(const at::Tensor& x, int64_t dim) {
+  if (x.dim() == 4 && dim == 1 && x.is_contiguous(at::MemoryFormat::ChannelsLast)) return true;
+  return dim == x.dim() - 1 && x.is_contiguous();
+}
+
+// Whether quantize below can run as C++ loops: a real CPU tensor, symmetric, nearest, per tensor or
+// per slice of dim 0 in memory where each slice is one contiguous run (contiguous, or channels_last
+// 4-D: quantize_symmetric_cpu), or per channel of an innermost dim (quantize_columns_cpu).
 bool runs_as_cpu_loops(const at::Tensor& x, std::optional<int64_t> dim, bool symmetric, c10::string_view rounding) {
-  if (!real_cpu_tensor(x) || !symmetric || rounding != "nearest" || (dim && *dim != 0) || x.dim() == 0) return false;
+  if (!real_cpu_tensor(x) || !symmetric || rounding != "nearest" || x.dim() == 0) return false;
+  if (dim && *dim != 0) return innermost_channels(x, *dim);
   return x.is_contiguous() || (x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast));
 }
 
@@ -157,6 +166,59 @@ TORCH_INT8_SIMD_CLONES void quantize_tile_t(const float* x, int8_t* out, const f
   }
 }
 
+// Rows [r0, r1) of the row-major [rows, cols] x folded into the column maxima m (magnitude_bits).
+TORCH_INT8_SIMD_CLONES void column_magnitudes(const float* x, int64_t cols, int64_t r0, int64_t r1, uint32_t* m) {
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t c = 0; c < cols; ++c) m[c] = std::max(m[c], magnitude_bits(x[r * cols + c]));
+}
+
+// column_amax_of in C++ on a real CPU tensor: each task's rows reduced into maxima of its own, then
+// those combined.
+at::Tensor column_amax_cpu(const at::Tensor& x) {
+  const at::Tensor xf = x.to(at::kFloat).contiguous();
+  const int64_t rows = xf.size(0), cols = xf.size(1);
+  const int64_t tasks = std::clamp<int64_t>(rows * cols / 65536, 1, at::get_num_threads());
+  std::vector<uint32_t> partial(static_cast<size_t>(tasks * cols), 0u);
+  at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t)
+      column_magnitudes(xf.const_data_ptr<float>(), cols, rows * t / tasks, rows * (t + 1) / tasks,
+                        partial.data() + t * cols);
+  });
+  at::Tensor amax = at::empty({cols}, xf.options());
+  float* out = amax.data_ptr<float>();
+  for (int64_t c = 0; c < cols; ++c) {
+    uint32_t most = 0;
+    for (int64_t t = 0; t < tasks; ++t) most = std::max(most, partial[t * cols + c]);
+    out[c] = from_bits(most);
+  }
+  return amax;
+}
+
+// Row x[0, cols) quantized by the columns' scales (0 in a column whose scale is NaN).
+TORCH_INT8_SIMD_CLONES void quantize_by_columns(const float* x, int8_t* out, const float* scale, int64_t cols) {
+  for (int64_t c = 0; c < cols; ++c) out[c] = quantized(x[c], scale[c]);
+}
+
+// quantize(x, dim, symmetric, "nearest") of x whose dim is innermost in memory (innermost_channels:
+// x is the row-major matrix [numel / C, C]): the column maxima, then every row quantized by the
+// columns' scales, in x's memory format; the composite's values, element for element.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_columns_cpu(const at::Tensor& x, int64_t dim) {
+  const at::Tensor xf = x.to(at::kFloat);  // keeps the memory format
+  const int64_t cols = xf.size(dim), rows = xf.numel() / cols;
+  const at::Tensor matrix = dim == 1 && xf.dim() == 4 ? xf.permute({0, 2, 3, 1}).reshape({rows, cols})
+                                                      : xf.reshape({rows, cols});  // views
+  const at::Tensor scale = column_amax_cpu(matrix);
+  float* sc = scale.data_ptr<float>();
+  for (int64_t c = 0; c < cols; ++c) sc[c] = scale_for(sc[c]);
+  at::Tensor q = at::empty_like(xf, xf.options().dtype(at::kChar));
+  const float* in = matrix.const_data_ptr<float>();
+  int8_t* out = q.data_ptr<int8_t>();
+  at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / cols), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) quantize_by_columns(in + r * cols, out + r * cols, sc, cols);
+  });
+  return {q, scale, at::empty({0}, x.options().dtype(at::kInt))};
+}
+
 // quantize(x, 0 or None, symmetric, "nearest") in two parallel loops over float32 memory: each
 // slice's finiteness and max|x|, then x / scale rounded half to even and clamped. The values of the
 // ATen composite below, element for element (IEEE float32 divisions, the same special cases); the
@@ -199,7 +261,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize(const at::Tensor& x, std
                       " is out of range for a tensor of shape ", shape_str(x));
     dim = c10::maybe_wrap_dim(*dim, x.dim());
   }
-  if (runs_as_cpu_loops(x, dim, symmetric, rounding)) return quantize_symmetric_cpu(x, dim.has_value());
+  if (runs_as_cpu_loops(x, dim, symmetric, rounding))
+    return dim && *dim != 0 ? quantize_columns_cpu(x, *dim) : quantize_symmetric_cpu(x, dim.has_value());
   const std::vector<c10::SymInt> channel_shape =
       dim ? std::vector<c10::SymInt>{symbolic(x) ? x.sym_size(*dim) : c10::SymInt(x.size(*dim))}
           : std::vector<c10::SymInt>{};
@@ -235,34 +298,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize(const at::Tensor& x, std
   q.masked_fill_(finite.logical_not(), 0);
   scale.masked_fill_(finite.logical_not(), std::numeric_limits<float>::quiet_NaN());
   return {q, scale.reshape_symint(channel_shape), zero_point};
-}
-
-// Rows [r0, r1) of the row-major [rows, cols] x folded into the column maxima m (magnitude_bits).
-TORCH_INT8_SIMD_CLONES void column_magnitudes(const float* x, int64_t cols, int64_t r0, int64_t r1, uint32_t* m) {
-  for (int64_t r = r0; r < r1; ++r)
-    for (int64_t c = 0; c < cols; ++c) m[c] = std::max(m[c], magnitude_bits(x[r * cols + c]));
-}
-
-// column_amax_of in C++ on a real CPU tensor: each task's rows reduced into maxima of its own, then
-// those combined.
-at::Tensor column_amax_cpu(const at::Tensor& x) {
-  const at::Tensor xf = x.to(at::kFloat).contiguous();
-  const int64_t rows = xf.size(0), cols = xf.size(1);
-  const int64_t tasks = std::clamp<int64_t>(rows * cols / 65536, 1, at::get_num_threads());
-  std::vector<uint32_t> partial(static_cast<size_t>(tasks * cols), 0u);
-  at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t)
-      column_magnitudes(xf.const_data_ptr<float>(), cols, rows * t / tasks, rows * (t + 1) / tasks,
-                        partial.data() + t * cols);
-  });
-  at::Tensor amax = at::empty({cols}, xf.options());
-  float* out = amax.data_ptr<float>();
-  for (int64_t c = 0; c < cols; ++c) {
-    uint32_t most = 0;
-    for (int64_t t = 0; t < tasks; ++t) most = std::max(most, partial[t * cols + c]);
-    out[c] = from_bits(most);
-  }
-  return amax;
 }
 
 // max|x| of every column of a float matrix, float32: NaN for a column holding

@@ -248,9 +248,14 @@ def quantize_channels(t: torch.Tensor, config: Int8Config, rounding: str = "near
     """quantize(t, 1) (per channel; channel granularity): the column maxima (or `amax`, the channel
     maxima found by an earlier pass), then one quantizing pass, its data stored [C, N, H, W] (viewed
     as [N, C, H, W]): t as the matrix [N*H*W, C] quantized per column and written transposed, which
-    is the layout wgrad reads (its GEMM reduces over the pixels). Per tensor otherwise."""
+    is the layout the GPU's wgrad reads (its GEMM reduces over the pixels); on the CPU in channels_last
+    memory. Per tensor otherwise."""
     if config.granularity != "channel":
         return quantize(t, None, rounding=rounding)
+    if not t.is_cuda and rounding == "nearest":
+        # The CPU's wgrad reads channels_last operands where they lie (the C++ loop of quantize per
+        # channel; it finds the channel maxima again, one read of t, instead of taking `amax`).
+        return quantize(t.contiguous(memory_format=torch.channels_last), 1)
     n, c, h, w = t.shape
     pixels = t.permute(0, 2, 3, 1).reshape(-1, c)  # a view for channels_last t, else one copy
     if amax is None:
