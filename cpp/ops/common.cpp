@@ -59,15 +59,21 @@ void refuse_inputs_requiring_grad(const c10::OperatorHandle& op, c10::DispatchKe
     const size_t first = stack->size() - args.size();
     for (size_t i = 0; i < args.size(); ++i) {
       const c10::IValue& v = (*stack)[first + i];
-      TORCH_CHECK(!(v.isTensor() && v.toTensor().requires_grad()), op.schema().name(), ": ", args[i].name(),
-                  " requires grad, but the op has no derivative, so it would get no gradient; train with the "
-                  "layers of torch_int8.nn, or pass ", args[i].name(), ".detach()");
+      if (v.isTensor()) refuse_requiring_grad(op.schema().name().c_str(), {{args[i].name().c_str(), &v.toTensor()}});
     }
   }
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   op.redispatchBoxed(keys & c10::after_autograd_keyset, stack);
 }
 }  // namespace
+
+void refuse_requiring_grad(const char* op, std::initializer_list<std::pair<const char*, const at::Tensor*>> tensors) {
+  if (!at::GradMode::is_enabled()) return;
+  for (const auto& [name, t] : tensors)
+    TORCH_CHECK(!(t && t->defined() && t->requires_grad()), op, ": ", name,
+                " requires grad, but the op has no derivative, so it would get no gradient; train with the "
+                "layers of torch_int8.nn, or pass ", name, ".detach()");
+}
 
 void impl_without_derivatives(torch::Library& m, std::initializer_list<const char*> ops) {
   for (const char* name : ops) m.impl(name, torch::CppFunction::makeFromBoxedFunction<&refuse_inputs_requiring_grad>());

@@ -168,6 +168,11 @@ void run_gemm(const kernels::GemmProblem& p, const kernels::Epilogue& e, const a
 // grad, which would otherwise get no gradient without a word, and else runs the op below autograd.
 void impl_without_derivatives(torch::Library& m, std::initializer_list<const char*> ops);
 
+// The same refusal for a composite of such ops, checked once for its tensors (null entries
+// skipped), so that it may call them below autograd (at::AutoDispatchBelowADInplaceOrView): one
+// check instead of a boxed Autograd kernel per inner op, host time that decode-sized calls feel.
+void refuse_requiring_grad(const char* op, std::initializer_list<std::pair<const char*, const at::Tensor*>> tensors);
+
 // The int64 sum of the exact int32 products part(s0, len) over the slices [s0, s0 + len) of
 // [0, total), each at most `slice` long: a reduction longer than kMaxK, summed without overflow.
 template <class Part>

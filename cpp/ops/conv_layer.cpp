@@ -7,7 +7,8 @@
 // H200 host (benchmarks/NOTES.md 26), one dynamic_conv2d call costs ~10% less
 // host time than its three ops called from Python: the launches and
 // allocations inside the ops, not the Python around them, are what an eager
-// step pays for.
+// step pays for. Each refuses tensors that require grad once and calls its ops
+// below autograd (refuse_requiring_grad).
 #include <torch/library.h>
 
 #include "common.h"
@@ -60,6 +61,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_images_op(co
                                                                               c10::string_view rounding,
                                                                               bool channel_amax, bool channel_sum) {
   check_float_image(t, "quantize_images", "x");
+  refuse_requiring_grad("quantize_images", {{"x", &t}});
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   Quantized q = quantize_images(t, std::string(rounding), channel_amax, channel_sum);
   return {q.data, q.scale, q.channel_amax, q.channel_sum};
 }
@@ -76,6 +79,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_conv2d_composite(
     at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, bool per_channel, at::ScalarType out_dtype) {
   check_float_image(x, "dynamic_conv2d", "x");
   check_float_image(weight, "dynamic_conv2d", "weight");
+  refuse_requiring_grad("dynamic_conv2d", {{"x", &x}, {"weight", &weight}, {"bias", bias ? &*bias : nullptr}});
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   // Per image x per output channel: the scales factor out of the sums, into the epilogue.
   const Quantized qx = quantize_operand(x, per_channel), qw = quantize_operand(weight, per_channel);
   const at::Tensor y = torch_int8::scaled_conv2d(qx.data, qw.data, qx.scale.reshape({-1}), qw.scale.reshape({-1}),
@@ -98,6 +103,8 @@ std::tuple<at::Tensor, at::Tensor> quantize_rotated_filter_composite(const at::T
   check_float_image(weight, "quantize_rotated_filter", "weight");
   TORCH_CHECK_VALUE(groups >= 1 && weight.size(0) % groups == 0, "quantize_rotated_filter: groups (",
                     int_str(groups), ") must divide the output channels (", int_str(weight.size(0)), ")");
+  refuse_requiring_grad("quantize_rotated_filter", {{"weight", &weight}});
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   // Per row of W' = per input channel: the fused per-row kernel, one pass.
   const Quantized q = quantize_operand(rotated_filter(weight, groups), per_channel);
   return {q.data, q.scale};

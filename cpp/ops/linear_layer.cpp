@@ -21,6 +21,11 @@ at::Tensor quantized_linear_composite(const at::Tensor& x, const at::Tensor& wei
   TORCH_CHECK_VALUE(x.dim() >= 1, "quantized_linear: x must have at least one dimension (the features), got 0-d");
   TORCH_CHECK_VALUE(weight.dim() == 2, "quantized_linear: weight must be 2-D [out_features, in_features], got shape ",
                     shape_str(weight));
+  refuse_requiring_grad("quantized_linear", {{"x", &x},
+                                             {"weight", &weight},
+                                             {"weight_scale", &weight_scale},
+                                             {"bias", bias ? &*bias : nullptr}});
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   const at::Tensor rows = x.reshape_symint({-1, x.sym_size(-1)});
   const auto [data, scale, unused_amax, unused_sum] = torch_int8::quantize_rows(rows);
   const at::Tensor y = torch_int8::scaled_gemm(data, weight.t(), scale, weight_scale, std::nullopt, bias,

@@ -26,6 +26,7 @@ from .conv import scaled_conv2d
 from .functional import QTensor
 from .fuse import unfuse
 from .nn import Conv2d, Linear, QuantizedConv2d, QuantizedLinear
+from .nn._common import without_history
 
 OBSERVERS = ("absmax", "percentile")
 # Elements of one activation the percentile observer ranks at most (a strided sample beyond it):
@@ -77,10 +78,10 @@ class _SymmetricReluConv2d(QuantizedConv2d):
     """QuantizedConv2d whose ReLU output, when int8, is symmetric: zero point 0, levels 0..127 (the
     epilogue's ReLU clamps below, the int8 saturation above). PTQConfig.relu_zero_point=False."""
 
-    @torch.no_grad()
     def forward(self, x):
         if self.out_scale is None:
             return super().forward(x)
+        x = without_history(x)
         qx = x if isinstance(x, QTensor) else self._quantize_input(x)
         qw = QTensor(self.weight_int8, self.weight_scale, None, 0)
         y = scaled_conv2d(qx, qw, self.bias, self.stride, self.padding, self.dilation, self.groups,

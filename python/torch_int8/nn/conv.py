@@ -19,7 +19,7 @@ from ..conv import dynamic_conv2d, scaled_conv2d, scaled_conv2d_wgrad
 from ..functional import QTensor, quantize
 from . import conv_backward as backward
 from ._common import (autocast_off, kernel_dtype, kernel_float, load_int8_weight, output_dtype, quantize_activation,
-                      register_int8_weight, runs_as_torch_nn, sharing_parameters)
+                      register_int8_weight, runs_as_torch_nn, sharing_parameters, without_history)
 
 
 def _geometry(module: torch.nn.Conv2d):
@@ -238,8 +238,8 @@ class QuantizedConv2d(torch.nn.Module):
     def _quantize_input(self, x: torch.Tensor) -> QTensor:
         return quantize_activation(x, None, self.activation_scale)  # per tensor at run time
 
-    @torch.no_grad()
     def forward(self, x: Union[torch.Tensor, QTensor]) -> Union[torch.Tensor, QTensor]:
+        x = without_history(x)
         qx = x if isinstance(x, QTensor) else self._quantize_input(x)
         qw = QTensor(self.weight_int8, self.weight_scale, None, 0)
         geometry = (self.stride, self.padding, self.dilation, self.groups)

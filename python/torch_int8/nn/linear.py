@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..config import Int8Config
 from ..functional import QTensor, _out_scale_arg, quantize, scaled_gemm
 from ._common import (autocast_off, kernel_dtype, kernel_float, load_int8_weight, output_dtype, quantize_activation,
-                      register_int8_weight, runs_as_torch_nn, sharing_parameters)
+                      register_int8_weight, runs_as_torch_nn, sharing_parameters, without_history)
 
 
 def _transposed(q: QTensor) -> QTensor:
@@ -197,11 +197,13 @@ class QuantizedLinear(torch.nn.Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"activation_scale={self.activation_scale}, relu={self.relu}, out_scale={self.out_scale}")
 
-    @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = without_history(x)
+        if self.activation_scale is None and self.out_scale is None:  # decode's hot path: one op call
+            return _ops.quantized_linear(x, self.weight_int8, self.weight_scale, self.bias, None, 1.0, self.relu)
         out_dtype = x.dtype if self.out_scale is None else torch.int8
         out_scale = _out_scale_arg("QuantizedLinear", out_dtype, self.out_scale)
-        if self.activation_scale is None:  # per token at run time: one op call (decode is host-bound)
+        if self.activation_scale is None:  # per token at run time, int8 output
             return _ops.quantized_linear(x, self.weight_int8, self.weight_scale, self.bias, out_dtype, out_scale,
                                          self.relu)
         q = quantize_activation(x.reshape(-1, self.in_features), None, self.activation_scale)
