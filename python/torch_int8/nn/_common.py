@@ -106,4 +106,3 @@ def without_history(x):
     inference layers' ops have no derivative and refuse inputs that require grad. Cheaper than a
     no_grad context on every call, which at decode sizes is a third of a QuantizedLinear's host time."""
     return x.detach() if isinstance(x, torch.Tensor) and x.requires_grad else x
-
