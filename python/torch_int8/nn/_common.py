@@ -104,5 +104,5 @@ def quantize_activation(x: torch.Tensor, dim: Optional[int], static_scale: Optio
 def without_history(x):
     """x detached if it requires grad (an inference layer's input; QTensors pass through): the
     inference layers' ops have no derivative and refuse inputs that require grad. Cheaper than a
-    no_grad context on every call, which at decode sizes is a third of a QuantizedLinear's host time."""
+    no_grad context on every call (at decode sizes a fifth of a QuantizedLinear's host time on the CPU)."""
     return x.detach() if isinstance(x, torch.Tensor) and x.requires_grad else x
