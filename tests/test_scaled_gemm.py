@@ -159,6 +159,29 @@ def test_scaled_gemm_reference(device, M, K, N, a_mode, b_mode, with_bias, out_d
 
 
 @pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize("out_dtype,out_zp", [OUT[0], OUT[2], OUT[4]])
+def test_tall_product_row_blocks(device, out_dtype, out_zp):
+    """A product tall enough that the CPU forms its int32 sums in blocks of rows (at least
+    max(K, 65536 / N) rows each; the last one ragged), each rescaled with its rows' scales and
+    offsets: the float64 reference everywhere, and the row maxima of the same epilogue."""
+    M, K, N = 5000, 64, 40
+    a = make_a(M, K, "row-asym", 71, device)
+    b = make_b(K, N, "col", 72, device)
+    ref0, _ = ref_scaled_gemm(a, b, None)
+    bias = make_bias(N, 73, 0.5 * float(ref0.abs().max()), device)
+    ref, mag = ref_scaled_gemm(a, b, bias)
+    if out_dtype == torch.int8:
+        out_scale = pick_out_scale(ref)
+        out = torch_int8.scaled_gemm(a, b, bias=bias, out_dtype=torch.int8, out_scale=out_scale, out_zero_point=out_zp)
+        check_int8_out(out, ref, mag, out_scale, out_zp)
+        return
+    check_float_out(torch_int8.scaled_gemm(a, b, bias=bias, out_dtype=out_dtype), ref, mag, out_dtype)
+    sym = make_a(M, K, "row-sym", 74, device)
+    out, row_amax = torch_int8.scaled_gemm_row_amax(sym, b, bias=bias, out_dtype=out_dtype)
+    assert torch.equal(row_amax.cpu(), out.float().abs().amax(1).cpu())
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
 def test_default_out_dtype_is_bf16(device):
     a = make_a(9, 33, "row-sym", 1, device)
     b = make_b(33, 17, "col", 2, device)
