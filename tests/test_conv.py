@@ -420,6 +420,7 @@ WGRAD_VECTOR_CASES = [
     (2, 6, 13, 9, 8, 3, 3, 2, 1, 1, 2),      # stride 2, groups 2
     (2, 4, 11, 10, 6, 3, 3, 1, 2, 2, 1),     # dilation 2, padding 2
     (5, 8, 9, 9, 8, 1, 1, 2, 0, 1, 1),       # 1x1 stride 2: 25 pixels per image
+    (3, 16, 6, 5, 8, 1, 1, 1, 0, 1, 1),      # 1x1 stride 1: channels_last x is the CPU's B operand as it lies
     (2, 3, 17, 4, 5, 3, 2, (2, 1), (0, 1), (1, 2), 1),
 ]
 
