@@ -146,6 +146,12 @@ TORCH_INT8_SIMD_CLONES void quantize_run(const float* x, int8_t* out, int64_t n,
   for (int64_t i = 0; i < n; ++i) out[i] = quantized(x[i], scale);
 }
 
+// Row x[0, cols) quantized by the columns' scales (0 in a column whose scale is NaN); inlined into
+// the SIMD copies of its callers.
+[[gnu::always_inline]] inline void quantize_by_columns(const float* x, int8_t* out, const float* scale, int64_t cols) {
+  for (int64_t c = 0; c < cols; ++c) out[c] = quantized(x[c], scale[c]);
+}
+
 // Rows [r0, r0 + kTile) x columns [c0, c0 + kTile) of the row-major [rows, cols] x quantized per
 // column (scale[c]) into the transposed [cols, rows] out: the tile quantized row by row (reads
 // along x's rows, vectorized) into a buffer, which is then written out column by column. Reading
@@ -156,10 +162,7 @@ TORCH_INT8_SIMD_CLONES void quantize_tile_t(const float* x, int8_t* out, const f
                                              int64_t cols, int64_t r0, int64_t c0) {
   const int64_t nr = std::min(rows - r0, kTile), nc = std::min(cols - c0, kTile);
   int8_t tile[kTile][kTile];
-  for (int64_t r = 0; r < nr; ++r) {
-    const float* row = x + (r0 + r) * cols + c0;
-    for (int64_t c = 0; c < nc; ++c) tile[r][c] = quantized(row[c], scale[c0 + c]);
-  }
+  for (int64_t r = 0; r < nr; ++r) quantize_by_columns(x + (r0 + r) * cols + c0, tile[r], scale + c0, nc);
   for (int64_t c = 0; c < nc; ++c) {
     int8_t* column = out + (c0 + c) * rows + r0;
     for (int64_t r = 0; r < nr; ++r) column[r] = tile[r][c];
@@ -194,9 +197,10 @@ at::Tensor column_amax_cpu(const at::Tensor& x) {
   return amax;
 }
 
-// Row x[0, cols) quantized by the columns' scales (0 in a column whose scale is NaN).
-TORCH_INT8_SIMD_CLONES void quantize_by_columns(const float* x, int8_t* out, const float* scale, int64_t cols) {
-  for (int64_t c = 0; c < cols; ++c) out[c] = quantized(x[c], scale[c]);
+// Rows [r0, r1) of the row-major [rows, cols] x quantized by the columns' scales, in x's order.
+TORCH_INT8_SIMD_CLONES void quantize_rows_by_columns(const float* x, int8_t* out, const float* scale, int64_t cols,
+                                                      int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) quantize_by_columns(x + r * cols, out + r * cols, scale, cols);
 }
 
 // quantize(x, dim, symmetric, "nearest") of x whose dim is innermost in memory (innermost_channels:
@@ -213,9 +217,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_columns_cpu(const at::Te
   at::Tensor q = at::empty_like(xf, xf.options().dtype(at::kChar));
   const float* in = matrix.const_data_ptr<float>();
   int8_t* out = q.data_ptr<int8_t>();
-  at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / cols), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) quantize_by_columns(in + r * cols, out + r * cols, sc, cols);
-  });
+  at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / cols),
+                   [&](int64_t r0, int64_t r1) { quantize_rows_by_columns(in, out, sc, cols, r0, r1); });
   return {q, scale, at::empty({0}, x.options().dtype(at::kInt))};
 }
 
