@@ -111,7 +111,9 @@ class _Int8Conv2dFunction(torch.autograd.Function):
         bgrad = ctx.has_bias and ctx.needs_input_grad[2]
         grad_x = grad_w = grad_b = grad_amax = grad_sum = qg = None
         if int8_dgrad or per_image_wgrad:  # with dY's quantization come the bias gradient (and channel maxima)
-            qg, grad_amax, grad_sum = backward.quantize_grad_out(grad_out, config, channel_wgrad, bgrad)
+            # The channel maxima serve the GPU's per-channel wgrad; the CPU's finds them as it quantizes.
+            channel_amax = channel_wgrad and grad_out.is_cuda
+            qg, grad_amax, grad_sum = backward.quantize_grad_out(grad_out, config, channel_amax, bgrad)
         if int8_dgrad:
             grad_x = backward.grad_input(qg, weight, ctx.x_shape, geometry, config, ctx.x_dtype)
             grad_x = grad_x.contiguous(memory_format=ctx.x_format)

@@ -253,8 +253,9 @@ def quantize_channels(t: torch.Tensor, config: Int8Config, rounding: str = "near
     if config.granularity != "channel":
         return quantize(t, None, rounding=rounding)
     if not t.is_cuda and rounding == "nearest":
-        # The CPU's wgrad reads channels_last operands where they lie (the C++ loop of quantize per
-        # channel; it finds the channel maxima again, one read of t, instead of taking `amax`).
+        # The CPU's wgrad reads channels_last operands where they lie: the C++ loops of quantize per
+        # channel, which find the channel maxima themselves (Conv2d's backward asks no earlier
+        # pass for them on the CPU).
         return quantize(t.contiguous(memory_format=torch.channels_last), 1)
     n, c, h, w = t.shape
     pixels = t.permute(0, 2, 3, 1).reshape(-1, c)  # a view for channels_last t, else one copy
