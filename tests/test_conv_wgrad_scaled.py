@@ -174,8 +174,11 @@ def layer_bounds_per_image(x, w, gy, geometry):
 
 
 def implicit_wgrad_expected(device, out_pixels):
-    """The layer's choice (nn/conv.py _implicit_wgrad) for a 3x3 layer of 16 -> 32 channels."""
-    kernel_runs = device == "cuda" and torch_int8.backends.selected_backend() in ("sm80", "sm90")
+    """The layer's choice (nn/conv_backward.py implicit_wgrad) for a 3x3 layer of 16 -> 32 channels:
+    the per-image path (the GPU's kernel, the CPU's batched products) or the per-channel one."""
+    if device == "cpu":
+        return out_pixels >= torch_int8.nn.conv_backward.CPU_PER_IMAGE_WGRAD_MIN_PIXELS
+    kernel_runs = torch_int8.backends.selected_backend() in ("sm80", "sm90")
     return kernel_runs and out_pixels >= torch_int8.nn.conv_backward.IMPLICIT_WGRAD_MIN_PIXELS
 
 

@@ -11,12 +11,13 @@ with the rotated, transposed filter (implicit GEMM, scales in its epilogue); a s
 convolution per phase (every stride-th input pixel: a sub-filter of the same taps), written to its
 strided share of dX, where the kernel takes the phases (phases_pay); else its taps are summed after
 their GEMM (col2im), which rescales the int32 sums as it writes them (scaled_conv2d_dgrad).
-wgrad reuses the forward's quantized X and dgrad's quantized dY where its implicit-GEMM kernel runs
-and is the faster path (CUDA, where the kernel takes the layer: implicit_kernel_takes, and images of
-at least 28x28 output pixels, or 14x14 for 1x1 filters: implicit_wgrad), and for images
-of more than 131071 output pixels (whose int32 sums could overflow: scaled_conv2d_wgrad adds those of
-tiles of the image in int64). Elsewhere it is split into batches of at most 131071 output pixels, its
-operands quantized per channel straight into the [C, N, H, W] layout that path reads (im2col + GEMM).
+wgrad reuses the forward's quantized X and dgrad's quantized dY where that per-image path is the
+faster one (CUDA: its implicit-GEMM kernel, where the kernel takes the layer: implicit_kernel_takes,
+and images of at least 28x28 output pixels, or 14x14 for 1x1 filters; the CPU: its batched products,
+images of at least 28x28 output pixels: implicit_wgrad), and for images of more than 131071 output
+pixels (whose int32 sums could overflow: scaled_conv2d_wgrad adds those of tiles of the image in
+int64). Elsewhere it is split into batches of at most 131071 output pixels, its operands quantized
+per channel (on the GPU straight into the [C, N, H, W] layout that path reads; im2col + GEMM).
 """
 from __future__ import annotations
 
@@ -276,17 +277,26 @@ def wgrad_in_int32(grad_out: torch.Tensor) -> bool:
 # 64-pixel stages are part empty there, and it reads each image once per tap).
 IMPLICIT_WGRAD_MIN_PIXELS = 784
 IMPLICIT_WGRAD_MIN_PIXELS_1X1 = 196
+# On the CPU, scaled_conv2d_wgrad's per-image path (one product per image over the forward's saved
+# int8 x) against the per-channel path, 1x1 and 3x3 layers at batch 16 on 2 cores in turns
+# (benchmarks/NOTES.md 39): faster at 56x56 output pixels (1x1 256->64: 64 against 79 ms a step),
+# even at 28x28, slower at 14x14 (1x1 1024->256: 28 against 18 ms, 3x3 256: 59 against 24 ms).
+CPU_PER_IMAGE_WGRAD_MIN_PIXELS = 784
 
 
 def implicit_wgrad(x: torch.Tensor, weight: torch.Tensor, groups: int, out_pixels: int) -> bool:
-    """Whether the layer's weight gradient runs as scaled_conv2d_wgrad's implicit-GEMM kernel (where
-    the family of x's device takes the layer: implicit_kernel_takes, and images of out_pixels output
-    pixels large enough for it to be the faster path); else the per-channel path (grad_weight). The
-    op's other path, image by image, is never the faster one."""
+    """Whether the layer's weight gradient runs as scaled_conv2d_wgrad over the forward's quantized x
+    and dgrad's quantized dY, per image: on the GPU its implicit-GEMM kernel (where the family of x's
+    device takes the layer: implicit_kernel_takes, and images of out_pixels output pixels large
+    enough for it to be the faster path; the op's image-by-image fallback is never the faster one
+    there), on the CPU its batched per-image products (images of at least
+    CPU_PER_IMAGE_WGRAD_MIN_PIXELS output pixels); else the per-channel path (grad_weight)."""
+    if not x.is_cuda:
+        return out_pixels >= CPU_PER_IMAGE_WGRAD_MIN_PIXELS
     pointwise = tuple(weight.shape[2:]) == (1, 1)
     least = IMPLICIT_WGRAD_MIN_PIXELS_1X1 if pointwise else IMPLICIT_WGRAD_MIN_PIXELS
-    return (x.is_cuda and out_pixels >= least
-            and implicit_kernel_takes("wgrad", x.device.index, int(x.shape[1]), int(weight.shape[0]), groups, 4))
+    return out_pixels >= least and implicit_kernel_takes("wgrad", x.device.index, int(x.shape[1]),
+                                                         int(weight.shape[0]), groups, 4)
 
 
 def grad_weight(grad_out, x, weight, geometry, config: Int8Config, grad_amax: Optional[torch.Tensor] = None):
