@@ -47,6 +47,12 @@ inline bool pixel_to_pixel(const kernels::ConvProblem& p) {
          p.pad_w == 0;
 }
 
+// Whether strides xs of an image batch of p's input shape are dense NHWC (channels_last, no gaps):
+// its pixels are then rows of C channels, one after another.
+inline bool dense_nhwc(const kernels::ImageStrides& xs, const kernels::ConvProblem& p) {
+  return xs.c == 1 && xs.w == p.c && xs.h == p.w * p.c && xs.n == p.h * p.w * p.c;
+}
+
 // The `op` of the convolution ops' GEMMs in error messages.
 constexpr const char* kConvGemm = "conv2d gemm";
 

@@ -96,8 +96,7 @@ void forward_im2col(const ConvProblem& p, const at::Tensor& x, const at::Tensor&
 
   // A 1x1, stride-1, unpadded convolution of dense NHWC x: x's pixels are the GEMM's rows as they lie.
   const kernels::ImageStrides xs = nchw_strides(x);
-  const bool pixels_are_rows = pixel_to_pixel(p) && k_pad == p.c && xs.c == 1 && xs.w == p.c &&
-                               xs.h == p.w * p.c && xs.n == p.h * p.w * p.c &&
+  const bool pixels_are_rows = pixel_to_pixel(p) && k_pad == p.c && dense_nhwc(xs, p) &&
                                reinterpret_cast<uintptr_t>(x.const_data_ptr()) % kGpuAlign == 0;
   const int64_t chunk = pixels_are_rows ? p.n : units_per_chunk(g * per_image * k_pad, p.n);
   at::Tensor cols = pixels_are_rows ? x : at::empty({g, chunk * per_image, k_pad}, x.options());

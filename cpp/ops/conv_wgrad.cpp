@@ -71,7 +71,7 @@ at::Tensor pixel_rows_cpu(const ConvProblem& p, const at::Tensor& x, int64_t n0,
   const int64_t g = p.groups, cg = p.c / g, per_image = p.p * p.q, depth = p.r * p.s * cg;
   const int64_t pixels = count * per_image;
   const kernels::ImageStrides xs = nchw_strides(x);
-  if (pixel_to_pixel(p) && xs.c == 1 && xs.w == p.c && xs.h == p.w * p.c && xs.n == p.h * p.w * p.c)
+  if (pixel_to_pixel(p) && dense_nhwc(xs, p))
     return x.permute({0, 2, 3, 1}).reshape({1, p.n * per_image, p.c}).narrow(1, n0 * per_image, pixels);
   const at::Tensor cols = at::empty({g, pixels, depth}, x.options());
   kernels::Im2Col a;
